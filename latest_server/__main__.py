@@ -1,0 +1,3 @@
+from latest_server.cli import main
+
+raise SystemExit(main())

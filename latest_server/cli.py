@@ -1,0 +1,283 @@
+"""``latest-server serve|consume``: flags override the environment, then the process runs until
+SIGTERM/SIGINT, finishing the batch in hand (arq's run/close lifecycle)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Coroutine, Iterator, Sequence
+from typing import Any
+
+import uvicorn
+from tqdm import tqdm
+
+from latest_server import __version__
+from latest_server.consumer import Consumer
+from latest_server.embedded import EmbeddedRedis, start_embedded
+from latest_server.errors import LatestError, StoreUnavailable
+from latest_server.keys import key_for
+from latest_server.resources import Resources
+from latest_server.settings import Settings, describe
+from latest_server.web.app import create_app, create_es_app
+
+log = logging.getLogger("latest_server")
+
+
+def flag_for(env: str) -> str:
+    return "--" + env.removeprefix("LATEST_").lower().replace("_", "-")
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("settings (each overrides its environment variable)")
+    for name, env, default, text in describe():
+        group.add_argument(
+            flag_for(env),
+            dest=name,
+            default=argparse.SUPPRESS,
+            metavar="VALUE",
+            help=f"{text} [env {env}; default {default or 'unset'}]",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="latest-server",
+        description="Keep the latest value and the full history of time-stamped data per variable.",
+    )
+    parser.add_argument("--version", action="version", version=f"latest-server {__version__}")
+    add_setting_flags(parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve", help="HTTP API, plus the AMQP consumer when AMQP_URL is set (the default command)"
+    )
+    add_setting_flags(serve)
+    consume = commands.add_parser("consume", help="the AMQP consumer alone")
+    add_setting_flags(consume)
+    offload = commands.add_parser(
+        "offload", help="run one offload job now (Redis history → transfer objects)"
+    )
+    offload.add_argument(
+        "--all",
+        dest="job_all",
+        action="store_true",
+        help="move every variable's history, whatever Redis' memory use",
+    )
+    add_setting_flags(offload)
+    merge = commands.add_parser(
+        "merge", help="merge variables' transfer objects (and what is left in Redis) into one"
+    )
+    which = merge.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--variable", dest="job_variables", action="append", metavar="ID", help="repeatable"
+    )
+    which.add_argument("--all", dest="job_all", action="store_true", help="every variable")
+    which.add_argument(
+        "--session", dest="job_session", metavar="ID", help="the variables of a session"
+    )
+    add_setting_flags(merge)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    command = args.pop("command", None) or "serve"
+    job_args = {name: args.pop(name) for name in list(args) if name.startswith("job_")}
+    try:
+        settings = Settings.from_env().with_overrides(**args)
+    except LatestError as exc:
+        parser.error(exc.message)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aio_pika").setLevel(max(logging.WARNING, logging.getLogger().level))
+    logging.getLogger("aiormq").setLevel(max(logging.WARNING, logging.getLogger().level))
+    embedded: EmbeddedRedis | None = None
+    if not settings.redis_url:
+        embedded = start_embedded(settings)
+        log.info(
+            "REDIS_URL is not set: using an embedded Valkey server at %s (data in %s)",
+            embedded.url,
+            embedded.server.data_dir,
+        )
+        settings = dataclasses.replace(settings, redis_url=embedded.url)
+    try:
+        if command == "consume" and not settings.amqp_url:
+            raise LatestError("'consume' needs AMQP_URL (or --amqp-url)")
+        if command in JOB_COMMANDS:
+            run_loop(JOB_COMMANDS[command](settings, **job_args))
+        else:
+            run_loop(run(command, settings))
+    except (LatestError, ConnectionError, OSError) as exc:
+        message = exc.message if isinstance(exc, LatestError) else str(exc)
+        print(f"latest-server: error: {message}", file=sys.stderr)
+        return 1
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+async def offload_command(settings: Settings, job_all: bool = False) -> None:
+    resources = await Resources.open(settings)
+    try:
+        await resources.trigger.close()  # the start-up recovery job, if it is running
+        with tqdm(desc="offload", unit=" entries", file=sys.stderr) as bar:
+            report = await resources.offloader.run_job(everything=job_all, progress=bar.update)
+        if report is None:
+            raise LatestError("another offload job holds the lock; try again when it is done")
+        print(
+            f"offload job {report.job}: moved {report.entries} entries of {report.variables} "
+            f"variables into {len(report.objects)} objects; finished {report.recovered} "
+            "copies left by earlier jobs"
+        )
+    finally:
+        await resources.close()
+
+
+async def merge_command(
+    settings: Settings,
+    job_all: bool = False,
+    job_variables: list[str] | None = None,
+    job_session: str | None = None,
+) -> None:
+    resources = await Resources.open(settings)
+    try:
+        await resources.trigger.close()
+        merger = resources.merger
+        if job_session is not None:
+            assert resources.sessions is not None
+            if await resources.sessions.get(job_session) is None:
+                raise LatestError(f"no session {job_session!r}")
+            job_variables = await resources.sessions.variables(job_session)
+        targets = await merger.all_keys() if job_all else [key_for(v) for v in job_variables or []]
+        busy = []
+        total = 0
+        for key in tqdm(targets, desc="merge", unit=" variables", file=sys.stderr):
+            report = await merger.merge_key(key)
+            total += report.entries
+            if report.busy:
+                busy.append(key)
+        print(f"merged {len(targets) - len(busy)} variables ({total} entries rewritten)")
+        if busy:
+            raise LatestError(f"{len(busy)} variables were being merged elsewhere: {busy[:5]}")
+    finally:
+        await resources.close()
+
+
+JOB_COMMANDS: dict[str, Any] = {"offload": offload_command, "merge": merge_command}
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop where it is installed (it comes with uvicorn[standard]): the
+    AMQP and Redis clients spend much of their time in the event loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: ``run`` owns SIGTERM/SIGINT for every edge."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def es_server(settings: Settings, resources: Resources) -> tuple[_Server, socket.socket] | None:
+    """The Elasticsearch-compatible API's listener on LATEST_ES_PORT (0: none). A port that is
+    taken is logged and skipped: the main API keeps running."""
+    if not settings.es_port:
+        return None
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    try:
+        sock = socket.create_server((settings.host, settings.es_port), family=family)
+    except OSError as exc:
+        log.error(
+            "Elasticsearch-compatible API is off: cannot listen on %s:%s (%s); "
+            "set LATEST_ES_PORT to a free port, or 0",
+            settings.host,
+            settings.es_port,
+            exc,
+        )
+        return None
+    config = uvicorn.Config(
+        create_es_app(settings, resources=resources),
+        host=settings.host,
+        port=settings.es_port,
+        log_level=settings.log_level,
+        access_log=False,
+        lifespan="on",
+    )
+    log.info("Elasticsearch-compatible API on %s:%s", settings.host, settings.es_port)
+    return _Server(config), sock
+
+
+async def run(command: str, settings: Settings) -> None:
+    try:
+        resources = await Resources.open(settings)
+    except (ConnectionError, OSError, StoreUnavailable) as exc:
+        raise LatestError(f"cannot reach Redis at {settings.redis_url}: {exc}") from exc
+    tasks: list[asyncio.Task[Any]] = []
+    stops: list[Any] = []
+    consumer: Consumer | None = None
+    try:
+        if settings.amqp_url:
+            consumer = Consumer(settings, resources.ingestor)
+            await consumer.start()
+            resources.ready_checks["consumer"] = lambda: consumer is not None and consumer.connected
+            tasks.append(asyncio.create_task(consumer.run(), name="consumer"))
+            stops.append(consumer.stop)
+        if command == "serve":
+            config = uvicorn.Config(
+                create_app(settings, resources=resources),
+                host=settings.host,
+                port=settings.port,
+                log_level=settings.log_level,
+                access_log=False,
+                lifespan="on",
+            )
+            server = _Server(config)
+
+            async def stop_server() -> None:
+                server.should_exit = True
+
+            tasks.append(asyncio.create_task(server.serve(), name="http"))
+            stops.append(stop_server)
+            es_listener = es_server(settings, resources)
+            if es_listener is not None:
+                es, sock = es_listener
+
+                async def stop_es() -> None:
+                    es.should_exit = True
+
+                tasks.append(asyncio.create_task(es.serve(sockets=[sock]), name="es"))
+                stops.append(stop_es)
+
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        waiter = asyncio.create_task(stopping.wait())
+        await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        log.info("stopping")
+        for stop in stops:
+            await stop()
+        waiter.cancel()
+        for task in tasks:
+            await task  # the consumer finishes the batch in hand; errors surface here
+    finally:
+        if consumer is not None:
+            await consumer.close()
+        await resources.close()

@@ -1,0 +1,256 @@
+"""AMQP in: consume packets from RabbitMQ, write them in batches, ack only what Redis confirmed.
+
+The connection and channel are aio-pika's robust ones (they reconnect by themselves). Deliveries
+are taken from the channel underneath (aiormq) as they arrive, without building an aio-pika
+message and a second task per delivery: on the ingest hot path that was a quarter of the
+consumer's time. The consumer registers itself again whenever the robust channel reopens.
+
+A batch is acknowledged with one ``multiple=True`` ack after Redis answered. While Redis is
+unreachable nothing is acknowledged; the batch is retried with backoff and RabbitMQ keeps the
+messages. Rejected packets are published to the dead-letter exchange (with publisher confirms)
+with an ``x-latest-error`` header before the batch is acknowledged, so nothing is ever dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from aiormq.abc import AbstractChannel as UnderlayChannel
+from aiormq.abc import DeliveredMessage
+from aiormq.exceptions import AMQPError, ChannelInvalidStateError
+
+from latest_server.errors import StoreUnavailable
+from latest_server.ingestor import BatchResult, Ingestor
+from latest_server.packets import Packet, PacketParser, Rejection
+from latest_server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ERROR_HEADER = "x-latest-error"
+BACKOFF_START = 0.1
+BACKOFF_MAX = 5.0
+LINGER_POLL = 0.001
+# What a lost connection or channel raises; the messages concerned are redelivered.
+AMQP_FAILURES = (AMQPError, ChannelInvalidStateError, ConnectionError, asyncio.TimeoutError)
+
+
+class Consumer:
+    def __init__(self, settings: Settings, ingestor: Ingestor, *, stop_grace: float = 30.0) -> None:
+        if not settings.amqp_url:
+            raise ValueError("Consumer needs AMQP_URL")
+        self.settings = settings
+        self.ingestor = ingestor
+        self.parser = PacketParser(settings)
+        self.stop_grace = stop_grace
+        self.connection: AbstractRobustConnection | None = None
+        self.channel: AbstractChannel | None = None
+        self.queue: AbstractQueue | None = None
+        self.dead_letters: AbstractExchange | None = None
+        self.consumer_tag: str | None = None
+        # None is the stop signal
+        self.inbox: asyncio.Queue[DeliveredMessage | None] = asyncio.Queue()
+        self.underlay: UnderlayChannel | None = None
+        self.stopping = asyncio.Event()
+        self.processed = 0  # messages acknowledged
+        self.dead_lettered = 0  # packets published to the dead-letter exchange
+        self.in_hand = 0  # messages of the batch being processed
+
+    @property
+    def connected(self) -> bool:
+        return (
+            self.connection is not None
+            and not self.connection.is_closed
+            and self.channel is not None
+            and not self.channel.is_closed
+        )
+
+    async def start(self) -> None:
+        """Connect (robustly: it reconnects by itself), declare the topology, start consuming."""
+        s = self.settings
+        assert s.amqp_url
+        self.connection = await aio_pika.connect_robust(s.amqp_url)
+        self.channel = await self.connection.channel(publisher_confirms=True)
+        await self.channel.set_qos(prefetch_count=s.prefetch)
+        if s.declare:
+            exchange = await self.channel.declare_exchange(
+                s.exchange, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            self.dead_letters = await self.channel.declare_exchange(
+                s.dead_letter_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            dlq = await self.channel.declare_queue(s.dead_letter_queue, durable=True)
+            await dlq.bind(self.dead_letters, "#")
+            self.queue = await self.channel.declare_queue(s.queue, durable=True)
+            for binding in s.binding_keys:
+                await self.queue.bind(exchange, binding)
+        else:
+            self.dead_letters = await self.channel.get_exchange(s.dead_letter_exchange)
+            self.queue = await self.channel.get_queue(s.queue)
+        await self._consume()
+        reopen = getattr(self.channel, "reopen_callbacks", None)
+        if reopen is not None:  # a robust channel: consume again on the new channel
+            reopen.add(self._on_reopen)
+        log.info("consuming from queue %r (prefetch %d)", s.queue, s.prefetch)
+
+    async def _consume(self) -> None:
+        assert self.channel is not None and self.queue is not None
+        underlay = await self.channel.get_underlay_channel()
+        ok = await underlay.basic_consume(self.queue.name, self._deliver, no_ack=False)
+        self.underlay = underlay
+        self.consumer_tag = ok.consumer_tag
+
+    async def _on_reopen(self, *_: object) -> None:
+        if not self.stopping.is_set():
+            await self._consume()
+            log.info("consuming again after the channel reopened")
+
+    async def _deliver(self, message: DeliveredMessage) -> None:
+        self.inbox.put_nowait(message)
+
+    async def run(self) -> None:
+        """Process batches until ``stop()``; the batch in hand is always finished.
+
+        A batch is what the inbox holds, topped up for at most LATEST_BATCH_LINGER seconds
+        while it is smaller than LATEST_BATCH_SIZE: bigger batches cost fewer round trips and
+        acks per message."""
+        inbox = self.inbox
+        size = self.settings.batch_size
+        linger = self.settings.batch_linger
+        loop = asyncio.get_running_loop()
+        while not self.stopping.is_set():
+            first = await inbox.get()
+            if first is None:
+                break
+            batch = [first]
+            deadline = loop.time() + linger
+            while len(batch) < size:
+                if not inbox.empty():
+                    item = inbox.get_nowait()
+                    if item is None:
+                        break
+                    batch.append(item)
+                    continue
+                left = deadline - loop.time()
+                if left <= 0 or self.stopping.is_set():
+                    break
+                await asyncio.sleep(min(left, LINGER_POLL))
+            self.in_hand = len(batch)
+            try:
+                await self.process(batch)
+            finally:
+                self.in_hand = 0
+
+    async def stop(self) -> None:
+        """Stop taking deliveries, let ``run()`` finish its batch, then close the connection."""
+        if self.underlay is not None and self.consumer_tag is not None and self.connected:
+            try:
+                await self.underlay.basic_cancel(self.consumer_tag)
+            except AMQP_FAILURES:
+                log.warning("could not cancel the consumer cleanly", exc_info=True)
+        self.stopping.set()
+        self.inbox.put_nowait(None)  # wakes run() if it waits for a first message
+
+    async def close(self) -> None:
+        if self.connection is not None:
+            await self.connection.close()
+
+    async def process(self, batch: list[DeliveredMessage]) -> None:
+        # Messages delivered on a channel that has since closed will be redelivered on the new
+        # one; acking them is impossible, and processing them now would only be repeated.
+        live = [m for m in batch if _channel_open(m)]
+        if not live:
+            return
+        packets: list[Packet] = []
+        origins: list[tuple[DeliveredMessage, int]] = []  # message, index in it
+        rejections: list[tuple[DeliveredMessage, Rejection]] = []
+        for message in live:
+            for index, item in enumerate(self.parser.parse_message(message.body)):
+                if isinstance(item, Packet):
+                    packets.append(item)
+                    origins.append((message, index))
+                else:
+                    rejections.append((message, item))
+        if packets:
+            written = await self._write(packets)
+            if written is None:
+                return  # stopping while Redis is down: nothing acked, RabbitMQ redelivers
+            for refusal in written.refused:  # session documents refused at write time
+                message, index = origins[refusal.index]
+                raw = packets[refusal.index].raw
+                rejections.append((message, Rejection(index, refusal.reason, refusal.detail, raw)))
+        if rejections:
+            try:
+                await asyncio.gather(*(self._dead_letter(m, r) for m, r in rejections))
+            except AMQP_FAILURES:
+                log.warning("dead-lettering failed; the batch will be redelivered", exc_info=True)
+                return
+            self.dead_lettered += len(rejections)
+        try:
+            last = live[-1]
+            await last.channel.basic_ack(_tag(last), multiple=True)
+        except AMQP_FAILURES:
+            log.warning(
+                "ack failed (connection lost); the batch will be redelivered", exc_info=True
+            )
+            return
+        self.processed += len(live)
+
+    async def _write(self, packets: list[Packet]) -> BatchResult | None:
+        backoff = BACKOFF_START
+        give_up_at: float | None = None
+        while True:
+            try:
+                return await self.ingestor.write_batch(packets)
+            except StoreUnavailable as exc:
+                if self.stopping.is_set():
+                    give_up_at = give_up_at or time.monotonic() + self.stop_grace
+                    if time.monotonic() > give_up_at:
+                        log.error(
+                            "stopping with Redis unavailable; %d packets left unacked", len(packets)
+                        )
+                        return None
+                log.warning(
+                    "Redis unavailable (%s); retrying in %.1fs, nothing acked", exc, backoff
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _dead_letter(self, message: DeliveredMessage, rejection: Rejection) -> None:
+        assert self.dead_letters is not None
+        headers: dict[str, object] = {
+            ERROR_HEADER: rejection.reason,
+            "x-latest-detail": rejection.detail[:512],
+            "x-latest-index": rejection.index,
+        }
+        properties = message.header.properties
+        if properties.headers:
+            headers = {**properties.headers, **headers}
+        await self.dead_letters.publish(
+            aio_pika.Message(
+                rejection.raw,
+                headers=headers,  # type: ignore[arg-type]
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=properties.message_id,
+            ),
+            routing_key=message.routing_key or "",
+        )
+
+
+def _channel_open(message: DeliveredMessage) -> bool:
+    return not message.channel.is_closed
+
+
+def _tag(message: DeliveredMessage) -> int:
+    tag = message.delivery_tag
+    assert tag is not None  # a Basic.Deliver always has one
+    return tag

@@ -1,0 +1,81 @@
+"""The error tree. Every error has a stable ``reason`` code; edges translate them once."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+RejectReason = Literal[
+    "not_json",
+    "not_object",
+    "missing_id",
+    "bad_id",
+    "missing_time",
+    "bad_time",
+    "too_large",
+    "bad_session",  # a session document ("@session" object) that is malformed
+    "bad_transition",  # a session document asking for a state change the session cannot make
+]
+REJECT_REASONS: tuple[RejectReason, ...] = (
+    "not_json",
+    "not_object",
+    "missing_id",
+    "bad_id",
+    "missing_time",
+    "bad_time",
+    "too_large",
+    "bad_session",
+    "bad_transition",
+)
+
+
+class LatestError(Exception):
+    reason: str = "error"
+
+    def __init__(self, message: str = "", *, reason: str | None = None) -> None:
+        super().__init__(message or self.reason)
+        if reason is not None:
+            self.reason = reason
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else self.reason
+
+
+class ConfigError(LatestError):
+    """A setting has a value we cannot use; the message names the variable."""
+
+    reason = "bad_setting"
+
+
+class PacketRejected(LatestError):
+    """A packet that can never be written. Goes to the dead-letter queue / a 4xx item."""
+
+    def __init__(self, reason: RejectReason, message: str = "") -> None:
+        super().__init__(message or reason, reason=reason)
+        self.code: RejectReason = reason
+
+
+class BadRequest(LatestError):
+    reason = "bad_request"
+
+
+class NotFound(LatestError):
+    reason = "not_found"
+
+
+class StoreUnavailable(LatestError):
+    """A store could not be reached; the caller retries (nothing was acknowledged)."""
+
+    reason = "store_unavailable"
+
+
+class UnsafeRedisConfig(LatestError):
+    """Redis would silently lose data (an evicting maxmemory-policy)."""
+
+    reason = "unsafe_redis_config"
+
+
+class ObjectMissing(LatestError):
+    """A listed object is gone (a merge deleted it): re-list."""
+
+    reason = "object_missing"

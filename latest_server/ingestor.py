@@ -1,0 +1,73 @@
+"""The single writer: every edge turns its input into Packets and calls ``Ingestor.write_batch``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from latest_server.offload import OffloadTrigger
+from latest_server.packets import Packet
+from latest_server.sessions import Refusal, SessionStore
+from latest_server.stores.base import DeleteOutcome, LatestStore, WriteOutcome
+
+
+@dataclass(slots=True)
+class BatchResult:
+    accepted: int = 0  # became the latest document of their variable
+    # older than (or, in external mode, as old as) the stored latest; kept in history
+    stale: int = 0
+    duplicates: int = 0  # already in history (redelivered); a subset of stale
+    outcomes: list[WriteOutcome] = field(default_factory=list)  # of the samples, in order
+    # Session documents refused at write time (bad_transition): index into the packets given.
+    refused: list[Refusal] = field(default_factory=list)
+
+
+class Ingestor:
+    def __init__(
+        self,
+        latest: LatestStore,
+        offload: OffloadTrigger | None = None,
+        *,
+        sessions: SessionStore | None = None,
+    ) -> None:
+        self.latest = latest
+        self.sessions = sessions
+        self.offload = offload
+        self.totals = BatchResult()
+
+    async def write_batch(self, packets: Sequence[Packet]) -> BatchResult:
+        """Write packets in one round trip. Raises StoreUnavailable and then wrote nothing for sure;
+        the caller retries the whole batch, which is safe because every write is idempotent.
+
+        Session documents (packets.SESSION_FIELD) are applied to their session, after the samples
+        of the same batch are written: a session that ends finds its last samples in history."""
+        documents = [(i, p) for i, p in enumerate(packets) if p.session_doc is not None]
+        if documents and self.sessions is not None:
+            packets = [p for p in packets if p.session_doc is None]
+        outcomes = await self.latest.write_batch(packets)
+        result = BatchResult(outcomes=outcomes)
+        if self.sessions is not None:
+            await self.sessions.track(packets, [outcome.seq for outcome in outcomes])
+            if documents:
+                result.refused = await self.sessions.apply(documents)
+                result.accepted += len(documents) - len(result.refused)
+        for outcome in outcomes:
+            if outcome.applied:
+                result.accepted += 1
+            else:
+                result.stale += 1
+                if outcome.seq == 0:
+                    result.duplicates += 1
+        self.totals.accepted += result.accepted
+        self.totals.stale += result.stale
+        self.totals.duplicates += result.duplicates
+        if self.offload is not None:
+            self.offload.poke()  # cheap: a clock check; memory is read at most once a second
+        return result
+
+    async def delete(
+        self, variable_id: str, key: str, version: int | None = None, version_type: str = "external"
+    ) -> DeleteOutcome:
+        """Delete a latest document (the Elasticsearch-compatible API's DELETE). Its version stays
+        as a tombstone, so an older packet cannot bring the document back; history is kept."""
+        return await self.latest.delete(variable_id, key, version, version_type)

@@ -1,0 +1,15 @@
+-- transfer.lua: hand a variable's live history to a job. RENAME is atomic: new writes start a
+-- fresh live stream (the seq counter in lv:{k}:meta carries on), readers find the job copy
+-- through the jobs set.
+--
+-- KEYS[1] lv:{k}:h   KEYS[2] lv:{k}:i   KEYS[3] lv:{k}:h:x:<job>   KEYS[4] lv:{k}:i:x:<job>
+-- KEYS[5] lv:{k}:x (jobs set)   KEYS[6] the lock the job holds
+-- ARGV[1] the job's lock token   ARGV[2] job id
+-- returns the number of entries handed over, 0 if there was no live history, -1 if the lock is
+-- no longer ours (the job must stop)
+if redis.call('GET', KEYS[6]) ~= ARGV[1] then return -1 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('SADD', KEYS[5], ARGV[2])
+redis.call('RENAME', KEYS[1], KEYS[3])
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[4]) end
+return redis.call('XLEN', KEYS[3])

@@ -1,0 +1,95 @@
+-- write.lua: a batch of packets. For each: append it to history, compare-and-set the latest
+-- document, publish the entry on the live feed -- one atomic step, so no reader sees one without
+-- the others. One call carries many packets (KEYS and ARGV in fixed strides), so a batch costs
+-- one command instead of one per packet.
+--
+-- Per packet i (KEYS from 4*(i-1)+1, ARGV from 7*(i-1)+1):
+-- KEYS[1] lv:{k}:latest  hash: v (version = ts µs), doc, id, s (seq of its history entry)
+-- KEYS[2] lv:{k}:h       stream: entry id <seq>-0, fields t (ts µs), d (doc)
+-- KEYS[3] lv:{k}:i       sorted set: score ts, member <seq as 16 digits><sha1(doc) hex>
+--                         (dedup + time index; ties sort by seq)
+-- KEYS[4] lv:{k}:meta    hash: e (epoch), s (last seq)
+-- ARGV[1] variable id   ARGV[2] ts (µs, integer)   ARGV[3] doc (JSON)   ARGV[4] sha1 hex of doc
+-- ARGV[5] "1" for external_gte (>=), "0" for external (>), "c" for create (only when no
+--         document is there)   ARGV[6] feed channel lv:{k}:feed
+-- ARGV[7] the version when it is not the ts (an Elasticsearch request's `version`), else ""
+-- returns, per packet, {applied, seq, epoch, current, existed, entry}
+--   applied 1 when the document became the latest, 0 when it was stale (or a redelivery);
+--   seq 0 when the same (ts, doc) is already in the hot history (a redelivery: nothing is written);
+--   current the version before this write ('' if none); existed 1 if a document was there (a
+--   deleted document leaves a tombstone: the hash keeps only v); entry the seq of the history
+--   entry holding this packet (the earlier one for a redelivery, 0 if unknown).
+local function write(K, A)
+  local ts = A[2]
+  local explicit = A[7] ~= ''
+  local version = ts
+  if explicit then version = A[7] end
+  local vn = tonumber(version)
+  local digest = A[4]
+  local state = redis.call('HMGET', K[1], 'v', 'id')
+  local current = state[1]
+  local existed = 0
+  if state[2] then existed = 1 end
+
+  -- (ts, sha1(doc)) already in history? Only entries with exactly this ts need a look.
+  local entry = nil
+  local same_ts = redis.call('ZRANGEBYSCORE', K[3], ts, ts)
+  for i = 1, #same_ts do
+    if string.sub(same_ts[i], 17) == digest then
+      entry = tonumber(string.sub(same_ts[i], 1, 16))
+      if not explicit then
+        local e = redis.call('HGET', K[4], 'e')
+        return {0, 0, e or '0', current or '', existed, entry}
+      end
+    end
+  end
+  -- With an explicit version a redelivery still takes part in the compare-and-set below.
+
+  local seq = 0
+  local epoch
+  if entry then
+    epoch = redis.call('HGET', K[4], 'e') or '0'
+  else
+    local meta = redis.call('HMGET', K[4], 'e', 's')
+    epoch = meta[1]
+    if not epoch then
+      -- A new epoch: the counter is gone. Continue after the hot history's last seq, if any,
+      -- so stream ids stay increasing; clients holding the old epoch are told to reset.
+      local now = redis.call('TIME')
+      epoch = now[1] .. string.format('%06d', tonumber(now[2]))
+      local last = redis.call('XREVRANGE', K[2], '+', '-', 'COUNT', 1)
+      local s = 0
+      if last[1] then s = tonumber(string.match(last[1][1], '^(%d+)')) end
+      redis.call('HSET', K[4], 'e', epoch, 's', s)
+    end
+    seq = redis.call('HINCRBY', K[4], 's', 1)
+    redis.call('XADD', K[2], seq .. '-0', 't', ts, 'd', A[3])
+    redis.call('ZADD', K[3], ts, string.format('%016d', seq) .. digest)
+    entry = seq
+  end
+
+  local applied = 0
+  local cn = current and tonumber(current)
+  if A[5] == 'c' then
+    if existed == 0 then applied = 1 end
+  elseif not cn or vn > cn or (A[5] == '1' and vn == cn) then
+    applied = 1
+  end
+  if applied == 1 then
+    redis.call('HSET', K[1], 'v', version, 'doc', A[3], 'id', A[1], 's', entry)
+  end
+
+  if seq > 0 then
+    redis.call('SPUBLISH', A[6], epoch .. ' ' .. seq .. ' ' .. ts .. ' ' .. A[3])
+  end
+  return {applied, seq, epoch, current or '', existed, entry}
+end
+
+local results = {}
+local k, a = {}, {}
+for i = 0, #KEYS / 4 - 1 do
+  for j = 1, 4 do k[j] = KEYS[4 * i + j] end
+  for j = 1, 7 do a[j] = ARGV[7 * i + j] end
+  results[i + 1] = write(k, a)
+end
+return results

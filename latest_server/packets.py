@@ -1,0 +1,278 @@
+"""Packets: turn message bytes into ``Packet`` objects, or into rejections with a reason code.
+
+The timestamp, as integer microseconds since the epoch, is the packet's version. A message may be
+one JSON object, a JSON array of objects, or NDJSON (one object per line).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+
+from latest_server.errors import PacketRejected, RejectReason
+from latest_server.keys import key_for
+from latest_server.settings import Settings
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ONE_US = timedelta(microseconds=1)
+MAX_ID_LENGTH = 1024
+# Lua numbers and sorted-set scores are doubles: versions stay exact below 2**53 µs (year 2255).
+MAX_TS_US = 2**53
+UNIT_TO_US = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}
+# The reserved field tying packets to a session. A string: the packet is a sample of that
+# session. An object: the packet is the session document itself (its id is the session id).
+SESSION_FIELD = "@session"
+SESSION_STATES = ("waiting", "open", "closed", "truncated", "failed")
+MAX_SESSION_INFO_BYTES = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class SessionDoc:
+    """What a session document says: ``{"@session": {"state", "start", "end", "info", "error"}}``.
+
+    ``state`` None means "no change" (an update of the time range or info only)."""
+
+    state: str | None
+    start_us: int | None
+    end_us: int | None
+    info: bytes | None  # JSON object
+    error: str | None
+
+
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs µs on the hot path
+class Packet:
+    variable_id: str
+    key: str  # sha1 hex of variable_id
+    ts_us: int  # the version
+    raw: bytes  # canonical JSON of the document (orjson), what is stored and served
+    digest: str  # sha1 hex of raw: the identity of a history entry with ts_us
+    session_id: str | None = None  # a sample of this session ("@session": "<id>")
+    session_doc: SessionDoc | None = None  # set: this packet is a session document
+    # Set by the Elasticsearch-compatible API: the request's ``version`` when it is not ts_us
+    # (the latest compare-and-set uses it; history keeps ts_us), and a per-packet rule instead
+    # of the store's LATEST_VERSION_TYPE: "external", "external_gte" or "create" (no document).
+    version: int | None = None
+    version_type: str | None = None
+
+    @property
+    def latest_version(self) -> int:
+        return self.ts_us if self.version is None else self.version
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    index: int  # position of the packet in its message
+    reason: RejectReason
+    detail: str
+    raw: bytes  # the offending bytes, for the dead-letter queue
+
+
+def _lookup(document: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = document
+    for part in path:
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def epoch_to_us(number: float, unit: str = "auto") -> int:
+    """Epoch seconds/ms/µs/ns → µs. ``auto`` picks the unit by magnitude, which is exact for
+    times from 1973-03-03 to 5138 (before 1973, µs look like ms: fix the unit by setting)."""
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ValueError("time is not a finite number")
+    if unit == "auto":
+        magnitude = abs(number)
+        if magnitude < 1e11:
+            unit = "s"
+        elif magnitude < 1e14:
+            unit = "ms"
+        elif magnitude < 1e17:
+            unit = "us"
+        else:
+            unit = "ns"
+    if unit == "ns" and isinstance(number, int):
+        return number // 1000
+    factor = UNIT_TO_US[unit]
+    if isinstance(number, int) and isinstance(factor, int):
+        return number * factor
+    return round(number * factor)
+
+
+def iso_to_us(text: str, default_tz: ZoneInfo | None = None) -> int:
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        if default_tz is None:
+            raise ValueError("time has no UTC offset (set LATEST_DEFAULT_TZ to accept such times)")
+        moment = moment.replace(tzinfo=default_tz)
+    return (moment - EPOCH) // ONE_US
+
+
+class PacketParser:
+    """Parses messages with the id/time rules of one ``Settings``. Pure: no I/O."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.id_path = tuple(settings.id_field.split("."))
+        self.time_paths = [tuple(name.split(".")) for name in settings.time_fields]
+        self.time_unit = settings.time_unit
+        self.default_tz = ZoneInfo(settings.default_tz) if settings.default_tz else None
+        self.max_bytes = settings.max_packet_bytes
+
+    def parse_message(self, body: bytes, *, ndjson: bool = False) -> list[Packet | Rejection]:
+        """Every packet of a message, in order, each a ``Packet`` or a ``Rejection``."""
+        if not ndjson:
+            try:
+                decoded = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                if b"\n" not in body.strip():
+                    return [Rejection(0, "not_json", "body is not valid JSON", body)]
+            else:
+                if isinstance(decoded, list):
+                    return [self.parse_document(i, item) for i, item in enumerate(decoded)]
+                return [self.parse_document(0, decoded, body)]
+        results: list[Packet | Rejection] = []
+        for index, line in enumerate(line for line in body.splitlines() if line.strip()):
+            try:
+                decoded = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                results.append(Rejection(index, "not_json", "line is not valid JSON", line))
+                continue
+            results.append(self.parse_document(index, decoded, line))
+        return results
+
+    def parse_document(
+        self, index: int, document: Any, raw: bytes | None = None
+    ) -> Packet | Rejection:
+        try:
+            return self.packet(document)
+        except PacketRejected as exc:
+            return Rejection(
+                index, exc.code, exc.message, raw if raw is not None else _dump(document)
+            )
+
+    def packet(self, document: Any) -> Packet:
+        """One decoded JSON value → ``Packet``, or raise ``PacketRejected``."""
+        if not isinstance(document, dict):
+            raise PacketRejected(
+                "not_object", f"packet is a JSON {type(document).__name__}, not an object"
+            )
+        variable_id = self._variable_id(document)
+        ts_us = self._timestamp(document)
+        raw = orjson.dumps(document)
+        if len(raw) > self.max_bytes:
+            raise PacketRejected(
+                "too_large", f"packet is {len(raw)} bytes, the limit is {self.max_bytes}"
+            )
+        session = document.get(SESSION_FIELD)
+        if session is None:
+            return Packet(
+                variable_id, key_for(variable_id), ts_us, raw, hashlib.sha1(raw).hexdigest()
+            )
+        if isinstance(session, str) and 0 < len(session) <= MAX_ID_LENGTH:
+            return Packet(
+                variable_id,
+                key_for(variable_id),
+                ts_us,
+                raw,
+                hashlib.sha1(raw).hexdigest(),
+                session_id=session,
+            )
+        return Packet(
+            variable_id,
+            key_for(variable_id),
+            ts_us,
+            raw,
+            hashlib.sha1(raw).hexdigest(),
+            session_doc=self._session_doc(session),
+        )
+
+    def _session_doc(self, value: Any) -> SessionDoc:
+        if not isinstance(value, dict):
+            raise PacketRejected(
+                "bad_session",
+                f"{SESSION_FIELD} must be a session id (string) or a session document (object)",
+            )
+        state = value.get("state")
+        if state is not None and state not in SESSION_STATES:
+            raise PacketRejected(
+                "bad_session",
+                f"{SESSION_FIELD}.state must be one of {', '.join(SESSION_STATES)}",
+            )
+        bounds = []
+        for name in ("start", "end"):
+            bound = value.get(name)
+            try:
+                bounds.append(None if bound is None else self._to_us(bound))
+            except (ValueError, OverflowError, TypeError) as exc:
+                raise PacketRejected(
+                    "bad_session", f"{SESSION_FIELD}.{name} is not a time: {exc}"
+                ) from None
+        info = value.get("info")
+        if info is not None and not isinstance(info, dict):
+            raise PacketRejected("bad_session", f"{SESSION_FIELD}.info must be an object")
+        info_raw = orjson.dumps(info) if info is not None else None
+        if info_raw is not None and len(info_raw) > MAX_SESSION_INFO_BYTES:
+            raise PacketRejected(
+                "bad_session", f"{SESSION_FIELD}.info is larger than {MAX_SESSION_INFO_BYTES} bytes"
+            )
+        error = value.get("error")
+        return SessionDoc(
+            state, bounds[0], bounds[1], info_raw, None if error is None else str(error)[:4096]
+        )
+
+    def _variable_id(self, document: dict[str, Any]) -> str:
+        value = _lookup(document, self.id_path)
+        if value is None:
+            raise PacketRejected("missing_id", f"packet has no {'.'.join(self.id_path)!r} field")
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise PacketRejected("bad_id", "id must be a string or an integer")
+        text = str(value)
+        if not text or len(text) > MAX_ID_LENGTH:
+            raise PacketRejected("bad_id", f"id must have 1 to {MAX_ID_LENGTH} characters")
+        return text
+
+    def _timestamp(self, document: dict[str, Any]) -> int:
+        for path in self.time_paths:
+            value = _lookup(document, path)
+            if value is not None:
+                break
+        else:
+            names = ", ".join(".".join(path) for path in self.time_paths)
+            raise PacketRejected("missing_time", f"packet has none of the time fields {names}")
+        return self.time_to_us(value)
+
+    def time_to_us(self, value: Any) -> int:
+        """A time as ingest reads it (ISO-8601 or an epoch number) → µs; else bad_time."""
+        try:
+            ts_us = self._to_us(value)
+        except (ValueError, OverflowError, TypeError) as exc:
+            raise PacketRejected("bad_time", f"unusable time {str(value)[:64]!r}: {exc}") from None
+        if not -MAX_TS_US < ts_us < MAX_TS_US:
+            raise PacketRejected("bad_time", f"time {str(value)[:64]!r} is out of range")
+        return ts_us
+
+    def _to_us(self, value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError("a boolean is not a time")
+        if isinstance(value, (int, float)):
+            return epoch_to_us(value, self.time_unit)
+        if isinstance(value, str):
+            text = value.strip()
+            if len(text) > 10 and text[4] == "-":  # the common case, ISO-8601: skip float()
+                return iso_to_us(text, self.default_tz)
+            try:
+                number = float(text)
+            except ValueError:
+                return iso_to_us(text, self.default_tz)
+            return epoch_to_us(int(text) if text.lstrip("-").isdigit() else number, self.time_unit)
+        raise ValueError(f"a JSON {type(value).__name__} is not a time")
+
+
+def _dump(document: Any) -> bytes:
+    return orjson.dumps(document)

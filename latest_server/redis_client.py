@@ -1,0 +1,88 @@
+"""Redis connection: connect by URL, check the server is safe for history, register scripts."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, ResponseError
+
+from latest_server import lua
+from latest_server.errors import UnsafeRedisConfig
+
+log = logging.getLogger(__name__)
+
+SCRIPTS = (
+    "write",
+    "read_hot",
+    "transfer",
+    "finish",
+    "lock_extend",
+    "lock_release",
+    "append",  # the Elasticsearch latest backend: history + feed only
+    "delete",  # Elasticsearch-compatible deletes (a tombstone keeps the version)
+)
+SAFE_POLICIES = ("noeviction",)
+
+
+@dataclass(frozen=True)
+class Scripts:
+    """SHA-1 of each registered script, for EVALSHA in pipelines."""
+
+    sources: dict[str, str]
+    shas: dict[str, str]
+
+    async def call(self, redis: Redis, name: str, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA, loading the script again if Redis lost its cache (a restart)."""
+        try:
+            return await redis.evalsha(self.shas[name], len(keys), *keys, *args)  # type: ignore[misc]
+        except NoScriptError:
+            self.shas[name] = str(await redis.script_load(self.sources[name]))
+            return await redis.evalsha(self.shas[name], len(keys), *keys, *args)  # type: ignore[misc]
+
+
+def connect(url: str, **options: object) -> Redis:
+    """A client for redis://, rediss:// or unix:// URLs. Values stay bytes (documents are JSON)."""
+    # No health_check_interval: it costs a check on every command of the read hot path (a tenth
+    # of GET /latest); a dead connection fails its command and redis-py retries on a new one.
+    options.setdefault("socket_keepalive", True)
+    return Redis.from_url(url, **options)  # type: ignore[arg-type]
+
+
+async def load_scripts(redis: Redis) -> Scripts:
+    """SCRIPT LOAD every script once; callers reload on NOSCRIPT (after a Redis restart)."""
+    sources = {name: lua.source(name) for name in SCRIPTS}
+    shas = {name: str(await redis.script_load(text)) for name, text in sources.items()}
+    return Scripts(sources, shas)
+
+
+async def check_server(redis: Redis) -> list[str]:
+    """Refuse an evicting maxmemory-policy (it silently drops history); warn without persistence.
+
+    Returns the warnings that were logged.
+    """
+    memory = await redis.info("memory")
+    policy = str(memory.get("maxmemory_policy", "noeviction"))
+    if policy not in SAFE_POLICIES:
+        raise UnsafeRedisConfig(
+            f"Redis maxmemory-policy is {policy!r}: it evicts keys and would silently lose "
+            "history. "
+            "Set it to 'noeviction' (CONFIG SET maxmemory-policy noeviction) and restart."
+        )
+    warnings = []
+    persistence = await redis.info("persistence")
+    aof = int(persistence.get("aof_enabled", 0))
+    try:
+        save = (await redis.config_get("save")).get("save", "")
+    except ResponseError:  # CONFIG may be disabled on managed Redis; do not guess.
+        save = "unknown"
+    if not aof and not str(save).strip():
+        warnings.append(
+            'Redis has no persistence (appendonly no, save ""): a Redis restart loses the latest '
+            "values and the history not yet offloaded."
+        )
+    for message in warnings:
+        log.warning(message)
+    return warnings

@@ -1,0 +1,118 @@
+"""The open resources of a running process, shared by its edges (HTTP and AMQP)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from latest_server.completion import SessionJobs
+from latest_server.errors import ConfigError
+from latest_server.ingestor import Ingestor
+from latest_server.merge import Merger
+from latest_server.offload import Offloader, OffloadTrigger
+from latest_server.packets import PacketParser
+from latest_server.redis_client import check_server, connect
+from latest_server.sessions import EndHook, Session, SessionStore
+from latest_server.settings import Settings
+from latest_server.stores import open_latest_store, open_object_store
+from latest_server.stores.base import LatestStore, ObjectStore
+from latest_server.stores.history import HistoryStore
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    redis: Redis
+    latest: LatestStore  # Redis, or Elasticsearch (LATEST_BACKEND)
+    ingestor: Ingestor
+    parser: PacketParser
+    objects: ObjectStore
+    history: HistoryStore
+    offloader: Offloader
+    merger: Merger
+    trigger: OffloadTrigger
+    # Extra readiness conditions, e.g. "consumer": lambda: consumer.connected.
+    ready_checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
+    sessions: SessionStore | None = None
+    session_jobs: SessionJobs | None = None  # completion detector + end-hook runner
+
+    @classmethod
+    async def open(cls, settings: Settings, *, on_end: EndHook | None = None) -> Resources:
+        """Connect to Redis (refusing an evicting one) and build the write path.
+
+        ``on_end(session, variables)`` runs once a session ended or completed (at least once,
+        in one process); by default it is the final offload + merge of the session's variables."""
+        if not settings.redis_url:
+            raise ValueError("Resources.open needs a REDIS_URL (the CLI starts the embedded one)")
+        redis = connect(settings.redis_url)
+        try:
+            await check_server(redis)
+            latest = await open_latest_store(latest_url(settings), redis=redis, settings=settings)
+        except BaseException:
+            await redis.aclose()
+            raise
+        objects = open_object_store(objects_url(settings))
+        offloader = Offloader(
+            redis,
+            latest.scripts,
+            objects,
+            ratio=settings.offload_ratio,
+            target_ratio=settings.offload_target_ratio,
+            max_bytes=settings.offload_max_bytes,
+            lock_ttl=settings.offload_lock_ttl,
+        )
+        trigger = OffloadTrigger(offloader, settings.offload_check_interval)
+        # At start-up, finish whatever a job that died left in Redis (then offload if needed).
+        trigger.start()
+        merger = Merger(offloader, lock_ttl=settings.offload_lock_ttl * 2)
+        sessions = SessionStore(redis, completion_delay=settings.completion_delay)
+        session_jobs = SessionJobs(sessions, settings, on_end or merge_on_end(merger))
+        session_jobs.start()
+        return cls(
+            settings,
+            redis,
+            latest,
+            Ingestor(latest, trigger, sessions=sessions),
+            PacketParser(settings),
+            objects,
+            HistoryStore(redis, latest.scripts, objects),
+            offloader,
+            merger,
+            trigger,
+            sessions=sessions,
+            session_jobs=session_jobs,
+        )
+
+    async def close(self) -> None:
+        if self.session_jobs is not None:
+            await self.session_jobs.close()
+        await self.trigger.close(cancel=True)
+        await self.latest.close()  # its own client (Elasticsearch), or the Redis one
+        await self.redis.aclose()
+
+
+def merge_on_end(merger: Merger) -> EndHook:
+    """The end of a session: move what is left of its variables in Redis and merge each."""
+
+    async def on_end(session: Session, variables: list[str]) -> None:
+        await merger.merge_variables(variables)
+
+    return on_end
+
+
+def latest_url(settings: Settings) -> str:
+    """Where latest documents live: REDIS_URL, or ELASTICSEARCH_URL with LATEST_BACKEND."""
+    if settings.backend == "elasticsearch":
+        if not settings.elasticsearch_url:
+            raise ConfigError("LATEST_BACKEND=elasticsearch needs ELASTICSEARCH_URL")
+        return settings.elasticsearch_url
+    return str(settings.redis_url)
+
+
+def objects_url(settings: Settings) -> str:
+    if settings.objects_url:
+        return settings.objects_url
+    return Path(settings.data_dir, "objects").resolve().as_uri()

@@ -1,0 +1,42 @@
+"""Stores chosen by URL scheme; backends are imported lazily from a scheme → "module:Class" map."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+from urllib.parse import urlsplit
+
+from latest_server.errors import ConfigError
+
+LATEST_BACKENDS = {
+    "redis": "latest_server.stores.latest_redis:RedisLatestStore",
+    "rediss": "latest_server.stores.latest_redis:RedisLatestStore",
+    "unix": "latest_server.stores.latest_redis:RedisLatestStore",
+    # Elasticsearch (ELASTICSEARCH_URL with LATEST_BACKEND=elasticsearch): latest documents in an
+    # index, history and feed still in Redis.
+    "http": "latest_server.stores.latest_es:ElasticsearchLatestStore",
+    "https": "latest_server.stores.latest_es:ElasticsearchLatestStore",
+}
+
+OBJECT_BACKENDS = {
+    "file": "latest_server.stores.objects_file:FileObjectStore",
+    "s3": "latest_server.stores.objects_s3:S3ObjectStore",
+}
+
+
+async def open_latest_store(url: str, *, redis: Any, settings: Any) -> Any:
+    """A LatestStore for ``url``; ``redis`` (connected to REDIS_URL) keeps history and the feed."""
+    return await backend_class(url, LATEST_BACKENDS).from_url(url, redis=redis, settings=settings)
+
+
+def open_object_store(url: str) -> Any:
+    """An ObjectStore for ``s3://bucket/prefix`` or ``file:///path``."""
+    return backend_class(url, OBJECT_BACKENDS)(url)
+
+
+def backend_class(url: str, table: dict[str, str]) -> Any:
+    scheme = urlsplit(url).scheme
+    if scheme not in table:
+        raise ConfigError(f"No store for URL scheme {scheme!r} (known: {', '.join(sorted(table))})")
+    module_name, _, class_name = table[scheme].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)

@@ -1,0 +1,177 @@
+"""LatestStore on Redis: a whole batch is one pipelined round trip of write.lua calls."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import hiredis
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from latest_server import keys
+from latest_server.errors import StoreUnavailable
+from latest_server.packets import Packet
+from latest_server.redis_client import Scripts, load_scripts
+from latest_server.settings import Settings
+from latest_server.stores.base import DeleteOutcome, LatestDoc, WriteOutcome
+
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+# write.lua's ARGV[5] for each version type (Packet.version_type, or LATEST_VERSION_TYPE).
+MODES = {"external": b"0", "external_gte": b"1", "create": b"c"}
+# Packets per write.lua call: big enough to amortise a call, small enough that one call keeps
+# Redis busy for a millisecond or so, not more.
+WRITE_CHUNK = 100
+
+
+class RedisLatestStore:
+    def __init__(self, redis: Redis, scripts: Scripts, *, version_type: str = "external") -> None:
+        self.redis = redis
+        self.scripts = scripts
+        self.gte = b"1" if version_type == "external_gte" else b"0"
+
+    @classmethod
+    async def open(cls, redis: Redis, *, version_type: str = "external") -> RedisLatestStore:
+        return cls(redis, await load_scripts(redis), version_type=version_type)
+
+    @classmethod
+    async def from_url(cls, url: str, *, redis: Redis, settings: Settings) -> RedisLatestStore:
+        """The stores/__init__.py backend entry point: ``redis`` is already connected to ``url``."""
+        return await cls.open(redis, version_type=settings.version_type)
+
+    async def write_batch(self, packets: Sequence[Packet]) -> list[WriteOutcome]:
+        if not packets:
+            return []
+        try:
+            try:
+                replies = await self._write(packets)
+            except NoScriptError:
+                # Redis restarted and lost its script cache. The script is idempotent, so the
+                # whole batch is simply sent again.
+                self.scripts = await load_scripts(self.redis)
+                replies = await self._write(packets)
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        return [
+            WriteOutcome(
+                bool(r[0]), int(r[1]), int(r[2]), int(r[3]) if r[3] else None, bool(r[4]), int(r[5])
+            )
+            for r in replies
+        ]
+
+    async def _write(self, packets: Sequence[Packet]) -> list[list[int | bytes]]:
+        """One round trip: write.lua called once per chunk of packets (a call carries many, so
+        Redis runs one script per chunk and the client packs one command per chunk)."""
+        sha = self.scripts.shas["write"]
+        gte = self.gte
+        commands = []
+        for start in range(0, len(packets), WRITE_CHUNK):
+            chunk = packets[start : start + WRITE_CHUNK]
+            names: list[str] = []
+            args: list[Any] = []
+            for p in chunk:
+                k = p.key
+                names += keys.write_keys(k)
+                args += (
+                    p.variable_id,
+                    p.ts_us,
+                    p.raw,
+                    p.digest,
+                    gte if p.version_type is None else MODES[p.version_type],
+                    keys.feed(k),
+                    b"" if p.version is None else p.version,
+                )
+            commands.append(("EVALSHA", sha, len(names), *names, *args))
+        replies = await self._send(commands)
+        return [reply for chunk_replies in replies for reply in chunk_replies]
+
+    async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Commands in one round trip, packed by hiredis (C) rather than in Python: on the
+        ingest hot path, packing was a tenth of the consumer's time."""
+        pool = self.redis.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await connection.send_packed_command(b"".join(map(hiredis.pack_command, commands)))
+            return [await connection.read_response() for _ in commands]
+        except BaseException:
+            # An error reply or a lost connection leaves replies unread: never reuse it.
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
+
+    async def get(self, variable_id: str) -> LatestDoc | None:
+        try:
+            reply: list[Any] = await self.redis.hmget(
+                keys.latest(keys.key_for(variable_id)), ("v", "doc")
+            )
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        version, doc = reply
+        if version is None or doc is None:
+            return None
+        return LatestDoc(variable_id, int(version), doc)
+
+    async def mget(self, variable_ids: Sequence[str]) -> list[LatestDoc | None]:
+        try:
+            if len(variable_ids) == 1:
+                replies = [
+                    await self.redis.hmget(keys.latest(keys.key_for(variable_ids[0])), "v", "doc")
+                ]
+            else:
+                pipe = self.redis.pipeline(transaction=False)
+                for variable_id in variable_ids:
+                    pipe.hmget(keys.latest(keys.key_for(variable_id)), "v", "doc")
+                replies = await pipe.execute()
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        return [
+            _latest_doc(variable_id, reply)
+            for variable_id, reply in zip(variable_ids, replies, strict=True)
+        ]
+
+    async def read_keys(self, variable_keys: Sequence[str]) -> list[LatestDoc | None]:
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for key in variable_keys:
+                pipe.hmget(keys.latest(key), "v", "doc", "id", "s")
+            replies = await pipe.execute()
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        found: list[LatestDoc | None] = []
+        for version, doc, variable_id, seq in replies:
+            if version is None or doc is None:
+                found.append(None)
+            else:
+                found.append(LatestDoc(variable_id.decode(), int(version), doc, int(seq or 0)))
+        return found
+
+    async def delete(
+        self, variable_id: str, key: str, version: int | None, version_type: str
+    ) -> DeleteOutcome:
+        gte = MODES[version_type] if version is not None else self.gte
+        args = ["" if version is None else version, gte]
+        try:
+            reply = await self.scripts.call(self.redis, "delete", [keys.latest(key)], args)
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        result, tombstone, current = reply
+        return DeleteOutcome(result.decode(), int(tombstone), int(current) if current else None)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except UNAVAILABLE:
+            return False
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+def _latest_doc(variable_id: str, reply: list[Any]) -> LatestDoc | None:
+    version, doc = reply
+    if version is None or doc is None:
+        return None
+    return LatestDoc(variable_id, int(version), doc)

@@ -1,0 +1,159 @@
+"""ObjectStore on S3 (``s3://bucket/prefix``) through boto3. Endpoint, region and credentials come
+from the standard AWS configuration (``AWS_ENDPOINT_URL_S3``, ``AWS_REGION``, ``AWS_ACCESS_KEY_ID``
+…). Create-only puts send ``If-None-Match: *``."""
+
+from __future__ import annotations
+
+import builtins
+import io
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from latest_server.errors import ObjectMissing
+from latest_server.stores.base import ObjectInfo
+
+MISSING = ("NoSuchKey", "404", "NotFound")
+EXISTS = ("PreconditionFailed", "412", "ConditionalRequestConflict")
+
+
+class S3ObjectStore:
+    def __init__(self, url: str, client: Any = None) -> None:
+        parts = urlsplit(url)
+        self.url = url
+        self.bucket = parts.netloc
+        self.prefix = parts.path.strip("/")
+        if self.prefix:
+            self.prefix += "/"
+        self.client = client or boto3.client(
+            "s3", config=Config(retries={"mode": "standard", "max_attempts": 5})
+        )
+        self.requests = 0
+        self.bytes_read = 0
+
+    def _key(self, name: str) -> str:
+        return self.prefix + name
+
+    def put(self, name: str, data: bytes) -> bool:
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=self._key(name), Body=data, IfNoneMatch="*"
+            )
+        except ClientError as exc:
+            if _code(exc) in EXISTS:
+                return False
+            raise
+        return True
+
+    def get(self, name: str) -> bytes:
+        try:
+            reply = self.client.get_object(Bucket=self.bucket, Key=self._key(name))
+        except ClientError as exc:
+            if _code(exc) in MISSING:
+                raise ObjectMissing(f"no object {name!r}") from None
+            raise
+        data: bytes = reply["Body"].read()
+        self.requests += 1
+        self.bytes_read += len(data)
+        return data
+
+    def get_range(self, name: str, start: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        try:
+            reply = self.client.get_object(
+                Bucket=self.bucket, Key=self._key(name), Range=f"bytes={start}-{start + length - 1}"
+            )
+        except ClientError as exc:
+            if _code(exc) in MISSING:
+                raise ObjectMissing(f"no object {name!r}") from None
+            raise
+        data: bytes = reply["Body"].read()
+        self.requests += 1
+        self.bytes_read += len(data)
+        return data
+
+    def size(self, name: str) -> int:
+        try:
+            reply = self.client.head_object(Bucket=self.bucket, Key=self._key(name))
+        except ClientError as exc:
+            if _code(exc) in MISSING:
+                raise ObjectMissing(f"no object {name!r}") from None
+            raise
+        return int(reply["ContentLength"])
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        found = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+            for item in page.get("Contents", []):
+                found.append(ObjectInfo(item["Key"][len(self.prefix) :], int(item["Size"])))
+        return sorted(found, key=lambda info: info.name)
+
+    def list_dirs(self, prefix: str) -> builtins.list[str]:
+        names = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        full = self._key(prefix)
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full, Delimiter="/"):
+            for item in page.get("CommonPrefixes", []):
+                names.append(item["Prefix"][len(full) :].rstrip("/"))
+        return sorted(names)
+
+    def delete(self, name: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(name))
+
+    def open(self, name: str) -> Any:
+        """A seekable file over ranged GETs (for pyarrow); raises ObjectMissing."""
+        return RangedFile(self, name)
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+class RangedFile(io.RawIOBase):
+    """A read-only, seekable file over ranged GETs, so pyarrow fetches only the row groups (and
+    the footer) it needs instead of the whole object."""
+
+    def __init__(self, store: S3ObjectStore, name: str) -> None:
+        super().__init__()
+        self.store = store
+        self.name_ = name
+        self.length = store.size(name)
+        self.position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.length}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        wanted = min(len(buffer), self.length - self.position)
+        if wanted <= 0:
+            return 0
+        data = self.store.get_range(self.name_, self.position, wanted)
+        buffer[: len(data)] = data
+        self.position += len(data)
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = self.length - self.position
+        size = min(size, self.length - self.position)
+        if size <= 0:
+            return b""
+        data = self.store.get_range(self.name_, self.position, size)
+        self.position += len(data)
+        return data

@@ -1,0 +1,71 @@
+"""The only place the web app is wired: routes, exception handlers, lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute, Mount, Route
+
+from latest_server.resources import Resources
+from latest_server.settings import Settings
+from latest_server.web import errors, es, history, ingest, latest, metrics
+from latest_server.web import sessions as session_routes
+
+
+def create_app(settings: Settings, *, resources: Resources | None = None) -> Starlette:
+    """A Starlette app. Given ``resources``, it uses (and does not close) them; otherwise it opens
+    its own for its lifespan."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if resources is not None:
+            app.state.resources = resources
+            yield
+            return
+        owned = await Resources.open(settings)
+        app.state.resources = owned
+        try:
+            yield
+        finally:
+            await owned.close()
+
+    routes: list[BaseRoute] = [
+        Route("/ingest", ingest.ingest, methods=["POST"]),
+        Route("/latest", latest.list_latest, methods=["GET"]),
+        Route("/latest/_mget", latest.mget_latest, methods=["POST"]),
+        Route("/latest/{variable_id:path}", latest.get_latest, methods=["GET"]),
+        Route("/history/{variable_id:path}", history.get_history, methods=["GET"]),
+        Route("/sessions", session_routes.list_sessions, methods=["GET"]),
+        Route("/sessions/{session_id:path}", session_routes.get_session, methods=["GET"]),
+        Route("/healthz", metrics.healthz, methods=["GET"]),
+        Route("/readyz", metrics.readyz, methods=["GET"]),
+    ]
+    if settings.es_prefix:  # the Elasticsearch-compatible API under a path, e.g. /es
+        routes.append(Mount(settings.es_prefix, routes=es.ROUTES))
+    return Starlette(
+        routes=routes,
+        exception_handlers=errors.HANDLERS,  # type: ignore[arg-type]
+        lifespan=lifespan,
+    )
+
+
+def create_es_app(settings: Settings, *, resources: Resources | None = None) -> Starlette:
+    """The Elasticsearch-compatible API alone, for its own listener (LATEST_ES_PORT). Given
+    ``resources`` (the main app's), it shares them; otherwise it opens its own."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if resources is not None:
+            app.state.resources = resources
+            yield
+            return
+        owned = await Resources.open(settings)
+        app.state.resources = owned
+        try:
+            yield
+        finally:
+            await owned.close()
+
+    return Starlette(routes=es.ROUTES, lifespan=lifespan)

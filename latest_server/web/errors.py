@@ -1,0 +1,54 @@
+"""Every error becomes JSON ``{"error": {"type": <code>, "reason": <message>}}`` here, once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from latest_server.errors import (
+    BadRequest,
+    ConfigError,
+    LatestError,
+    NotFound,
+    PacketRejected,
+    StoreUnavailable,
+)
+
+STATUS = {
+    BadRequest: 400,
+    PacketRejected: 400,
+    NotFound: 404,
+    StoreUnavailable: 503,
+    ConfigError: 500,
+}
+HTTP_TYPES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+
+def error_body(type_: str, reason: str, **extra: Any) -> bytes:
+    return orjson.dumps({"error": {"type": type_, "reason": reason}, **extra})
+
+
+def json_error(status: int, type_: str, reason: str, **extra: Any) -> Response:
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return Response(
+        error_body(type_, reason, **extra), status, headers=headers, media_type="application/json"
+    )
+
+
+async def latest_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, LatestError)
+    status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 500)
+    return json_error(status, exc.reason, exc.message)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    type_ = HTTP_TYPES.get(exc.status_code, "http_error")
+    return json_error(exc.status_code, type_, str(exc.detail))
+
+
+HANDLERS = {LatestError: latest_error, HTTPException: http_error}

@@ -1,0 +1,323 @@
+"""The Elasticsearch-compatible API: what Logstash's elasticsearch output and the official
+Python client (8.x, 9.x) need to keep "the latest document per resource" here instead of in an
+Elasticsearch index (../shared/es_compat.md is the spec).
+
+One endpoint, ``dispatch``, routes on the raw path (resource ids contain ``/``, sent as ``%2F``,
+which Starlette's decoded path would split), answers every error in Elasticsearch's shape and
+puts ``X-Elastic-Product: Elasticsearch`` on every response. ``ROUTES`` is served on its own
+listener (LATEST_ES_PORT, see web/app.py create_es_app) and can be mounted under a prefix of
+the main app (LATEST_ES_PREFIX).
+
+Housekeeping answered here: ``GET|HEAD /`` (cluster info), ``GET /_license``, index templates,
+ILM policies, ``GET /_cluster/health``, ``GET /_nodes``, ``GET /_xpack``, ``HEAD|GET|PUT
+/{index}``, ``_refresh``. Documents: web/es_docs.py; ``_bulk``: web/es_bulk.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import quote, unquote
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from latest_server import __version__
+from latest_server.errors import LatestError
+from latest_server.web import es_bulk, es_docs
+from latest_server.web.es_context import Context
+from latest_server.web.es_errors import (
+    AlreadyExists,
+    EsError,
+    IndexNotFound,
+    MethodNotAllowed,
+    NoHandler,
+    from_latest_error,
+)
+from latest_server.web.es_http import error_response, respond
+from latest_server.web.es_indices import check_name
+
+log = logging.getLogger(__name__)
+
+# The version we report. Logstash 8/9 plugins ship an 8.x index template and accept any 8.x;
+# elasticsearch-py 8 and 9 do not read it (es_compat.md §1.8, §2.2).
+ES_VERSION = "8.19.0"
+SHARDS = {"total": 1, "successful": 1, "failed": 0}
+
+Handler = Callable[..., Awaitable[Response]]
+
+
+async def info(ctx: Context, request: Request) -> Response:
+    return respond(
+        request,
+        {
+            "name": "latest-server",
+            "cluster_name": "latest-server",
+            "cluster_uuid": ctx.cluster_uuid,
+            "version": {
+                "number": ES_VERSION,
+                "build_flavor": "default",
+                "build_type": "docker",
+                "build_hash": f"latest-server-{__version__}",
+                "build_date": "2025-01-01T00:00:00.000Z",
+                "build_snapshot": False,
+                "lucene_version": "9.12.0",
+                "minimum_wire_compatibility_version": "7.17.0",
+                "minimum_index_compatibility_version": "7.0.0",
+            },
+            "tagline": "You Know, for Search",
+        },
+    )
+
+
+async def license_(ctx: Context, request: Request) -> Response:
+    """Logstash marks the URL dead unless ``license.status`` is active (§1.2 step 3)."""
+    return respond(
+        request,
+        {
+            "license": {
+                "status": "active",
+                "uid": ctx.cluster_uuid,
+                "type": "basic",
+                "issue_date": "1970-01-01T00:00:00.000Z",
+                "issue_date_in_millis": 0,
+                "max_nodes": 1000,
+                "max_resource_units": None,
+                "issued_to": "latest-server",
+                "issuer": "elasticsearch",
+                "start_date_in_millis": -1,
+            }
+        },
+    )
+
+
+async def acknowledged(ctx: Context, request: Request, *_: str) -> Response:
+    """``PUT`` of an index template or ILM policy: accepted, and not needed (ids are by key)."""
+    return respond(request, {"acknowledged": True})
+
+
+async def template_exists(ctx: Context, request: Request, name: str) -> Response:
+    """``HEAD /_index_template/{name}``: 200, so Logstash does not try to install one."""
+    if request.method == "HEAD":
+        return respond(request, None)
+    return respond(request, {"index_templates": [{"name": name, "index_template": {}}]})
+
+
+async def ilm_policy(ctx: Context, request: Request, name: str) -> Response:
+    return respond(
+        request,
+        {name: {"version": 1, "modified_date": "1970-01-01T00:00:00.000Z", "policy": {}}},
+    )
+
+
+async def xpack(ctx: Context, request: Request) -> Response:
+    """Plugins before 11.0.3 ask this with ``ilm_enabled => auto``: no ILM here."""
+    return respond(
+        request,
+        {
+            "build": {},
+            "license": {"status": "active", "type": "basic"},
+            "features": {"ilm": {"available": False, "enabled": False}},
+        },
+    )
+
+
+async def nodes(ctx: Context, request: Request, *_: str) -> Response:
+    """Sniffing finds no other node (set ``sniffing => false``; one URL is all there is)."""
+    return respond(
+        request,
+        {
+            "_nodes": {"total": 0, "successful": 0, "failed": 0},
+            "cluster_name": "latest-server",
+            "nodes": {},
+        },
+    )
+
+
+async def health(ctx: Context, request: Request, *_: str) -> Response:
+    shards = await ctx.indices.count()
+    return respond(
+        request,
+        {
+            "cluster_name": "latest-server",
+            "status": "green",
+            "timed_out": False,
+            "number_of_nodes": 1,
+            "number_of_data_nodes": 1,
+            "active_primary_shards": shards,
+            "active_shards": shards,
+            "relocating_shards": 0,
+            "initializing_shards": 0,
+            "unassigned_shards": 0,
+            "delayed_unassigned_shards": 0,
+            "number_of_pending_tasks": 0,
+            "number_of_in_flight_fetch": 0,
+            "task_max_waiting_in_queue_millis": 0,
+            "active_shards_percent_as_number": 100.0,
+        },
+    )
+
+
+async def refresh(ctx: Context, request: Request, *_: str) -> Response:
+    """Reads are real time: nothing to refresh."""
+    return respond(request, {"_shards": SHARDS})
+
+
+async def index_exists(ctx: Context, request: Request, index: str) -> Response:
+    if not await ctx.indices.exists(index):
+        raise IndexNotFound(index)
+    if request.method == "HEAD":
+        return respond(request, None)
+    return respond(
+        request,
+        {
+            index: {
+                "aliases": {},
+                "mappings": {"dynamic": "false"},
+                "settings": {
+                    "index": {
+                        "number_of_shards": "1",
+                        "number_of_replicas": "0",
+                        "provided_name": index,
+                    }
+                },
+            }
+        },
+    )
+
+
+async def create_index(ctx: Context, request: Request, index: str) -> Response:
+    """A no-op create (mappings and settings are accepted and ignored)."""
+    check_name(index)
+    if not await ctx.indices.create(index):
+        raise AlreadyExists(index)
+    return respond(request, {"acknowledged": True, "shards_acknowledged": True, "index": index})
+
+
+async def write_doc(ctx: Context, request: Request, index: str, doc_id: str) -> Response:
+    return await es_docs.write(ctx, request, index, doc_id, None)
+
+
+async def write_auto_id(ctx: Context, request: Request, index: str) -> Response:
+    return await es_docs.write(ctx, request, index, None, None)
+
+
+async def create_doc(ctx: Context, request: Request, index: str, doc_id: str) -> Response:
+    return await es_docs.write(ctx, request, index, doc_id, "create")
+
+
+async def mget_all(ctx: Context, request: Request) -> Response:
+    return await es_docs.mget(ctx, request, None)
+
+
+async def bulk_all(ctx: Context, request: Request) -> Response:
+    return await es_bulk.bulk(ctx, request, None)
+
+
+# Path patterns: a literal segment, or "*" (any segment; in the first position, one that does
+# not start with "_", as Elasticsearch's index names). Literal patterns are listed first.
+TABLE: list[tuple[tuple[str, ...], dict[str, Handler]]] = [
+    ((), {"GET": info, "HEAD": info}),
+    (("_license",), {"GET": license_}),
+    (("_bulk",), {"POST": bulk_all, "PUT": bulk_all}),
+    (("_mget",), {"GET": mget_all, "POST": mget_all}),
+    (("_refresh",), {"GET": refresh, "POST": refresh}),
+    (("_cluster", "health"), {"GET": health}),
+    (("_cluster", "health", "*"), {"GET": health}),
+    (
+        ("_index_template", "*"),
+        {"HEAD": template_exists, "GET": template_exists, "PUT": acknowledged},
+    ),
+    (("_template", "*"), {"HEAD": template_exists, "GET": template_exists, "PUT": acknowledged}),
+    (("_ilm", "policy", "*"), {"GET": ilm_policy, "PUT": acknowledged}),
+    (("_nodes",), {"GET": nodes}),
+    (("_nodes", "*"), {"GET": nodes}),
+    (("_xpack",), {"GET": xpack}),
+    (("*",), {"HEAD": index_exists, "GET": index_exists, "PUT": create_index}),
+    (("*", "_doc"), {"POST": write_auto_id}),
+    (
+        ("*", "_doc", "*"),
+        {
+            "PUT": write_doc,
+            "POST": write_doc,
+            "GET": es_docs.get,
+            "HEAD": es_docs.get,
+            "DELETE": es_docs.delete,
+        },
+    ),
+    (("*", "_create", "*"), {"PUT": create_doc, "POST": create_doc}),
+    (("*", "_update", "*"), {"POST": es_docs.update}),
+    (("*", "_source", "*"), {"GET": es_docs.get_source, "HEAD": es_docs.get_source}),
+    (("*", "_mget"), {"GET": es_docs.mget, "POST": es_docs.mget}),
+    (("*", "_bulk"), {"POST": es_bulk.bulk, "PUT": es_bulk.bulk}),
+    (("*", "_refresh"), {"GET": refresh, "POST": refresh}),
+]
+
+
+def match(parts: list[str]) -> tuple[dict[str, Handler], list[str]] | None:
+    """The handlers of the first pattern ``parts`` fits, and the values of its ``*``s."""
+    for pattern, handlers in TABLE:
+        if len(pattern) != len(parts):
+            continue
+        values = []
+        for position, (want, part) in enumerate(zip(pattern, parts, strict=True)):
+            if want == "*":
+                if position == 0 and part.startswith("_"):
+                    break
+                values.append(part)
+            elif want != part:
+                break
+        else:
+            return handlers, values
+    return None
+
+
+def route_path(scope: MutableMapping[str, Any]) -> str:
+    """The path below the mount point, still percent-encoded (``%2F`` stays inside a segment)."""
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1").split("?", 1)[0] if raw else quote(scope["path"])
+    root = quote(scope.get("root_path", ""))
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path or "/"
+
+
+def context(request: Request) -> Context:
+    state = request.app.state
+    found: Context | None = getattr(state, "es_context", None)
+    if found is None:
+        found = Context.build(state.resources)
+        state.es_context = found
+    return found
+
+
+async def dispatch(request: Request) -> Response:
+    path = route_path(request.scope)
+    stripped = path.strip("/")
+    parts = [unquote(part) for part in stripped.split("/")] if stripped else []
+    method = request.method
+    try:
+        found = match(parts)
+        if found is None:
+            raise NoHandler(method, unquote(path))
+        handlers, values = found
+        handler = handlers.get(method)
+        if handler is None:
+            raise MethodNotAllowed(method, unquote(path), sorted(handlers))
+        return await handler(context(request), request, *values)
+    except EsError as exc:
+        return error_response(request, exc)
+    except LatestError as exc:
+        return error_response(request, from_latest_error(exc))
+    except Exception as exc:  # the client still gets an Elasticsearch-shaped answer
+        log.exception("Elasticsearch-compatible API: %s %s failed", method, path)
+        return error_response(request, EsError(f"{type(exc).__name__}: {exc}"))
+
+
+METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE"]
+ROUTES = [
+    Route("/", dispatch, methods=METHODS),
+    Route("/{path:path}", dispatch, methods=METHODS),
+]

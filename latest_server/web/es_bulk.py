@@ -1,0 +1,164 @@
+"""``POST|PUT /_bulk`` and ``/{index}/_bulk`` (Elasticsearch's BulkRequestParser, then one item
+per action, in order).
+
+Whole-request 400s, as Elasticsearch: a body not ending in a newline, a malformed action line,
+an unknown metadata key, a missing index. Our deliberate deviation (es_compat.md §3.9.1): a bad
+``version``/``version_type`` fails only its item (400), because Logstash retries a whole-request
+400 forever but sends a 400 item to its dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from latest_server.web import es_http
+from latest_server.web.es_context import Context
+from latest_server.web.es_errors import (
+    DocumentParsing,
+    EsError,
+    IllegalArgument,
+    ParseError,
+    ValidationFailed,
+)
+from latest_server.web.es_writes import WriteOp
+
+OPS = ("index", "create", "update", "delete")
+METADATA = frozenset(
+    {
+        "_index",
+        "_id",
+        "routing",
+        "op_type",
+        "version",
+        "version_type",
+        "if_seq_no",
+        "if_primary_term",
+        "retry_on_conflict",
+        "pipeline",
+        "_source",
+        "require_alias",
+        "require_data_stream",
+        "dynamic_templates",
+        "list_executed_pipelines",
+        "_type",  # 7.x-era shippers; ignored
+    }
+)
+
+
+def parse(data: bytes, default_index: str | None) -> list[WriteOp]:
+    """NDJSON → operations. Raises an EsError for problems that fail the whole request."""
+    if not data.strip():
+        raise ValidationFailed("no requests added")
+    if not data.endswith(b"\n"):
+        raise IllegalArgument("The bulk request must be terminated by a newline [\\n]")
+    lines = [
+        (number, line)
+        for number, line in enumerate(data.split(b"\n"), 1)
+        if line.strip()  # blank lines are skipped; a trailing \r is JSON whitespace
+    ]
+    ops: list[WriteOp] = []
+    missing_index: list[int] = []
+    position = 0
+    while position < len(lines):
+        number, line = lines[position]
+        position += 1
+        try:
+            action = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            raise ParseError(
+                f"Malformed action/metadata line [{number}], expected START_OBJECT"
+            ) from None
+        if not isinstance(action, dict) or len(action) != 1:
+            raise IllegalArgument(
+                f"Malformed action/metadata line [{number}], expected a simple value for field "
+                "[action] but found an object with more than one key"
+                if isinstance(action, dict)
+                else f"Malformed action/metadata line [{number}], expected START_OBJECT"
+            )
+        [(op, meta)] = action.items()
+        if op not in OPS:
+            raise IllegalArgument(
+                f"Malformed action/metadata line [{number}], expected one of [create, delete, "
+                f"index, update] but found [{op}]"
+            )
+        if not isinstance(meta, dict):
+            raise IllegalArgument(
+                f"Malformed action/metadata line [{number}], expected START_OBJECT but found "
+                f"[{type(meta).__name__}]"
+            )
+        if None in meta.values():
+            meta = {key: value for key, value in meta.items() if value is not None}
+        unknown = None if METADATA.issuperset(meta) else next(k for k in meta if k not in METADATA)
+        if unknown is not None:
+            raise IllegalArgument(
+                f"Action/metadata line [{number}] contains an unknown parameter [{unknown}]"
+            )
+        index = meta.get("_index", default_index)
+        if index is None:
+            missing_index.append(len(ops))
+            index = ""
+        doc_id = meta.get("_id")
+        write = WriteOp(op, str(index), None if doc_id is None else str(doc_id))
+        source_line: bytes | None = None
+        if op != "delete":
+            if position >= len(lines):
+                raise IllegalArgument(
+                    f"action [{op}] at line [{number}] has no source line after it"
+                )
+            source_line = lines[position][1]
+            position += 1
+        try:
+            write.versioning = _versioning(op, meta)
+            if op in ("update", "delete") and doc_id is None:
+                raise ValidationFailed("id is missing")
+            if source_line is not None:
+                write.source = _source(source_line)
+        except EsError as exc:
+            write.error = exc
+        ops.append(write)
+    if missing_index:
+        raise ValidationFailed(*("index is missing" for _ in missing_index))
+    return ops
+
+
+def _versioning(op: str, meta: dict[str, Any]) -> es_http.Versioning:
+    es_http.refuse_seq_no(meta)
+    version = meta.get("version")
+    version_type = meta.get("version_type")
+    if op == "update":
+        if version is not None or version_type is not None:
+            raise ValidationFailed("Update requests do not support versioning")
+        return es_http.Versioning(None, None)
+    op_type = str(meta.get("op_type", op)).lower()
+    if op == "delete":
+        op_type = "index"
+    return es_http.versioning(version, version_type, "create" if op == "create" else op_type)
+
+
+def _source(line: bytes) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise DocumentParsing(f"[1:1] failed to parse: {exc}") from None
+
+
+async def bulk(ctx: Context, request: Request, index: str | None) -> Response:
+    started = time.perf_counter()
+    es_http.check_refresh(request.query_params)
+    data = await es_http.body(request, ctx.settings.max_body_bytes)
+    ops = parse(data, index)
+    results = await ctx.writer.run(ops)
+    items = []
+    errors = False
+    for op, result in zip(ops, results, strict=True):
+        body = result.body
+        body["status"] = result.status
+        errors = errors or result.failed
+        items.append({op.op: body})
+    took = int((time.perf_counter() - started) * 1000)
+    return es_http.respond(request, {"took": took, "errors": errors, "items": items})

@@ -1,0 +1,174 @@
+"""Elasticsearch-shaped errors: small classes, each rendered in one place (``EsError.body``).
+
+A request-level error answers ``{"error": {"root_cause": [<cause>], **<cause>}, "status": N}``;
+a ``_bulk`` or ``_mget`` item carries the bare cause (no ``root_cause``), as Elasticsearch does.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any, ClassVar
+
+from latest_server.errors import BadRequest, LatestError, PacketRejected, StoreUnavailable
+
+# Elasticsearch reports an index's uuid next to write conflicts; ours is fixed per index name.
+SHARD = "0"
+
+
+class EsError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "exception"
+
+    def __init__(self, reason: str, **extra: Any) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.extra = extra
+
+    def cause(self) -> dict[str, Any]:
+        """The bare error object (a bulk or mget item's ``error``)."""
+        return {"type": self.type, "reason": self.reason, **self.extra}
+
+    def body(self) -> dict[str, Any]:
+        cause = self.cause()
+        return {"error": {"root_cause": [cause], **cause}, "status": self.status}
+
+
+class IllegalArgument(EsError):
+    status = 400
+    type = "illegal_argument_exception"
+
+
+class ValidationFailed(EsError):
+    """``Validation Failed: 1: <a>;2: <b>;`` from the list of problems."""
+
+    status = 400
+    type = "action_request_validation_exception"
+
+    def __init__(self, *problems: str) -> None:
+        numbered = "".join(f"{i}: {p};" for i, p in enumerate(problems, 1))
+        super().__init__(f"Validation Failed: {numbered}")
+
+
+class ParseError(EsError):
+    status = 400
+    type = "parse_exception"
+
+
+class DocumentParsing(EsError):
+    """A source that is not a JSON object (ES ≥ 8.8; ``mapper_parsing_exception`` before)."""
+
+    status = 400
+    type = "document_parsing_exception"
+
+
+class InvalidIndexName(EsError):
+    status = 400
+    type = "invalid_index_name_exception"
+
+    def __init__(self, index: str, why: str) -> None:
+        super().__init__(f"Invalid index name [{index}], {why}", index_uuid="_na_", index=index)
+
+
+class AlreadyExists(EsError):
+    status = 400
+    type = "resource_already_exists_exception"
+
+    def __init__(self, index: str) -> None:
+        super().__init__(
+            f"index [{index}/{index_uuid(index)}] already exists",
+            index_uuid=index_uuid(index),
+            index=index,
+        )
+
+
+class IndexNotFound(EsError):
+    status = 404
+    type = "index_not_found_exception"
+
+    def __init__(self, index: str) -> None:
+        super().__init__(
+            f"no such index [{index}]",
+            **{"resource.type": "index_expression", "resource.id": index},
+            index_uuid="_na_",
+            index=index,
+        )
+
+
+class DocumentMissing(EsError):
+    status = 404
+    type = "document_missing_exception"
+
+    def __init__(self, index: str, doc_id: str) -> None:
+        super().__init__(
+            f"[{doc_id}]: document missing", index_uuid=index_uuid(index), shard=SHARD, index=index
+        )
+
+
+class ResourceNotFound(EsError):
+    status = 404
+    type = "resource_not_found_exception"
+
+
+class VersionConflict(EsError):
+    status = 409
+    type = "version_conflict_engine_exception"
+
+    def __init__(self, index: str, doc_id: str, detail: str) -> None:
+        super().__init__(
+            f"[{doc_id}]: version conflict, {detail}",
+            index_uuid=index_uuid(index),
+            shard=SHARD,
+            index=index,
+        )
+
+
+class TooLarge(EsError):
+    status = 413
+    type = "content_too_long_exception"
+
+
+class Unavailable(EsError):
+    """The store is unreachable: clients and Logstash retry a 503."""
+
+    status = 503
+    type = "unavailable_shards_exception"
+
+
+class NoHandler(EsError):
+    """Unknown route: ES answers a plain string error."""
+
+    status = 400
+
+    def __init__(self, method: str, path: str) -> None:
+        super().__init__(f"no handler found for uri [{path}] and method [{method}]")
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.reason, "status": self.status}
+
+
+class MethodNotAllowed(NoHandler):
+    status = 405
+
+    def __init__(self, method: str, path: str, allowed: list[str]) -> None:
+        EsError.__init__(
+            self,
+            f"Incorrect HTTP method for uri [{path}] and method [{method}], "
+            f"allowed: [{', '.join(allowed)}]",
+        )
+
+
+def from_latest_error(exc: LatestError) -> EsError:
+    """Errors of the core (errors.py) as Elasticsearch would say them."""
+    if isinstance(exc, StoreUnavailable):
+        return Unavailable(exc.message)
+    if isinstance(exc, PacketRejected):
+        return DocumentParsing(exc.message)
+    if isinstance(exc, BadRequest):
+        return IllegalArgument(exc.message)
+    return EsError(exc.message)
+
+
+def index_uuid(index: str) -> str:
+    """A stable 22-character uuid for an index name (ES shows one next to write conflicts)."""
+    return base64.urlsafe_b64encode(hashlib.sha1(index.encode()).digest()).decode()[:22]

@@ -1,0 +1,382 @@
+"""Document writes of the Elasticsearch-compatible API: one ``WriteOp`` per index, create,
+update or delete, from a single-document route or a ``_bulk`` line; ``Writer.run`` executes a
+list of them in order through the one write path (``Ingestor``) and answers one item each.
+
+From an ES document to a ``Packet``:
+
+* variable id: the packet's id field (LATEST_ID_FIELD) when the ES ``_id`` is that id, its
+  SHA-1 (the Logstash ``fingerprint`` convention) or absent; otherwise the ``_id`` itself.
+  Reads by either form find it (``candidate_keys``). The index is the key's namespace.
+* history time: the packet's time field when it has a usable one; else the request's
+  ``version`` read as an epoch time (unit by magnitude, like ingest); else the arrival time.
+* version: the request's ``version`` when given; else the history time (``version_type``
+  internal = the server's LATEST_VERSION_TYPE over packet times: a later time wins).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from latest_server import keys
+from latest_server.errors import PacketRejected
+from latest_server.ingestor import Ingestor
+from latest_server.packets import MAX_ID_LENGTH, MAX_TS_US, Packet, PacketParser, epoch_to_us
+from latest_server.settings import Settings
+from latest_server.stores.base import LatestDoc, LatestStore, WriteOutcome
+from latest_server.web.es_errors import (
+    DocumentMissing,
+    DocumentParsing,
+    EsError,
+    IllegalArgument,
+    ValidationFailed,
+    VersionConflict,
+)
+from latest_server.web.es_http import Versioning
+from latest_server.web.es_indices import Indices, check_name
+
+SHARDS = {"total": 1, "successful": 1, "failed": 0}
+MAX_ES_ID_BYTES = 512
+SHA1_HEX = re.compile(r"[0-9a-f]{40}")
+
+
+def auto_id() -> str:
+    """20 url-safe base64 characters, like Elasticsearch's generated ids."""
+    return base64.urlsafe_b64encode(os.urandom(15)).decode()
+
+
+def check_id(doc_id: str) -> None:
+    if not doc_id:
+        raise ValidationFailed("id is missing")
+    if len(doc_id.encode()) > MAX_ES_ID_BYTES:
+        raise ValidationFailed(
+            f"id [{doc_id}] is too long, must be no longer than 512 bytes but was: "
+            f"{len(doc_id.encode())}"
+        )
+
+
+def candidate_keys(doc_id: str, namespace: str) -> list[str]:
+    """The variable keys an ES ``_id`` may name: the id itself, or the SHA-1 of an id."""
+    found = [keys.key_for(doc_id, namespace)]
+    if SHA1_HEX.fullmatch(doc_id):
+        found.append(keys.namespaced(doc_id, namespace))
+    return found
+
+
+@dataclass(slots=True)
+class WriteOp:
+    op: str  # "index", "create", "update" or "delete"
+    index: str
+    doc_id: str | None
+    source: Any = None  # the document; for update the request body ({"doc", ...})
+    versioning: Versioning = field(default_factory=lambda: Versioning(None, None))
+    error: EsError | None = None  # found while parsing: answered as this item's error
+
+
+@dataclass(slots=True)
+class ItemResult:
+    status: int
+    body: dict[str, Any]  # without "status"
+
+    @property
+    def failed(self) -> bool:
+        return "error" in self.body
+
+
+def failure(op: WriteOp, error: EsError) -> ItemResult:
+    body: dict[str, Any] = {"_index": op.index, "_id": op.doc_id, "error": error.cause()}
+    return ItemResult(error.status, body)
+
+
+class Writer:
+    def __init__(
+        self,
+        settings: Settings,
+        parser: PacketParser,
+        ingestor: Ingestor,
+        latest: LatestStore,
+        indices: Indices,
+    ) -> None:
+        self.parser = parser
+        self.ingestor = ingestor
+        self.latest = latest
+        self.indices = indices
+        self.max_packet_bytes = settings.max_packet_bytes
+        self.valid_names: set[str] = set()  # index names that passed check_name
+        self.default_gte = settings.version_type == "external_gte"
+
+    async def run(self, ops: Sequence[WriteOp]) -> list[ItemResult]:
+        """Execute ``ops`` in request order: runs of index/create go to the store as one batch
+        (one round trip); a delete or update first flushes the run before it."""
+        results: list[ItemResult | None] = [None] * len(ops)
+        pending: list[tuple[int, WriteOp, Packet]] = []
+        await self.indices.ensure(
+            {op.index for op in ops if op.error is None and self.valid(op.index)}
+        )
+        for position, op in enumerate(ops):
+            if op.error is not None:
+                results[position] = failure(op, op.error)
+                continue
+            try:
+                if op.op in ("index", "create"):
+                    pending.append((position, op, self.packet(op, op.source)))
+                    continue
+                await self._flush(pending, results)
+                if op.op == "delete":
+                    results[position] = await self._delete(op)
+                else:
+                    results[position] = await self._update(op)
+            except EsError as exc:
+                results[position] = failure(op, exc)
+            except PacketRejected as exc:
+                results[position] = failure(op, DocumentParsing(exc.message))
+        await self._flush(pending, results)
+        return [result for result in results if result is not None]
+
+    def valid(self, index: str) -> bool:
+        if index in self.valid_names:
+            return True
+        try:
+            check_name(index)
+        except EsError:
+            return False
+        self.valid_names.add(index)
+        return True
+
+    # --- index and create ---------------------------------------------------------------------
+
+    def packet(self, op: WriteOp, source: Any) -> Packet:
+        if not isinstance(source, dict):
+            kind = "null" if source is None else type(source).__name__
+            raise DocumentParsing(
+                f"[1:1] failed to parse: the document must be a JSON object, not {kind}"
+            )
+        if op.index not in self.valid_names:
+            check_name(op.index)
+        value = self._lookup(source, self.parser.id_path)
+        variable_id = op.doc_id
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            text = str(value)
+            if 0 < len(text) <= MAX_ID_LENGTH and (
+                op.doc_id is None
+                or op.doc_id == text
+                or op.doc_id == hashlib.sha1(text.encode()).hexdigest()
+            ):
+                variable_id = text
+        if op.doc_id is None:
+            op.doc_id = variable_id or auto_id()
+            variable_id = op.doc_id
+        assert variable_id is not None
+        check_id(op.doc_id)
+        raw = orjson.dumps(source)
+        if len(raw) > self.max_packet_bytes:
+            raise IllegalArgument(
+                f"document is {len(raw)} bytes, the limit is {self.max_packet_bytes} "
+                "(LATEST_MAX_PACKET_BYTES)"
+            )
+        version = op.versioning.version
+        return Packet(
+            variable_id,
+            keys.key_for(variable_id, self.indices.namespace(op.index)),
+            self._time(source, version),
+            raw,
+            hashlib.sha1(raw).hexdigest(),
+            version=version,
+            version_type=op.versioning.version_type,
+        )
+
+    @staticmethod
+    def _lookup(document: dict[str, Any], path: tuple[str, ...]) -> Any:
+        value: Any = document
+        for part in path:
+            if not isinstance(value, dict):
+                return None
+            value = value.get(part)
+        return value
+
+    def _doc_time(self, source: dict[str, Any]) -> int | None:
+        for path in self.parser.time_paths:
+            value = self._lookup(source, path)
+            if value is not None:
+                try:
+                    return self.parser.time_to_us(value)
+                except PacketRejected:
+                    return None  # unusable: Elasticsearch would take the document; so do we
+        return None
+
+    def _time(self, source: dict[str, Any], version: int | None) -> int:
+        found = self._doc_time(source)
+        if found is not None:
+            return found
+        if version is not None:
+            ts_us = epoch_to_us(version, self.parser.time_unit)
+            if ts_us < MAX_TS_US:
+                return ts_us
+        return time.time_ns() // 1000
+
+    async def _flush(
+        self, pending: list[tuple[int, WriteOp, Packet]], results: list[ItemResult | None]
+    ) -> None:
+        if not pending:
+            return
+        batch = await self.ingestor.write_batch([packet for _, _, packet in pending])
+        for (position, op, packet), outcome in zip(pending, batch.outcomes, strict=True):
+            results[position] = self._written(op, packet, outcome)
+        pending.clear()
+
+    def _written(self, op: WriteOp, packet: Packet, outcome: WriteOutcome) -> ItemResult:
+        assert op.doc_id is not None
+        version = packet.latest_version
+        if not outcome.applied:
+            current = outcome.current if outcome.current is not None else version
+            if packet.version_type == "create":
+                detail = f"document already exists (current version [{current}])"
+            elif packet.version_type == "external_gte" or (
+                packet.version_type is None and self.default_gte
+            ):
+                detail = f"current version [{current}] is higher than the one provided [{version}]"
+            else:
+                detail = (
+                    f"current version [{current}] is higher or equal to the one provided "
+                    f"[{version}]"
+                )
+            return failure(op, VersionConflict(op.index, op.doc_id, detail))
+        created = not outcome.existed
+        return ItemResult(
+            201 if created else 200,
+            {
+                "_index": op.index,
+                "_id": op.doc_id,
+                "_version": version,
+                "result": "created" if created else "updated",
+                "_shards": SHARDS,
+                "_seq_no": outcome.entry,
+                "_primary_term": 1,
+            },
+        )
+
+    # --- delete and update --------------------------------------------------------------------
+
+    async def find(self, index: str, doc_id: str) -> tuple[str, LatestDoc | None]:
+        """The key an ``_id`` names in ``index`` and its latest document (None: none)."""
+        candidates = candidate_keys(doc_id, self.indices.namespace(index))
+        found = await self.latest.read_keys(candidates)
+        for key, doc in zip(candidates, found, strict=True):
+            if doc is not None:
+                return key, doc
+        return candidates[0], None
+
+    async def _delete(self, op: WriteOp) -> ItemResult:
+        assert op.doc_id is not None
+        check_name(op.index)
+        check_id(op.doc_id)
+        key, _ = await self.find(op.index, op.doc_id)
+        versioning = op.versioning
+        kind = versioning.version_type or "external"
+        outcome = await self.ingestor.delete(op.doc_id, key, versioning.version, kind)
+        if outcome.result == "conflict":
+            detail = (
+                f"current version [{outcome.current}] is higher than the one provided "
+                f"[{versioning.version}]"
+                if kind == "external_gte"
+                else f"current version [{outcome.current}] is higher or equal to the one "
+                f"provided [{versioning.version}]"
+            )
+            return failure(op, VersionConflict(op.index, op.doc_id, detail))
+        body = {
+            "_index": op.index,
+            "_id": op.doc_id,
+            "_version": outcome.version,
+            "result": outcome.result,
+            "_shards": SHARDS,
+            "_seq_no": 0,
+            "_primary_term": 1,
+        }
+        return ItemResult(200 if outcome.result == "deleted" else 404, body)
+
+    async def _update(self, op: WriteOp) -> ItemResult:
+        """``{"doc": {...}}`` merged into the current document (or ``upsert`` /
+        ``doc_as_upsert`` when there is none), written like an index with a version no older
+        than the current one. Read then write: not atomic against a concurrent writer of the
+        same id, which then wins or makes this a 409."""
+        assert op.doc_id is not None
+        check_name(op.index)
+        body = op.source
+        if not isinstance(body, dict) or not isinstance(body.get("doc", {}), dict):
+            raise ValidationFailed("script or doc is missing")
+        if "script" in body:
+            raise IllegalArgument("update scripts are not supported by latest-server")
+        if "doc" not in body and "upsert" not in body:
+            raise ValidationFailed("script or doc is missing")
+        if op.versioning.version is not None or op.versioning.version_type not in (None,):
+            raise ValidationFailed(
+                "can't provide version in update request, use version_type=internal instead"
+            )
+        if not await self.indices.exists(op.index):
+            raise DocumentMissing(op.index, op.doc_id)
+        _, current = await self.find(op.index, op.doc_id)
+        if current is None:
+            if body.get("doc_as_upsert") and "doc" in body:
+                new = body["doc"]
+            elif "upsert" in body:
+                new = body["upsert"]
+            else:
+                raise DocumentMissing(op.index, op.doc_id)
+        else:
+            old = orjson.loads(current.doc)
+            new = _merge(old, body.get("doc", {}))
+            if new == old:
+                return ItemResult(
+                    200,
+                    {
+                        "_index": op.index,
+                        "_id": op.doc_id,
+                        "_version": current.version,
+                        "result": "noop",
+                        "_shards": {"total": 0, "successful": 0, "failed": 0},
+                        "_seq_no": current.seq,
+                        "_primary_term": 1,
+                    },
+                )
+        write = WriteOp("index", op.index, op.doc_id, new, Versioning(None, "external_gte"))
+        packet = self.packet(write, new)
+        if current is not None and (
+            self._doc_time(new) is None or packet.latest_version < current.version
+        ):
+            # Without a time of its own (or with an older one) the update takes the next
+            # version, as an Elasticsearch update does.
+            packet = Packet(
+                packet.variable_id,
+                packet.key,
+                packet.ts_us,
+                packet.raw,
+                packet.digest,
+                version=current.version + 1,
+                version_type="external_gte",
+            )
+        batch = await self.ingestor.write_batch([packet])
+        result = self._written(write, packet, batch.outcomes[0])
+        if result.status == 201 and current is None:
+            return result
+        if not result.failed:
+            result.body["result"] = "updated" if current is not None else "created"
+        return result
+
+
+def _merge(old: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """Elasticsearch's partial-document merge: objects merge recursively, the rest replaces."""
+    merged = dict(old)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -1,0 +1,62 @@
+"""POST /ingest: a JSON object, a JSON array, or NDJSON, through the same write path as AMQP."""
+
+from __future__ import annotations
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from latest_server.packets import Packet
+from latest_server.resources import Resources
+from latest_server.web.errors import json_error
+
+NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+
+
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None once it grows past ``limit`` bytes (we stop reading there)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def ingest(request: Request) -> Response:
+    resources: Resources = request.app.state.resources
+    limit = resources.settings.max_body_bytes
+    body = await read_body(request, limit)
+    if body is None:
+        return json_error(413, "too_large", f"request body is larger than {limit} bytes")
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    items = resources.parser.parse_message(body, ndjson=content_type in NDJSON_TYPES)
+    packets = [item for item in items if isinstance(item, Packet)]
+    rejected = [
+        {"index": item.index, "error": item.reason, "detail": item.detail}
+        for item in items
+        if not isinstance(item, Packet)
+    ]
+    result = await resources.ingestor.write_batch(packets)
+    if result.refused:  # session documents refused at write time (bad_transition)
+        positions = [i for i, item in enumerate(items) if isinstance(item, Packet)]
+        rejected += [
+            {"index": positions[r.index], "error": r.reason, "detail": r.detail}
+            for r in result.refused
+        ]
+        rejected.sort(key=lambda item: int(str(item["index"])))
+    answer = {
+        "accepted": result.accepted,
+        "stale": result.stale,
+        "duplicates": result.duplicates,
+        "rejected": rejected,
+    }
+    if rejected and len(rejected) == len(items):  # nothing was written
+        first = rejected[0]
+        return json_error(400, str(first["error"]), str(first["detail"]), **answer)
+    return Response(orjson.dumps(answer), media_type="application/json")

@@ -1,0 +1,76 @@
+"""Latest values: GET /latest/{id}, GET /latest?id=…&id=…, POST /latest/_mget (one round trip)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from latest_server.errors import BadRequest, NotFound
+from latest_server.resources import Resources
+from latest_server.stores.base import LatestDoc
+
+MAX_IDS = 10_000
+
+
+async def get_latest(request: Request) -> Response:
+    resources: Resources = request.app.state.resources
+    variable_id: str = request.path_params["variable_id"]
+    found = await resources.latest.get(variable_id)
+    if found is None:
+        raise NotFound(f"no value for variable {variable_id!r}")
+    version = str(found.version)
+    etag = f'"{version}"'
+    headers = {"ETag": etag, "X-Latest-Version": version}
+    conditional = request.headers.get("if-none-match")
+    if conditional is not None and etag in _etags(conditional):
+        return Response(status_code=304, headers=headers)
+    return Response(found.doc, headers=headers, media_type="application/json")
+
+
+async def list_latest(request: Request) -> Response:
+    ids = request.query_params.getlist("id")
+    if not ids:
+        raise BadRequest("give at least one id: /latest?id=a&id=b")
+    return await _many(request, ids)
+
+
+async def mget_latest(request: Request) -> Response:
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise BadRequest('body must be JSON: {"ids": ["a", "b"]}') from None
+    ids = body.get("ids") if isinstance(body, dict) else None
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids):
+        raise BadRequest('body must be {"ids": [<non-empty strings>]}')
+    return await _many(request, ids)
+
+
+async def _many(request: Request, ids: list[str]) -> Response:
+    if len(ids) > MAX_IDS:
+        raise BadRequest(f"at most {MAX_IDS} ids per call, got {len(ids)}")
+    resources: Resources = request.app.state.resources
+    docs = await resources.latest.mget(ids)
+    return Response(
+        orjson.dumps({"docs": [_item(i, d) for i, d in zip(ids, docs, strict=True)]}),
+        media_type="application/json",
+    )
+
+
+def _item(variable_id: str, found: LatestDoc | None) -> dict[str, Any]:
+    if found is None:
+        return {"id": variable_id, "found": False}
+    return {
+        "id": variable_id,
+        "found": True,
+        "version": found.version,
+        "doc": orjson.Fragment(found.doc),
+    }
+
+
+def _etags(header: str | None) -> list[str]:
+    if not header:
+        return []
+    return [part.strip().removeprefix("W/") for part in header.split(",")]

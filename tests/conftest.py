@@ -1,0 +1,213 @@
+"""Shared fixtures. Tests talk to the real Redis and RabbitMQ on loopback (TEST_REDIS_URL,
+TEST_AMQP_URL); each test gets a flushed Redis database and queue/exchange names of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import pytest
+import uvicorn
+from redis.asyncio import Redis
+
+from latest_server.resources import Resources
+from latest_server.settings import Settings
+from latest_server.web.app import create_app
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def names() -> dict[str, str]:
+    """Exchange and queue names unique to this test."""
+    base = unique()
+    return {
+        "exchange": f"{base}.x",
+        "queue": f"{base}.q",
+        "dead_letter_exchange": f"{base}.dlx",
+        "dead_letter_queue": f"{base}.dlq",
+    }
+
+
+@pytest.fixture
+def settings(names: dict[str, str], tmp_path: Path) -> Settings:
+    return Settings(  # type: ignore[arg-type]
+        redis_url=REDIS_URL, amqp_url=AMQP_URL, data_dir=str(tmp_path / "data"), **names
+    )
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    client = Redis.from_url(REDIS_URL)
+    await client.flushdb()
+    yield client
+    await client.flushdb()
+    await client.aclose()
+
+
+@pytest.fixture
+async def resources(settings: Settings, redis: Redis) -> AsyncIterator[Resources]:
+    opened = await Resources.open(settings)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def amqp(names: dict[str, str], request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """A publisher channel; deletes this test's queues and exchanges afterwards."""
+    connection = await aio_pika.connect(f"{AMQP_URL}?name={request.node.name[:64]}")
+    channel = await connection.channel()
+    yield channel
+    for queue in (names["queue"], names["dead_letter_queue"]):
+        await channel.queue_delete(queue)
+    for exchange in (names["exchange"], names["dead_letter_exchange"]):
+        await channel.exchange_delete(exchange)
+    await connection.close()
+
+
+async def publish(channel: Any, exchange: str, bodies: list[bytes], key: str = "data") -> None:
+    target = await channel.get_exchange(exchange)
+    for body in bodies:
+        await target.publish(aio_pika.Message(body), routing_key=key)
+
+
+async def drain_dead_letters(channel: Any, queue: str, expected: int) -> list[Any]:
+    """Read ``expected`` messages from the dead-letter queue (waiting for them to arrive)."""
+    q = await channel.get_queue(queue)
+    messages: list[Any] = []
+    deadline = time.monotonic() + 20
+    while len(messages) < expected and time.monotonic() < deadline:
+        message = await q.get(fail=False)
+        if message is None:
+            await asyncio.sleep(0.05)
+            continue
+        await message.ack()
+        messages.append(message)
+    return messages
+
+
+async def wait_for(condition: Callable[[], Any], within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+class ServerThread:
+    """A real uvicorn server in a thread (its own event loop), on a free loopback port."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.port = free_port()
+        config = uvicorn.Config(
+            create_app(settings),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture
+def http_server(redis: Redis) -> Iterator[Callable[..., ServerThread]]:
+    """Factory: ``http_server(settings)`` starts uvicorn; every server is stopped at teardown."""
+    started: list[ServerThread] = []
+
+    def start(settings: Settings, **overrides: Any) -> ServerThread:
+        server = ServerThread(dataclasses.replace(settings, **overrides))
+        started.append(server.__enter__())
+        return server
+
+    yield start
+    for server in reversed(started):
+        server.__exit__()
+
+
+# --- object stores: the same tests run on file:// and on S3 (moto's server over real HTTP) ---
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's standalone S3 server on loopback. No S3 server can be installed here; moto speaks
+    the S3 HTTP API (ranged GETs, If-None-Match: * puts) and boto3 talks to it over real HTTP."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in S3_ENV}
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL_S3": endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+    )
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket=S3_BUCKET)
+    yield endpoint
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    server.stop()
+
+
+S3_BUCKET = "latest-test"
+S3_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+
+
+@pytest.fixture(params=["file", "s3"])
+def objects_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "file":
+        return (tmp_path / "objects").as_uri()
+    request.getfixturevalue("s3_endpoint")
+    return f"s3://{S3_BUCKET}/{unique('run')}"

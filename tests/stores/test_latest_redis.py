@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from latest_server import keys
+from latest_server.errors import StoreUnavailable
+from latest_server.packets import Packet, PacketParser
+from latest_server.redis_client import connect
+from latest_server.settings import Settings
+from latest_server.stores.latest_redis import RedisLatestStore
+from tests.conftest import REDIS_URL, free_port
+
+PARSER = PacketParser(Settings())
+
+
+def packet(variable: str, ts: int, **fields: object) -> Packet:
+    item = PARSER.parse_document(0, {"id": variable, "ts": ts, **fields})
+    assert isinstance(item, Packet)
+    return item
+
+
+async def history(redis: Redis, variable: str) -> list[tuple[int, int, bytes]]:
+    k = keys.key_for(variable)
+    entries = await redis.xrange(keys.history(k))
+    return [
+        (int(entry_id.split(b"-")[0]), int(fields[b"t"]), fields[b"d"])
+        for entry_id, fields in entries
+    ]
+
+
+async def latest_doc(redis: Redis, variable: str) -> dict[str, object]:
+    raw = await redis.hget(keys.latest(keys.key_for(variable)), "doc")
+    assert raw is not None
+    return orjson.loads(raw)  # type: ignore[no-any-return]
+
+
+async def test_newer_wins_older_is_stale_but_kept_in_history(redis: Redis) -> None:
+    store = await RedisLatestStore.open(redis)
+    outcomes = await store.write_batch(
+        [packet("a", 1_700_000_002), packet("a", 1_700_000_001), packet("a", 1_700_000_003)]
+    )
+    assert [o.applied for o in outcomes] == [True, False, True]
+    assert [o.seq for o in outcomes] == [1, 2, 3]
+    assert len({o.epoch for o in outcomes}) == 1
+    assert (await latest_doc(redis, "a"))["ts"] == 1_700_000_003
+    assert [ts for _, ts, _ in await history(redis, "a")] == [
+        1_700_000_002_000_000,
+        1_700_000_001_000_000,
+        1_700_000_003_000_000,
+    ]
+    found = await store.get("a")
+    assert found is not None
+    assert found.version == 1_700_000_003_000_000
+
+
+async def test_ties_first_writer_wins_in_external(redis: Redis) -> None:
+    store = await RedisLatestStore.open(redis)
+    outcomes = await store.write_batch(
+        [packet("a", 5_000_000_000, n=1), packet("a", 5_000_000_000, n=2)]
+    )
+    assert [o.applied for o in outcomes] == [True, False]
+    assert (await latest_doc(redis, "a"))["n"] == 1
+    assert len(await history(redis, "a")) == 2
+
+
+async def test_ties_last_writer_wins_in_external_gte(redis: Redis) -> None:
+    store = await RedisLatestStore.open(redis, version_type="external_gte")
+    outcomes = await store.write_batch(
+        [
+            packet("a", 5_000_000_000, n=1),
+            packet("a", 5_000_000_000, n=2),
+            packet("a", 4_000_000_000),
+        ]
+    )
+    assert [o.applied for o in outcomes] == [True, True, False]
+    assert (await latest_doc(redis, "a"))["n"] == 2
+
+
+async def test_redelivery_neither_duplicates_history_nor_takes_a_seq(redis: Redis) -> None:
+    store = await RedisLatestStore.open(redis)
+    first = packet("a", 1_700_000_001)
+    second = packet("a", 1_700_000_002)
+    await store.write_batch([first, second])
+    outcomes = await store.write_batch([first, second, first, packet("a", 1_700_000_003)])
+    assert [(o.applied, o.seq) for o in outcomes] == [(False, 0), (False, 0), (False, 0), (True, 3)]
+    assert [seq for seq, _, _ in await history(redis, "a")] == [1, 2, 3]
+
+
+async def test_feed_carries_epoch_seq_ts_and_doc(redis: Redis) -> None:
+    store = await RedisLatestStore.open(redis)
+    k = keys.key_for("a")
+    pubsub = redis.pubsub()
+    await pubsub.ssubscribe(keys.feed(k))
+    await pubsub.get_message(timeout=1.0)  # the subscribe confirmation
+    p = packet("a", 1_700_000_001)
+    [outcome] = await store.write_batch([p])
+    message = None
+    for _ in range(50):
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if message:
+            break
+    assert message is not None
+    epoch, seq, ts, doc = message["data"].split(b" ", 3)
+    assert (int(epoch), int(seq), int(ts), doc) == (outcome.epoch, 1, p.ts_us, p.raw)
+    await pubsub.aclose()
+
+
+async def test_lost_counter_starts_a_new_epoch_without_reusing_seqs(redis: Redis) -> None:
+    store = await RedisLatestStore.open(redis)
+    [first] = await store.write_batch([packet("a", 1_700_000_001)])
+    await redis.delete(keys.meta(keys.key_for("a")))
+    await asyncio.sleep(0.002)
+    [second] = await store.write_batch([packet("a", 1_700_000_002)])
+    assert second.epoch != first.epoch
+    assert second.seq == 2
+
+
+async def test_script_cache_flush_is_survived(redis: Redis) -> None:
+    store = await RedisLatestStore.open(redis)
+    await redis.script_flush()
+    [outcome] = await store.write_batch([packet("a", 1_700_000_001)])
+    assert outcome.applied
+
+
+async def test_many_variables_in_one_batch_and_mget(redis: Redis) -> None:
+    store = await RedisLatestStore.open(redis)
+    await store.write_batch([packet(f"v{i}", 1_700_000_000 + i) for i in range(100)])
+    docs = await store.mget(["v3", "missing", "v99"])
+    assert [d.variable_id if d else None for d in docs] == ["v3", None, "v99"]
+    assert docs[0] is not None
+    assert orjson.loads(docs[0].doc)["id"] == "v3"
+
+
+async def test_unreachable_redis_raises_store_unavailable() -> None:
+    client = connect(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
+    async with Redis.from_url(REDIS_URL) as working:
+        store = await RedisLatestStore.open(working)
+    store.redis = client
+    with pytest.raises(StoreUnavailable):
+        await store.write_batch([packet("a", 1_700_000_001)])
+    assert not await store.ping()
+    await client.aclose()

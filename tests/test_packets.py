@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from latest_server.packets import Packet, PacketParser, Rejection, epoch_to_us
+from latest_server.settings import Settings
+
+PARSER = PacketParser(Settings())
+T0 = 1_700_000_000  # 2023-11-14T22:13:20Z
+
+
+def one(body: bytes, parser: PacketParser = PARSER) -> Packet | Rejection:
+    items = parser.parse_message(body)
+    assert len(items) == 1
+    return items[0]
+
+
+def test_object_becomes_a_packet() -> None:
+    body = b'{"id": "s/1", "observationDateTime": "2023-11-14T22:13:20+00:00", "v": 1.5}'
+    packet = one(body)
+    assert isinstance(packet, Packet)
+    assert packet.variable_id == "s/1"
+    assert packet.key == hashlib.sha1(b"s/1").hexdigest()
+    assert packet.ts_us == T0 * 1_000_000
+    assert orjson.loads(packet.raw) == orjson.loads(body)
+    assert packet.digest == hashlib.sha1(packet.raw).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected_us"),
+    [
+        (T0, T0 * 10**6),
+        (T0 + 0.25, T0 * 10**6 + 250_000),
+        (T0 * 1000 + 7, T0 * 10**6 + 7000),
+        (T0 * 10**6 + 3, T0 * 10**6 + 3),
+        (T0 * 10**9 + 4000, T0 * 10**6 + 4),
+        (str(T0 * 1000), T0 * 10**6),
+        ("2023-11-14T22:13:20Z", T0 * 10**6),
+        ("2023-11-15T03:43:20.000001+05:30", T0 * 10**6 + 1),
+        ("2023-11-14T22:13:20.123456789+00:00", T0 * 10**6 + 123456),
+    ],
+)
+def test_times_in_every_unit(value: object, expected_us: int) -> None:
+    packet = one(orjson.dumps({"id": "x", "observationDateTime": value}))
+    assert isinstance(packet, Packet)
+    assert packet.ts_us == expected_us
+
+
+def test_time_field_fallbacks_and_nested_paths() -> None:
+    assert isinstance(one(b'{"id": "x", "timestamp": 1700000000}'), Packet)
+    assert isinstance(one(b'{"id": "x", "ts": 1700000000}'), Packet)
+    parser = PacketParser(Settings(id_field="meta.name", time_fields=("meta.t",)))
+    packet = one(b'{"meta": {"name": "n", "t": 1700000000}}', parser)
+    assert isinstance(packet, Packet)
+    assert packet.variable_id == "n"
+
+
+def test_fixed_unit_overrides_magnitude() -> None:
+    parser = PacketParser(Settings(time_unit="ms"))
+    packet = one(b'{"id": "x", "ts": 5}', parser)
+    assert isinstance(packet, Packet)
+    assert packet.ts_us == 5000
+
+
+def test_naive_times_need_a_default_zone() -> None:
+    body = b'{"id": "x", "ts": "2023-11-14T22:13:20"}'
+    rejected = one(body)
+    assert isinstance(rejected, Rejection)
+    assert rejected.reason == "bad_time"
+    assert "LATEST_DEFAULT_TZ" in rejected.detail
+    packet = one(body, PacketParser(Settings(default_tz="Asia/Kolkata")))
+    assert isinstance(packet, Packet)
+    assert packet.ts_us == (T0 - 5 * 3600 - 1800) * 10**6
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "not_json"),
+        (b"", "not_json"),
+        (b'"a string"', "not_object"),
+        (b"42", "not_object"),
+        (b'{"ts": 1700000000}', "missing_id"),
+        (b'{"id": null, "ts": 1700000000}', "missing_id"),
+        (b'{"id": "", "ts": 1700000000}', "bad_id"),
+        (b'{"id": true, "ts": 1700000000}', "bad_id"),
+        (b'{"id": {"a": 1}, "ts": 1700000000}', "bad_id"),
+        (b'{"id": "x"}', "missing_time"),
+        (b'{"id": "x", "ts": "yesterday"}', "bad_time"),
+        (b'{"id": "x", "ts": true}', "bad_time"),
+        (b'{"id": "x", "ts": [1]}', "bad_time"),
+        (b'{"id": "x", "ts": 1e300}', "bad_time"),
+        (b'{"id": "x", "ts": 1700000000, "pad": "' + b"a" * 2000 + b'"}', "too_large"),
+    ],
+)
+def test_rejections_carry_a_reason(body: bytes, reason: str) -> None:
+    parser = PacketParser(Settings(max_packet_bytes=1000))
+    rejected = one(body, parser)
+    assert isinstance(rejected, Rejection)
+    assert rejected.reason == reason
+    assert rejected.detail
+
+
+def test_arrays_and_ndjson_keep_order_and_index() -> None:
+    body = b'[{"id": "a", "ts": 1700000000}, 7, {"id": "b", "ts": 1700000001}]'
+    items = PARSER.parse_message(body)
+    assert [type(i).__name__ for i in items] == ["Packet", "Rejection", "Packet"]
+    assert isinstance(items[1], Rejection)
+    assert items[1].index == 1
+    assert items[1].reason == "not_object"
+
+    ndjson = b'{"id": "a", "ts": 1700000000}\n\n{oops\n{"id": "b", "ts": 1700000001}\n'
+    items = PARSER.parse_message(ndjson)
+    assert [type(i).__name__ for i in items] == ["Packet", "Rejection", "Packet"]
+    assert isinstance(items[1], Rejection)
+    assert (items[1].index, items[1].reason, items[1].raw) == (1, "not_json", b"{oops")
+
+
+def test_same_document_any_whitespace_same_identity() -> None:
+    a = one(b'{"id":"x","ts":1700000000,"v":1}')
+    b = one(b'{ "id" : "x",\n "ts" : 1700000000, "v" : 1 }')
+    assert isinstance(a, Packet)
+    assert isinstance(b, Packet)
+    assert (a.raw, a.digest) == (b.raw, b.digest)
+
+
+# Unit detection by magnitude is exact from 1973-03-03 (1e14 µs; earlier µs look like ms) on.
+@given(st.datetimes(min_value=datetime(1973, 3, 4), max_value=datetime(2200, 1, 1)))
+def test_iso_and_epoch_agree(moment: datetime) -> None:
+    aware = moment.replace(tzinfo=UTC)
+    from_iso = one(orjson.dumps({"id": "x", "ts": aware.isoformat()}))
+    assert isinstance(from_iso, Packet)
+    micros = from_iso.ts_us
+    assert epoch_to_us(micros) == micros
+    assert epoch_to_us(micros * 1000) == micros
+    assert epoch_to_us(micros // 1000) == micros // 1000 * 1000
+    assert epoch_to_us(micros // 1_000_000) == micros // 1_000_000 * 1_000_000
