@@ -1,0 +1,339 @@
+"""Rate-limited batching of packets.
+
+Packets are buffered and published by one flusher (a thread, or a task for asyncio) in flushes
+that start at least ``min_interval`` seconds after the previous flush ended
+(``LATEST_MIN_INTERVAL``, default 1.0). A
+flush takes everything buffered, encodes it as JSON arrays of at most ``max_message_bytes`` each
+(several messages when the batch is large) and publishes them in order, each confirmed before
+the next. A message that fails is retried with backoff for ``retry_for`` seconds; a confirmed
+message is never sent again. Messages still unconfirmed after that stay queued for the next
+flush, so nothing is dropped; the buffer is bounded (``max_items``): ``add`` blocks up to
+``block_timeout`` for room, then raises ``BufferFull``. ``close`` flushes what is left (the
+interval still holds) and raises ``FlushFailed`` if that cannot be published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from ingest_client.errors import BufferFull, FlushFailed, TransportError
+from ingest_client.transports.base import AsyncTransport, Transport
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MIN_INTERVAL = 1.0
+DEFAULT_MAX_ITEMS = 100_000
+DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
+DEFAULT_BLOCK_TIMEOUT = 10.0
+DEFAULT_RETRY_FOR = 30.0
+BACKOFF_START = 0.05
+BACKOFF_MAX = 2.0
+POLL = 0.02  # how often an idle flusher looks at the buffer
+PROBE = 64  # packets encoded to estimate the size of a batch
+
+# Called with a batch about to be flushed; returns packets to append to it (the session's
+# time-range update rides along this way).
+Extra = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+
+
+def min_interval_from_env(environ: Mapping[str, str] | None = None) -> float:
+    """LATEST_MIN_INTERVAL in seconds (default 1.0); the client reads its own settings."""
+    raw = (os.environ if environ is None else environ).get("LATEST_MIN_INTERVAL")
+    if raw is None or not raw.strip():
+        return DEFAULT_MIN_INTERVAL
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"LATEST_MIN_INTERVAL must be a number of seconds, got {raw!r}") from None
+    if not value >= 0 or math.isinf(value):
+        raise ValueError(f"LATEST_MIN_INTERVAL must be >= 0, got {raw!r}")
+    return value
+
+
+def encode(items: list[dict[str, Any]], limit: int) -> list[bytes]:
+    """JSON arrays of ``items``, in order, each at most ``limit`` bytes (one item larger than
+    that goes alone: the server will say what it thinks of it)."""
+    if len(items) > PROBE:
+        # Estimate the size from a prefix, so a large batch is not encoded twice.
+        estimate = len(orjson.dumps(items[:PROBE])) * len(items) / PROBE
+        if estimate > limit * 1.2:
+            size = max(1, math.floor(len(items) * limit * 0.8 / estimate))
+            return _chunks(items, size, limit)
+    blob = orjson.dumps(items)
+    if len(blob) <= limit or len(items) == 1:
+        return [blob]
+    parts = math.ceil(len(blob) / (limit * 0.9))
+    return _chunks(items, max(1, math.ceil(len(items) / parts)), limit)
+
+
+def _chunks(items: list[dict[str, Any]], size: int, limit: int) -> list[bytes]:
+    messages: list[bytes] = []
+    for start in range(0, len(items), size):
+        messages += encode(items[start : start + size], limit)
+    return messages
+
+
+class _Core:
+    """What the sync and async batchers share: settings, the buffer, the unconfirmed queue."""
+
+    def __init__(
+        self,
+        *,
+        min_interval: float | None,
+        max_items: int,
+        max_message_bytes: int,
+        block_timeout: float,
+        retry_for: float,
+        extra: Extra | None,
+    ) -> None:
+        self.min_interval = min_interval_from_env() if min_interval is None else min_interval
+        self.max_items = max_items
+        self.max_message_bytes = max_message_bytes
+        self.block_timeout = block_timeout
+        self.retry_for = retry_for
+        self.extra = extra
+        self.items: list[dict[str, Any]] = []
+        self.pending: list[bytes] = []  # encoded, not yet confirmed, in order
+        self.last_flush = -math.inf  # monotonic start of the last flush
+        self.flushes = 0
+        self.messages_sent = 0
+        self.error: BaseException | None = None
+        self.closing = False
+
+    def _take(self) -> None:
+        """Move the buffer into ``pending``. The list is never replaced: producers append to its
+        end while the flusher takes a prefix (each a single atomic operation under the GIL), so
+        ``add`` needs no lock."""
+        items = self.items
+        n = len(items)
+        if n:
+            batch = items[:n]
+            del items[:n]
+            if self.extra is not None:
+                batch += self.extra(batch)
+            self.pending += encode(batch, self.max_message_bytes)
+
+    def _full_error(self) -> BufferFull:
+        return BufferFull(
+            f"{self.max_items} packets buffered for {self.block_timeout}s: "
+            f"the transport cannot keep up ({self.error or 'no error yet'})"
+        )
+
+
+class Batcher(_Core):
+    """The sync batcher: ``add`` from any thread; one flusher thread publishes."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        min_interval: float | None = None,
+        max_items: int = DEFAULT_MAX_ITEMS,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        block_timeout: float = DEFAULT_BLOCK_TIMEOUT,
+        retry_for: float = DEFAULT_RETRY_FOR,
+        extra: Extra | None = None,
+    ) -> None:
+        super().__init__(
+            min_interval=min_interval,
+            max_items=max_items,
+            max_message_bytes=max_message_bytes,
+            block_timeout=block_timeout,
+            retry_for=retry_for,
+            extra=extra,
+        )
+        self.transport = transport
+        self.wake = threading.Event()  # set by close() only
+        self.thread = threading.Thread(target=self._run, name="ingest-client-flusher", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def add(self, item: dict[str, Any], block: bool = True) -> None:
+        items = self.items
+        if len(items) < self.max_items:  # the bound is approximate across producer threads
+            items.append(item)
+            return
+        if not block:
+            raise self._full_error()
+        deadline = time.monotonic() + self.block_timeout
+        while True:
+            time.sleep(0.002)
+            if len(items) < self.max_items:
+                items.append(item)
+                return
+            if time.monotonic() > deadline:
+                raise self._full_error()
+
+    def add_last(self, item: dict[str, Any]) -> None:
+        """Add the session's final document, past the bound: it must go out."""
+        self.items.append(item)
+
+    def _run(self) -> None:
+        # Producers do not signal: the flusher looks at the buffer once the interval is over,
+        # then every POLL until something is there (a wake-up costs nothing on the hot path).
+        while True:
+            wait = self.last_flush + self.min_interval - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            while not (self.items or self.pending or self.closing):
+                self.wake.wait(POLL)
+            self.wake.clear()
+            closing = self.closing
+            self._take()
+            if self.pending:
+                self.flushes += 1
+                self._publish_pending()
+                # The interval counts from the end of a flush: the receiver sees the next flush
+                # at least min_interval after the last message of this one.
+                self.last_flush = time.monotonic()
+                # still pending: retried at the next interval (or, closing, close() raises)
+            if closing:
+                return
+
+    def _publish_pending(self) -> None:
+        deadline = time.monotonic() + self.retry_for
+        backoff = BACKOFF_START
+        while self.pending:
+            try:
+                self.transport.publish(self.pending[0])
+            except TransportError as exc:
+                self.error = exc
+                if not exc.transient or time.monotonic() > deadline:
+                    log.error("publishing failed, %d message(s) kept: %s", len(self.pending), exc)
+                    return
+                log.warning("publishing failed (%s); retrying in %.2fs", exc, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            self.pending.pop(0)
+            self.messages_sent += 1
+            self.error = None
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush everything (respecting the interval) and stop; raise FlushFailed if data is
+        left unpublished."""
+        self.closing = True
+        self.wake.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+        if self.thread.is_alive() or self.pending or self.items:
+            left = len(self.pending)
+            raise FlushFailed(
+                f"{left} message(s) ({len(self.items)} packets not yet encoded) could not be "
+                f"published: {self.error}"
+            ) from self.error
+
+
+class AsyncBatcher(_Core):
+    """The asyncio batcher: ``add`` / ``add_nowait`` from the event loop; one flusher task."""
+
+    def __init__(
+        self,
+        transport: AsyncTransport,
+        *,
+        min_interval: float | None = None,
+        max_items: int = DEFAULT_MAX_ITEMS,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        block_timeout: float = DEFAULT_BLOCK_TIMEOUT,
+        retry_for: float = DEFAULT_RETRY_FOR,
+        extra: Extra | None = None,
+    ) -> None:
+        super().__init__(
+            min_interval=min_interval,
+            max_items=max_items,
+            max_message_bytes=max_message_bytes,
+            block_timeout=block_timeout,
+            retry_for=retry_for,
+            extra=extra,
+        )
+        self.transport = transport
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name="ingest-client-flusher")
+
+    def add_nowait(self, item: dict[str, Any]) -> None:
+        items = self.items
+        if len(items) >= self.max_items:
+            raise self._full_error()
+        items.append(item)
+
+    async def add(self, item: dict[str, Any]) -> None:
+        items = self.items
+        if len(items) < self.max_items:
+            items.append(item)
+            return
+        deadline = time.monotonic() + self.block_timeout
+        while len(self.items) >= self.max_items:
+            if time.monotonic() > deadline:
+                raise self._full_error()
+            await asyncio.sleep(0.005)
+        self.add_nowait(item)
+
+    def add_last(self, item: dict[str, Any]) -> None:
+        """Add the session's final document, past the bound: it must go out."""
+        self.items.append(item)
+
+    async def _run(self) -> None:
+        while True:
+            wait = self.last_flush + self.min_interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            while not (self.items or self.pending or self.closing):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), POLL)
+            self.wake.clear()
+            closing = self.closing
+            self._take()
+            if self.pending:
+                self.flushes += 1
+                await self._publish_pending()
+                # The interval counts from the end of a flush: the receiver sees the next flush
+                # at least min_interval after the last message of this one.
+                self.last_flush = time.monotonic()
+                # still pending: retried at the next interval (or, closing, close() raises)
+            if closing:
+                return
+
+    async def _publish_pending(self) -> None:
+        deadline = time.monotonic() + self.retry_for
+        backoff = BACKOFF_START
+        while self.pending:
+            try:
+                await self.transport.publish(self.pending[0])
+            except TransportError as exc:
+                self.error = exc
+                if not exc.transient or time.monotonic() > deadline:
+                    log.error("publishing failed, %d message(s) kept: %s", len(self.pending), exc)
+                    return
+                log.warning("publishing failed (%s); retrying in %.2fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            self.pending.pop(0)
+            self.messages_sent += 1
+            self.error = None
+
+    async def close(self) -> None:
+        self.closing = True
+        self.wake.set()
+        if self.task is not None:
+            # Shielded: a second Ctrl+C must not lose what the first one was flushing.
+            await asyncio.shield(self.task)
+        if self.pending or self.items:
+            raise FlushFailed(
+                f"{len(self.pending)} message(s) ({len(self.items)} packets not yet encoded) "
+                f"could not be published: {self.error}"
+            ) from self.error

@@ -1,0 +1,480 @@
+"""Sessions: a producer run as a context manager.
+
+::
+
+    with Session("run-42", url="amqp://guest:guest@localhost/") as session:
+        for step in range(1000):
+            session.sample("speed", 3.2)
+
+On entry the session document is published (and confirmed) with state ``open``, or ``waiting``
+with ``waiting=True`` (then ``start()``, or the first sample, opens it). Samples are buffered and
+published in rate-limited batches (batcher.py); each batch also carries a session update with
+the time range of the samples sent so far. On exit the last batch carries the session document
+with the end state: ``closed`` on a normal exit, ``truncated`` on Ctrl+C (KeyboardInterrupt,
+or cancellation under asyncio) or SIGTERM (raised as ``Terminated`` while the session is open),
+``failed`` on an exception, which is re-raised. The final flush is always attempted, and its
+failure raises ``FlushFailed``.
+
+On the wire a sample is ``{"id": <variable>, "ts": <epoch s>, "value": …, "@session": <id>}``
+(plus any extra fields) and a session document is ``{"id": <session id>, "ts": <now>,
+"@session": {"state": …, "start": …, "end": …, "info": {…}, "error": …}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from types import FrameType, TracebackType
+from typing import Any
+
+from ingest_client.batcher import (
+    DEFAULT_BLOCK_TIMEOUT,
+    DEFAULT_MAX_ITEMS,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_RETRY_FOR,
+    AsyncBatcher,
+    Batcher,
+    encode,
+)
+from ingest_client.errors import FlushFailed, Terminated
+from ingest_client.transports import open_async_transport, open_transport
+from ingest_client.transports.base import DEFAULT_EXCHANGE, DEFAULT_ROUTING_KEY, DEFAULT_TIMEOUT
+
+SESSION_FIELD = "@session"  # the server's reserved field (latest_server.packets.SESSION_FIELD)
+URL_VARIABLE = "LATEST_URL"
+
+_now = time.time
+
+
+def _url(url: str | None) -> str:
+    import os
+
+    found = url or os.environ.get(URL_VARIABLE)
+    if not found:
+        raise ValueError(f"give url= or set {URL_VARIABLE} (amqp://…, http://…)")
+    return found
+
+
+def _time(ts: Any) -> Any:
+    if ts is None:
+        return _now()
+    if isinstance(ts, datetime):
+        return ts.timestamp()
+    return ts
+
+
+def end_state(exc_type: type[BaseException] | None, exc: BaseException | None) -> str:
+    """The state a session ends in, given how its block was left."""
+    if exc_type is None:
+        return "closed"
+    if issubclass(exc_type, (KeyboardInterrupt, Terminated, asyncio.CancelledError)):
+        return "truncated"
+    if issubclass(exc_type, SystemExit) and isinstance(exc, SystemExit) and not exc.code:
+        return "closed"
+    return "failed"
+
+
+class _Base:
+    def __init__(
+        self,
+        session_id: str | None,
+        *,
+        url: str | None,
+        waiting: bool,
+        info: Mapping[str, Any] | None,
+        min_interval: float | None,
+        max_buffer: int,
+        max_message_bytes: int,
+        block_timeout: float,
+        retry_for: float,
+        id_field: str,
+        time_field: str,
+        exchange: str,
+        routing_key: str,
+        timeout: float,
+        handle_sigterm: bool,
+    ) -> None:
+        self.id = session_id or uuid.uuid4().hex
+        self.url = _url(url)
+        self.info = dict(info) if info else None
+        self.state = "new"
+        self.waiting = waiting
+        self.id_field = id_field
+        self.time_field = time_field
+        self.transport_options = {
+            "exchange": exchange,
+            "routing_key": routing_key,
+            "timeout": timeout,
+        }
+        self.batch_options: dict[str, Any] = {
+            "min_interval": min_interval,
+            "max_items": max_buffer,
+            "max_message_bytes": max_message_bytes,
+            "block_timeout": block_timeout,
+            "retry_for": retry_for,
+            "extra": self._range_update,
+        }
+        self.handle_sigterm = handle_sigterm
+        self.first_ts: Any = None
+        self.samples = 0  # samples sent (buffered) so far
+
+    def _may_handle_sigterm(self) -> bool:
+        """Only in the main thread, and only if nobody else handles SIGTERM."""
+        return (
+            self.handle_sigterm
+            and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)
+        )
+
+    def _document(self, **session: Any) -> dict[str, Any]:
+        return {self.id_field: self.id, self.time_field: _now(), SESSION_FIELD: session}
+
+    def _opening(self) -> dict[str, Any]:
+        state = "waiting" if self.waiting else "open"
+        self.state = state
+        fields: dict[str, Any] = {"state": state}
+        if self.info:
+            fields["info"] = self.info
+        return self._document(**fields)
+
+    def _ending(self, state: str, exc: BaseException | None) -> dict[str, Any]:
+        self.state = state
+        fields: dict[str, Any] = {"state": state}
+        if state == "failed" and exc is not None:
+            fields["error"] = f"{type(exc).__name__}: {exc}"[:4096]
+        return self._document(**fields)
+
+    def _range_update(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The session update riding along with a batch: the time range sent so far (a sample's
+        time as given; the server also widens the range from the samples themselves)."""
+        last = None
+        for packet in reversed(batch):
+            if isinstance(packet.get(SESSION_FIELD), str):
+                last = packet.get(self.time_field)
+                break
+        if last is None:
+            return []
+        if self.first_ts is None:
+            for packet in batch:
+                if isinstance(packet.get(SESSION_FIELD), str):
+                    self.first_ts = packet.get(self.time_field)
+                    break
+        return [self._document(start=self.first_ts, end=last)]
+
+    def _packet(self, variable: str, value: Any, ts: Any, fields: dict[str, Any]) -> dict[str, Any]:
+        packet = {
+            self.id_field: variable,
+            self.time_field: _now() if ts is None else _time(ts),
+            "value": value,
+            SESSION_FIELD: self.id,
+        }
+        if fields:
+            packet.update(fields)
+        return packet
+
+
+class Session(_Base):
+    """A producer run (sync). Thread-safe: ``sample`` may be called from any thread."""
+
+    def __init__(
+        self,
+        session_id: str | None = None,
+        *,
+        url: str | None = None,
+        waiting: bool = False,
+        info: Mapping[str, Any] | None = None,
+        min_interval: float | None = None,
+        max_buffer: int = DEFAULT_MAX_ITEMS,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        block_timeout: float = DEFAULT_BLOCK_TIMEOUT,
+        retry_for: float = DEFAULT_RETRY_FOR,
+        id_field: str = "id",
+        time_field: str = "ts",
+        exchange: str = DEFAULT_EXCHANGE,
+        routing_key: str = DEFAULT_ROUTING_KEY,
+        timeout: float = DEFAULT_TIMEOUT,
+        handle_sigterm: bool = True,
+    ) -> None:
+        self._count = [0]  # before _Base sets self.samples (a property here)
+        super().__init__(
+            session_id,
+            url=url,
+            waiting=waiting,
+            info=info,
+            min_interval=min_interval,
+            max_buffer=max_buffer,
+            max_message_bytes=max_message_bytes,
+            block_timeout=block_timeout,
+            retry_for=retry_for,
+            id_field=id_field,
+            time_field=time_field,
+            exchange=exchange,
+            routing_key=routing_key,
+            timeout=timeout,
+            handle_sigterm=handle_sigterm,
+        )
+        self.transport = open_transport(self.url, **self.transport_options)
+        self.batcher = Batcher(self.transport, **self.batch_options)
+        self._previous_sigterm: Any = None
+        self._add = self.batcher.add
+        self._items = self.batcher.items  # never replaced (see Batcher._take)
+        self._max_items = max_buffer
+        # The hot path as a closure over locals: no attribute look-ups per sample but the
+        # state check (a method with the same body cost ~0.3 µs more per sample).
+        self.sample = self._bind_sample()  # type: ignore[method-assign]
+
+    @property  # type: ignore[override]
+    def samples(self) -> int:
+        """Samples buffered so far."""
+        return self._count[0]
+
+    @samples.setter
+    def samples(self, value: int) -> None:
+        self._count[0] = value
+
+    def _bind_sample(self) -> Callable[..., None]:
+        id_field, time_field, session_id = self.id_field, self.time_field, self.id
+        items, max_items, add, count, now = (
+            self._items,
+            self._max_items,
+            self._add,
+            self._count,
+            _now,
+        )
+
+        def sample(variable: str, value: Any, ts: Any = None, **fields: Any) -> None:
+            if self.state != "open":
+                self._not_open()
+            packet = {
+                id_field: variable,
+                time_field: now() if ts is None else _time(ts),
+                "value": value,
+                SESSION_FIELD: session_id,
+            }
+            if fields:
+                packet.update(fields)
+            if len(items) < max_items:
+                items.append(packet)
+            else:
+                add(packet)
+            count[0] += 1
+
+        sample.__doc__ = Session.sample.__doc__
+        return sample
+
+    def __enter__(self) -> Session:
+        batcher = self.batcher
+        batcher.pending = encode([self._opening()], batcher.max_message_bytes)
+        batcher.flushes += 1
+        batcher._publish_pending()
+        batcher.last_flush = time.monotonic()
+        if batcher.pending:
+            self.transport.close()
+            raise FlushFailed(f"could not publish the session document: {batcher.error}")
+        batcher.start()
+        if self._may_handle_sigterm():
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+        return self
+
+    def start(self) -> None:
+        """Waiting → open (the first sample does it too)."""
+        if self.state == "waiting":
+            self.state = "open"
+            self._add(self._document(state="open"))
+
+    def sample(self, variable: str, value: Any, ts: Any = None, **fields: Any) -> None:
+        """Buffer one sample of ``variable``; ``ts`` defaults to now (epoch seconds, a datetime,
+        or anything the server parses). Blocks while the buffer is full, then raises BufferFull."""
+        # The hot path, kept flat: no call but the clock's when the buffer has room.
+        if self.state != "open":
+            self._not_open()
+        packet = {
+            self.id_field: variable,
+            self.time_field: _now() if ts is None else _time(ts),
+            "value": value,
+            SESSION_FIELD: self.id,
+        }
+        if fields:
+            packet.update(fields)
+        items = self._items
+        if len(items) < self._max_items:
+            items.append(packet)
+        else:
+            self._add(packet)
+        self.samples += 1
+
+    def sample_nowait(self, variable: str, value: Any, ts: Any = None, **fields: Any) -> None:
+        """Like ``sample`` but raises BufferFull at once when the buffer is full."""
+        if self.state != "open":
+            self._not_open()
+        self._add(self._packet(variable, value, ts, fields), False)
+        self.samples += 1
+
+    def send(self, packet: Mapping[str, Any]) -> None:
+        """Buffer a packet as it is (it must have the server's id and time fields)."""
+        if self.state != "open":
+            self._not_open()
+        self._add({**packet, SESSION_FIELD: self.id})
+
+    def _not_open(self) -> None:
+        if self.state == "waiting":
+            self.start()
+        else:
+            raise RuntimeError(f"session {self.id!r} is {self.state}: use it inside 'with'")
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            state = end_state(exc_type, exc)
+            self.batcher.add_last(self._ending(state, exc))
+            self.batcher.close()
+        finally:
+            self.transport.close()
+            if self._previous_sigterm is not None:
+                signal.signal(signal.SIGTERM, self._previous_sigterm)
+                self._previous_sigterm = None
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated(f"signal {signum}")
+
+
+class AsyncSession(_Base):
+    """A producer run (asyncio). ``await session.sample(...)``."""
+
+    def __init__(
+        self,
+        session_id: str | None = None,
+        *,
+        url: str | None = None,
+        waiting: bool = False,
+        info: Mapping[str, Any] | None = None,
+        min_interval: float | None = None,
+        max_buffer: int = DEFAULT_MAX_ITEMS,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        block_timeout: float = DEFAULT_BLOCK_TIMEOUT,
+        retry_for: float = DEFAULT_RETRY_FOR,
+        id_field: str = "id",
+        time_field: str = "ts",
+        exchange: str = DEFAULT_EXCHANGE,
+        routing_key: str = DEFAULT_ROUTING_KEY,
+        timeout: float = DEFAULT_TIMEOUT,
+        handle_sigterm: bool = True,
+    ) -> None:
+        super().__init__(
+            session_id,
+            url=url,
+            waiting=waiting,
+            info=info,
+            min_interval=min_interval,
+            max_buffer=max_buffer,
+            max_message_bytes=max_message_bytes,
+            block_timeout=block_timeout,
+            retry_for=retry_for,
+            id_field=id_field,
+            time_field=time_field,
+            exchange=exchange,
+            routing_key=routing_key,
+            timeout=timeout,
+            handle_sigterm=handle_sigterm,
+        )
+        self.transport = open_async_transport(self.url, **self.transport_options)
+        self.batcher = AsyncBatcher(self.transport, **self.batch_options)
+        self.terminated = False
+        self._items = self.batcher.items
+        self._max_items = max_buffer
+        self._task: asyncio.Task[Any] | None = None
+        self._sigterm_installed = False
+
+    async def __aenter__(self) -> AsyncSession:
+        batcher = self.batcher
+        batcher.pending = encode([self._opening()], batcher.max_message_bytes)
+        batcher.flushes += 1
+        await batcher._publish_pending()
+        batcher.last_flush = time.monotonic()
+        if batcher.pending:
+            await self.transport.close()
+            raise FlushFailed(f"could not publish the session document: {batcher.error}")
+        batcher.start()
+        self._task = asyncio.current_task()
+        if self._may_handle_sigterm():
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._terminate)
+            self._sigterm_installed = True
+        return self
+
+    def _terminate(self) -> None:
+        self.terminated = True
+        if self._task is not None:
+            self._task.cancel()
+
+    def start(self) -> None:
+        if self.state == "waiting":
+            self.state = "open"
+            self.batcher.add_nowait(self._document(state="open"))
+
+    async def sample(self, variable: str, value: Any, ts: Any = None, **fields: Any) -> None:
+        """Buffer one sample; waits while the buffer is full, then raises BufferFull."""
+        if self.state != "open":
+            self._not_open()
+        packet = {
+            self.id_field: variable,
+            self.time_field: _now() if ts is None else _time(ts),
+            "value": value,
+            SESSION_FIELD: self.id,
+        }
+        if fields:
+            packet.update(fields)
+        items = self._items
+        if len(items) < self._max_items:
+            items.append(packet)
+        else:
+            await self.batcher.add(packet)
+        self.samples += 1
+
+    def sample_nowait(self, variable: str, value: Any, ts: Any = None, **fields: Any) -> None:
+        if self.state != "open":
+            self._not_open()
+        self.batcher.add_nowait(self._packet(variable, value, ts, fields))
+        self.samples += 1
+
+    async def send(self, packet: Mapping[str, Any]) -> None:
+        if self.state != "open":
+            self._not_open()
+        await self.batcher.add({**packet, SESSION_FIELD: self.id})
+
+    def _not_open(self) -> None:
+        if self.state == "waiting":
+            self.start()
+        else:
+            raise RuntimeError(f"session {self.id!r} is {self.state}: use it inside 'async with'")
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            state = "truncated" if self.terminated else end_state(exc_type, exc)
+            self.batcher.add_last(self._ending(state, exc))
+            await self.batcher.close()
+        finally:
+            await self.transport.close()
+            if self._sigterm_installed:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
+                self._sigterm_installed = False
+        if self.terminated:
+            if self._task is not None:
+                with contextlib.suppress(AttributeError):
+                    self._task.uncancel()
+            raise Terminated("SIGTERM")
