@@ -1,0 +1,164 @@
+"""Elasticsearch-compatible ``_bulk`` throughput against ``POST /ingest``, in one run.
+
+One ``latest-server serve`` subprocess (Redis db 14, flushed before each phase and at the end)
+receives the same versioned documents twice:
+
+* ``POST /ingest``: NDJSON bodies of ``--chunk`` documents, one after another (httpx);
+* ``helpers.bulk`` of the official client into the ES-compatible API (LATEST_ES_PORT), chunks of
+  the same size, each action ``{"_id": sha1(id), "version": <epoch ms>, "version_type":
+  "external"}`` like the reference Logstash pipeline. The client uses orjson for its JSON, as
+  the ingest side does, so both measure the server more than the client's serializer.
+
+Documents: ``--docs`` packets over ``--variables`` ids, ISO-8601 times, 10 % of them late (older
+than the previous packet of their variable: stale, a 409 item on the ES side). Rate = documents /
+wall time of the phase. Run::
+
+    /work/venv/bin/python bench/es_bulk.py [--docs 200000] [--variables 10000] [--chunk 500]
+
+The last line printed is ``ratio es_bulk/ingest: X.XX``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+from elasticsearch import Elasticsearch, helpers
+from redis import Redis
+
+REDIS_URL = "redis://127.0.0.1:6379/14"
+START = datetime(2024, 5, 1, tzinfo=UTC)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_documents(count: int, variables: int, late_share: float) -> list[dict[str, Any]]:
+    rng = random.Random(1)
+    steps = [0] * variables
+    docs = []
+    for i in range(count):
+        v = i % variables
+        steps[v] += 1
+        step = steps[v] - 2 if steps[v] > 1 and rng.random() < late_share else steps[v]
+        when = START + timedelta(seconds=10 * step, microseconds=i % 1000)
+        docs.append(
+            {
+                "id": f"bench/aqm/sensor-{v:05d}",
+                "observationDateTime": when.isoformat(),
+                "pm2p5": round(rng.random() * 100, 2),
+                "seq": i,
+            }
+        )
+    return docs
+
+
+def epoch_ms(doc: dict[str, Any]) -> int:
+    return int(datetime.fromisoformat(doc["observationDateTime"]).timestamp() * 1000)
+
+
+def wait_until_up(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise SystemExit(f"latest-server did not start at {url}") from None
+            time.sleep(0.1)
+
+
+def run_ingest(url: str, docs: list[dict[str, Any]], chunk: int) -> float:
+    bodies = [
+        b"\n".join(orjson.dumps(d) for d in docs[i : i + chunk]) + b"\n"
+        for i in range(0, len(docs), chunk)
+    ]
+    headers = {"Content-Type": "application/x-ndjson"}
+    started = time.perf_counter()
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for body in bodies:
+            http.post("/ingest", content=body, headers=headers).raise_for_status()
+    return len(docs) / (time.perf_counter() - started)
+
+
+def run_es_bulk(url: str, docs: list[dict[str, Any]], chunk: int) -> tuple[float, int, int]:
+    options: dict[str, Any] = {}
+    try:
+        from elasticsearch.serializer import OrjsonSerializer
+
+        options["serializers"] = {"application/json": OrjsonSerializer()}
+    except ImportError:  # before 8.13
+        pass
+    actions = [
+        {
+            "_index": "latest",
+            "_id": hashlib.sha1(d["id"].encode()).hexdigest(),
+            "_source": d,
+            "version": epoch_ms(d),
+            "version_type": "external",
+        }
+        for d in docs
+    ]
+    with Elasticsearch(url, request_timeout=60, **options) as es:
+        started = time.perf_counter()
+        ok, errors = helpers.bulk(es, actions, chunk_size=chunk, ignore_status=(409,))
+        rate = len(docs) / (time.perf_counter() - started)
+    return rate, ok, len(errors)  # type: ignore[arg-type]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--docs", type=int, default=200_000)
+    parser.add_argument("--variables", type=int, default=10_000)
+    parser.add_argument("--chunk", type=int, default=500)
+    parser.add_argument("--late", type=float, default=0.1)
+    args = parser.parse_args()
+
+    redis = Redis.from_url(REDIS_URL)
+    redis.flushdb()
+    docs = make_documents(args.docs, args.variables, args.late)
+    port, es_port = free_port(), free_port()
+    with tempfile.TemporaryDirectory() as data_dir:
+        env = dict(
+            os.environ,
+            REDIS_URL=REDIS_URL,
+            LATEST_PORT=str(port),
+            LATEST_ES_PORT=str(es_port),
+            LATEST_DATA_DIR=data_dir,
+            LATEST_LOG_LEVEL="warning",
+        )
+        env.pop("AMQP_URL", None)
+        server = subprocess.Popen([sys.executable, "-m", "latest_server", "serve"], env=env)
+        try:
+            wait_until_up(f"http://127.0.0.1:{port}/healthz", server)
+            wait_until_up(f"http://127.0.0.1:{es_port}/", server)
+            print(f"{args.docs} documents, {args.variables} variables, chunks of {args.chunk}")
+            ingest_rate = run_ingest(f"http://127.0.0.1:{port}", docs, args.chunk)
+            print(f"POST /ingest:         {ingest_rate:10,.0f} docs/s")
+            redis.flushdb()
+            es_rate, ok, stale = run_es_bulk(f"http://127.0.0.1:{es_port}", docs, args.chunk)
+            print(f"helpers.bulk (_bulk): {es_rate:10,.0f} docs/s ({ok} written, {stale} stale)")
+        finally:
+            server.terminate()
+            server.wait(30)
+            redis.flushdb()
+    print(f"ratio es_bulk/ingest: {es_rate / ingest_rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()
