@@ -24,7 +24,7 @@ from latest_server.errors import LatestError, StoreUnavailable
 from latest_server.keys import key_for
 from latest_server.resources import Resources
 from latest_server.settings import Settings, describe
-from latest_server.web.app import create_app, create_es_app
+from latest_server.web.app import create_app, create_es_app, server_options
 
 log = logging.getLogger("latest_server")
 
@@ -247,6 +247,7 @@ async def run(command: str, settings: Settings) -> None:
                 log_level=settings.log_level,
                 access_log=False,
                 lifespan="on",
+                **server_options(settings),
             )
             server = _Server(config)
 

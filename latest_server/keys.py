@@ -49,7 +49,8 @@ def history_index(key: str) -> str:
 
 
 def meta(key: str) -> str:
-    """Hash with fields ``e`` (epoch) and ``s`` (last seq) of the variable's stream."""
+    """Hash with fields ``e`` (epoch), ``s`` (last seq) and ``b`` (base: the last seq before the
+    epoch began, so the epoch's entries are ``b < seq <= s``) of the variable's stream."""
     return _k(key, "meta")
 
 

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 SCRIPTS = (
     "write",
     "read_hot",
+    "read_seq",  # seq ranges for websocket subscribers
     "transfer",
     "finish",
     "lock_extend",

@@ -291,6 +291,43 @@ class Settings:
         "Elasticsearch URL (http:// or https://, credentials in the URL) for LATEST_BACKEND.",
     )
 
+    ws_queue_bytes: int = _setting(
+        "LATEST_WS_QUEUE_BYTES",
+        1_048_576,
+        _positive_int,
+        "Bytes queued for one websocket before its client is read from the stores instead.",
+    )
+    ws_send_timeout: float = _setting(
+        "LATEST_WS_SEND_TIMEOUT",
+        10.0,
+        _positive_float,
+        "Seconds one websocket write may stall before the socket is closed with 4008.",
+    )
+    ws_max_subscriptions: int = _setting(
+        "LATEST_WS_MAX_SUBSCRIPTIONS",
+        1000,
+        _positive_int,
+        "Variables one websocket may subscribe to.",
+    )
+    ws_max_frame_bytes: int = _setting(
+        "LATEST_WS_MAX_FRAME_BYTES",
+        65_536,
+        _positive_int,
+        "Largest frame a websocket client may send, in bytes.",
+    )
+    ws_ping_interval: float = _setting(
+        "LATEST_WS_PING_INTERVAL",
+        20.0,
+        _positive_float,
+        "Seconds between websocket pings; a client that does not answer in as long is closed.",
+    )
+    ws_probe_interval: float = _setting(
+        "LATEST_WS_PROBE_INTERVAL",
+        5.0,
+        _positive_float,
+        "Seconds between checks that live subscribers are not behind the stored history.",
+    )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         if environ is None:

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 
 from latest_server.resources import Resources
 from latest_server.settings import Settings
-from latest_server.web.app import create_app
+from latest_server.web.app import create_app, server_options
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -131,6 +131,7 @@ class ServerThread:
             port=self.port,
             log_level="warning",
             lifespan="on",
+            **server_options(settings),
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -26,7 +26,7 @@ if not epoch then
   local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
   local s = 0
   if last[1] then s = tonumber(string.match(last[1][1], '^(%d+)')) end
-  redis.call('HSET', KEYS[3], 'e', epoch, 's', s)
+  redis.call('HSET', KEYS[3], 'e', epoch, 's', s, 'b', s)
 end
 local seq = redis.call('HINCRBY', KEYS[3], 's', 1)
 redis.call('XADD', KEYS[1], seq .. '-0', 't', ts, 'd', ARGV[2])

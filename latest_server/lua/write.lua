@@ -8,7 +8,7 @@
 -- KEYS[2] lv:{k}:h       stream: entry id <seq>-0, fields t (ts µs), d (doc)
 -- KEYS[3] lv:{k}:i       sorted set: score ts, member <seq as 16 digits><sha1(doc) hex>
 --                         (dedup + time index; ties sort by seq)
--- KEYS[4] lv:{k}:meta    hash: e (epoch), s (last seq)
+-- KEYS[4] lv:{k}:meta    hash: e (epoch), s (last seq), b (the last seq before the epoch began)
 -- ARGV[1] variable id   ARGV[2] ts (µs, integer)   ARGV[3] doc (JSON)   ARGV[4] sha1 hex of doc
 -- ARGV[5] "1" for external_gte (>=), "0" for external (>), "c" for create (only when no
 --         document is there)   ARGV[6] feed channel lv:{k}:feed
@@ -60,7 +60,7 @@ local function write(K, A)
       local last = redis.call('XREVRANGE', K[2], '+', '-', 'COUNT', 1)
       local s = 0
       if last[1] then s = tonumber(string.match(last[1][1], '^(%d+)')) end
-      redis.call('HSET', K[4], 'e', epoch, 's', s)
+      redis.call('HSET', K[4], 'e', epoch, 's', s, 'b', s)
     end
     seq = redis.call('HINCRBY', K[4], 's', 1)
     redis.call('XADD', K[2], seq .. '-0', 't', ts, 'd', A[3])

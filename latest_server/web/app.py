@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 
 from latest_server.resources import Resources
 from latest_server.settings import Settings
-from latest_server.web import errors, es, history, ingest, latest, metrics
+from latest_server.web import errors, es, history, ingest, latest, metrics, ws
 from latest_server.web import sessions as session_routes
 
 
@@ -20,16 +21,16 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Sta
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if resources is not None:
-            app.state.resources = resources
+        async with contextlib.AsyncExitStack() as stack:
+            if resources is None:
+                app.state.resources = await Resources.open(settings)
+                stack.push_async_callback(app.state.resources.close)
+            else:
+                app.state.resources = resources
+            app.state.hub = ws.Hub(app.state.resources, settings)
+            app.state.hub.start()
+            stack.push_async_callback(app.state.hub.close)
             yield
-            return
-        owned = await Resources.open(settings)
-        app.state.resources = owned
-        try:
-            yield
-        finally:
-            await owned.close()
 
     routes: list[BaseRoute] = [
         Route("/ingest", ingest.ingest, methods=["POST"]),
@@ -39,6 +40,7 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Sta
         Route("/history/{variable_id:path}", history.get_history, methods=["GET"]),
         Route("/sessions", session_routes.list_sessions, methods=["GET"]),
         Route("/sessions/{session_id:path}", session_routes.get_session, methods=["GET"]),
+        WebSocketRoute("/ws", ws.websocket),
         Route("/healthz", metrics.healthz, methods=["GET"]),
         Route("/readyz", metrics.readyz, methods=["GET"]),
     ]
@@ -69,3 +71,14 @@ def create_es_app(settings: Settings, *, resources: Resources | None = None) -> 
             await owned.close()
 
     return Starlette(routes=es.ROUTES, lifespan=lifespan)
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn options the app relies on: websocket frame size and keep-alive pings. A frame
+    over LATEST_WS_MAX_FRAME_BYTES gets an error frame; one many times over it (a client gone
+    wrong) is refused by the protocol, which closes with 1009."""
+    return {
+        "ws_max_size": settings.ws_max_frame_bytes * 16,
+        "ws_ping_interval": settings.ws_ping_interval,
+        "ws_ping_timeout": settings.ws_ping_interval,
+    }

@@ -1,0 +1,336 @@
+"""GET /ws: websocket subscriptions, the whole history then live (the protocol is in README.md).
+
+A ``Hub`` per process owns the live feed (one Redis pub/sub connection), the seq-range reader,
+a cap on concurrent catch-ups and the tail probe. Each ``Socket`` has one sender task and a
+queue bounded in bytes: live entries are offered without waiting, and when the queue is full
+the socket drops every queued entry, rolls each stream back to what it had really queued and
+lets it catch up from the stores (server memory per slow client stays bounded); a write that
+stalls past LATEST_WS_SEND_TIMEOUT closes the socket with 4008. Each (socket, variable) is a
+``Stream`` (ws_stream.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from latest_server import keys
+from latest_server.errors import PacketRejected
+from latest_server.feed import LiveFeed
+from latest_server.resources import Resources
+from latest_server.settings import Settings
+from latest_server.stores.ranges import RangeReader
+from latest_server.web.ws_stream import Stream
+
+log = logging.getLogger(__name__)
+
+CLOSE_SLOW = 4008  # "slow: resume with since" (Centrifugo uses 3008)
+CLOSE_GOING_AWAY = 1001
+MAX_ID_LENGTH = 1024
+CATCHUPS = 16  # concurrent catch-ups per process
+PROBE_BATCH = 1000
+
+
+@dataclass(slots=True)
+class _Item:
+    frame: bytes
+    stream: Stream | None  # None: a control frame, never dropped
+    first: int  # the seqs the frame carries: first..last
+    last: int
+
+
+class Hub:
+    def __init__(self, resources: Resources, settings: Settings) -> None:
+        self.settings = settings
+        self.parser = resources.parser
+        self.feed = LiveFeed(resources.redis)
+        self.ranges = RangeReader(resources.redis, resources.history.scripts, resources.objects)
+        self.catchups = asyncio.Semaphore(CATCHUPS)
+        self.sockets: set[Socket] = set()
+        self._frames: dict[str, tuple[int, int, bytes]] = {}
+        self._probe: asyncio.Task[None] | None = None
+
+    def entry_frame(self, variable_id: str, epoch: int, seq: int, ts: int, doc: bytes) -> bytes:
+        """The entry frame, encoded once for every socket that gets it."""
+        cached = self._frames.get(variable_id)
+        if cached is not None and cached[0] == epoch and cached[1] == seq:
+            return cached[2]
+        frame = orjson.dumps(
+            {
+                "type": "entry",
+                "id": variable_id,
+                "epoch": epoch,
+                "seq": seq,
+                "ts": ts,
+                "doc": orjson.Fragment(doc),
+            }
+        )
+        if len(self._frames) > 100_000:
+            self._frames.clear()
+        self._frames[variable_id] = (epoch, seq, frame)
+        return frame
+
+    def start(self) -> None:
+        self._probe = asyncio.create_task(self._probe_loop(), name="ws-probe")
+
+    async def _probe_loop(self) -> None:
+        """Every LATEST_WS_PROBE_INTERVAL, compare each live stream with its variable's top:
+        the last message before a pub/sub drop is revealed by nothing else."""
+        while True:
+            await asyncio.sleep(self.settings.ws_probe_interval)
+            streams = [s for socket in self.sockets for s in socket.streams.values()]
+            streams = [s for s in streams if s.mode == "live"]
+            for start in range(0, len(streams), PROBE_BATCH):
+                batch = streams[start : start + PROBE_BATCH]
+                try:
+                    positions = await self.ranges.positions([s.key for s in batch])
+                except (ConnectionError, OSError) as exc:
+                    log.warning("tail probe skipped: %s", exc)
+                    break
+                for stream, position in zip(batch, positions, strict=True):
+                    stream.probe(position)
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+        for socket in list(self.sockets):
+            await socket.close(CLOSE_GOING_AWAY, "server shutting down")
+        await self.feed.close()
+
+
+class Socket:
+    def __init__(self, hub: Hub, ws: WebSocket) -> None:
+        self.hub = hub
+        self.ws = ws
+        self.settings = hub.settings
+        self.streams: dict[str, Stream] = {}
+        self.queue: deque[_Item] = deque()
+        self.queued = 0  # bytes
+        self.limit = self.settings.ws_queue_bytes
+        self.ready = asyncio.Event()  # items are queued
+        self.space = asyncio.Event()  # below half the limit
+        self.space.set()
+        self.closed = False
+        self.sender: asyncio.Task[None] | None = None
+
+    # --- queueing --------------------------------------------------------------------------
+
+    def control(self, message: dict[str, Any]) -> None:
+        """A protocol frame (subscribed, live, reset, error, pong): always queued."""
+        self._append(_Item(orjson.dumps(message), None, 0, 0))
+
+    def offer(self, frame: bytes, stream: Stream, last: int) -> bool:
+        """Queue entries of ``stream`` ending at seq ``last`` unless the queue is full; a full
+        queue makes every stream with queued entries (and this one) catch up from the stores."""
+        first = (stream.seq or 0) + 1
+        if self.queued + len(frame) > self.limit and self.queued:
+            self._overflow()
+            stream.rolled_back(first)
+            return False
+        self._append(_Item(frame, stream, first, last))
+        return True
+
+    async def put(self, frame: bytes, stream: Stream, last: int) -> bool:
+        """Queue a backlog page once the queue has room; False if the stream was rolled back
+        meanwhile (the page no longer follows what is queued)."""
+        expected = stream.seq
+        while not self.space.is_set() and not self.closed:
+            await self.space.wait()
+        if self.closed or stream.seq != expected or stream.mode != "catchup":
+            return False
+        self._append(_Item(frame, stream, (expected or 0) + 1, last))
+        return True
+
+    def _append(self, item: _Item) -> None:
+        if not item.frame or self.closed:
+            return
+        self.queue.append(item)
+        self.queued += len(item.frame)
+        if self.queued > self.limit // 2:
+            self.space.clear()
+        self.ready.set()
+
+    def _overflow(self) -> None:
+        dropped: dict[Stream, int] = {}
+        kept: deque[_Item] = deque()
+        for item in self.queue:
+            if item.stream is None:
+                kept.append(item)
+            else:
+                dropped.setdefault(item.stream, item.first)
+        self.queue = kept
+        self.queued = sum(len(item.frame) for item in kept)
+        if self.queued <= self.limit // 2:
+            self.space.set()
+        log.info("websocket client is slow: %d streams read from the stores", len(dropped))
+        for stream, first in dropped.items():
+            stream.rolled_back(first)
+
+    async def send_loop(self) -> None:
+        timeout = self.settings.ws_send_timeout
+        try:
+            while True:
+                await self.ready.wait()
+                while self.queue:
+                    item = self.queue.popleft()
+                    self.queued -= len(item.frame)
+                    if self.queued <= self.limit // 2:
+                        self.space.set()
+                    async with asyncio.timeout(timeout):
+                        await self.ws.send_text(item.frame.decode())
+                self.ready.clear()
+        except TimeoutError:
+            log.info("websocket write stalled for %ss: closing with %d", timeout, CLOSE_SLOW)
+            await self.close(CLOSE_SLOW, "slow consumer: resume with since")
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            await self.close(None, "")
+
+    # --- the client's requests -------------------------------------------------------------
+
+    async def handle(self, text: str) -> None:
+        if len(text) > self.settings.ws_max_frame_bytes:
+            return self.error(
+                "frame_too_large", f"frames are limited to {self.settings.ws_max_frame_bytes} bytes"
+            )
+        try:
+            message = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return self.error("not_json", "a frame must be a JSON object")
+        if not isinstance(message, dict):
+            return self.error("not_object", "a frame must be a JSON object")
+        op = message.get("op")
+        if op == "ping":
+            return self.control({"type": "pong"})
+        if op == "subscribe":
+            return await self.subscribe(message)
+        if op == "unsubscribe":
+            ids = _ids(message)
+            if ids is None:
+                return self.error("bad_ids", '"ids" must be a non-empty list of variable ids')
+            for variable_id in ids:
+                stream = self.streams.pop(variable_id, None)
+                if stream is not None:
+                    await stream.close()
+                self.control({"type": "unsubscribed", "id": variable_id})
+            return None
+        return self.error(
+            "unknown_op", f"unknown op {str(op)[:64]!r}: use subscribe, unsubscribe or ping"
+        )
+
+    async def subscribe(self, message: dict[str, Any]) -> None:
+        ids = _ids(message)
+        if ids is None:
+            return self.error("bad_ids", '"ids" must be a non-empty list of variable ids')
+        modes = [
+            name for name in ("since", "from", "latest") if message.get(name) not in (None, False)
+        ]
+        if len(modes) > 1:
+            return self.error(
+                "bad_request", f"use one of since, from, latest, not {' and '.join(modes)}"
+            )
+        new = [i for i in ids if i not in self.streams]
+        if len(self.streams) + len(new) > self.settings.ws_max_subscriptions:
+            return self.error(
+                "too_many_subscriptions",
+                f"a socket may subscribe to at most {self.settings.ws_max_subscriptions} variables",
+            )
+        since: dict[str, tuple[int, int]] = {}
+        from_us = None
+        if message.get("since") is not None:
+            raw = message["since"]
+            if not isinstance(raw, dict):
+                return self.error("bad_since", '"since" maps variable ids to [epoch, seq]')
+            for variable_id, position in raw.items():
+                if (
+                    not isinstance(position, list)
+                    or len(position) != 2
+                    or not all(type(n) is int and n >= 0 for n in position)
+                ):
+                    return self.error("bad_since", f"since[{variable_id!r}] must be [epoch, seq]")
+                since[variable_id] = (position[0], position[1])
+        if message.get("from") is not None:
+            try:
+                from_us = self.hub.parser.time_to_us(message["from"])
+            except PacketRejected as exc:
+                return self.error("bad_time", str(exc))
+        latest = message.get("latest") is True
+        for variable_id in ids:
+            old = self.streams.pop(variable_id, None)
+            if old is not None:
+                await old.close()  # subscribing again restarts the stream with the new start
+            key = keys.key_for(variable_id)
+            stream = Stream(
+                self.hub,
+                self,
+                variable_id,
+                key,
+                since=since.get(variable_id),
+                from_us=from_us,
+                latest=latest,
+            )
+            self.streams[variable_id] = stream
+            self.control({"type": "subscribed", "id": variable_id, "key": key})
+            stream.start()
+        return None
+
+    def error(self, reason: str, message: str) -> None:
+        self.control({"type": "error", "reason": reason, "message": message})
+
+    async def close(self, code: int | None, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.space.set()
+        for stream in list(self.streams.values()):
+            await stream.close()
+        self.streams.clear()
+        if code is not None and self.ws.application_state != WebSocketState.DISCONNECTED:
+            with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
+                await self.ws.close(code, reason)
+
+
+def _ids(message: dict[str, Any]) -> list[str] | None:
+    ids = message.get("ids")
+    if (
+        not isinstance(ids, list)
+        or not ids
+        or not all(isinstance(i, str) and 0 < len(i) <= MAX_ID_LENGTH for i in ids)
+    ):
+        return None
+    return list(dict.fromkeys(ids))
+
+
+async def websocket(ws: WebSocket) -> None:
+    hub: Hub = ws.app.state.hub
+    await ws.accept()
+    socket = Socket(hub, ws)
+    hub.sockets.add(socket)
+    sender = asyncio.create_task(socket.send_loop(), name="ws-send")
+    try:
+        while not socket.closed:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            text = message.get("text")
+            if text is None:
+                data = message.get("bytes") or b""
+                text = data.decode(errors="replace")
+            await socket.handle(text)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        hub.sockets.discard(socket)
+        await socket.close(None, "")
+        if sender is not asyncio.current_task():
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender

@@ -1,0 +1,310 @@
+"""One variable on one websocket: history from the stores, then live, with no gap and no
+duplicate (the algorithm of STREAMING.md).
+
+State: ``epoch`` E, ``seq`` S (everything at or below S has been queued for the socket, in seq
+order) and a mode:
+
+- ``catchup``: read ``(S, S + page]`` from the stores (upstream first, seq-contiguous) and queue
+  it as backlog pages, waiting for the socket to drain between pages; no live buffering. Ends
+  when S is close to the variable's top.
+- ``switching``: the feed is subscribed and confirmed; live entries are buffered (bounded) while
+  the stores are read up to the top and past the highest buffered seq; then, without yielding to
+  the event loop, the buffer's entries above S are queued if they continue S exactly, and the
+  mode becomes ``live``. Otherwise read again.
+- ``live``: a feed entry is queued iff its seq is S + 1; at or below S it is an overlap and
+  dropped; above S + 1 means pub/sub lost something, and the stream switches again (refilling
+  the hole from the stores). Another epoch means Redis lost its data: ``reset``.
+
+A socket that cannot take more (its queue is full) rolls every stream back to what it had
+really queued and puts it in ``catchup``: the stores are that client's buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, Literal
+
+import orjson
+
+from latest_server.stores.ranges import Entry, Position, Range
+
+if TYPE_CHECKING:
+    from latest_server.web.ws import Hub, Socket
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["catchup", "switching", "live", "closed"]
+PAGE = 2048  # entries per store read while catching up
+SWITCH_AT = 512  # entries behind the top below which catching up ends and switching begins
+BUFFER_LIMIT = 20_000  # live entries buffered while switching; past it, catch up again
+CHUNK_BYTES = 65_536  # about this much per backlog frame (a burst, as RTA sends)
+
+
+class Stream:
+    def __init__(
+        self,
+        hub: Hub,
+        socket: Socket,
+        variable_id: str,
+        key: str,
+        *,
+        since: tuple[int, int] | None = None,
+        from_us: int | None = None,
+        latest: bool = False,
+    ) -> None:
+        self.hub = hub
+        self.socket = socket
+        self.id = variable_id
+        self.key = key
+        self.from_us = from_us
+        self.latest = latest
+        self.epoch: int | None = since[0] if since else None
+        self.seq: int | None = since[1] if since else None  # None: the epoch's beginning
+        self.mode: Mode = "catchup"
+        self.buffer: list[tuple[int, int, int, bytes]] | None = None
+        self.wake = asyncio.Event()
+        self.probe_top = 0  # the top seen by the previous tail probe
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"ws-stream-{self.key[:8]}")
+
+    async def close(self) -> None:
+        self.mode = "closed"
+        self.hub.feed.unsubscribe(self.key, self)
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                log.exception("subscription of %s failed", self.id)
+
+    # --- the stream's task ------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            if self.latest:
+                await self._start_latest()
+            while self.mode != "closed":
+                if self.mode == "live":
+                    await self.wake.wait()
+                    self.wake.clear()
+                    continue
+                if self.mode == "catchup":
+                    await self._catch_up()
+                if self.mode in ("catchup", "switching"):
+                    await self._switch()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a store failed: tell the client, it resumes with since
+            log.exception("subscription of %s failed", self.id)
+            self.socket.control(
+                {"type": "error", "id": self.id, "reason": "unavailable", "message": str(exc)}
+            )
+            self.mode = "closed"
+            self.hub.feed.unsubscribe(self.key, self)
+
+    async def _start_latest(self) -> None:
+        position, entry = await self.hub.ranges.latest(self.key)
+        self.epoch = position.epoch
+        self.seq = position.top
+        if entry is not None and position.epoch is not None:
+            self.socket.control(
+                {"type": "backlog", "id": self.id, "entries": [_entry(position.epoch, entry)]}
+            )
+        # nothing between the latest document and the top is wanted: go straight to live
+        self.mode = "switching"
+
+    def _adopt(self, position: Position) -> bool:
+        """Line up with the variable's current epoch; False if it has none (no history in
+        Redis yet: wait for the first live entry)."""
+        if position.epoch is None:
+            return False
+        if self.epoch is None:
+            self.epoch = position.epoch
+            self.seq = position.base if self.seq is None else self.seq
+        elif position.epoch != self.epoch:
+            # Another epoch: Redis lost its counters. Seqs of the old epoch mean nothing now.
+            self.socket.control(
+                {"type": "reset", "id": self.id, "epoch": position.epoch, "lost": None}
+            )
+            self.epoch = position.epoch
+            self.seq = position.base
+        if self.seq is None or self.seq < position.base:
+            self.seq = position.base
+        return True
+
+    async def _catch_up(self) -> None:
+        async with self.hub.catchups:
+            while self.mode == "catchup":
+                (position,) = await self.hub.ranges.positions([self.key])
+                if not self._adopt(position):
+                    return
+                assert self.epoch is not None and self.seq is not None
+                if position.top - self.seq <= SWITCH_AT:
+                    return
+                high = min(self.seq + PAGE, position.top)
+                found = await self.hub.ranges.read_range(self.key, self.epoch, self.seq, high)
+                if found.position.epoch != self.epoch or self.mode != "catchup":
+                    continue
+                for frame, last in self._pages(found, high):
+                    if not await self.socket.put(frame, self, last):
+                        break  # the socket overflowed and rolled us back: read again
+                    self.seq = last
+
+    async def _switch(self) -> None:
+        if self.buffer is None:
+            self.buffer = []
+        self.mode = "switching"
+        await self.hub.feed.subscribe(self.key, self)
+        while self.mode == "switching":
+            (position,) = await self.hub.ranges.positions([self.key])
+            if not self._adopt(position):
+                self._go_live()  # nothing stored yet: the first entry will start the epoch
+                return
+            assert self.epoch is not None and self.seq is not None
+            buffered = self.buffer or []
+            high = max([position.top, *(b[1] for b in buffered if b[0] == self.epoch)])
+            if high - self.seq > BUFFER_LIMIT:
+                self.mode = "catchup"  # too far behind to switch in one read
+                self.buffer = None
+                return
+            found = await self.hub.ranges.read_range(self.key, self.epoch, self.seq, high)
+            if self.mode != "switching":
+                return  # overflowed while reading: catch up instead
+            if found.position.epoch != self.epoch:
+                continue
+            # From here to _go_live nothing yields to the event loop: no live entry can slip
+            # in between the stored entries and the buffered ones.
+            for frame, last in self._pages(found, high):
+                if not self.socket.offer(frame, self, last):
+                    return  # the socket overflowed: we are in catchup now
+                self.seq = last
+            self.seq = max(self.seq, high)
+            rest = sorted(
+                {
+                    b[1]: b for b in self.buffer or [] if b[0] == self.epoch and b[1] > self.seq
+                }.items()
+            )
+            if any(b[0] != self.epoch for b in self.buffer or []):
+                continue  # an entry of another epoch arrived: read the position again
+            if all(seq == self.seq + n for n, (seq, _) in enumerate(rest, start=1)):
+                for seq, (epoch, _, ts, doc) in rest:
+                    if not self._send_live(epoch, seq, ts, doc):
+                        return
+                self._go_live()
+                return
+
+    def _go_live(self) -> None:
+        self.buffer = None
+        self.mode = "live"
+        self.socket.control({"type": "live", "id": self.id, "epoch": self.epoch, "seq": self.seq})
+
+    def _pages(self, found: Range, high: int) -> list[tuple[bytes, int]]:
+        """Backlog frames of about CHUNK_BYTES, each with the seq it ends at; a lost range is
+        announced by a reset frame in its place."""
+        assert self.epoch is not None
+        pages: list[tuple[bytes, int]] = []
+        chunk: list[dict[str, Any]] = []
+        size = 0
+        last = self.seq or 0
+        lost = iter(sorted(found.lost))
+        gap = next(lost, None)
+
+        def flush(end: int) -> None:
+            nonlocal chunk, size
+            if chunk:
+                frame = {"type": "backlog", "id": self.id, "entries": chunk}
+                pages.append((orjson.dumps(frame), end))
+            chunk, size = [], 0
+
+        for entry in found.entries:
+            while gap is not None and gap[0] < entry.seq:
+                flush(gap[0] - 1)
+                pages.append((self._lost_frame(gap), gap[1]))
+                gap = next(lost, None)
+            last = entry.seq
+            if self.from_us is not None and entry.ts < self.from_us:
+                continue  # before the asked time: skipped, but it counts for contiguity
+            chunk.append(_entry(self.epoch, entry))
+            size += len(entry.doc) + 64
+            if size >= CHUNK_BYTES:
+                flush(last)
+        flush(last)
+        while gap is not None:
+            pages.append((self._lost_frame(gap), gap[1]))
+            gap = next(lost, None)
+        if not pages or pages[-1][1] < high:
+            pages.append((b"", high))  # nothing to send, but the position moves to high
+        return pages
+
+    def _lost_frame(self, gap: tuple[int, int]) -> bytes:
+        log.warning("history of %s lost seqs %s..%s of epoch %s", self.id, *gap, self.epoch)
+        return orjson.dumps(
+            {"type": "reset", "id": self.id, "epoch": self.epoch, "lost": list(gap)}
+        )
+
+    # --- feed callbacks (synchronous, on the feed's task) ----------------------------------
+
+    def entry(self, epoch: int, seq: int, ts: int, doc: bytes) -> None:
+        mode = self.mode
+        if mode == "live":
+            if epoch != self.epoch or self.seq is None:
+                self._fall_back("catchup")
+            elif seq == self.seq + 1:
+                self._send_live(epoch, seq, ts, doc)
+            elif seq > self.seq + 1:
+                self.buffer = [(epoch, seq, ts, doc)]
+                self._fall_back("switching")  # a hole: refill it from the stores
+        elif mode == "switching" and self.buffer is not None:
+            if len(self.buffer) < BUFFER_LIMIT:
+                self.buffer.append((epoch, seq, ts, doc))
+            else:
+                self.buffer = None
+                self.mode = "catchup"
+
+    def confirmed(self) -> None:
+        """The feed (re)subscribed: whatever was published meanwhile is in the stores."""
+        if self.mode == "live":
+            self.buffer = []
+            self._fall_back("switching")
+
+    def probe(self, position: Position) -> None:
+        """The periodic tail check: behind a top seen one probe ago means a lost message."""
+        if self.mode != "live":
+            return
+        if position.epoch is not None and position.epoch != self.epoch:
+            self._fall_back("catchup")
+        elif self.seq is not None and self.seq < min(self.probe_top, position.top):
+            self.buffer = []
+            self._fall_back("switching")
+        self.probe_top = position.top
+
+    def rolled_back(self, seq: int) -> None:
+        """The socket dropped queued entries from ``seq`` on: send them again from the stores."""
+        if self.mode == "closed":
+            return
+        if self.seq is None or seq - 1 < self.seq:
+            self.seq = seq - 1
+        self.buffer = None
+        self._fall_back("catchup")
+
+    def _send_live(self, epoch: int, seq: int, ts: int, doc: bytes) -> bool:
+        if self.from_us is not None and ts < self.from_us:
+            self.seq = seq
+            return True
+        if not self.socket.offer(self.hub.entry_frame(self.id, epoch, seq, ts, doc), self, seq):
+            return False
+        self.seq = seq
+        return True
+
+    def _fall_back(self, mode: Mode) -> None:
+        self.mode = mode
+        self.wake.set()
+
+
+def _entry(epoch: int, entry: Entry) -> dict[str, Any]:
+    return {"epoch": epoch, "seq": entry.seq, "ts": entry.ts, "doc": orjson.Fragment(entry.doc)}

@@ -1,0 +1,191 @@
+"""Websocket subscriptions through real uvicorn and the `websockets` client, on the real Redis,
+with history spread over Redis, transfer objects and merged objects (file:// and S3)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+import pytest
+import websockets
+from redis.asyncio import Redis
+
+from latest_server import keys
+from latest_server.packets import Packet, PacketParser
+from latest_server.resources import Resources
+from latest_server.settings import Settings
+from tests.conftest import ServerThread
+
+PARSER = PacketParser(Settings())
+
+
+def packet(variable: str, n: int, **extra: Any) -> Packet:
+    item = PARSER.parse_document(0, {"id": variable, "ts": 1_700_000_000 + n, "n": n, **extra})
+    assert isinstance(item, Packet)
+    return item
+
+
+@pytest.fixture
+async def stores(settings: Settings, objects_url: str, redis: Redis) -> AsyncIterator[Resources]:
+    opened = await Resources.open(dataclasses.replace(settings, objects_url=objects_url))
+    await opened.trigger.close()
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+def server(
+    stores: Resources, http_server: Callable[..., ServerThread]
+) -> Callable[..., ServerThread]:
+    def start(**overrides: Any) -> ServerThread:
+        return http_server(stores.settings, **overrides)
+
+    return start
+
+
+def ws_url(server: ServerThread) -> str:
+    return server.url.replace("http://", "ws://") + "/ws"
+
+
+async def frames(ws: Any, until: Callable[[dict[str, Any]], bool], within: float = 20) -> list[Any]:
+    """Frames received until one satisfies ``until`` (included)."""
+    got = []
+    async with asyncio.timeout(within):
+        while True:
+            frame = orjson.loads(await ws.recv())
+            got.append(frame)
+            if until(frame):
+                return got
+
+
+def entries_of(got: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for frame in got:
+        if frame["type"] == "backlog":
+            out.extend(frame["entries"])
+        elif frame["type"] == "entry":
+            out.append(frame)
+    return out
+
+
+async def test_history_from_every_tier_then_live_entries(
+    stores: Resources, server: Callable[..., ServerThread]
+) -> None:
+    url = ws_url(server())
+    await stores.ingestor.write_batch([packet("a", n) for n in range(100)])
+    await stores.offloader.run_job(everything=True)  # 1..100 → a transfer object
+    await stores.merger.merge_variable("a")  # → a merged object
+    await stores.ingestor.write_batch([packet("a", n) for n in range(100, 150)])
+    await stores.offloader.run_job(everything=True)  # 101..150 → a transfer object
+    await stores.ingestor.write_batch([packet("a", n) for n in range(150, 180)])  # in Redis
+    async with websockets.connect(url) as ws:
+        await ws.send(orjson.dumps({"op": "subscribe", "ids": ["a"]}).decode())
+        got = await frames(ws, lambda f: f["type"] == "live")
+        assert got[0] == {"type": "subscribed", "id": "a", "key": keys.key_for("a")}
+        backlog = entries_of(got)
+        assert [e["seq"] for e in backlog] == list(range(1, 181))
+        assert [e["doc"]["n"] for e in backlog] == list(range(180))
+        assert got[-1]["seq"] == 180
+        await stores.ingestor.write_batch([packet("a", 500), packet("a", 400)])  # one late
+        live = await frames(ws, lambda f: f.get("seq") == 182)
+        assert [(f["type"], f["seq"], f["doc"]["n"]) for f in live] == [
+            ("entry", 181, 500),
+            ("entry", 182, 400),
+        ]
+        assert live[0]["ts"] == (1_700_000_000 + 500) * 1_000_000
+        assert live[0]["epoch"] == backlog[0]["epoch"]
+
+
+async def test_since_resumes_after_a_seq_from_latest_and_from_a_time(
+    stores: Resources, server: Callable[..., ServerThread]
+) -> None:
+    url = ws_url(server())
+    await stores.ingestor.write_batch([packet("a", n) for n in range(20)])
+    await stores.offloader.run_job(everything=True)
+    await stores.ingestor.write_batch([packet("a", n) for n in range(20, 30)])
+    async with websockets.connect(url) as ws:
+        await ws.send(orjson.dumps({"op": "subscribe", "ids": ["a"]}).decode())
+        got = await frames(ws, lambda f: f["type"] == "live")
+        epoch = got[-1]["epoch"]
+    async with websockets.connect(url) as ws:
+        await ws.send(
+            orjson.dumps({"op": "subscribe", "ids": ["a"], "since": {"a": [epoch, 17]}}).decode()
+        )
+        got = await frames(ws, lambda f: f["type"] == "live")
+        assert [e["seq"] for e in entries_of(got)] == list(range(18, 31))
+        # another epoch: reset, then everything of the current one
+        await ws.send(
+            orjson.dumps(
+                {"op": "subscribe", "ids": ["a"], "since": {"a": [epoch - 1, 17]}}
+            ).decode()
+        )
+        got = await frames(ws, lambda f: f["type"] == "live")
+        assert {"type": "reset", "id": "a", "epoch": epoch, "lost": None} in got
+        assert [e["seq"] for e in entries_of(got)] == list(range(1, 31))
+        # from a time: entries with ts >= from, in seq order (a late one included)
+        await stores.ingestor.write_batch([packet("a", 5, late=True)])  # seq 31, ts of n=5
+        [live] = await frames(ws, lambda f: True)  # the current subscription gets it live
+        assert (live["type"], live["seq"]) == ("entry", 31)
+        frm = (1_700_000_000 + 25) * 1_000_000
+        await ws.send(orjson.dumps({"op": "subscribe", "ids": ["a"], "from": frm}).decode())
+        got = await frames(ws, lambda f: f["type"] == "live")
+        assert [e["doc"]["n"] for e in entries_of(got)] == [25, 26, 27, 28, 29]
+        assert got[-1]["seq"] == 31
+        # latest: only the latest document, then live
+        await ws.send(orjson.dumps({"op": "subscribe", "ids": ["a"], "latest": True}).decode())
+        got = await frames(ws, lambda f: f["type"] == "live")
+        assert [(e["seq"], e["doc"]["n"]) for e in entries_of(got)] == [(30, 29)]
+        assert got[-1]["seq"] == 31
+        await stores.ingestor.write_batch([packet("a", 31)])
+        [entry] = await frames(ws, lambda f: f["type"] == "entry")
+        assert (entry["seq"], entry["doc"]["n"]) == (32, 31)
+
+
+async def test_a_variable_with_no_history_yet_goes_live_and_gets_its_first_entries(
+    stores: Resources, server: Callable[..., ServerThread]
+) -> None:
+    url = ws_url(server())
+    async with websockets.connect(url) as ws:
+        await ws.send(orjson.dumps({"op": "subscribe", "ids": ["new"]}).decode())
+        await frames(ws, lambda f: f["type"] == "live")
+        await stores.ingestor.write_batch([packet("new", n) for n in range(3)])
+        got = await frames(ws, lambda f: f["type"] == "live" or f.get("seq") == 3)
+        while got[-1]["type"] == "live" and got[-1]["seq"] < 3:  # delivered from the stores
+            got += await frames(ws, lambda f: f["type"] == "live" or f.get("seq") == 3)
+        assert [e["seq"] for e in entries_of(got)] == [1, 2, 3]
+
+
+async def test_bad_requests_get_error_frames_and_the_socket_stays_open(
+    stores: Resources, server: Callable[..., ServerThread]
+) -> None:
+    url = ws_url(server(ws_max_subscriptions=2))
+    async with websockets.connect(url) as ws:
+        for request, reason in [
+            ("not json", "not_json"),
+            ("[1]", "not_object"),
+            ('{"op": "dance"}', "unknown_op"),
+            ('{"op": "subscribe", "ids": []}', "bad_ids"),
+            ('{"op": "subscribe", "ids": [7]}', "bad_ids"),
+            ('{"op": "subscribe", "ids": ["a"], "since": {"a": "x"}}', "bad_since"),
+            ('{"op": "subscribe", "ids": ["a"], "from": "yesterday"}', "bad_time"),
+            ('{"op": "subscribe", "ids": ["a"], "from": 1, "latest": true}', "bad_request"),
+            ('{"op": "subscribe", "ids": ["a", "b", "c"]}', "too_many_subscriptions"),
+            ('{"op": "ping", "pad": "' + "x" * 70_000 + '"}', "frame_too_large"),
+        ]:
+            await ws.send(request)
+            [frame] = await frames(ws, lambda f: True)
+            assert frame["type"] == "error", request
+            assert frame["reason"] == reason, (request, frame)
+            assert frame["message"]
+        await ws.send('{"op": "ping"}')
+        assert await frames(ws, lambda f: True) == [{"type": "pong"}]
+        await ws.send('{"op": "subscribe", "ids": ["a"]}')
+        await frames(ws, lambda f: f["type"] == "live")
+        await ws.send('{"op": "unsubscribe", "ids": ["a"]}')
+        assert await frames(ws, lambda f: True) == [{"type": "unsubscribed", "id": "a"}]
+        await stores.ingestor.write_batch([packet("a", 1)])
+        await ws.send('{"op": "ping"}')
+        assert await frames(ws, lambda f: True) == [{"type": "pong"}]  # no entry for "a"
