@@ -164,13 +164,16 @@ class Offloader:
         docs: list[bytes] = []
         start = "-"
         while True:
-            chunk: list[Any] = (
-                await self.redis.xrange(source, min=start, max="+", count=READ_CHUNK) or []
-            )
-            for entry_id, fields in chunk:
-                seqs.append(int(entry_id.split(b"-", 1)[0]))
-                ts.append(int(fields[b"t"]))
-                docs.append(fields[b"d"])
+            chunk = await _xrange(self.redis, source, start, READ_CHUNK)
+            seqs += [int(entry_id.partition(b"-")[0]) for entry_id, _fields in chunk]
+            fields = [entry[1] for entry in chunk]
+            if all(f[0] == b"t" and f[2] == b"d" for f in fields):  # as write.lua adds them
+                ts += [int(f[1]) for f in fields]
+                docs += [f[3] for f in fields]
+            else:
+                pairs = [dict(zip(f[::2], f[1::2], strict=True)) for f in fields]
+                ts += [int(p[b"t"]) for p in pairs]
+                docs += [p[b"d"] for p in pairs]
             if len(chunk) < READ_CHUNK:
                 break
             start = f"({_text(chunk[-1][0])}"
@@ -267,6 +270,23 @@ class OffloadTrigger:
             if cancel:
                 self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
+
+
+async def _xrange(redis: Redis, stream: str, start: str, count: int) -> list[Any]:
+    """XRANGE from ``start`` as Redis answers it, ``[[id, [field, value, ...]], ...]``: the
+    reply callback of redis-py builds a dict per entry, which costs more than Redis reading it."""
+    pool = redis.connection_pool
+    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        await connection.send_command("XRANGE", stream, start, "+", "COUNT", count)
+        reply: list[Any] = await connection.read_response()
+        return reply
+    except BaseException:
+        # An error reply or a lost connection may leave the reply unread: never reuse it.
+        await connection.disconnect()
+        raise
+    finally:
+        await pool.release(connection)
 
 
 def _text(value: bytes | str) -> str:

@@ -18,6 +18,10 @@ from latest_server.stores.base import ObjectInfo
 
 MISSING = ("NoSuchKey", "404", "NotFound")
 EXISTS = ("PreconditionFailed", "412", "ConditionalRequestConflict")
+UNSATISFIABLE = ("InvalidRange", "416")  # a suffix range of an empty object
+# What an opened object fetches first, its size with it: pyarrow begins every Parquet file by
+# reading its last 64 KiB (the footer), so that read costs no request of its own.
+TAIL_BYTES = 64 * 1024
 
 
 class S3ObjectStore:
@@ -76,6 +80,26 @@ class S3ObjectStore:
         self.bytes_read += len(data)
         return data
 
+    def tail(self, name: str, length: int) -> tuple[int, bytes]:
+        """(size of the object, its last ``length`` bytes) in one request: a suffix range."""
+        try:
+            reply = self.client.get_object(
+                Bucket=self.bucket, Key=self._key(name), Range=f"bytes=-{length}"
+            )
+        except ClientError as exc:
+            if _code(exc) in MISSING:
+                raise ObjectMissing(f"no object {name!r}") from None
+            if _code(exc) in UNSATISFIABLE:
+                return self.size(name), b""
+            raise
+        data: bytes = reply["Body"].read()
+        self.requests += 1
+        self.bytes_read += len(data)
+        # "bytes <first>-<last>/<size>"; a server ignoring the range sends the whole object
+        content_range = reply.get("ContentRange")
+        size = int(content_range.rsplit("/", 1)[1]) if content_range else len(data)
+        return size, data[-length:] if length else b""
+
     def size(self, name: str) -> int:
         try:
             reply = self.client.head_object(Bucket=self.bucket, Key=self._key(name))
@@ -116,14 +140,25 @@ def _code(exc: ClientError) -> str:
 
 class RangedFile(io.RawIOBase):
     """A read-only, seekable file over ranged GETs, so pyarrow fetches only the row groups (and
-    the footer) it needs instead of the whole object."""
+    the footer) it needs instead of the whole object. Opening it fetches the object's size and
+    last TAIL_BYTES (the footer) in one request; reads there are served from memory."""
 
     def __init__(self, store: S3ObjectStore, name: str) -> None:
         super().__init__()
         self.store = store
         self.name_ = name
-        self.length = store.size(name)
+        self.length, self.tail = store.tail(name, TAIL_BYTES)
+        self.tail_start = self.length - len(self.tail)
         self.position = 0
+
+    def _fetch(self, start: int, size: int) -> bytes:
+        end = start + size
+        if end <= self.tail_start:
+            return self.store.get_range(self.name_, start, size)
+        cut = max(start, self.tail_start)
+        head = self.store.get_range(self.name_, start, cut - start) if start < cut else b""
+        piece = self.tail[cut - self.tail_start : end - self.tail_start]
+        return head + piece if head else piece
 
     def readable(self) -> bool:
         return True
@@ -143,7 +178,7 @@ class RangedFile(io.RawIOBase):
         wanted = min(len(buffer), self.length - self.position)
         if wanted <= 0:
             return 0
-        data = self.store.get_range(self.name_, self.position, wanted)
+        data = self._fetch(self.position, wanted)
         buffer[: len(data)] = data
         self.position += len(data)
         return len(data)
@@ -154,6 +189,6 @@ class RangedFile(io.RawIOBase):
         size = min(size, self.length - self.position)
         if size <= 0:
             return b""
-        data = self.store.get_range(self.name_, self.position, size)
+        data = self._fetch(self.position, size)
         self.position += len(data)
         return data

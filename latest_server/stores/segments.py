@@ -110,20 +110,24 @@ def deduplicate(table: pa.Table) -> pa.Table:
         return table
     keep = np.ones(n, dtype=bool)
     seq = table.column("seq").to_numpy()
-    _, first = np.unique(seq, return_index=True)  # first occurrence = lowest (ts, seq) position
-    if len(first) != n:
-        keep[:] = False
-        keep[first] = True
-    # Equal content implies equal ts, so only runs of tied ts need their hashes compared.
+    # Seqs growing with time (entries written in time order) are unique: skip sorting them.
+    if not np.all(seq[1:] > seq[:-1]):
+        _, first = np.unique(seq, return_index=True)  # first occurrence: lowest (ts, seq)
+        if len(first) != n:
+            keep[:] = False
+            keep[first] = True
+    # Equal content implies equal ts, so only runs of tied ts among the rows kept so far need
+    # their hashes compared.
     ts = table.column("ts").to_numpy()
-    tied = np.nonzero(ts[1:] == ts[:-1])[0]
+    kept = np.nonzero(keep)[0]
+    kept_ts = ts[kept]
+    tied = np.nonzero(kept_ts[1:] == kept_ts[:-1])[0]
     if len(tied):
-        hashes = table.column("hash")
+        rows = kept[np.unique(np.concatenate([tied, tied + 1]))]  # in (ts, seq) order
+        hashes = table.column("hash").take(pa.array(rows)).to_pylist()
         seen: set[tuple[int, bytes]] = set()
-        for i in np.unique(np.concatenate([tied, tied + 1])):  # in (ts, seq) order
-            if not keep[i]:
-                continue
-            identity = (int(ts[i]), hashes[int(i)].as_py())
+        for i, digest in zip(rows.tolist(), hashes, strict=True):
+            identity = (int(ts[i]), digest)
             if identity in seen:
                 keep[i] = False  # a later seq of the same packet
             else:
