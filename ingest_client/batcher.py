@@ -2,14 +2,18 @@
 
 Packets are buffered and published by one flusher (a thread, or a task for asyncio) in flushes
 that start at least ``min_interval`` seconds after the previous flush ended
-(``LATEST_MIN_INTERVAL``, default 1.0). A
-flush takes everything buffered, encodes it as JSON arrays of at most ``max_message_bytes`` each
-(several messages when the batch is large) and publishes them in order, each confirmed before
-the next. A message that fails is retried with backoff for ``retry_for`` seconds; a confirmed
+(``LATEST_MIN_INTERVAL``, default 1.0). A flush takes everything buffered, encodes it as JSON
+arrays of at most ``max_message_bytes`` each (several messages when the batch is large) and
+publishes them in order, each confirmed before the next. A fast producer does not leave all the
+encoding to the flush: once ``SPILL`` packets are buffered, the ``add`` that finds them encodes
+them (while they are still in the CPU's cache, with no thread hand-over), and the flush joins
+those pieces into messages of at most ``max_message_bytes``. When messages are published does
+not change. A message that fails is retried with backoff for ``retry_for`` seconds; a confirmed
 message is never sent again. Messages still unconfirmed after that stay queued for the next
-flush, so nothing is dropped; the buffer is bounded (``max_items``): ``add`` blocks up to
-``block_timeout`` for room, then raises ``BufferFull``. ``close`` flushes what is left (the
-interval still holds) and raises ``FlushFailed`` if that cannot be published.
+flush, so nothing is dropped; the buffer (packets not yet taken by a flush, encoded early or
+not) is bounded (``max_items``): ``add`` blocks up to ``block_timeout`` for room, then raises
+``BufferFull``. ``close`` flushes what is left (the interval still holds) and raises
+``FlushFailed`` if that cannot be published.
 """
 
 from __future__ import annotations
@@ -40,10 +44,14 @@ BACKOFF_START = 0.05
 BACKOFF_MAX = 2.0
 POLL = 0.02  # how often an idle flusher looks at the buffer
 PROBE = 64  # packets encoded to estimate the size of a batch
+SPILL = 8192  # buffered packets that the next add encodes ahead of the flush (~a message)
 
-# Called with a batch about to be flushed; returns packets to append to it (the session's
-# time-range update rides along this way).
-Extra = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+# Called with every run of packets taken from the buffer (encoded early or at a flush), in
+# order, under the batcher's lock; the session tracks the time range of its samples this way.
+Note = Callable[[list[dict[str, Any]]], None]
+# Called at each flush, after the last Note of its packets; returns packets to append to it
+# (the session's time-range update rides along this way).
+Extra = Callable[[], list[dict[str, Any]]]
 
 
 def min_interval_from_env(environ: Mapping[str, str] | None = None) -> float:
@@ -83,6 +91,34 @@ def _chunks(items: list[dict[str, Any]], size: int, limit: int) -> list[bytes]:
     return messages
 
 
+def pack(arrays: list[bytes], limit: int) -> list[bytes]:
+    """Non-empty JSON arrays merged, in order, into as few arrays of at most ``limit`` bytes as
+    a greedy pass gives (an array already over the limit stays alone)."""
+    messages: list[bytes] = []
+    run: list[bytes] = []
+    size = 0
+    for array in arrays:
+        if run and size + len(array) - 1 > limit:  # joined: one comma for two brackets
+            messages.append(_join(run))
+            run = []
+        size = size + len(array) - 1 if run else len(array)
+        run.append(array)
+    if run:
+        messages.append(_join(run))
+    return messages
+
+
+def _join(arrays: list[bytes]) -> bytes:
+    if len(arrays) == 1:
+        return arrays[0]
+    # One copy: the first keeps its "[", the last its "]", commas go between the bodies.
+    last = len(arrays) - 1
+    return b",".join(
+        memoryview(a)[(0 if i == 0 else 1) : (None if i == last else -1)]
+        for i, a in enumerate(arrays)
+    )
+
+
 class _Core:
     """What the sync and async batchers share: settings, the buffer, the unconfirmed queue."""
 
@@ -94,6 +130,7 @@ class _Core:
         max_message_bytes: int,
         block_timeout: float,
         retry_for: float,
+        note: Note | None,
         extra: Extra | None,
     ) -> None:
         self.min_interval = min_interval_from_env() if min_interval is None else min_interval
@@ -101,8 +138,20 @@ class _Core:
         self.max_message_bytes = max_message_bytes
         self.block_timeout = block_timeout
         self.retry_for = retry_for
+        self.note = note
         self.extra = extra
+        # Producers append to ``items`` without a lock or any other check while it is shorter
+        # than ``limit``; at ``limit``, ``add`` takes the lock to encode it ahead of the flush
+        # and checks the bound. ``limit`` is SPILL, less near the bound, so that appends below
+        # it never pass ``max_items``.
         self.items: list[dict[str, Any]] = []
+        self.spill_at = min(SPILL, max_items)
+        self.limit = self.spill_at
+        self.on_limit: Callable[[int], None] | None = None  # told each new limit
+        self.encoded: list[bytes] = []  # JSON arrays of packets taken early, not yet flushed
+        self.encoded_items = 0  # packets in ``encoded``: they count against ``max_items``
+        self.taken = 0  # packets ever taken from ``items`` (early or by a flush)
+        self.lock = threading.Lock()  # held by whoever takes from ``items``
         self.pending: list[bytes] = []  # encoded, not yet confirmed, in order
         self.last_flush = -math.inf  # monotonic start of the last flush
         self.flushes = 0
@@ -110,23 +159,73 @@ class _Core:
         self.error: BaseException | None = None
         self.closing = False
 
-    def _take(self) -> None:
-        """Move the buffer into ``pending``. The list is never replaced: producers append to its
-        end while the flusher takes a prefix (each a single atomic operation under the GIL), so
-        ``add`` needs no lock."""
+    def added(self) -> int:
+        """Packets added so far (flushed or still buffered)."""
+        with self.lock:
+            return self.taken + len(self.items)
+
+    def _cut(self) -> list[dict[str, Any]]:
+        """Take everything in ``items`` (with the lock held). The list is never replaced:
+        producers append to its end while a taker removes a prefix (each a single atomic
+        operation under the GIL), so appending needs no lock."""
         items = self.items
         n = len(items)
-        if n:
-            batch = items[:n]
-            del items[:n]
+        batch = items[:n]
+        del items[:n]
+        self.taken += n
+        if self.note is not None:
+            self.note(batch)
+        return batch
+
+    def _set_limit(self) -> None:
+        """With the lock held, after ``encoded_items`` changed."""
+        limit = max(0, min(self.spill_at, self.max_items - self.encoded_items))
+        if limit != self.limit:
+            self.limit = limit
+            if self.on_limit is not None:
+                self.on_limit(limit)
+
+    def _offer(self, item: dict[str, Any]) -> bool:
+        """``add`` at ``limit``: encode what is buffered (while it is still in the CPU's cache),
+        then append ``item`` if the bound allows it."""
+        with self.lock:
+            items = self.items
+            if items:
+                batch = self._cut()
+                self.encoded += encode(batch, self.max_message_bytes)
+                self.encoded_items += len(batch)
+                self._set_limit()
+            if len(items) + self.encoded_items < self.max_items:
+                items.append(item)
+                return True
+            return False
+
+    def _buffered(self) -> bool:
+        return bool(self.items or self.encoded)
+
+    def _take(self) -> None:
+        """Move everything buffered into ``pending``, as messages."""
+        with self.lock:
+            early, self.encoded, self.encoded_items = self.encoded, [], 0
+            self._set_limit()
+            batch = self._cut() if self.items else []
             if self.extra is not None:
-                batch += self.extra(batch)
-            self.pending += encode(batch, self.max_message_bytes)
+                batch += self.extra()
+        if batch:
+            early += encode(batch, self.max_message_bytes)
+        if early:
+            self.pending += pack(early, self.max_message_bytes)
 
     def _full_error(self) -> BufferFull:
         return BufferFull(
             f"{self.max_items} packets buffered for {self.block_timeout}s: "
             f"the transport cannot keep up ({self.error or 'no error yet'})"
+        )
+
+    def _unpublished(self) -> str:
+        return (
+            f"{len(self.pending)} message(s) ({len(self.items) + self.encoded_items} packets "
+            f"not yet flushed) could not be published: {self.error}"
         )
 
 
@@ -142,6 +241,7 @@ class Batcher(_Core):
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         block_timeout: float = DEFAULT_BLOCK_TIMEOUT,
         retry_for: float = DEFAULT_RETRY_FOR,
+        note: Note | None = None,
         extra: Extra | None = None,
     ) -> None:
         super().__init__(
@@ -150,10 +250,15 @@ class Batcher(_Core):
             max_message_bytes=max_message_bytes,
             block_timeout=block_timeout,
             retry_for=retry_for,
+            note=note,
             extra=extra,
         )
         self.transport = transport
         self.wake = threading.Event()  # set by close() only
+        # Producers blocked on a full buffer sleep until the flusher has taken it (no polling:
+        # each wake-up costs the producer and the flusher CPU).
+        self.taken_cond = threading.Condition()
+        self.takes = 0
         self.thread = threading.Thread(target=self._run, name="ingest-client-flusher", daemon=True)
 
     def start(self) -> None:
@@ -161,19 +266,26 @@ class Batcher(_Core):
 
     def add(self, item: dict[str, Any], block: bool = True) -> None:
         items = self.items
-        if len(items) < self.max_items:  # the bound is approximate across producer threads
+        if len(items) < self.limit:  # the bound is approximate across producer threads
             items.append(item)
+            return
+        if self._offer(item):
             return
         if not block:
             raise self._full_error()
         deadline = time.monotonic() + self.block_timeout
+        cond = self.taken_cond
         while True:
-            time.sleep(0.002)
-            if len(items) < self.max_items:
-                items.append(item)
+            with cond:
+                takes = self.takes
+            if self._offer(item):
                 return
-            if time.monotonic() > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise self._full_error()
+            with cond:
+                if self.takes == takes:
+                    cond.wait(left)
 
     def add_last(self, item: dict[str, Any]) -> None:
         """Add the session's final document, past the bound: it must go out."""
@@ -186,11 +298,14 @@ class Batcher(_Core):
             wait = self.last_flush + self.min_interval - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
-            while not (self.items or self.pending or self.closing):
+            while not (self._buffered() or self.pending or self.closing):
                 self.wake.wait(POLL)
             self.wake.clear()
             closing = self.closing
             self._take()
+            with self.taken_cond:
+                self.takes += 1
+                self.taken_cond.notify_all()
             if self.pending:
                 self.flushes += 1
                 self._publish_pending()
@@ -227,12 +342,8 @@ class Batcher(_Core):
         self.wake.set()
         if self.thread.is_alive():
             self.thread.join(timeout)
-        if self.thread.is_alive() or self.pending or self.items:
-            left = len(self.pending)
-            raise FlushFailed(
-                f"{left} message(s) ({len(self.items)} packets not yet encoded) could not be "
-                f"published: {self.error}"
-            ) from self.error
+        if self.thread.is_alive() or self.pending or self._buffered():
+            raise FlushFailed(self._unpublished()) from self.error
 
 
 class AsyncBatcher(_Core):
@@ -247,6 +358,7 @@ class AsyncBatcher(_Core):
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         block_timeout: float = DEFAULT_BLOCK_TIMEOUT,
         retry_for: float = DEFAULT_RETRY_FOR,
+        note: Note | None = None,
         extra: Extra | None = None,
     ) -> None:
         super().__init__(
@@ -255,6 +367,7 @@ class AsyncBatcher(_Core):
             max_message_bytes=max_message_bytes,
             block_timeout=block_timeout,
             retry_for=retry_for,
+            note=note,
             extra=extra,
         )
         self.transport = transport
@@ -266,21 +379,25 @@ class AsyncBatcher(_Core):
 
     def add_nowait(self, item: dict[str, Any]) -> None:
         items = self.items
-        if len(items) >= self.max_items:
+        if len(items) < self.limit:
+            items.append(item)
+        elif not self._offer(item):
             raise self._full_error()
-        items.append(item)
 
     async def add(self, item: dict[str, Any]) -> None:
         items = self.items
-        if len(items) < self.max_items:
+        if len(items) < self.limit:
             items.append(item)
             return
+        if self._offer(item):
+            return
         deadline = time.monotonic() + self.block_timeout
-        while len(self.items) >= self.max_items:
+        while True:
+            await asyncio.sleep(0.005)
+            if self._offer(item):
+                return
             if time.monotonic() > deadline:
                 raise self._full_error()
-            await asyncio.sleep(0.005)
-        self.add_nowait(item)
 
     def add_last(self, item: dict[str, Any]) -> None:
         """Add the session's final document, past the bound: it must go out."""
@@ -291,7 +408,7 @@ class AsyncBatcher(_Core):
             wait = self.last_flush + self.min_interval - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-            while not (self.items or self.pending or self.closing):
+            while not (self._buffered() or self.pending or self.closing):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), POLL)
             self.wake.clear()
@@ -332,8 +449,5 @@ class AsyncBatcher(_Core):
         if self.task is not None:
             # Shielded: a second Ctrl+C must not lose what the first one was flushing.
             await asyncio.shield(self.task)
-        if self.pending or self.items:
-            raise FlushFailed(
-                f"{len(self.pending)} message(s) ({len(self.items)} packets not yet encoded) "
-                f"could not be published: {self.error}"
-            ) from self.error
+        if self.pending or self._buffered():
+            raise FlushFailed(self._unpublished()) from self.error

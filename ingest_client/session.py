@@ -40,6 +40,7 @@ from ingest_client.batcher import (
     DEFAULT_RETRY_FOR,
     AsyncBatcher,
     Batcher,
+    _Core,
     encode,
 )
 from ingest_client.errors import FlushFailed, Terminated
@@ -81,6 +82,8 @@ def end_state(exc_type: type[BaseException] | None, exc: BaseException | None) -
 
 
 class _Base:
+    _core: _Core  # the session's batcher
+
     def __init__(
         self,
         session_id: str | None,
@@ -103,7 +106,7 @@ class _Base:
         self.id = session_id or uuid.uuid4().hex
         self.url = _url(url)
         self.info = dict(info) if info else None
-        self.state = "new"
+        self._state = "new"
         self.waiting = waiting
         self.id_field = id_field
         self.time_field = time_field
@@ -118,11 +121,37 @@ class _Base:
             "max_message_bytes": max_message_bytes,
             "block_timeout": block_timeout,
             "retry_for": retry_for,
+            "note": self._note,
             "extra": self._range_update,
         }
         self.handle_sigterm = handle_sigterm
         self.first_ts: Any = None
-        self.samples = 0  # samples sent (buffered) so far
+        self.last_ts: Any = None  # of the last sample taken since the last flush, if any
+        self._others = 0  # packets added that are not samples (send, start, the end document)
+        self._others_lock = threading.Lock()
+
+    @property
+    def state(self) -> str:
+        """new, waiting, open, then closed, truncated or failed."""
+        return self._state
+
+    @state.setter
+    def state(self, state: str) -> None:
+        self._state = state
+        self._state_changed(state)
+
+    def _state_changed(self, state: str) -> None:
+        """The sessions keep an "open" flag where their ``sample`` reads it cheaply."""
+
+    @property
+    def samples(self) -> int:
+        """Samples buffered so far."""
+        with self._others_lock:
+            return self._core.added() - self._others
+
+    def _added_other(self) -> None:
+        with self._others_lock:
+            self._others += 1
 
     def _may_handle_sigterm(self) -> bool:
         """Only in the main thread, and only if nobody else handles SIGTERM."""
@@ -150,21 +179,27 @@ class _Base:
             fields["error"] = f"{type(exc).__name__}: {exc}"[:4096]
         return self._document(**fields)
 
-    def _range_update(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The session update riding along with a batch: the time range sent so far (a sample's
-        time as given; the server also widens the range from the samples themselves)."""
-        last = None
+    def _note(self, batch: list[dict[str, Any]]) -> None:
+        """Packets taken from the buffer (early or by a flush): keep the time range."""
         for packet in reversed(batch):
             if isinstance(packet.get(SESSION_FIELD), str):
-                last = packet.get(self.time_field)
+                self.last_ts = packet.get(self.time_field)
                 break
-        if last is None:
-            return []
+        else:
+            return
         if self.first_ts is None:
             for packet in batch:
                 if isinstance(packet.get(SESSION_FIELD), str):
                     self.first_ts = packet.get(self.time_field)
                     break
+
+    def _range_update(self) -> list[dict[str, Any]]:
+        """The session update riding along with a flush that carries samples: the time range
+        sent so far (a sample's time as given; the server also widens the range from the
+        samples themselves)."""
+        last, self.last_ts = self.last_ts, None
+        if last is None:
+            return []
         return [self._document(start=self.first_ts, end=last)]
 
     def _packet(self, variable: str, value: Any, ts: Any, fields: dict[str, Any]) -> dict[str, Any]:
@@ -201,7 +236,7 @@ class Session(_Base):
         timeout: float = DEFAULT_TIMEOUT,
         handle_sigterm: bool = True,
     ) -> None:
-        self._count = [0]  # before _Base sets self.samples (a property here)
+        self._set_open: Callable[[bool], None] = _ignore  # until _bind_sample
         super().__init__(
             session_id,
             url=url,
@@ -220,36 +255,33 @@ class Session(_Base):
             handle_sigterm=handle_sigterm,
         )
         self.transport = open_transport(self.url, **self.transport_options)
-        self.batcher = Batcher(self.transport, **self.batch_options)
+        self.batcher = self._core = Batcher(self.transport, **self.batch_options)
         self._previous_sigterm: Any = None
         self._add = self.batcher.add
-        self._items = self.batcher.items  # never replaced (see Batcher._take)
-        self._max_items = max_buffer
-        # The hot path as a closure over locals: no attribute look-ups per sample but the
-        # state check (a method with the same body cost ~0.3 µs more per sample).
+        # The hot path as a closure over locals: no attribute look-up per sample (a method with
+        # the same body costs ~0.3 µs more per sample).
         self.sample = self._bind_sample()  # type: ignore[method-assign]
 
-    @property  # type: ignore[override]
-    def samples(self) -> int:
-        """Samples buffered so far."""
-        return self._count[0]
-
-    @samples.setter
-    def samples(self, value: int) -> None:
-        self._count[0] = value
+    def _state_changed(self, state: str) -> None:
+        self._set_open(state == "open")
 
     def _bind_sample(self) -> Callable[..., None]:
-        id_field, time_field, session_id = self.id_field, self.time_field, self.id
-        items, max_items, add, count, now = (
-            self._items,
-            self._max_items,
-            self._add,
-            self._count,
-            _now,
-        )
+        id_field, time_field, session_id, now = self.id_field, self.time_field, self.id, _now
+        batcher = self.batcher
+        items, limit, add = batcher.items, batcher.limit, batcher.add
+        append = items.append  # the list is never replaced (see Batcher._cut)
+        is_open = self.state == "open"
+
+        def set_open(value: bool) -> None:
+            nonlocal is_open
+            is_open = value
+
+        def set_limit(value: int) -> None:
+            nonlocal limit
+            limit = value
 
         def sample(variable: str, value: Any, ts: Any = None, **fields: Any) -> None:
-            if self.state != "open":
+            if not is_open:
                 self._not_open()
             packet = {
                 id_field: variable,
@@ -259,12 +291,15 @@ class Session(_Base):
             }
             if fields:
                 packet.update(fields)
-            if len(items) < max_items:
-                items.append(packet)
+            # Counted by the batcher (Session.samples), not here. At the limit, add encodes the
+            # buffer ahead of the flush, or blocks while it is full.
+            if len(items) < limit:
+                append(packet)
             else:
                 add(packet)
-            count[0] += 1
 
+        self._set_open = set_open
+        batcher.on_limit = set_limit
         sample.__doc__ = Session.sample.__doc__
         return sample
 
@@ -287,40 +322,28 @@ class Session(_Base):
         if self.state == "waiting":
             self.state = "open"
             self._add(self._document(state="open"))
+            self._added_other()
 
     def sample(self, variable: str, value: Any, ts: Any = None, **fields: Any) -> None:
         """Buffer one sample of ``variable``; ``ts`` defaults to now (epoch seconds, a datetime,
         or anything the server parses). Blocks while the buffer is full, then raises BufferFull."""
-        # The hot path, kept flat: no call but the clock's when the buffer has room.
+        # Replaced per instance by the closure _bind_sample makes (the same steps).
         if self.state != "open":
             self._not_open()
-        packet = {
-            self.id_field: variable,
-            self.time_field: _now() if ts is None else _time(ts),
-            "value": value,
-            SESSION_FIELD: self.id,
-        }
-        if fields:
-            packet.update(fields)
-        items = self._items
-        if len(items) < self._max_items:
-            items.append(packet)
-        else:
-            self._add(packet)
-        self.samples += 1
+        self._add(self._packet(variable, value, ts, fields))
 
     def sample_nowait(self, variable: str, value: Any, ts: Any = None, **fields: Any) -> None:
         """Like ``sample`` but raises BufferFull at once when the buffer is full."""
         if self.state != "open":
             self._not_open()
         self._add(self._packet(variable, value, ts, fields), False)
-        self.samples += 1
 
     def send(self, packet: Mapping[str, Any]) -> None:
         """Buffer a packet as it is (it must have the server's id and time fields)."""
         if self.state != "open":
             self._not_open()
         self._add({**packet, SESSION_FIELD: self.id})
+        self._added_other()
 
     def _not_open(self) -> None:
         if self.state == "waiting":
@@ -337,6 +360,7 @@ class Session(_Base):
         try:
             state = end_state(exc_type, exc)
             self.batcher.add_last(self._ending(state, exc))
+            self._added_other()
             self.batcher.close()
         finally:
             self.transport.close()
@@ -347,6 +371,10 @@ class Session(_Base):
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise Terminated(f"signal {signum}")
+
+
+def _ignore(value: bool) -> None:
+    pass
 
 
 class AsyncSession(_Base):
@@ -389,10 +417,12 @@ class AsyncSession(_Base):
             handle_sigterm=handle_sigterm,
         )
         self.transport = open_async_transport(self.url, **self.transport_options)
-        self.batcher = AsyncBatcher(self.transport, **self.batch_options)
+        self.batcher = self._core = AsyncBatcher(self.transport, **self.batch_options)
         self.terminated = False
-        self._items = self.batcher.items
-        self._max_items = max_buffer
+        self._items = self.batcher.items  # never replaced (see Batcher._cut)
+        self._limit = self.batcher.limit
+        self.batcher.on_limit = self._set_limit
+        self._open = self.state == "open"
         self._task: asyncio.Task[Any] | None = None
         self._sigterm_installed = False
 
@@ -417,14 +447,21 @@ class AsyncSession(_Base):
         if self._task is not None:
             self._task.cancel()
 
+    def _state_changed(self, state: str) -> None:
+        self._open = state == "open"
+
+    def _set_limit(self, limit: int) -> None:
+        self._limit = limit
+
     def start(self) -> None:
         if self.state == "waiting":
             self.state = "open"
             self.batcher.add_nowait(self._document(state="open"))
+            self._added_other()
 
     async def sample(self, variable: str, value: Any, ts: Any = None, **fields: Any) -> None:
         """Buffer one sample; waits while the buffer is full, then raises BufferFull."""
-        if self.state != "open":
+        if not self._open:
             self._not_open()
         packet = {
             self.id_field: variable,
@@ -435,22 +472,21 @@ class AsyncSession(_Base):
         if fields:
             packet.update(fields)
         items = self._items
-        if len(items) < self._max_items:
+        if len(items) < self._limit:
             items.append(packet)
         else:
             await self.batcher.add(packet)
-        self.samples += 1
 
     def sample_nowait(self, variable: str, value: Any, ts: Any = None, **fields: Any) -> None:
         if self.state != "open":
             self._not_open()
         self.batcher.add_nowait(self._packet(variable, value, ts, fields))
-        self.samples += 1
 
     async def send(self, packet: Mapping[str, Any]) -> None:
         if self.state != "open":
             self._not_open()
         await self.batcher.add({**packet, SESSION_FIELD: self.id})
+        self._added_other()
 
     def _not_open(self) -> None:
         if self.state == "waiting":
@@ -467,6 +503,7 @@ class AsyncSession(_Base):
         try:
             state = "truncated" if self.terminated else end_state(exc_type, exc)
             self.batcher.add_last(self._ending(state, exc))
+            self._added_other()
             await self.batcher.close()
         finally:
             await self.transport.close()
