@@ -40,6 +40,8 @@ each run); the medians are reported.
   entry written to its variables; missing and duplicated entries are counted per client, and
   ``seq`` must go up by exactly one per variable per client after ``live`` (from the ``latest``
   backlog entry on, for ours; the bare app numbers its frames per variable the same way).
+  Entries in backlog frames after ``live`` (the server catching a variable up from the stores)
+  count as delivered, in the same seq order, and are counted apart.
 * CPU µs per delivered entry of the server process (and Redis, for ours) and of the clients.
 
 Run (about 3 minutes with the defaults; ``--quick`` is a 30-second smoke run)::
@@ -47,7 +49,10 @@ Run (about 3 minutes with the defaults; ``--quick`` is a 30-second smoke run)::
     /work/venv/bin/python bench/ws_fanout.py [--clients 500] [--variables 1000] [--per-client 10]
         [--rate 5000] [--seconds 20] [--rounds 3] [--skip-ours] [--profile ours.svg]
 
-``--skip-ours`` measures the bare broadcast alone. ``--profile out.svg`` (``.json`` speedscope,
+``--skip-ours`` measures the bare broadcast alone; ``--ours-env NAME=VALUE`` gives ours a setting
+(the environment's ``LATEST_*`` are not passed on); ``--fresh`` skips writing one packet per
+variable before ours' first run, so its clients subscribe to variables with no history yet.
+``--profile out.svg`` (``.json`` speedscope,
 ``.txt`` raw) adds one run of ours, not counted, sampled by py-spy; ``--profile-bare`` the same
 for the bare app. Uses Redis db 14 (``--redis-url``; flushed before and after: run one benchmark
 at a time) and 127.0.0.1 only. The last lines printed are ``ratio ours/bare delivered
@@ -282,7 +287,8 @@ class Stats:
         self.gaps = 0  # seqs skipped
         self.epoch_changes = 0
         self.resets = 0
-        self.backlog = 0  # backlog entries (the latest document, for ours)
+        self.backlog = 0  # backlog entries before live (the latest document, for ours)
+        self.caught_up = 0  # entries delivered in backlog frames after live
         self.errors: list[str] = []
         self.last_ns = 0
 
@@ -361,27 +367,17 @@ class Client(asyncio.Protocol):
         kind = message["type"]
         stats = self.stats
         if kind == "entry":
-            variable_id = message["id"]
-            epoch, seq = message["epoch"], message["seq"]
-            last = self.last.get(variable_id)
-            if last is not None:
-                if epoch != last[0]:
-                    stats.epoch_changes += 1
-                elif seq <= last[1]:
-                    stats.duplicates += 1
-                    return
-                elif seq != last[1] + 1:
-                    stats.gaps += seq - last[1] - 1
-            self.last[variable_id] = (epoch, seq)
-            self.received += 1
-            stats.entries += 1
-            stats.latencies.append((now - message["doc"]["sent_ns"]) // 1000)
-            stats.last_ns = now
+            self.entry(message["id"], message["epoch"], message["seq"], message["doc"], now)
         elif kind == "backlog":
-            entries = message["entries"]
-            if entries:
-                stats.backlog += len(entries)
-                self.last[message["id"]] = (entries[-1]["epoch"], entries[-1]["seq"])
+            variable_id, entries = message["id"], message["entries"]
+            if variable_id in self.waiting:  # the starting point (``latest``): not counted
+                if entries:
+                    stats.backlog += len(entries)
+                    self.last[variable_id] = (entries[-1]["epoch"], entries[-1]["seq"])
+            else:  # after live: the server caught this variable up from the stores
+                stats.caught_up += len(entries)
+                for entry in entries:
+                    self.entry(variable_id, entry["epoch"], entry["seq"], entry["doc"], now)
         elif kind == "live":
             self.waiting.discard(message["id"])
             if not self.waiting and not self.live.done():
@@ -393,6 +389,25 @@ class Client(asyncio.Protocol):
             stats.errors.append(str(message.get("reason")))
             if not self.live.done():
                 self.live.set_exception(RuntimeError(f"error frame: {message}"))
+
+    def entry(self, variable_id: str, epoch: int, seq: int, doc: Any, now: int) -> None:
+        """An entry delivered after live (in an entry frame, or a backlog frame when the
+        server caught the variable up): must be the next seq of the variable."""
+        stats = self.stats
+        last = self.last.get(variable_id)
+        if last is not None:
+            if epoch != last[0]:
+                stats.epoch_changes += 1
+            elif seq <= last[1]:
+                stats.duplicates += 1
+                return
+            elif seq != last[1] + 1:
+                stats.gaps += seq - last[1] - 1
+        self.last[variable_id] = (epoch, seq)
+        self.received += 1
+        stats.entries += 1
+        stats.latencies.append((now - doc["sent_ns"]) // 1000)
+        stats.last_ns = now
 
 
 async def receive(conn: Connection) -> Any:
@@ -491,6 +506,7 @@ async def worker_loop(conn: Connection) -> None:
                     "epoch_changes": stats.epoch_changes,
                     "resets": stats.resets,
                     "backlog": stats.backlog,
+                    "caught_up": stats.caught_up,
                     "errors": stats.errors[:5],
                     "last_ns": stats.last_ns,
                     "latencies": stats.latencies.tobytes(),
@@ -659,6 +675,7 @@ class Production:
     last_ns: int = 0  # last batch posted
     next_n: int = 0
     behind: float = 0.0  # most seconds a batch was posted after its slot
+    posts: list[float] = field(default_factory=list)  # seconds each POST /ingest took
 
     @property
     def entries(self) -> int:
@@ -694,7 +711,9 @@ async def produce(
             if not production.first_ns:
                 production.first_ns = sent
             production.last_ns = max(production.last_ns, sent)
+            posted = time.perf_counter()
             answer = await client.post("/ingest", content=orjson.dumps(docs), headers=headers)
+            production.posts.append(time.perf_counter() - posted)
             result = orjson.loads(answer.content)
             if answer.status_code != 200 or result.get("accepted") != len(docs):
                 raise RuntimeError(f"POST /ingest answered {answer.status_code}: {result}")
@@ -753,6 +772,7 @@ class Run:
     epoch_changes: int
     resets: int
     backlog: int
+    caught_up: int
     errors: list[str]
     cpu: dict[str, float] = field(default_factory=dict)  # seconds, by process
 
@@ -768,6 +788,7 @@ class Run:
         return self.latencies[index] / 1000
 
     def describe(self, offered: float) -> str:
+        posts = sorted(1000 * seconds for seconds in self.production.posts) or [float("nan")]
         cpu = ", ".join(
             f"{name} {1e6 * seconds / max(self.delivered, 1):.0f}"
             for name, seconds in self.cpu.items()
@@ -776,6 +797,8 @@ class Run:
             f"{self.missing} missing, {self.duplicates} duplicated, {self.gaps} seq gaps, "
             f"{self.complete_clients}/{self.clients} clients got every entry"
         )
+        if self.caught_up:
+            checks += f", {self.caught_up} entries came in backlog frames after live"
         if self.epoch_changes or self.resets or self.errors:
             checks += f", {self.epoch_changes} epoch changes, {self.resets} resets"
             checks += f", errors: {self.errors}" if self.errors else ""
@@ -783,9 +806,10 @@ class Run:
             f"delivered {self.rate:,.0f} entries/s ({100 * self.rate / offered:.1f} % of the "
             f"{offered:,.0f} offered), latency p50 {self.percentile(50):.1f} ms, "
             f"p99 {self.percentile(99):.1f} ms, max {self.percentile(100):.0f} ms; producer "
-            f"{self.production.rate:,.0f} entries/s (at most {1000 * self.production.behind:.0f}"
-            f" ms behind its pace); {checks}; CPU µs per delivered entry: {cpu}; all clients "
-            f"live {self.ready:.2f} s after connecting"
+            f"{self.production.rate:,.0f} entries/s (POST /ingest p50 {posts[len(posts) // 2]:.1f}"
+            f" ms, p99 {posts[len(posts) * 99 // 100]:.1f} ms; at most "
+            f"{1000 * self.production.behind:.0f} ms behind its pace); {checks}; CPU µs per "
+            f"delivered entry: {cpu}; all clients live {self.ready:.2f} s after connecting"
         )
 
 
@@ -862,6 +886,7 @@ def measure(
         epoch_changes=sum(reply["epoch_changes"] for reply in replies),
         resets=sum(reply["resets"] for reply in replies),
         backlog=sum(reply["backlog"] for reply in replies),
+        caught_up=sum(reply["caught_up"] for reply in replies),
         errors=[error for reply in replies for error in reply["errors"]][:5],
         cpu={name: after[name] - before[name] for name in before},
     )
@@ -925,6 +950,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--redis-url", default=REDIS_URL, help="a database this run may flush")
     parser.add_argument("--skip-ours", action="store_true", help="measure the bare app only")
     parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="do not write a first packet per variable before ours' first run",
+    )
+    parser.add_argument(
+        "--ours-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for ours only, e.g. LATEST_WS_PROBE_INTERVAL=60 (repeatable)",
+    )
+    parser.add_argument(
         "--profile", help="one more run of ours, not counted, sampled by py-spy into this file"
     )
     parser.add_argument("--profile-bare", help="the same for the bare app")
@@ -946,6 +983,8 @@ def parse_args() -> argparse.Namespace:
         )
     if args.per_client > args.variables:
         parser.error("--per-client cannot exceed --variables")
+    if any("=" not in item for item in args.ours_env):
+        parser.error("--ours-env takes NAME=VALUE")
     if args.skip_ours and args.profile:
         parser.error("--profile profiles ours: not with --skip-ours")
     if args.profile or args.profile_bare:
@@ -967,6 +1006,8 @@ def main() -> None:
     wanted = args.clients + 1024
     if soft < wanted:  # the servers and the workers inherit it
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+    if args.ours_env:
+        print(f"ours runs with {' '.join(args.ours_env)}")
 
     plan = make_plan(args.clients, args.variables, args.per_client)
     offered = args.rate * plan.subscribers_per_variable
@@ -999,6 +1040,7 @@ def main() -> None:
             if not args.skip_ours:
                 ours_port = free_port()
                 ours_env = {**env, "LATEST_PORT": str(ours_port), "LATEST_DATA_DIR": data_dir}
+                ours_env.update(item.split("=", 1) for item in args.ours_env)
                 ours_url = f"http://{HOST}:{ours_port}"
                 ours_pid = stack.enter_context(
                     server("latest-server serve", ours_command(), ours_env, f"{ours_url}/healthz")
@@ -1008,7 +1050,8 @@ def main() -> None:
                         "latest-server serve has no GET /ws yet: run with --skip-ours to "
                         "measure the bare broadcast alone"
                     )
-                prefill(ours_url, plan.ids, padding())
+                if not args.fresh:
+                    prefill(ours_url, plan.ids, padding())
                 targets.append(Target("ours", ours_port, ours_pid, redis))
             names = {
                 "bare": "bare Starlette websocket broadcast",
