@@ -1,4 +1,5 @@
-"""ingest_client: publish a producer's samples to latest-server, in sessions.
+"""ingest_client: publish a producer's samples to latest-server, in sessions, and subscribe to
+variables' history and live entries.
 
 It depends on nothing from ``latest_server`` (an import-linter contract checks it)."""
 
@@ -8,15 +9,20 @@ from ingest_client import errors
 from ingest_client.errors import BufferFull, ClientError, FlushFailed, Terminated, TransportError
 from ingest_client.handler import IngestHandler
 from ingest_client.session import AsyncSession, Session
+from ingest_client.subscribe import Entry, Reset, SubscriptionError, subscribe
 
 __all__ = [
     "AsyncSession",
     "BufferFull",
     "ClientError",
+    "Entry",
     "FlushFailed",
     "IngestHandler",
+    "Reset",
     "Session",
+    "SubscriptionError",
     "Terminated",
     "TransportError",
     "errors",
+    "subscribe",
 ]

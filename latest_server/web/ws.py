@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from redis.exceptions import RedisError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from latest_server import keys
@@ -91,7 +92,7 @@ class Hub:
                 batch = streams[start : start + PROBE_BATCH]
                 try:
                     positions = await self.ranges.positions([s.key for s in batch])
-                except (ConnectionError, OSError) as exc:
+                except (RedisError, OSError) as exc:
                     log.warning("tail probe skipped: %s", exc)
                     break
                 for stream, position in zip(batch, positions, strict=True):

@@ -26,7 +26,9 @@ import logging
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
+from redis.exceptions import RedisError
 
+from latest_server.errors import StoreUnavailable
 from latest_server.stores.ranges import Entry, Position, Range
 
 if TYPE_CHECKING:
@@ -39,6 +41,7 @@ PAGE = 2048  # entries per store read while catching up
 SWITCH_AT = 512  # entries behind the top below which catching up ends and switching begins
 BUFFER_LIMIT = 20_000  # live entries buffered while switching; past it, catch up again
 CHUNK_BYTES = 65_536  # about this much per backlog frame (a burst, as RTA sends)
+RETRY_MIN, RETRY_MAX = 0.1, 5.0  # seconds between reads while a store is unavailable
 
 
 class Stream:
@@ -85,21 +88,31 @@ class Stream:
     # --- the stream's task ------------------------------------------------------------------
 
     async def _run(self) -> None:
+        delay = RETRY_MIN
         try:
             if self.latest:
                 await self._start_latest()
             while self.mode != "closed":
-                if self.mode == "live":
-                    await self.wake.wait()
-                    self.wake.clear()
-                    continue
-                if self.mode == "catchup":
-                    await self._catch_up()
-                if self.mode in ("catchup", "switching"):
-                    await self._switch()
+                try:
+                    if self.mode == "live":
+                        await self.wake.wait()
+                        self.wake.clear()
+                        continue
+                    if self.mode == "catchup":
+                        await self._catch_up()
+                    if self.mode in ("catchup", "switching"):
+                        await self._switch()
+                    delay = RETRY_MIN
+                except (RedisError, StoreUnavailable, OSError) as exc:
+                    # Redis or the object store is away (a restart, a failover): the position
+                    # is kept, so read again from it once they are back.
+                    log.warning("subscription of %s waits for the stores: %s", self.id, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX)
+                    self._read_again()
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a store failed: tell the client, it resumes with since
+        except Exception as exc:  # a bug: tell the client, which may resume with since
             log.exception("subscription of %s failed", self.id)
             self.socket.control(
                 {"type": "error", "id": self.id, "reason": "unavailable", "message": str(exc)}
@@ -138,24 +151,28 @@ class Stream:
         return True
 
     async def _catch_up(self) -> None:
-        async with self.hub.catchups:
-            while self.mode == "catchup":
-                (position,) = await self.hub.ranges.positions([self.key])
-                if not self._adopt(position):
-                    return
-                assert self.epoch is not None and self.seq is not None
-                if position.top - self.seq <= SWITCH_AT:
-                    return
-                high = min(self.seq + PAGE, position.top)
+        log.debug("%s catches up from %s:%s", self.id, self.epoch, self.seq)
+        while self.mode == "catchup":
+            (position,) = await self.hub.ranges.positions([self.key])
+            if not self._adopt(position):
+                return
+            assert self.epoch is not None and self.seq is not None
+            if position.top - self.seq <= SWITCH_AT:
+                return
+            high = min(self.seq + PAGE, position.top)
+            # Only the store read takes a catch-up slot: waiting for a slow socket must not
+            # hold one.
+            async with self.hub.catchups:
                 found = await self.hub.ranges.read_range(self.key, self.epoch, self.seq, high)
-                if found.position.epoch != self.epoch or self.mode != "catchup":
-                    continue
-                for frame, last in self._pages(found, high):
-                    if not await self.socket.put(frame, self, last):
-                        break  # the socket overflowed and rolled us back: read again
-                    self.seq = last
+            if found.position.epoch != self.epoch or self.mode != "catchup":
+                continue
+            for frame, last in self._pages(found, high):
+                if not await self.socket.put(frame, self, last):
+                    break  # the socket overflowed and rolled us back: read again
+                self.seq = last
 
     async def _switch(self) -> None:
+        log.debug("%s switches to live from %s:%s", self.id, self.epoch, self.seq)
         if self.buffer is None:
             self.buffer = []
         self.mode = "switching"
@@ -198,7 +215,13 @@ class Stream:
                 self._go_live()
                 return
 
+    def _read_again(self) -> None:
+        if self.mode != "closed":
+            self.buffer = None
+            self.mode = "catchup"
+
     def _go_live(self) -> None:
+        log.debug("%s is live at %s:%s", self.id, self.epoch, self.seq)
         self.buffer = None
         self.mode = "live"
         self.socket.control({"type": "live", "id": self.id, "epoch": self.epoch, "seq": self.seq})

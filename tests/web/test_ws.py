@@ -189,3 +189,40 @@ async def test_bad_requests_get_error_frames_and_the_socket_stays_open(
         await stores.ingestor.write_batch([packet("a", 1)])
         await ws.send('{"op": "ping"}')
         assert await frames(ws, lambda f: True) == [{"type": "pong"}]  # no entry for "a"
+
+
+async def test_shutdown_closes_cleanly_and_the_client_helper_resumes_on_the_restarted_server(
+    stores: Resources,
+) -> None:
+    from ingest_client import Entry, subscribe
+
+    first = ServerThread(stores.settings).__enter__()
+    url = ws_url(first)
+    await stores.ingestor.write_batch([packet("h", n) for n in range(10)])
+    got: list[int] = []
+    async with websockets.connect(url) as ws:
+        await ws.send('{"op": "subscribe", "ids": ["h"]}')
+        await frames(ws, lambda f: f["type"] == "live")
+        helper = subscribe(url, ["h"])
+        async for item in helper:
+            assert isinstance(item, Entry)
+            got.append(item.seq)
+            if item.seq == 10:
+                break
+        await asyncio.to_thread(first.__exit__)  # uvicorn shutdown, as on SIGTERM
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await frames(ws, lambda f: False)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code in (1001, 1012)
+    await stores.ingestor.write_batch([packet("h", n) for n in range(10, 15)])  # while it is down
+    second = ServerThread(stores.settings)
+    second.server.config.port = first.port  # the same address, as after a restart
+    with second:
+        await stores.ingestor.write_batch([packet("h", n) for n in range(15, 20)])
+        async with asyncio.timeout(30):
+            async for item in helper:  # it reconnects by itself with since=(epoch, 10)
+                assert isinstance(item, Entry)
+                got.append(item.seq)
+                if item.seq == 20:
+                    break
+        await helper.aclose()
+    assert got == list(range(1, 21))
