@@ -13,12 +13,15 @@ Redis db 14 is first filled with ``--variables`` variables through the real writ
 (``RedisLatestStore.write_batch``). wrk then requests the ids in turn (URL-encoded, each thread
 starting elsewhere in the list) with ``--threads`` threads and ``--connections`` connections for
 ``--seconds`` per run, alternating bare, ours, bare, ours, … for ``--rounds`` rounds after a short
-warm-up of each; the median of each is reported. wrk and the servers share the machine's cores,
-the same way for both targets.
+warm-up of each; the median of each is reported. On a machine with two cores or more, both servers
+are pinned to the first core and wrk to the others (``--no-pin`` turns it off): left to the
+scheduler, a server, wrk and Redis on two cores moved each other around, and the same server's
+rate varied by a third from one run to the next. Beside each rate, the server process's CPU time
+per request (from /proc) is printed: the steadier figure on a busy machine.
 
 Needs wrk (``apt-get install wrk``). Run (about 2 minutes with the defaults)::
 
-    /work/venv/bin/python bench/latest_http.py [--variables 10000] [--seconds 15] [--rounds 3]
+    /work/venv/bin/python bench/latest_http.py [--variables 10000] [--seconds 10] [--rounds 5]
 
 Uses Redis db 14 (``--redis-url``; flushed before and after: run one benchmark at a time). The
 last line printed is ``ratio ours/bare: X.XX``.
@@ -41,7 +44,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -181,11 +184,36 @@ def get(url: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
+def cpu_sets(pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    """CPUs for the servers and for wrk: the first core and the rest, or None (unpinned)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin or len(cpus) < 2:
+        return None, None
+    return {cpus[0]}, set(cpus[1:])
+
+
+def pinned(cpus: set[int] | None) -> Callable[[], None] | None:
+    if cpus is None:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
-def server(name: str, command: list[str], env: dict[str, str], ready_url: str) -> Iterator[None]:
+def server(
+    name: str, command: list[str], env: dict[str, str], ready_url: str, cpus: set[int] | None
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run a server subprocess until the block ends; wait until ``ready_url`` answers 200."""
     with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pinned(cpus)
+        )
         try:
             deadline = time.monotonic() + 30
             while True:
@@ -197,7 +225,7 @@ def server(name: str, command: list[str], env: dict[str, str], ready_url: str) -
                     if get(ready_url)[0] == 200:
                         break
                 time.sleep(0.1)
-            yield
+            yield process
         finally:
             process.send_signal(signal.SIGTERM)
             try:
@@ -215,9 +243,17 @@ class WrkRun:
     requests_per_second: float
     latency: str  # mean latency as wrk prints it
     errors: str  # non-2xx answers and socket errors, empty when none
+    requests: int
 
 
-def wrk(script: Path, base_url: str, prefix: str, args: argparse.Namespace, seconds: int) -> WrkRun:
+def wrk(
+    script: Path,
+    base_url: str,
+    prefix: str,
+    args: argparse.Namespace,
+    seconds: int,
+    cpus: set[int] | None,
+) -> WrkRun:
     command = [
         "wrk",
         f"--threads={args.threads}",
@@ -229,13 +265,16 @@ def wrk(script: Path, base_url: str, prefix: str, args: argparse.Namespace, seco
         "--",
         prefix,
     ]
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    output = subprocess.run(
+        command, capture_output=True, text=True, check=True, preexec_fn=pinned(cpus)
+    ).stdout
     rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    count = re.search(r"(\d+) requests in", output)
     latency = re.search(r"Latency\s+(\S+)", output)
-    if rate is None or latency is None:
+    if rate is None or latency is None or count is None:
         raise RuntimeError(f"cannot read wrk's output:\n{output}")
     errors = [line.strip() for line in output.splitlines() if "Non-2xx" in line or "errors" in line]
-    return WrkRun(float(rate.group(1)), latency.group(1), "; ".join(errors))
+    return WrkRun(float(rate.group(1)), latency.group(1), "; ".join(errors), int(count.group(1)))
 
 
 def check_same_answers(ours: str, bare: str, ids: list[str]) -> None:
@@ -252,8 +291,12 @@ def ours_command() -> list[str]:
     return [*command, "serve"]
 
 
-def measure(args: argparse.Namespace, ids: list[str], data_dir: str) -> dict[str, list[float]]:
-    """Start both servers, then run wrk against each in turn. Returns req/s by target."""
+def measure(
+    args: argparse.Namespace, ids: list[str], data_dir: str
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Start both servers, then run wrk against each in turn. Returns req/s and server CPU µs
+    per request, by target."""
+    server_cpus, wrk_cpus = cpu_sets(args.pin)
     env = {k: v for k, v in os.environ.items() if k != "AMQP_URL" and not k.startswith("LATEST_")}
     env.update(REDIS_URL=args.redis_url, LATEST_HOST=HOST, LATEST_LOG_LEVEL=LOG_LEVEL)
     env.update(LATEST_DATA_DIR=data_dir, LATEST_ES_PORT="0")  # no Elasticsearch-compatible API
@@ -265,6 +308,7 @@ def measure(args: argparse.Namespace, ids: list[str], data_dir: str) -> dict[str
         "ours": (f"http://{HOST}:{ours_port}", "/latest/"),
     }
     rates: dict[str, list[float]] = {name: [] for name in targets}
+    costs: dict[str, list[float]] = {name: [] for name in targets}
     with (
         tempfile.NamedTemporaryFile("w", suffix=".lua") as lua,
         server(
@@ -272,11 +316,17 @@ def measure(args: argparse.Namespace, ids: list[str], data_dir: str) -> dict[str
             ours_command(),
             {**env, "LATEST_PORT": str(ours_port)},
             f"{targets['ours'][0]}/healthz",
-        ),
+            server_cpus,
+        ) as ours_process,
         server(
-            "the bare app", bare_command, env, "".join(targets["bare"]) + quote(ids[0], safe="")
-        ),
+            "the bare app",
+            bare_command,
+            env,
+            "".join(targets["bare"]) + quote(ids[0], safe=""),
+            server_cpus,
+        ) as bare_process,
     ):
+        pids = {"ours": ours_process.pid, "bare": bare_process.pid}
         lua.write(WRK_SCRIPT % {"ids": ", ".join(f'"{quote(v, safe="")}"' for v in ids)})
         lua.flush()
         script = Path(lua.name)
@@ -284,21 +334,30 @@ def measure(args: argparse.Namespace, ids: list[str], data_dir: str) -> dict[str
         print(
             f"wrk: {args.threads} threads, {args.connections} connections, {args.seconds} s per "
             f"run, {args.rounds} runs of each target, alternating, after a {WARMUP_SECONDS} s "
-            f"warm-up; the bare app on the {args.bare_loop} event loop"
+            f"warm-up; the bare app on the {args.bare_loop} event loop; "
+            + (
+                f"servers pinned to CPU {sorted(server_cpus)}, wrk to CPU {sorted(wrk_cpus or ())}"
+                if server_cpus
+                else "nothing pinned"
+            )
         )
         for base, prefix in targets.values():
-            wrk(script, base, prefix, args, WARMUP_SECONDS)
+            wrk(script, base, prefix, args, WARMUP_SECONDS, wrk_cpus)
         for round_ in range(1, args.rounds + 1):
             for name, (base, prefix) in targets.items():
-                run = wrk(script, base, prefix, args, args.seconds)
+                before = cpu_seconds(pids[name])
+                run = wrk(script, base, prefix, args, args.seconds, wrk_cpus)
+                cost = (cpu_seconds(pids[name]) - before) / max(run.requests, 1) * 1e6
                 rates[name].append(run.requests_per_second)
+                costs[name].append(cost)
                 print(
                     f"  round {round_} {name}: {run.requests_per_second:,.0f} req/s, "
+                    f"{cost:.0f} server CPU µs/request, "
                     f"mean latency {run.latency}{'; ' + run.errors if run.errors else ''}"
                 )
                 if run.errors:
                     raise RuntimeError(f"{name} answered with errors: {run.errors}")
-    return rates
+    return rates, costs
 
 
 async def flush(redis_url: str) -> None:
@@ -311,15 +370,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variables", type=int, default=10_000)
     parser.add_argument("--redis-url", default=REDIS_URL, help="a database this run may flush")
-    parser.add_argument("--seconds", type=int, default=15, help="per wrk run")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each target")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seconds", type=int, default=10, help="per wrk run")
+    parser.add_argument("--rounds", type=int, default=5, help="runs of each target")
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument(
         "--bare-loop",
         choices=("asyncio", "uvloop"),
         default="uvloop",
         help="event loop of the bare app (ours runs on uvloop where it is installed)",
+    )
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="leave the servers and wrk to the scheduler instead of pinning them to CPUs",
     )
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -340,12 +405,20 @@ def main() -> None:
     )
     try:
         with tempfile.TemporaryDirectory() as data_dir:
-            rates = measure(args, ids, data_dir)
+            rates, costs = measure(args, ids, data_dir)
     finally:
         asyncio.run(flush(args.redis_url))
     ours, bare = statistics.median(rates["ours"]), statistics.median(rates["bare"])
-    print(f"latest-server serve, GET /latest/{{id}} (median): {ours:,.0f} req/s")
-    print(f"bare Starlette + one HGET, GET /bare/{{id}} (median): {bare:,.0f} req/s")
+    ours_cost, bare_cost = statistics.median(costs["ours"]), statistics.median(costs["bare"])
+    print(
+        f"latest-server serve, GET /latest/{{id}} (median): {ours:,.0f} req/s, "
+        f"{ours_cost:.0f} CPU µs/request"
+    )
+    print(
+        f"bare Starlette + one HGET, GET /bare/{{id}} (median): {bare:,.0f} req/s, "
+        f"{bare_cost:.0f} CPU µs/request"
+    )
+    print(f"CPU per request bare/ours: {bare_cost / ours_cost:.2f}")
     print(f"ratio ours/bare: {ours / bare:.2f}")
 
 
