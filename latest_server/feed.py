@@ -10,6 +10,10 @@ Pub/sub is at most once: a message published while the connection is down is gon
 (re)subscription is confirmed the feed tells the listeners (``confirmed``), and they fill what
 they may have missed from the stores; a ``subscribe`` returns only once Redis confirmed it, so a
 reader that subscribes and then reads the stores misses nothing in between.
+
+The same connection carries the session events channel (plain SUBSCRIBE; the session scripts
+PUBLISH one JSON message per change) for the listeners of ``watch_sessions``, with the same
+``confirmed`` call after every (re)subscription: they read the sessions' state again then.
 """
 
 from __future__ import annotations
@@ -42,9 +46,18 @@ class Listener(Protocol):
         """The channel was (re)subscribed: messages published before may have been missed."""
 
 
+class SessionListener(Protocol):
+    def session_event(self, payload: bytes) -> None:
+        """One message of the session events channel (JSON); must not block."""
+
+    def confirmed(self) -> None:
+        """The events channel was (re)subscribed: messages published before may have been
+        missed."""
+
+
 @dataclass
 class _Channel:
-    listeners: set[Listener] = field(default_factory=set)
+    listeners: set[Any] = field(default_factory=set)  # Listener, or SessionListener
     pending: int = 0  # SSUBSCRIBE commands not yet confirmed
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -64,6 +77,8 @@ class LiveFeed:
         )
         self._connect: Any = lambda: pool.connection_class(**options)
         self._channels: dict[bytes, _Channel] = {}
+        self._events_name = keys.session_events().encode()
+        self._events = _Channel()
         self._conn: AbstractConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -93,13 +108,27 @@ class LiveFeed:
                 task = asyncio.ensure_future(self._conn.send_command("SUNSUBSCRIBE", name))
                 task.add_done_callback(_ignore_result)
 
-    async def _send_subscribe(self, name: bytes, channel: _Channel) -> None:
+    async def watch_sessions(self, listener: SessionListener) -> None:
+        """Add ``listener`` for session events; returns once Redis confirmed the channel. The
+        channel stays subscribed for the life of the feed (one channel for every session)."""
+        channel = self._events
+        channel.listeners.add(listener)
+        if not channel.ready.is_set() and channel.pending == 0:
+            await self._send_subscribe(self._events_name, channel, "SUBSCRIBE")
+        await channel.ready.wait()
+
+    def unwatch_sessions(self, listener: SessionListener) -> None:
+        self._events.listeners.discard(listener)
+
+    async def _send_subscribe(
+        self, name: bytes, channel: _Channel, command: str = "SSUBSCRIBE"
+    ) -> None:
         await self._ensure_reader()
         await self._connected.wait()
         assert self._conn is not None
         channel.pending += 1
         try:
-            await self._conn.send_command("SSUBSCRIBE", name)
+            await self._conn.send_command(command, name)
         except (RedisConnectionError, RedisTimeoutError, OSError):
             channel.pending -= 1  # the reader's reconnect subscribes every channel again
 
@@ -118,6 +147,10 @@ class LiveFeed:
                     channel.ready.clear()
                     channel.pending = 1
                     await conn.send_command("SSUBSCRIBE", name)
+                if self._events.listeners:
+                    self._events.ready.clear()
+                    self._events.pending = 1
+                    await conn.send_command("SUBSCRIBE", self._events_name)
                 self._connected.set()
                 delay = 0.05
                 await self._read(conn)
@@ -149,8 +182,12 @@ class LiveFeed:
                 e, s, t = int(epoch), int(seq), int(ts)
                 for listener in list(channel.listeners):
                     listener.entry(e, s, t, doc)
-            elif kind == b"ssubscribe":
-                channel = self._channels.get(reply[1])
+            elif kind == b"message" and reply[1] == self._events_name:
+                if self._events.ready.is_set():
+                    for listener in list(self._events.listeners):
+                        listener.session_event(reply[2])
+            elif kind in (b"ssubscribe", b"subscribe"):
+                channel = self._events if kind == b"subscribe" else self._channels.get(reply[1])
                 if channel is None:
                     continue
                 channel.pending = max(channel.pending - 1, 0)

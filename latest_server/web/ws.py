@@ -7,6 +7,10 @@ the socket drops every queued entry, rolls each stream back to what it had reall
 lets it catch up from the stores (server memory per slow client stays bounded); a write that
 stalls past LATEST_WS_SEND_TIMEOUT closes the socket with 4008. Each (socket, variable) is a
 ``Stream`` (ws_stream.py).
+
+Sockets may also watch sessions: the current state first (``snapshot``), then every change the
+session scripts publish (``state``, ``update``, ``complete``), and a fresh snapshot after the
+feed reconnected (a change published meanwhile is not lost to the client, only merged).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +28,7 @@ from redis.exceptions import RedisError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from latest_server import keys
-from latest_server.errors import PacketRejected
+from latest_server.errors import PacketRejected, StoreUnavailable
 from latest_server.feed import LiveFeed
 from latest_server.resources import Resources
 from latest_server.settings import Settings
@@ -57,6 +62,10 @@ class Hub:
         self.sockets: set[Socket] = set()
         self._frames: dict[str, tuple[int, int, bytes]] = {}
         self._probe: asyncio.Task[None] | None = None
+        self.sessions = resources.sessions
+        self.watchers: dict[str, set[Socket]] = {}  # session id → sockets watching it
+        self._watching = False
+        self._refresh: asyncio.Task[None] | None = None
 
     def entry_frame(self, variable_id: str, epoch: int, seq: int, ts: int, doc: bytes) -> bytes:
         """The entry frame, encoded once for every socket that gets it."""
@@ -98,7 +107,77 @@ class Hub:
                 for stream, position in zip(batch, positions, strict=True):
                     stream.probe(position)
 
+    # --- sessions ----------------------------------------------------------------------------
+
+    async def watch(self, socket: Socket, session_ids: list[str]) -> None:
+        """Send ``socket`` each session's state, then its changes."""
+        for session_id in session_ids:
+            self.watchers.setdefault(session_id, set()).add(socket)
+        if not self._watching:
+            self._watching = True
+            await self.feed.watch_sessions(self)
+        for session_id in session_ids:  # read after the channel is confirmed: nothing missed
+            await self._snapshot(session_id, [socket])
+
+    def unwatch(self, socket: Socket, session_ids: Iterable[str]) -> None:
+        for session_id in session_ids:
+            sockets = self.watchers.get(session_id)
+            if sockets is not None:
+                sockets.discard(socket)
+                if not sockets:
+                    del self.watchers[session_id]
+
+    def session_event(self, payload: bytes) -> None:
+        try:
+            event = orjson.loads(payload)
+            sockets = self.watchers.get(event["id"])
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            log.warning("ignored a malformed session event: %r", payload[:200])
+            return
+        if not sockets:
+            return
+        frame = orjson.dumps({"type": "session", **event})
+        for socket in sockets:
+            socket.session_frame(event["id"], frame, droppable=event.get("event") == "update")
+
+    def confirmed(self) -> None:
+        """The events channel was subscribed again after a reconnect: changes published while
+        it was down are gone from pub/sub, so every watcher gets a fresh snapshot."""
+        if self.watchers and (self._refresh is None or self._refresh.done()):
+            self._refresh = asyncio.create_task(self._snapshot_all(), name="ws-sessions")
+
+    async def _snapshot_all(self) -> None:
+        for session_id, sockets in list(self.watchers.items()):
+            with contextlib.suppress(RedisError, StoreUnavailable, OSError):
+                await self._snapshot(session_id, list(sockets))
+
+    async def _snapshot(self, session_id: str, sockets: list[Socket]) -> None:
+        """Queue the session's stored state on ``sockets``. An event that reached a socket
+        while the state was being read may be newer than what was read: read again then."""
+        assert self.sessions is not None
+        for _ in range(5):
+            seen = [socket.session_events.get(session_id, 0) for socket in sockets]
+            session = await self.sessions.get(session_id)
+            if seen == [socket.session_events.get(session_id, 0) for socket in sockets]:
+                break
+        body: dict[str, Any] = {"type": "session", "event": "snapshot", "id": session_id}
+        if session is None:
+            body.update(state=None, session=None)
+        else:
+            body.update(
+                state=session.state,
+                count=session.count,
+                start=session.start,
+                end=session.end,
+                session=session.to_json(),
+            )
+        frame = orjson.dumps(body)
+        for socket in sockets:
+            socket.session_frame(session_id, frame, droppable=False)
+
     async def close(self) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
         if self._probe is not None:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -114,6 +193,8 @@ class Socket:
         self.ws = ws
         self.settings = hub.settings
         self.streams: dict[str, Stream] = {}
+        self.watched: set[str] = set()  # session ids
+        self.session_events: dict[str, int] = {}  # session id → frames queued
         self.queue: deque[_Item] = deque()
         self.queued = 0  # bytes
         self.limit = self.settings.ws_queue_bytes
@@ -128,6 +209,15 @@ class Socket:
     def control(self, message: dict[str, Any]) -> None:
         """A protocol frame (subscribed, live, reset, error, pong): always queued."""
         self._append(_Item(orjson.dumps(message), None, 0, 0))
+
+    def session_frame(self, session_id: str, frame: bytes, *, droppable: bool) -> None:
+        """A session's snapshot or change. ``update`` events only move its count and time
+        range, and the next one supersedes them: past half the queue's limit they are skipped
+        rather than let a slow client's queue grow; state changes are always queued."""
+        self.session_events[session_id] = self.session_events.get(session_id, 0) + 1
+        if droppable and self.queued > self.limit // 2:
+            return
+        self._append(_Item(frame, None, 0, 0))
 
     def offer(self, frame: bytes, stream: Stream, last: int) -> bool:
         """Queue entries of ``stream`` ending at seq ``last`` unless the queue is full; a full
@@ -211,6 +301,19 @@ class Socket:
         op = message.get("op")
         if op == "ping":
             return self.control({"type": "pong"})
+        if op in ("subscribe", "unsubscribe") and "sessions" in message:
+            sessions = _ids(message, "sessions")
+            if sessions is None:
+                return self.error("bad_sessions", '"sessions" must be a non-empty list of ids')
+            if op == "subscribe":
+                await self.watch(sessions)
+            else:
+                self.hub.unwatch(self, sessions)
+                self.watched.difference_update(sessions)
+                for session_id in sessions:
+                    self.control({"type": "unsubscribed", "session": session_id})
+            if "ids" not in message:
+                return None
         if op == "subscribe":
             return await self.subscribe(message)
         if op == "unsubscribe":
@@ -227,6 +330,25 @@ class Socket:
             "unknown_op", f"unknown op {str(op)[:64]!r}: use subscribe, unsubscribe or ping"
         )
 
+    async def watch(self, sessions: list[str]) -> None:
+        new = [i for i in sessions if i not in self.watched]
+        if len(self.streams) + len(self.watched) + len(new) > self.settings.ws_max_subscriptions:
+            return self.error(
+                "too_many_subscriptions",
+                f"a socket may subscribe to at most {self.settings.ws_max_subscriptions} "
+                "variables and sessions",
+            )
+        if self.hub.sessions is None:
+            return self.error("unavailable", "this server keeps no sessions")
+        self.watched.update(new)
+        for session_id in new:
+            self.control({"type": "subscribed", "session": session_id})
+        try:
+            await self.hub.watch(self, new)
+        except (RedisError, StoreUnavailable, OSError) as exc:
+            self.error("unavailable", f"cannot read the sessions now: {exc}")
+        return None
+
     async def subscribe(self, message: dict[str, Any]) -> None:
         ids = _ids(message)
         if ids is None:
@@ -239,7 +361,7 @@ class Socket:
                 "bad_request", f"use one of since, from, latest, not {' and '.join(modes)}"
             )
         new = [i for i in ids if i not in self.streams]
-        if len(self.streams) + len(new) > self.settings.ws_max_subscriptions:
+        if len(self.streams) + len(self.watched) + len(new) > self.settings.ws_max_subscriptions:
             return self.error(
                 "too_many_subscriptions",
                 f"a socket may subscribe to at most {self.settings.ws_max_subscriptions} variables",
@@ -291,6 +413,7 @@ class Socket:
             return
         self.closed = True
         self.space.set()
+        self.hub.unwatch(self, self.watched)
         for stream in list(self.streams.values()):
             await stream.close()
         self.streams.clear()
@@ -299,8 +422,8 @@ class Socket:
                 await self.ws.close(code, reason)
 
 
-def _ids(message: dict[str, Any]) -> list[str] | None:
-    ids = message.get("ids")
+def _ids(message: dict[str, Any], name: str = "ids") -> list[str] | None:
+    ids = message.get(name)
     if (
         not isinstance(ids, list)
         or not ids
