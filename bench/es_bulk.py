@@ -3,7 +3,8 @@
 One ``latest-server serve`` subprocess (Redis db 14, flushed before each phase and at the end)
 receives the same versioned documents twice:
 
-* ``POST /ingest``: NDJSON bodies of ``--chunk`` documents, one after another (httpx);
+* ``POST /ingest``: NDJSON bodies of ``--chunk`` documents, one after another (httpx), each
+  serialized with orjson in the timed loop, as ``helpers.bulk`` serializes its chunks;
 * ``helpers.bulk`` of the official client into the ES-compatible API (LATEST_ES_PORT), chunks of
   the same size, each action ``{"_id": sha1(id), "version": <epoch ms>, "version_type":
   "external"}`` like the reference Logstash pipeline. The client uses orjson for its JSON, as
@@ -11,7 +12,9 @@ receives the same versioned documents twice:
 
 Documents: ``--docs`` packets over ``--variables`` ids, ISO-8601 times, 10 % of them late (older
 than the previous packet of their variable: stale, a 409 item on the ES side). Rate = documents /
-wall time of the phase. Run::
+wall time of the phase; the two phases alternate for ``--rounds`` rounds (Redis flushed before
+each) and medians are printed, with the server process's CPU time per document (from /proc),
+the steadier figure on a busy machine. Run::
 
     /work/venv/bin/python bench/es_bulk.py [--docs 200000] [--variables 10000] [--chunk 500]
 
@@ -25,6 +28,7 @@ import hashlib
 import os
 import random
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -83,17 +87,21 @@ def wait_until_up(url: str, process: subprocess.Popen[bytes]) -> None:
             time.sleep(0.1)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_ingest(url: str, docs: list[dict[str, Any]], chunk: int) -> float:
-    bodies = [
-        b"\n".join(orjson.dumps(d) for d in docs[i : i + chunk]) + b"\n"
-        for i in range(0, len(docs), chunk)
-    ]
     headers = {"Content-Type": "application/x-ndjson"}
-    started = time.perf_counter()
     with httpx.Client(base_url=url, timeout=60) as http:
-        for body in bodies:
+        started = time.perf_counter()
+        for i in range(0, len(docs), chunk):
+            body = b"\n".join([orjson.dumps(d) for d in docs[i : i + chunk]]) + b"\n"
             http.post("/ingest", content=body, headers=headers).raise_for_status()
-    return len(docs) / (time.perf_counter() - started)
+        return len(docs) / (time.perf_counter() - started)
 
 
 def run_es_bulk(url: str, docs: list[dict[str, Any]], chunk: int) -> tuple[float, int, int]:
@@ -127,6 +135,7 @@ def main() -> None:
     parser.add_argument("--variables", type=int, default=10_000)
     parser.add_argument("--chunk", type=int, default=500)
     parser.add_argument("--late", type=float, default=0.1)
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each phase, alternating")
     args = parser.parse_args()
 
     redis = Redis.from_url(REDIS_URL)
@@ -148,15 +157,38 @@ def main() -> None:
             wait_until_up(f"http://127.0.0.1:{port}/healthz", server)
             wait_until_up(f"http://127.0.0.1:{es_port}/", server)
             print(f"{args.docs} documents, {args.variables} variables, chunks of {args.chunk}")
-            ingest_rate = run_ingest(f"http://127.0.0.1:{port}", docs, args.chunk)
-            print(f"POST /ingest:         {ingest_rate:10,.0f} docs/s")
-            redis.flushdb()
-            es_rate, ok, stale = run_es_bulk(f"http://127.0.0.1:{es_port}", docs, args.chunk)
-            print(f"helpers.bulk (_bulk): {es_rate:10,.0f} docs/s ({ok} written, {stale} stale)")
+            rates: dict[str, list[float]] = {"ingest": [], "bulk": []}
+            costs: dict[str, list[float]] = {"ingest": [], "bulk": []}
+            for round_ in range(1, args.rounds + 1):
+                redis.flushdb()
+                before = cpu_seconds(server.pid)
+                rate = run_ingest(f"http://127.0.0.1:{port}", docs, args.chunk)
+                cost = (cpu_seconds(server.pid) - before) / len(docs) * 1e6
+                rates["ingest"].append(rate)
+                costs["ingest"].append(cost)
+                print(
+                    f"  round {round_} POST /ingest: {rate:10,.0f} docs/s, {cost:.0f} server µs/doc"
+                )
+                redis.flushdb()
+                before = cpu_seconds(server.pid)
+                rate, ok, stale = run_es_bulk(f"http://127.0.0.1:{es_port}", docs, args.chunk)
+                cost = (cpu_seconds(server.pid) - before) / len(docs) * 1e6
+                rates["bulk"].append(rate)
+                costs["bulk"].append(cost)
+                print(
+                    f"  round {round_} helpers.bulk: {rate:10,.0f} docs/s, "
+                    f"{cost:.0f} server µs/doc ({ok} written, {stale} stale)"
+                )
         finally:
             server.terminate()
             server.wait(30)
             redis.flushdb()
+    ingest_rate, es_rate = (statistics.median(rates[k]) for k in ("ingest", "bulk"))
+    ingest_cost, es_cost = (statistics.median(costs[k]) for k in ("ingest", "bulk"))
+    unit = "server CPU µs/doc"
+    print(f"POST /ingest (median):        {ingest_rate:10,.0f} docs/s, {ingest_cost:.0f} {unit}")
+    print(f"helpers.bulk, _bulk (median): {es_rate:10,.0f} docs/s, {es_cost:.0f} {unit}")
+    print(f"server CPU per doc ingest/_bulk: {ingest_cost / es_cost:.2f}")
     print(f"ratio es_bulk/ingest: {es_rate / ingest_rate:.2f}")
 
 
