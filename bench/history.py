@@ -59,7 +59,6 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import numpy as np
 import orjson
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -70,6 +69,7 @@ from latest_server import keys
 from latest_server.packets import Packet, PacketParser
 from latest_server.resources import Resources
 from latest_server.settings import Settings
+from latest_server.stores import segments
 from latest_server.stores.history import ALL
 from latest_server.stores.segments import Window
 from latest_server.web.history import _series
@@ -279,9 +279,12 @@ def reference_paths(s3: pafs.S3FileSystem, key: str, prefix: str) -> list[str]:
 
 
 def reference_series(s3: pafs.S3FileSystem, paths: list[str], points: int) -> tuple[Any, Any]:
-    table = pq.read_table(paths, filesystem=s3, columns=["ts", "doc"]).sort_by("ts")
+    """The same series read with pyarrow: from the objects' ``n:`` column of the field, as
+    ours does (every object of the benchmark has one)."""
+    column = segments.NUMBER_PREFIX + FIELD
+    table = pq.read_table(paths, filesystem=s3, columns=["ts", column]).sort_by("ts")
     ts = table.column("ts").to_numpy()
-    values = np.array([orjson.loads(d)[FIELD] for d in table.column("doc").to_pylist()])
+    values = table.column(column).to_numpy()
     chosen = MinMaxLTTBDownsampler().downsample(ts, values, n_out=points)
     return ts[chosen], values[chosen]
 
@@ -304,7 +307,8 @@ async def measure(
 
     async def ref_full() -> int:
         paths = reference_paths(s3, key, prefix)
-        return int(pq.read_table(paths, filesystem=s3).num_rows)
+        # the entries' columns, as ours reads them (not the n: columns)
+        return int(pq.read_table(paths, filesystem=s3, columns=segments.SCHEMA.names).num_rows)
 
     async def ours_window() -> int:
         return int((await history.read(key, window)).entries.num_rows)
@@ -312,7 +316,8 @@ async def measure(
     async def ref_window() -> int:
         paths = reference_paths(s3, key, prefix)
         filters = [("ts", ">=", window.lo), ("ts", "<", window.hi)]
-        return int(pq.read_table(paths, filesystem=s3, filters=filters).num_rows)
+        columns = segments.SCHEMA.names
+        return int(pq.read_table(paths, filesystem=s3, filters=filters, columns=columns).num_rows)
 
     async def ours_series() -> int:
         query = {"field": FIELD, "points": str(args.points)}

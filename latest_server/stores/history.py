@@ -97,6 +97,31 @@ class HistoryStore:
         page = table.slice(0, limit)
         return Page(page, _position(page, limit - 1))
 
+    async def series(self, key: str, window: Window, path: str) -> tuple[Any, Any]:
+        """(ts, value) numpy arrays of the entries of ``window`` whose document holds a number
+        at ``path`` (dotted), in (ts, seq) order, from every tier and de-duplicated like
+        ``read`` (see segments.deduplicate_series). Objects give the number from their ``n:``
+        column, without their documents."""
+        hot = await self.read_hot(key, window, ALL)
+        hot = pa.Table.from_arrays(
+            [
+                hot.column("ts"),
+                hot.column("seq"),
+                segments.numbers(hot.column("doc"), tuple(path.split("."))),
+            ],
+            names=["ts", "seq", "value"],
+        )
+        for _attempt in range(RELIST_ATTEMPTS):
+            try:
+                cold = await asyncio.to_thread(self._read_cold, key, window, None, path)
+                break
+            except ObjectMissing:
+                continue  # a merge replaced what we listed: list again
+        else:
+            raise StoreUnavailable(f"history of {key} kept moving during {RELIST_ATTEMPTS} reads")
+        parts = [t for t in [hot, *cold] if t.num_rows] or [hot]
+        return segments.deduplicate_series(pa.concat_tables(parts))
+
     async def read_hot(self, key: str, window: Window, limit: int) -> pa.Table:
         """Live stream plus job-owned copies.
 
@@ -130,7 +155,9 @@ class HistoryStore:
             flat[2::4],
         )
 
-    def _read_cold(self, key: str, window: Window, limit: int | None) -> list[pa.Table]:
+    def _read_cold(
+        self, key: str, window: Window, limit: int | None, number: str | None = None
+    ) -> list[pa.Table]:
         transfers = self.objects.list(keys.transfer_prefix(key))
         merged = self.objects.list(keys.merged_prefix(key))  # listed after the transfers
         chosen = []
@@ -141,7 +168,7 @@ class HistoryStore:
 
         def read(name: str) -> pa.Table:
             with self.objects.open(name) as source:
-                return segments.read(source, window, limit)
+                return segments.read(source, window, limit, number=number)
 
         if len(chosen) < 2:
             return [read(name) for name in chosen]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import builtins
 import io
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,6 +23,9 @@ UNSATISFIABLE = ("InvalidRange", "416")  # a suffix range of an empty object
 # What an opened object fetches first, its size with it: pyarrow begins every Parquet file by
 # reading its last 64 KiB (the footer), so that read costs no request of its own.
 TAIL_BYTES = 64 * 1024
+PREFETCH_HOLE = 256 * 1024  # ranges closer than this are fetched as one
+PREFETCH_PART = 4 * 1024 * 1024  # larger ranges are fetched in parts of about this size
+PREFETCH_THREADS = 6  # ranged GETs of one object at a time
 
 
 class S3ObjectStore:
@@ -33,7 +37,11 @@ class S3ObjectStore:
         if self.prefix:
             self.prefix += "/"
         self.client = client or boto3.client(
-            "s3", config=Config(retries={"mode": "standard", "max_attempts": 5})
+            "s3",
+            config=Config(
+                retries={"mode": "standard", "max_attempts": 5},
+                max_pool_connections=32,  # objects read side by side, each in ranges
+            ),
         )
         self.requests = 0
         self.bytes_read = 0
@@ -141,7 +149,8 @@ def _code(exc: ClientError) -> str:
 class RangedFile(io.RawIOBase):
     """A read-only, seekable file over ranged GETs, so pyarrow fetches only the row groups (and
     the footer) it needs instead of the whole object. Opening it fetches the object's size and
-    last TAIL_BYTES (the footer) in one request; reads there are served from memory."""
+    last TAIL_BYTES (the footer) in one request; reads there are served from memory, and so
+    are reads of what ``prefetch`` fetched."""
 
     def __init__(self, store: S3ObjectStore, name: str) -> None:
         super().__init__()
@@ -150,15 +159,64 @@ class RangedFile(io.RawIOBase):
         self.length, self.tail = store.tail(name, TAIL_BYTES)
         self.tail_start = self.length - len(self.tail)
         self.position = 0
+        self.pieces: list[tuple[int, bytes]] = []  # (start, data), from prefetch
+
+    def prefetch(self, ranges: list[tuple[int, int]]) -> None:
+        """Fetch the (start, length) ranges a reader is about to read, side by side: close
+        ones as one request, long ones in parts. Column chunks of a few columns (a time range's
+        keys and one number) are many small ranges, one request each when read in turn."""
+        spans: list[list[int]] = []
+        for start, length in sorted(ranges):
+            end = min(start + length, self.tail_start)
+            if end <= start:
+                continue
+            if spans and start - spans[-1][1] <= PREFETCH_HOLE:
+                spans[-1][1] = max(spans[-1][1], end)
+            else:
+                spans.append([start, end])
+        parts = [
+            (at, min(at + PREFETCH_PART, end))
+            for start, end in spans
+            for at in range(start, end, PREFETCH_PART)
+        ]
+        if len(parts) < 2:
+            self.pieces = [(a, self.store.get_range(self.name_, a, b - a)) for a, b in parts]
+            return
+        with ThreadPoolExecutor(min(len(parts), PREFETCH_THREADS)) as pool:
+            data = list(
+                pool.map(lambda p: self.store.get_range(self.name_, p[0], p[1] - p[0]), parts)
+            )
+        self.pieces = [(a, piece) for (a, _), piece in zip(parts, data, strict=True)]
 
     def _fetch(self, start: int, size: int) -> bytes:
         end = start + size
+        for at, piece in self.pieces:
+            if at <= start and end <= at + len(piece):
+                return piece[start - at : end - at]
+        if self.pieces:
+            found = self._from_pieces(start, end)
+            if found is not None:
+                return found
         if end <= self.tail_start:
             return self.store.get_range(self.name_, start, size)
         cut = max(start, self.tail_start)
         head = self.store.get_range(self.name_, start, cut - start) if start < cut else b""
         piece = self.tail[cut - self.tail_start : end - self.tail_start]
         return head + piece if head else piece
+
+    def _from_pieces(self, start: int, end: int) -> bytes | None:
+        """[start, end) from adjacent prefetched parts, or None if they do not cover it."""
+        out = []
+        at = start
+        for piece_start, piece in self.pieces:
+            piece_end = piece_start + len(piece)
+            if piece_start <= at < piece_end:
+                take = piece[at - piece_start : min(end, piece_end) - piece_start]
+                out.append(take)
+                at += len(take)
+                if at >= end:
+                    return b"".join(out)
+        return None
 
     def readable(self) -> bool:
         return True

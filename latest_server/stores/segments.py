@@ -3,6 +3,12 @@ integers, row groups small enough that a time window reads only the groups it ov
 
 Entries travel as Arrow tables with the columns of ``SCHEMA``, never as Python objects per row:
 a million-entry read stays a handful of vectorised steps.
+
+Besides those columns an object holds every numeric leaf of its documents as a float64 column
+``n:<dotted path>`` (null where a document has none there), extracted once when the object is
+written: a downsampled series of a field then reads that column and the keys, not the
+documents. Objects whose documents do not parse as one table (a field that is a number here and
+a string there) have no such columns; readers then take the numbers from the documents.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pj
 import pyarrow.parquet as pq
 
 SCHEMA = pa.schema(
@@ -26,6 +34,9 @@ SCHEMA = pa.schema(
     ]
 )
 ROW_GROUP_ROWS = 16_384
+NUMBER_PREFIX = "n:"
+MAX_NUMBER_COLUMNS = 64  # numeric leaves kept per object, the first in document order
+MAX_DEPTH = 4  # of nested objects walked for them
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,9 +148,68 @@ def deduplicate(table: pa.Table) -> pa.Table:
     return table.filter(pa.array(keep))
 
 
+def number_columns(docs: pa.Array | pa.ChunkedArray) -> dict[str, pa.Array]:
+    """Every numeric leaf of ``docs`` (JSON objects) as a float64 array, by dotted path; empty
+    when the documents do not parse as one table. pyarrow's JSON reader does the work in C++:
+    ~0.6 s per million 200-byte documents, against ~2 s for orjson and a walk in Python."""
+    if isinstance(docs, pa.ChunkedArray):
+        docs = docs.combine_chunks()
+    if len(docs) == 0:
+        return {}
+    # One newline-terminated line per document, laid end to end in one buffer.
+    lines = pc.binary_join_element_wise(docs, pa.scalar(b"", pa.binary()), b"\n")
+    offsets = np.frombuffer(lines.buffers()[1], np.int32)[
+        lines.offset : lines.offset + len(lines) + 1
+    ]
+    data = lines.buffers()[2][int(offsets[0]) : int(offsets[-1])]
+    try:
+        parsed = pj.read_json(pa.BufferReader(data))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return {}  # types that differ between documents, a document with a raw newline, ...
+    if parsed.num_rows != len(docs):
+        return {}
+    found: dict[str, pa.Array] = {}
+
+    def walk(
+        prefix: str, fields: pa.StructType | pa.Schema, columns: list[Any], depth: int
+    ) -> None:
+        for field, column in zip(fields, columns, strict=True):
+            if "." in field.name or len(found) >= MAX_NUMBER_COLUMNS:
+                continue  # a dotted key could not be told from a nested path
+            name = prefix + field.name
+            kind = field.type
+            if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+                found[name] = pc.cast(column, pa.float64())
+            elif pa.types.is_struct(kind) and depth < MAX_DEPTH:
+                children = [pc.struct_field(column, [i]) for i in range(kind.num_fields)]
+                walk(name + ".", kind, children, depth + 1)
+
+    walk("", parsed.schema, [c.combine_chunks() for c in parsed.columns], 1)
+    return found
+
+
+def numbers(docs: pa.Array | pa.ChunkedArray, path: tuple[str, ...]) -> pa.Array:
+    """The number at ``path`` in each document (null where there is none), parsing each one:
+    for what has no ``n:`` column (Redis, an object without them)."""
+    values: list[float | None] = []
+    for doc in docs.to_pylist():
+        value: Any = orjson.loads(doc)
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            values.append(float(value))
+        else:
+            values.append(None)
+    return pa.array(values, pa.float64())
+
+
 def encode(table: pa.Table, metadata: dict[str, str] | None = None) -> bytes:
-    """Parquet bytes of ``table`` (sorted here by (ts, seq))."""
-    table = sort(table.cast(SCHEMA))
+    """Parquet bytes of ``table`` (sorted here by (ts, seq)), with its ``n:`` columns."""
+    table = sort(table.select(SCHEMA.names).cast(SCHEMA))
+    # The n: columns go first in each row group: a read of the entries then skips them as one
+    # small hole before the keys, and a read of one number finds it next to the keys.
+    for position, (name, column) in enumerate(number_columns(table.column("doc")).items()):
+        table = table.add_column(position, pa.field(NUMBER_PREFIX + name, pa.float64()), column)
     if metadata:
         table = table.replace_schema_metadata({k.encode(): v.encode() for k, v in metadata.items()})
     sink = io.BytesIO()
@@ -155,15 +225,74 @@ def encode(table: pa.Table, metadata: dict[str, str] | None = None) -> bytes:
     return sink.getvalue()
 
 
-def read(source: Any, window: Window, limit: int | None = None) -> pa.Table:
+def read(
+    source: Any, window: Window, limit: int | None = None, *, number: str | None = None
+) -> pa.Table:
     """The entries of ``window`` in one object, sorted in the window's direction, at most
-    ``limit``. Row groups outside the window are never fetched."""
+    ``limit``. Row groups outside the window are never fetched.
+
+    With ``number`` (a dotted path), the columns are ts, seq and ``value``, the number at that
+    path in each document (null where there is none), read from the object's ``n:`` column
+    when it has one: the documents are then not fetched at all."""
     parquet = pq.ParquetFile(source, pre_buffer=True)
+    columns = SCHEMA.names
+    stored = None
+    if number is not None:
+        stored = NUMBER_PREFIX + number
+        if stored in parquet.schema_arrow.names:
+            columns = ["ts", "seq", stored]
+        else:
+            stored = None
+    table = _read(source, parquet, window, limit, columns)
+    if number is None:
+        return table
+    if stored is not None:
+        value = table.column(stored)
+    else:
+        value = numbers(table.column("doc"), tuple(number.split(".")))
+    return pa.Table.from_arrays(
+        [table.column("ts"), table.column("seq"), value], names=["ts", "seq", "value"]
+    )
+
+
+def deduplicate_series(table: pa.Table) -> tuple[Any, Any]:
+    """(ts, value) arrays of a table of ts, seq, value (null: no number), sorted by (ts, seq),
+    one row per seq, and per (ts, value): a series has no document hashes to tell a packet
+    redelivered after it left Redis (same ts, same content, another seq) from another packet
+    of the same time, and on a plot the two are the same point anyway."""
+    table = sort(table)
+    value = table.column("value")
+    if value.null_count:
+        table = table.filter(pc.is_valid(value))
+    ts = table.column("ts").to_numpy()
+    seq = table.column("seq").to_numpy()
+    values = table.column("value").to_numpy()
+    keep = np.ones(len(ts), dtype=bool)
+    if len(seq) > 1 and not np.all(seq[1:] > seq[:-1]):
+        _, first = np.unique(seq, return_index=True)
+        keep[:] = False
+        keep[first] = True
+    tied = np.nonzero(ts[1:] == ts[:-1])[0]
+    if len(tied):
+        rows = np.unique(np.concatenate([tied, tied + 1]))
+        rows = rows[keep[rows]]
+        order = rows[
+            np.lexsort((rows, values[rows], ts[rows]))
+        ]  # equal (ts, value): lowest seq first
+        same = (ts[order][1:] == ts[order][:-1]) & (values[order][1:] == values[order][:-1])
+        keep[order[1:][same]] = False
+    return ts[keep], values[keep]
+
+
+def _read(
+    source: Any, parquet: pq.ParquetFile, window: Window, limit: int | None, columns: list[str]
+) -> pa.Table:
     meta = parquet.metadata
+    ts_column = parquet.schema_arrow.get_field_index("ts")
     groups = []
     inside = True  # every chosen group lies wholly inside the window: no row filter needed
     for index in range(meta.num_row_groups):
-        stats = meta.row_group(index).column(0).statistics
+        stats = meta.row_group(index).column(ts_column).statistics
         if stats is None or not stats.has_min_max:
             groups.append(index)
             inside = False
@@ -174,22 +303,40 @@ def read(source: Any, window: Window, limit: int | None = None) -> pa.Table:
         groups.reverse()
     if limit is None:
         if not groups:
-            return empty()
-        table = parquet.read_row_groups(groups)
+            return parquet.schema_arrow.empty_table().select(columns)
+        prefetch = getattr(source, "prefetch", None)
+        if prefetch is not None:  # a remote object: fetch every chunk needed, side by side
+            indices = [parquet.schema_arrow.get_field_index(name) for name in columns]
+            prefetch(_chunk_ranges(meta, groups, indices))
+        table = parquet.read_row_groups(groups, columns=columns)
         if not inside:
             table = _filter(table, window)
         return _reverse(table) if window.desc else table
     parts: list[pa.Table] = []
     found = 0
     for index in groups:
-        table = _filter(parquet.read_row_group(index, use_threads=False), window)
+        table = _filter(parquet.read_row_group(index, columns=columns, use_threads=False), window)
         parts.append(_reverse(table) if window.desc else table)
         found += table.num_rows
         if found >= limit:
             break
     if not parts:
-        return empty()
+        return parquet.schema_arrow.empty_table().select(columns)
     return pa.concat_tables(parts).slice(0, limit)
+
+
+def _chunk_ranges(meta: Any, groups: list[int], columns: list[int]) -> list[tuple[int, int]]:
+    """(start, length) of the column chunks of ``columns`` in the row groups ``groups``."""
+    ranges = []
+    for group in groups:
+        row_group = meta.row_group(group)
+        for column in columns:
+            chunk = row_group.column(column)
+            start = chunk.data_page_offset
+            if chunk.has_dictionary_page and chunk.dictionary_page_offset is not None:
+                start = min(start, chunk.dictionary_page_offset)
+            ranges.append((start, chunk.total_compressed_size))
+    return ranges
 
 
 def _filter(table: pa.Table, window: Window) -> pa.Table:

@@ -12,7 +12,6 @@ import io
 from collections.abc import AsyncIterator
 from typing import Any
 
-import numpy as np
 import orjson
 import pyarrow as pa
 from starlette.requests import Request
@@ -139,10 +138,9 @@ async def _series(
     assert points is not None
     if not 3 <= points <= MAX_POINTS:
         raise BadRequest(f"points must be between 3 and {MAX_POINTS}")
-    page = await resources.history.read(key, Window(window.lo, window.hi), None)
-    if page.entries.num_rows > MAX_SERIES_ROWS:
+    ts, values = await resources.history.series(key, Window(window.lo, window.hi), field)
+    if len(ts) > MAX_SERIES_ROWS:
         raise BadRequest(f"more than {MAX_SERIES_ROWS} entries: narrow the time range")
-    ts, values = numeric_series(page.entries, tuple(field.split(".")))
     if len(ts) > points:
         downsampler = MinMaxLTTBDownsampler()  # type: ignore[no-untyped-call]
         chosen = downsampler.downsample(ts, values, n_out=points)
@@ -155,20 +153,6 @@ async def _series(
         "points": [[int(t), float(v)] for t, v in zip(ts, values, strict=True)],
     }
     return Response(orjson.dumps(body), media_type="application/json")
-
-
-def numeric_series(table: pa.Table, path: tuple[str, ...]) -> tuple[Any, Any]:
-    """(ts, value) arrays of the entries whose ``path`` holds a number, sorted by time."""
-    ts_out: list[int] = []
-    values: list[float] = []
-    for ts, doc in zip(
-        table.column("ts").to_pylist(), table.column("doc").to_pylist(), strict=True
-    ):
-        value = _lookup(orjson.loads(doc), path)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            ts_out.append(ts)
-            values.append(float(value))
-    return np.asarray(ts_out, dtype=np.int64), np.asarray(values, dtype=np.float64)
 
 
 def _plot(variable_id: str, field: str, ts: Any, values: Any) -> bytes:

@@ -6,6 +6,7 @@ import pytest
 
 from latest_server.errors import ObjectMissing
 from latest_server.stores import open_object_store
+from tests.conftest import S3_BUCKET, unique
 
 
 def test_put_is_create_only_and_reads_are_ranged(objects_url: str) -> None:
@@ -57,3 +58,22 @@ def test_unknown_scheme_names_it() -> None:
 
     with pytest.raises(ConfigError, match="gopher"):
         open_object_store("gopher://x/y")
+
+
+def test_prefetched_ranges_are_served_from_memory(s3_endpoint: str) -> None:
+    """Remote objects only: the file store reads the disk, with nothing to prefetch."""
+    store = open_object_store(f"s3://{S3_BUCKET}/{unique('prefetch')}")
+    data = bytes(range(256)) * (40 * 1024)  # 10 MiB: more than one prefetch part
+    assert store.put("history/k/merged/1.parquet", data)
+    with store.open("history/k/merged/1.parquet") as handle:
+        ranges = [(0, 100), (200, 100), (1_000_000, 9_000_000)]  # the first two coalesce
+        handle.prefetch(ranges)
+        assert len(handle.pieces) == 4  # [0, 300) and the long one in 4 MiB parts
+        before = store.requests
+        for start, length in [(0, 300), (1_000_000, 9_000_000), (5_000_000, 10), (250, 10)]:
+            handle.seek(start)
+            assert handle.read(length) == data[start : start + length]
+        assert store.requests == before  # nothing fetched again
+        handle.seek(500_000)
+        assert handle.read(10) == data[500_000:500_010]  # not prefetched: a ranged GET
+        assert store.requests == before + 1

@@ -71,3 +71,55 @@ def test_deduplicate_by_seq_and_by_content() -> None:
         (20, 2),
         (20, 3),
     ]
+
+
+def test_numeric_leaves_are_stored_as_columns_and_read_without_the_documents() -> None:
+    docs = [
+        b'{"id": "v", "value": %d, "m": {"t": %d.5, "s": "x", "d": {"x": 1}}, "ok": true, "a.b": 1}'
+        % (i, i)
+        for i in range(1_000)
+    ]
+    docs[10] = b'{"id": "v", "m": {"t": null}}'  # no value, a null where a number was
+    rows = [(i, i + 1, d) for i, d in enumerate(docs)]
+    data = segments.encode(table(rows))
+    stored = pq.ParquetFile(io.BytesIO(data)).schema_arrow.names
+    # numbers only (not the bool, the string or the object), and no dotted key: a field
+    # "a.b" could not be told from {"a": {"b": ...}}
+    assert [n for n in stored if n.startswith("n:")] == ["n:value", "n:m.t", "n:m.d.x"]
+
+    whole = Window(0, 2**62)
+    got = segments.read(io.BytesIO(data), whole, number="m.t")
+    assert got.column_names == ["ts", "seq", "value"]
+    expected = [None if i == 10 else i + 0.5 for i in range(1_000)]
+    assert got.column("value").to_pylist() == expected
+    assert got.column("seq").to_pylist() == list(range(1, 1_001))
+    window = segments.read(io.BytesIO(data), Window(100, 200), number="value")
+    assert window.column("value").to_pylist() == [float(i) for i in range(100, 200)]
+    # a path with no column is read from the documents, with the same answer
+    assert segments.read(io.BytesIO(data), whole, number="id").column("value").null_count == 1000
+
+
+def test_documents_that_differ_in_type_keep_no_number_columns_and_are_read_all_the_same() -> None:
+    rows = [(i, i + 1, b'{"value": %s}' % (b'"n/a"' if i == 3 else b"%d" % i)) for i in range(10)]
+    data = segments.encode(table(rows))
+    assert not [n for n in pq.ParquetFile(io.BytesIO(data)).schema_arrow.names if "n:" in n]
+    got = segments.read(io.BytesIO(data), Window(0, 2**62), number="value")
+    assert got.column("value").to_pylist() == [None if i == 3 else float(i) for i in range(10)]
+    # the ordinary read is unchanged: the schema's columns only
+    assert segments.read(io.BytesIO(data), Window(0, 2**62)).schema == segments.SCHEMA
+
+
+def test_a_series_keeps_one_point_per_seq_and_per_time_and_value() -> None:
+    rows = pa.Table.from_pydict(
+        {
+            "ts": [5, 1, 2, 2, 2, 3, 3, 4],
+            "seq": [8, 1, 2, 2, 6, 3, 4, 5],  # seq 2 read from two tiers
+            "value": [5.0, 1.0, 2.0, 2.0, 2.0, 3.0, 3.5, None],
+        },
+        schema=pa.schema([("ts", pa.int64()), ("seq", pa.int64()), ("value", pa.float64())]),
+    )
+    ts, values = segments.deduplicate_series(rows)
+    # seq 6 repeats (ts 2, value 2.0): a packet redelivered with a new seq; ts 3 holds two
+    # different numbers and keeps both; seq 5 has no number
+    assert ts.tolist() == [1, 2, 3, 3, 5]
+    assert values.tolist() == [1.0, 2.0, 3.0, 3.5, 5.0]
