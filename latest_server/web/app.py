@@ -40,7 +40,7 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Sta
         Route("/history/{variable_id:path}", history.get_history, methods=["GET"]),
         Route("/sessions", session_routes.list_sessions, methods=["GET"]),
         Route("/sessions/{session_id:path}", session_routes.get_session, methods=["GET"]),
-        WebSocketRoute("/ws", ws.websocket),
+        WebSocketRoute("/ws", ws.WebsocketEndpoint()),
         Route("/healthz", metrics.healthz, methods=["GET"]),
         Route("/readyz", metrics.readyz, methods=["GET"]),
     ]
