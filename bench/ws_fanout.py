@@ -819,6 +819,7 @@ class Target:
     port: int
     pid: int
     redis: Redis | None  # ours: Redis CPU is counted too
+    writer: tuple[int, int] | None = None  # (port, pid) of the process taking POST /ingest
 
 
 def measure(
@@ -841,14 +842,17 @@ def measure(
         used = {"server": process_cpu(target.pid)}
         if target.redis is not None:
             used["Redis"] = redis_cpu(target.redis)
+        if target.writer is not None:
+            used["writer"] = process_cpu(target.writer[1])
         used["clients"] = sum(process_cpu(cast(int, w.process.pid)) for w in pool)
         return used
 
     profiler = start_profiler(target.pid, profile, args.seconds) if profile else None
     before = cpu_now()
     try:
+        port = target.port if target.writer is None else target.writer[0]
         production = run_async(
-            produce(f"http://{HOST}:{target.port}", plan.ids, args, first_n, args.seconds)
+            produce(f"http://{HOST}:{port}", plan.ids, args, first_n, args.seconds)
         )
         for worker in pool:
             worker.ask(("drain", production.per_variable, args.drain))
@@ -948,6 +952,12 @@ def parse_args() -> argparse.Namespace:
         "--drain", type=float, default=30.0, help="seconds to wait for stragglers [%(default)s]"
     )
     parser.add_argument("--redis-url", default=REDIS_URL, help="a database this run may flush")
+    parser.add_argument(
+        "--writer-process",
+        action="store_true",
+        help="ours: POST /ingest to a second latest-server process (as a deployment with a "
+        "separate consumer would write), so the measured one only fans out",
+    )
     parser.add_argument("--skip-ours", action="store_true", help="measure the bare app only")
     parser.add_argument(
         "--fresh",
@@ -1052,7 +1062,16 @@ def main() -> None:
                     )
                 if not args.fresh:
                     prefill(ours_url, plan.ids, padding())
-                targets.append(Target("ours", ours_port, ours_pid, redis))
+                writer = None
+                if args.writer_process:
+                    writer_port = free_port()
+                    writer_env = {**ours_env, "LATEST_PORT": str(writer_port)}
+                    writer_url = f"http://{HOST}:{writer_port}"
+                    writer_pid = stack.enter_context(
+                        server("the writer", ours_command(), writer_env, f"{writer_url}/healthz")
+                    )
+                    writer = (writer_port, writer_pid)
+                targets.append(Target("ours", ours_port, ours_pid, redis, writer))
             names = {
                 "bare": "bare Starlette websocket broadcast",
                 "ours": "latest-server serve, GET /ws",
