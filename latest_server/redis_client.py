@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import hiredis
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -42,6 +44,24 @@ class Scripts:
         except NoScriptError:
             self.shas[name] = str(await redis.script_load(self.sources[name]))
             return await redis.evalsha(self.shas[name], len(keys), *keys, *args)  # type: ignore[misc]
+
+
+async def send_raw(redis: Redis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """Replies to ``commands``, sent in one round trip, as Redis gave them. Commands are packed
+    by hiredis (C) and replies skip redis-py's callbacks: on hot paths (the write pipeline, a
+    history read, the websocket tail probe) redis-py's packing and reply parsing cost more than
+    Redis answering. An error reply raises, and the connection is not reused."""
+    pool = redis.connection_pool
+    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        await connection.send_packed_command(b"".join(map(hiredis.pack_command, commands)))
+        return [await connection.read_response() for _ in commands]
+    except BaseException:
+        # An error reply or a lost connection leaves replies unread: never reuse it.
+        await connection.disconnect()
+        raise
+    finally:
+        await pool.release(connection)
 
 
 def connect(url: str, **options: object) -> Redis:

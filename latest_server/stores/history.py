@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 
 from latest_server import keys
 from latest_server.errors import BadRequest, ObjectMissing, StoreUnavailable
-from latest_server.redis_client import Scripts
+from latest_server.redis_client import Scripts, send_raw
 from latest_server.stores import segments
 from latest_server.stores.base import ObjectStore
 from latest_server.stores.segments import SCHEMA, Window
@@ -184,7 +184,7 @@ class _Moved(Exception):
 async def _read_hot_ranges(redis: Redis, key: str, window: Window, limit: int) -> pa.Table | None:
     """read_hot without the script: None when the seqs are too scattered for ranges."""
     queries = _index_queries(keys.history_index(key), window, limit)
-    replies = await _send(redis, [("MULTI",), *queries, ("SMEMBERS", keys.jobs(key)), ("EXEC",)])
+    replies = await send_raw(redis, [("MULTI",), *queries, ("SMEMBERS", keys.jobs(key)), ("EXEC",)])
     *answers, jobs = replies[-1]
     sources = [(keys.history(key), _members(answers, window))]
     if jobs:
@@ -192,7 +192,7 @@ async def _read_hot_ranges(redis: Redis, key: str, window: Window, limit: int) -
         # index needs no transaction with the rest.
         names = sorted(job.decode() for job in jobs)
         per_job = [_index_queries(keys.history_index_job(key, job), window, limit) for job in names]
-        replies = await _send(redis, [q for job_queries in per_job for q in job_queries])
+        replies = await send_raw(redis, [q for job_queries in per_job for q in job_queries])
         for n, job in enumerate(names):
             found = replies[n * len(queries) : (n + 1) * len(queries)]
             sources.append((keys.history_job(key, job), _members(found, window)))
@@ -210,7 +210,7 @@ async def _read_hot_ranges(redis: Redis, key: str, window: Window, limit: int) -
         wanted.append((members, seqs, len(spans)))
     if not commands:
         return segments.empty()
-    replies = await _send(redis, commands)  # no transaction: a source that moved shows below
+    replies = await send_raw(redis, commands)  # no transaction: a source that moved shows below
     tables = []
     for members, seqs, count in wanted:
         entries = [entry for reply in replies[:count] for entry in reply]
@@ -264,22 +264,6 @@ def _members(replies: list[Any], window: Window) -> list[bytes]:
     else:
         kept = [m for m in ties if int(m[:16]) > after_seq]
     return kept + list(rest)
-
-
-async def _send(redis: Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
-    """Replies to ``commands`` sent in one round trip, as Redis gave them: redis-py's reply
-    callbacks turn each stream entry into a dict, which costs more than Redis reading it."""
-    pool = redis.connection_pool
-    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-    try:
-        await connection.send_packed_command(connection.pack_commands(commands))
-        return [await connection.read_response() for _ in commands]
-    except BaseException:
-        # An error reply or a lost connection leaves replies unread: never reuse it.
-        await connection.disconnect()
-        raise
-    finally:
-        await pool.release(connection)
 
 
 def _position(table: pa.Table, row: int) -> tuple[int, int]:

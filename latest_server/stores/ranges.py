@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 
 from latest_server import keys
 from latest_server.errors import ObjectMissing
-from latest_server.redis_client import Scripts
+from latest_server.redis_client import Scripts, send_raw
 from latest_server.stores.base import ObjectStore
 
 REREADS = 4
@@ -73,11 +73,8 @@ class RangeReader:
 
     async def positions(self, variable_keys: list[str]) -> list[Position]:
         """Every variable's position, in one round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key in variable_keys:
-                pipe.hmget(keys.meta(key), "e", "s", "b")
-            replies = await pipe.execute()
-        return [_position(*reply) for reply in replies]
+        commands = [("HMGET", keys.meta(key), "e", "s", "b") for key in variable_keys]
+        return [_position(*reply) for reply in await send_raw(self.redis, commands)]
 
     async def latest(self, key: str) -> tuple[Position, Entry | None]:
         """The position and the latest document (as the history entry that holds it), read
