@@ -151,7 +151,7 @@ def deduplicate(table: pa.Table) -> pa.Table:
 def number_columns(docs: pa.Array | pa.ChunkedArray) -> dict[str, pa.Array]:
     """Every numeric leaf of ``docs`` (JSON objects) as a float64 array, by dotted path; empty
     when the documents do not parse as one table. pyarrow's JSON reader does the work in C++:
-    ~0.6 s per million 200-byte documents, against ~2 s for orjson and a walk in Python."""
+    about 1.5 µs per 200-byte document here, about what orjson alone takes to parse one."""
     if isinstance(docs, pa.ChunkedArray):
         docs = docs.combine_chunks()
     if len(docs) == 0:
@@ -179,7 +179,9 @@ def number_columns(docs: pa.Array | pa.ChunkedArray) -> dict[str, pa.Array]:
             name = prefix + field.name
             kind = field.type
             if pa.types.is_integer(kind) or pa.types.is_floating(kind):
-                found[name] = pc.cast(column, pa.float64())
+                # unsafe: integers past 2**53 round, as float() rounds them in a series read
+                # from the documents, instead of failing the whole object
+                found[name] = pc.cast(column, pa.float64(), safe=False)
             elif pa.types.is_struct(kind) and depth < MAX_DEPTH:
                 children = [pc.struct_field(column, [i]) for i in range(kind.num_fields)]
                 walk(name + ".", kind, children, depth + 1)
@@ -276,9 +278,8 @@ def deduplicate_series(table: pa.Table) -> tuple[Any, Any]:
     if len(tied):
         rows = np.unique(np.concatenate([tied, tied + 1]))
         rows = rows[keep[rows]]
-        order = rows[
-            np.lexsort((rows, values[rows], ts[rows]))
-        ]  # equal (ts, value): lowest seq first
+        # rows of equal (ts, value) side by side, the lowest seq (kept) first
+        order = rows[np.lexsort((rows, values[rows], ts[rows]))]
         same = (ts[order][1:] == ts[order][:-1]) & (values[order][1:] == values[order][:-1])
         keep[order[1:][same]] = False
     return ts[keep], values[keep]

@@ -99,6 +99,13 @@ def test_numeric_leaves_are_stored_as_columns_and_read_without_the_documents() -
     assert segments.read(io.BytesIO(data), whole, number="id").column("value").null_count == 1000
 
 
+def test_integers_too_large_for_a_float_are_rounded_not_refused() -> None:
+    rows = [(i, i + 1, b'{"big": %d}' % (2**53 + 1 + i)) for i in range(3)]
+    data = segments.encode(table(rows))  # an offload must never fail on a document's number
+    got = segments.read(io.BytesIO(data), Window(0, 2**62), number="big")
+    assert got.column("value").to_pylist() == [float(2**53 + 1 + i) for i in range(3)]
+
+
 def test_documents_that_differ_in_type_keep_no_number_columns_and_are_read_all_the_same() -> None:
     rows = [(i, i + 1, b'{"value": %s}' % (b'"n/a"' if i == 3 else b"%d" % i)) for i in range(10)]
     data = segments.encode(table(rows))
