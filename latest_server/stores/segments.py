@@ -163,9 +163,13 @@ def number_columns(docs: pa.Array | pa.ChunkedArray) -> dict[str, pa.Array]:
     ]
     data = lines.buffers()[2][int(offsets[0]) : int(offsets[-1])]
     try:
-        parsed = pj.read_json(pa.BufferReader(data))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return {}  # types that differ between documents, a document with a raw newline, ...
+        longest = pc.max(pc.binary_length(docs)).as_py() or 0
+        options = pj.ReadOptions(block_size=max(1 << 20, 2 * longest))  # a document per block
+        parsed = pj.read_json(pa.BufferReader(data), read_options=options)
+    except pa.ArrowException:
+        # types that differ between documents, a document larger than the reader's block, ...:
+        # no columns, never a failed offload
+        return {}
     if parsed.num_rows != len(docs):
         return {}
     found: dict[str, pa.Array] = {}

@@ -106,6 +106,12 @@ def test_integers_too_large_for_a_float_are_rounded_not_refused() -> None:
     assert got.column("value").to_pylist() == [float(2**53 + 1 + i) for i in range(3)]
 
 
+def test_a_document_larger_than_a_megabyte_keeps_the_columns() -> None:
+    rows = [(1, 1, b'{"v": 1, "pad": "%s"}' % (b"x" * 3_000_000)), (2, 2, b'{"v": 2}')]
+    data = segments.encode(table(rows))
+    assert "n:v" in pq.ParquetFile(io.BytesIO(data)).schema_arrow.names
+
+
 def test_documents_that_differ_in_type_keep_no_number_columns_and_are_read_all_the_same() -> None:
     rows = [(i, i + 1, b'{"value": %s}' % (b'"n/a"' if i == 3 else b"%d" % i)) for i in range(10)]
     data = segments.encode(table(rows))
