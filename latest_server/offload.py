@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK = 10_000
 STARTUP_ATTEMPTS = 3
+LAZYFREE_POLLS = 20  # reads of INFO memory while Redis frees what a job unlinked
+LAZYFREE_POLL_SECONDS = 0.005
 
 
 @dataclass
@@ -71,8 +73,16 @@ class Offloader:
         self.lock_ttl = lock_ttl
 
     async def memory_ratio(self) -> float | None:
-        """used_memory / maxmemory (or LATEST_OFFLOAD_MAX_BYTES); None when there is no limit."""
-        info = await self.redis.info("memory")
+        """used_memory / maxmemory (or LATEST_OFFLOAD_MAX_BYTES); None when there is no limit.
+
+        A moved variable's keys are freed by Redis' lazy-free thread after the UNLINK returns:
+        until ``lazyfree_pending_objects`` is back to 0, used_memory still counts them, and a
+        job reading it then would move one variable more than it needs (seen in CI)."""
+        for _ in range(LAZYFREE_POLLS):
+            info = await self.redis.info("memory")
+            if not int(info.get("lazyfree_pending_objects", 0)):
+                break
+            await asyncio.sleep(LAZYFREE_POLL_SECONDS)
         limit = int(info.get("maxmemory", 0)) or self.max_bytes
         if not limit:
             return None
