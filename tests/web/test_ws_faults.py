@@ -149,6 +149,13 @@ async def wait_until_complete(clients: list[Client], producer: Producer, within:
         await asyncio.sleep(0.1)
 
 
+async def cancel(*tasks: asyncio.Task[Any]) -> None:
+    """Stop the clients' tasks and wait until they have."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def assert_exactly_once(client: Client, producer: Producer, since: dict[str, int]) -> None:
     for v in client.variables:
         got = client.got[v]
@@ -251,9 +258,7 @@ async def test_clients_subscribing_resuming_and_moving_between_servers_get_every
 
     await asyncio.gather(produce(), offload(), merge(), subscribers())
     await wait_until_complete(clients, producer, within=60)
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await cancel(*tasks)
     assert moved > 100 and merged > 1, (moved, merged)
     assert sum(c.disconnects for c in clients) > 3
 
@@ -319,9 +324,7 @@ async def test_killing_the_pubsub_connection_mid_stream_loses_and_doubles_nothin
     assert killed >= 5
     await wait_until_complete(clients, producer, within=30)
     done.set()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await cancel(*tasks)
     for client in clients:
         assert_exactly_once(client, producer, {})
 
@@ -370,11 +373,8 @@ async def test_a_slow_client_catches_up_from_the_stores_while_fast_ones_keep_up(
         assert time.monotonic() < deadline, "the slow client never caught up"
         await asyncio.sleep(0.2)
         slow_seqs = {v: [s for i, s in slow_got if i == v] for v in variables}
-    slow_task.cancel()
     done.set()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(slow_task, *tasks, return_exceptions=True)
+    await cancel(slow_task, *tasks)
     for v in variables:
         assert slow_seqs[v] == list(range(1, producer.top(v) + 1)), f"slow/{v}"
     for client in fast:
@@ -488,8 +488,7 @@ async def test_redis_restarting_without_its_data_gives_subscribers_a_reset_never
                 assert time.monotonic() < deadline, (client.resets, client.positions)
                 await asyncio.sleep(0.1)
             await asyncio.sleep(0.5)  # nothing more may come
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await cancel(task)
     finally:
         await stores.close()
         await private.aclose()
