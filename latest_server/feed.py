@@ -117,9 +117,6 @@ class LiveFeed:
             await self._send_subscribe(self._events_name, channel, "SUBSCRIBE")
         await channel.ready.wait()
 
-    def unwatch_sessions(self, listener: SessionListener) -> None:
-        self._events.listeners.discard(listener)
-
     async def _send_subscribe(
         self, name: bytes, channel: _Channel, command: str = "SSUBSCRIBE"
     ) -> None:

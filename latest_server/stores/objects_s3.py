@@ -190,13 +190,9 @@ class RangedFile(io.RawIOBase):
 
     def _fetch(self, start: int, size: int) -> bytes:
         end = start + size
-        for at, piece in self.pieces:
-            if at <= start and end <= at + len(piece):
-                return piece[start - at : end - at]
-        if self.pieces:
-            found = self._from_pieces(start, end)
-            if found is not None:
-                return found
+        found = self._from_pieces(start, end)
+        if found is not None:
+            return found
         if end <= self.tail_start:
             return self.store.get_range(self.name_, start, size)
         cut = max(start, self.tail_start)
@@ -205,7 +201,8 @@ class RangedFile(io.RawIOBase):
         return head + piece if head else piece
 
     def _from_pieces(self, start: int, end: int) -> bytes | None:
-        """[start, end) from adjacent prefetched parts, or None if they do not cover it."""
+        """[start, end) from one prefetched part or adjacent ones, or None if they do not cover
+        it."""
         out = []
         at = start
         for piece_start, piece in self.pieces:

@@ -66,7 +66,6 @@ class Hub:
         self._watchdog: asyncio.Task[None] | None = None
         self.sessions = resources.sessions
         self.watchers: dict[str, set[Socket]] = {}  # session id → sockets watching it
-        self._watching = False
         self._refresh: asyncio.Task[None] | None = None
 
     def entry_frame(self, variable_id: str, epoch: int, seq: int, ts: int, doc: bytes) -> bytes:
@@ -138,9 +137,7 @@ class Hub:
         """Send ``socket`` each session's state, then its changes."""
         for session_id in session_ids:
             self.watchers.setdefault(session_id, set()).add(socket)
-        if not self._watching:
-            self._watching = True
-            await self.feed.watch_sessions(self)
+        await self.feed.watch_sessions(self)  # at once, once the channel is confirmed
         for session_id in session_ids:  # read after the channel is confirmed: nothing missed
             await self._snapshot(session_id, [socket])
 
