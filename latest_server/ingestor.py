@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from latest_server.offload import OffloadTrigger
@@ -35,19 +35,29 @@ class Ingestor:
         self.offload = offload
         self.totals = BatchResult()
 
-    async def write_batch(self, packets: Sequence[Packet]) -> BatchResult:
-        """Write packets in one round trip. Raises StoreUnavailable and then wrote nothing for sure;
-        the caller retries the whole batch, which is safe because every write is idempotent.
+    async def write_batch(self, packets: Iterable[Packet]) -> BatchResult:
+        """Write packets in one round trip. Raises StoreUnavailable when the store cannot be
+        reached; part of the batch may then be written, and the caller retries the whole batch,
+        which is safe because every write is idempotent. ``packets`` may be a generator: the store
+        builds its commands from it as it sends them.
 
         Session documents (packets.SESSION_FIELD) are applied to their session, after the samples
         of the same batch are written: a session that ends finds its last samples in history."""
-        documents = [(i, p) for i, p in enumerate(packets) if p.session_doc is not None]
-        if documents and self.sessions is not None:
-            packets = [p for p in packets if p.session_doc is None]
-        outcomes = await self.latest.write_batch(packets)
+        documents: list[tuple[int, Packet]] = []
+        samples: list[Packet] = []
+
+        def take() -> Iterator[Packet]:
+            for i, packet in enumerate(packets):
+                if packet.session_doc is not None and self.sessions is not None:
+                    documents.append((i, packet))
+                else:
+                    samples.append(packet)
+                    yield packet
+
+        outcomes = await self.latest.write_batch(take())
         result = BatchResult(outcomes=outcomes)
         if self.sessions is not None:
-            await self.sessions.track(packets, [outcome.seq for outcome in outcomes])
+            await self.sessions.track(samples, [outcome.seq for outcome in outcomes])
             if documents:
                 result.refused = await self.sessions.apply(documents)
                 result.accepted += len(documents) - len(result.refused)

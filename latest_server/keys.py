@@ -54,11 +54,13 @@ def meta(key: str) -> str:
     return _k(key, "meta")
 
 
+@functools.lru_cache(maxsize=65_536)  # built for every packet written
 def feed(key: str) -> str:
     """Sharded pub/sub channel carrying each new history entry."""
     return _k(key, "feed")
 
 
+@functools.lru_cache(maxsize=65_536)
 def write_keys(key: str) -> tuple[str, str, str, str]:
     """The KEYS of lua/write.lua, in order."""
     return latest(key), history(key), history_index(key), meta(key)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +58,26 @@ async def send_raw(redis: Redis, commands: Sequence[tuple[Any, ...]]) -> list[An
         return [await connection.read_response() for _ in commands]
     except BaseException:
         # An error reply or a lost connection leaves replies unread: never reuse it.
+        await connection.disconnect()
+        raise
+    finally:
+        await pool.release(connection)
+
+
+async def send_each(redis: Redis, commands: Iterable[tuple[Any, ...]]) -> list[Any]:
+    """``send_raw`` for a long batch built as it goes: each command is written as soon as
+    ``commands`` yields it, so Redis runs one while the caller builds the next (a write path
+    batch: parsing and packing overlap the scripts). All replies are read once every command is
+    sent; one connection keeps them in order."""
+    pool = redis.connection_pool
+    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        sent = 0
+        for command in commands:
+            await connection.send_packed_command(hiredis.pack_command(command))
+            sent += 1
+        return [await connection.read_response() for _ in range(sent)]
+    except BaseException:
         await connection.disconnect()
         raise
     finally:

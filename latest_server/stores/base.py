@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -39,8 +39,10 @@ class LatestDoc:
 
 
 class LatestStore(Protocol):
-    async def write_batch(self, packets: Sequence[Packet]) -> list[WriteOutcome]:
-        """Write every packet (latest CAS, history, feed); raise StoreUnavailable if unreachable."""
+    async def write_batch(self, packets: Iterable[Packet]) -> list[WriteOutcome]:
+        """Write every packet (latest CAS, history, feed), in order; raise StoreUnavailable if
+        unreachable. ``packets`` may be a generator that builds them while earlier ones are
+        written."""
         ...
 
     async def get(self, variable_id: str) -> LatestDoc | None: ...

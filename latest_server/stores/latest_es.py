@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -116,7 +116,8 @@ class ElasticsearchLatestStore:
 
     # --- writes -------------------------------------------------------------------------------
 
-    async def write_batch(self, packets: Sequence[Packet]) -> list[WriteOutcome]:
+    async def write_batch(self, packets: Iterable[Packet]) -> list[WriteOutcome]:
+        packets = list(packets)
         if not packets:
             return []
         history = await self._append(packets)

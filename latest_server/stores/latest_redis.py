@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -13,7 +13,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from latest_server import keys
 from latest_server.errors import StoreUnavailable
 from latest_server.packets import Packet
-from latest_server.redis_client import Scripts, load_scripts, send_raw
+from latest_server.redis_client import Scripts, load_scripts, send_each
 from latest_server.settings import Settings
 from latest_server.stores.base import DeleteOutcome, LatestDoc, WriteOutcome
 
@@ -40,51 +40,64 @@ class RedisLatestStore:
         """The stores/__init__.py backend entry point: ``redis`` is already connected to ``url``."""
         return await cls.open(redis, version_type=settings.version_type)
 
-    async def write_batch(self, packets: Sequence[Packet]) -> list[WriteOutcome]:
-        if not packets:
-            return []
+    async def write_batch(self, packets: Iterable[Packet]) -> list[WriteOutcome]:
+        """``packets`` may be built lazily (a generator): each chunk is sent as soon as it is
+        packed, so building the next one overlaps Redis running this one."""
+        taken: list[Packet] = []
         try:
             try:
-                replies = await self._write(packets)
+                replies = await send_each(self.redis, self._commands(packets, taken))
             except NoScriptError:
                 # Redis restarted and lost its script cache. The script is idempotent, so the
-                # whole batch is simply sent again.
+                # whole batch is simply sent again (every packet was taken: replies are read
+                # after the last command is sent).
                 self.scripts = await load_scripts(self.redis)
-                replies = await self._write(packets)
+                replies = await send_each(self.redis, self._commands(taken, []))
         except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
         return [
             WriteOutcome(
                 bool(r[0]), int(r[1]), int(r[2]), int(r[3]) if r[3] else None, bool(r[4]), int(r[5])
             )
-            for r in replies
+            for chunk_replies in replies
+            for r in chunk_replies
         ]
 
-    async def _write(self, packets: Sequence[Packet]) -> list[list[int | bytes]]:
-        """One round trip: write.lua called once per chunk of packets (a call carries many, so
-        Redis runs one script per chunk and the client packs one command per chunk)."""
+    def _commands(
+        self, packets: Iterable[Packet], taken: list[Packet]
+    ) -> Iterator[tuple[Any, ...]]:
+        """write.lua called once per chunk of packets (a call carries many, so Redis runs one
+        script per chunk and the client packs one command per chunk); ``taken`` collects the
+        packets as they are read."""
         sha = self.scripts.shas["write"]
         gte = self.gte
-        commands = []
-        for start in range(0, len(packets), WRITE_CHUNK):
-            chunk = packets[start : start + WRITE_CHUNK]
-            names: list[str] = []
-            args: list[Any] = []
-            for p in chunk:
-                k = p.key
-                names += keys.write_keys(k)
-                args += (
-                    p.variable_id,
-                    p.ts_us,
-                    p.raw,
-                    p.digest,
-                    gte if p.version_type is None else MODES[p.version_type],
-                    keys.feed(k),
-                    b"" if p.version is None else p.version,
-                )
-            commands.append(("EVALSHA", sha, len(names), *names, *args))
-        replies = await send_raw(self.redis, commands)
-        return [reply for chunk_replies in replies for reply in chunk_replies]
+        chunk: list[Packet] = []
+        for packet in packets:
+            chunk.append(packet)
+            if len(chunk) == WRITE_CHUNK:
+                yield self._command(sha, gte, chunk)
+                taken += chunk
+                chunk = []
+        if chunk:
+            yield self._command(sha, gte, chunk)
+            taken += chunk
+
+    @staticmethod
+    def _command(sha: str, gte: bytes, chunk: list[Packet]) -> tuple[Any, ...]:
+        names: list[str] = []
+        args: list[Any] = []
+        for p in chunk:
+            names += keys.write_keys(p.key)
+            args += (
+                p.variable_id,
+                p.ts_us,
+                p.raw,
+                p.digest,
+                gte if p.version_type is None else MODES[p.version_type],
+                keys.feed(p.key),
+                b"" if p.version is None else p.version,
+            )
+        return ("EVALSHA", sha, len(names), *names, *args)
 
     async def get(self, variable_id: str) -> LatestDoc | None:
         try:

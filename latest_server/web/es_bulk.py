@@ -19,7 +19,6 @@ from starlette.responses import Response
 from latest_server.web import es_http
 from latest_server.web.es_context import Context
 from latest_server.web.es_errors import (
-    DocumentParsing,
     EsError,
     IllegalArgument,
     ParseError,
@@ -104,20 +103,17 @@ def parse(data: bytes, default_index: str | None) -> list[WriteOp]:
             index = ""
         doc_id = meta.get("_id")
         write = WriteOp(op, str(index), None if doc_id is None else str(doc_id))
-        source_line: bytes | None = None
         if op != "delete":
             if position >= len(lines):
                 raise IllegalArgument(
                     f"action [{op}] at line [{number}] has no source line after it"
                 )
-            source_line = lines[position][1]
+            write.line = lines[position][1]
             position += 1
         try:
             write.versioning = _versioning(op, meta)
             if op in ("update", "delete") and doc_id is None:
                 raise ValidationFailed("id is missing")
-            if source_line is not None:
-                write.source = _source(source_line)
         except EsError as exc:
             write.error = exc
         ops.append(write)
@@ -138,13 +134,6 @@ def _versioning(op: str, meta: dict[str, Any]) -> es_http.Versioning:
     if op == "delete":
         op_type = "index"
     return es_http.versioning(version, version_type, "create" if op == "create" else op_type)
-
-
-def _source(line: bytes) -> Any:
-    try:
-        return orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        raise DocumentParsing(f"[1:1] failed to parse: {exc}") from None
 
 
 async def bulk(ctx: Context, request: Request, index: str | None) -> Response:

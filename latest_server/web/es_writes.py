@@ -20,7 +20,7 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,7 @@ from latest_server.web.es_indices import Indices, check_name
 
 SHARDS = {"total": 1, "successful": 1, "failed": 0}
 MAX_ES_ID_BYTES = 512
+WRITES = ("index", "create")  # ops a batch carries; delete and update run one by one
 SHA1_HEX = re.compile(r"[0-9a-f]{40}")
 
 
@@ -79,6 +80,7 @@ class WriteOp:
     source: Any = None  # the document; for update the request body ({"doc", ...})
     versioning: Versioning = field(default_factory=lambda: Versioning(None, None))
     error: EsError | None = None  # found while parsing: answered as this item's error
+    line: bytes | None = None  # from _bulk: the source line, decoded into source when run
 
 
 @dataclass(slots=True)
@@ -114,32 +116,74 @@ class Writer:
         self.default_gte = settings.version_type == "external_gte"
 
     async def run(self, ops: Sequence[WriteOp]) -> list[ItemResult]:
-        """Execute ``ops`` in request order: runs of index/create go to the store as one batch
-        (one round trip); a delete or update first flushes the run before it."""
+        """Execute ``ops`` in request order: each run of index/create goes to the store as one
+        batch (one round trip), its packets built while the store writes the earlier ones; a
+        delete or update runs on its own, after the run before it."""
         results: list[ItemResult | None] = [None] * len(ops)
-        pending: list[tuple[int, WriteOp, Packet]] = []
         await self.indices.ensure(
             {op.index for op in ops if op.error is None and self.valid(op.index)}
         )
-        for position, op in enumerate(ops):
-            if op.error is not None:
-                results[position] = failure(op, op.error)
+        start = 0
+        while start < len(ops):
+            end = start
+            while end < len(ops) and (ops[end].op in WRITES or ops[end].error is not None):
+                end += 1
+            if end > start:
+                await self._write_run(ops, start, end, results)
+                start = end
                 continue
+            op = ops[start]
             try:
-                if op.op in ("index", "create"):
-                    pending.append((position, op, self.packet(op, op.source)))
-                    continue
-                await self._flush(pending, results)
+                self._decode(op)
                 if op.op == "delete":
-                    results[position] = await self._delete(op)
+                    results[start] = await self._delete(op)
                 else:
-                    results[position] = await self._update(op)
+                    results[start] = await self._update(op)
             except EsError as exc:
-                results[position] = failure(op, exc)
+                results[start] = failure(op, exc)
             except PacketRejected as exc:
-                results[position] = failure(op, DocumentParsing(exc.message))
-        await self._flush(pending, results)
+                results[start] = failure(op, DocumentParsing(exc.message))
+            start += 1
         return [result for result in results if result is not None]
+
+    async def _write_run(
+        self, ops: Sequence[WriteOp], start: int, end: int, results: list[ItemResult | None]
+    ) -> None:
+        """Index/create ``ops[start:end]`` as one batch; an op that fails before the store gets
+        its error item and is left out."""
+        written: list[tuple[int, Packet]] = []
+
+        def packets() -> Iterator[Packet]:
+            for position in range(start, end):
+                op = ops[position]
+                try:
+                    if op.error is not None:
+                        raise op.error
+                    self._decode(op)
+                    packet = self.packet(op, op.source)
+                except EsError as exc:
+                    results[position] = failure(op, exc)
+                    continue
+                except PacketRejected as exc:
+                    results[position] = failure(op, DocumentParsing(exc.message))
+                    continue
+                written.append((position, packet))
+                yield packet
+
+        batch = await self.ingestor.write_batch(packets())
+        for (position, packet), outcome in zip(written, batch.outcomes, strict=True):
+            results[position] = self._written(ops[position], packet, outcome)
+
+    @staticmethod
+    def _decode(op: WriteOp) -> None:
+        """The source of a ``_bulk`` op, decoded when the op runs rather than while the request
+        is parsed: a bad one fails its item only, and decoding overlaps earlier writes."""
+        if op.line is not None:
+            line, op.line = op.line, None
+            try:
+                op.source = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise DocumentParsing(f"[1:1] failed to parse: {exc}") from None
 
     def valid(self, index: str) -> bool:
         if index in self.valid_names:
@@ -221,16 +265,6 @@ class Writer:
             if ts_us < MAX_TS_US:
                 return ts_us
         return time.time_ns() // 1000
-
-    async def _flush(
-        self, pending: list[tuple[int, WriteOp, Packet]], results: list[ItemResult | None]
-    ) -> None:
-        if not pending:
-            return
-        batch = await self.ingestor.write_batch([packet for _, _, packet in pending])
-        for (position, op, packet), outcome in zip(pending, batch.outcomes, strict=True):
-            results[position] = self._written(op, packet, outcome)
-        pending.clear()
 
     def _written(self, op: WriteOp, packet: Packet, outcome: WriteOutcome) -> ItemResult:
         assert op.doc_id is not None
