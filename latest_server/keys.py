@@ -19,7 +19,14 @@ def key_for(variable_id: str, namespace: str = "") -> str:
     A ``namespace`` (an Elasticsearch index other than the main one) gives the same id another
     key, derived from the id's sha1 alone, so a reader holding only ``sha1(id)`` (the Logstash
     document id convention) finds it too: see ``namespaced``."""
-    return namespaced(hashlib.sha1(variable_id.encode()).hexdigest(), namespace)
+    return namespaced(digest(variable_id), namespace)
+
+
+@functools.lru_cache(maxsize=65_536)
+def digest(variable_id: str) -> str:
+    """sha1 hex of a variable id: its key in the main namespace, and the Elasticsearch document
+    id the reference Logstash pipeline gives it."""
+    return hashlib.sha1(variable_id.encode()).hexdigest()
 
 
 def namespaced(digest: str, namespace: str = "") -> str:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import hiredis
 from redis.asyncio import Redis
@@ -15,6 +15,7 @@ from latest_server import lua
 from latest_server.errors import UnsafeRedisConfig
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SCRIPTS = (
     "write",
@@ -64,11 +65,14 @@ async def send_raw(redis: Redis, commands: Sequence[tuple[Any, ...]]) -> list[An
         await pool.release(connection)
 
 
-async def send_each(redis: Redis, commands: Iterable[tuple[Any, ...]]) -> list[Any]:
+async def send_each(
+    redis: Redis, commands: Iterable[tuple[Any, ...]], convert: Callable[[Any], T]
+) -> list[T]:
     """``send_raw`` for a long batch built as it goes: each command is written as soon as
     ``commands`` yields it, so Redis runs one while the caller builds the next (a write path
-    batch: parsing and packing overlap the scripts). All replies are read once every command is
-    sent; one connection keeps them in order."""
+    batch: parsing and packing overlap the scripts). Replies are read once every command is
+    sent, in order on the one connection, each passed through ``convert`` as it arrives, while
+    Redis still runs the later ones."""
     pool = redis.connection_pool
     connection = await pool.get_connection()  # type: ignore[no-untyped-call]
     try:
@@ -76,7 +80,7 @@ async def send_each(redis: Redis, commands: Iterable[tuple[Any, ...]]) -> list[A
         for command in commands:
             await connection.send_packed_command(hiredis.pack_command(command))
             sent += 1
-        return [await connection.read_response() for _ in range(sent)]
+        return [convert(await connection.read_response()) for _ in range(sent)]
     except BaseException:
         await connection.disconnect()
         raise

@@ -46,22 +46,16 @@ class RedisLatestStore:
         taken: list[Packet] = []
         try:
             try:
-                replies = await send_each(self.redis, self._commands(packets, taken))
+                replies = await send_each(self.redis, self._commands(packets, taken), _outcomes)
             except NoScriptError:
                 # Redis restarted and lost its script cache. The script is idempotent, so the
                 # whole batch is simply sent again (every packet was taken: replies are read
                 # after the last command is sent).
                 self.scripts = await load_scripts(self.redis)
-                replies = await send_each(self.redis, self._commands(taken, []))
+                replies = await send_each(self.redis, self._commands(taken, []), _outcomes)
         except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
-        return [
-            WriteOutcome(
-                bool(r[0]), int(r[1]), int(r[2]), int(r[3]) if r[3] else None, bool(r[4]), int(r[5])
-            )
-            for chunk_replies in replies
-            for r in chunk_replies
-        ]
+        return [outcome for chunk in replies for outcome in chunk]
 
     def _commands(
         self, packets: Iterable[Packet], taken: list[Packet]
@@ -172,3 +166,13 @@ def _latest_doc(variable_id: str, reply: list[Any]) -> LatestDoc | None:
     if version is None or doc is None:
         return None
     return LatestDoc(variable_id, int(version), doc)
+
+
+def _outcomes(replies: list[list[Any]]) -> list[WriteOutcome]:
+    """write.lua's reply for a chunk: per packet [applied, seq, epoch, current, existed, entry]."""
+    return [
+        WriteOutcome(
+            bool(r[0]), int(r[1]), int(r[2]), int(r[3]) if r[3] else None, bool(r[4]), int(r[5])
+        )
+        for r in replies
+    ]

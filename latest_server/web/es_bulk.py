@@ -48,6 +48,10 @@ METADATA = frozenset(
     }
 )
 
+NO_VERSION = es_http.Versioning(None, None)
+# Metadata that changes how a version is read: absent, an external version needs no more checks.
+FORBIDDEN = frozenset({"op_type", "if_seq_no", "if_primary_term"})
+
 
 def parse(data: bytes, default_index: str | None) -> list[WriteOp]:
     """NDJSON → operations. Raises an EsError for problems that fail the whole request."""
@@ -102,30 +106,43 @@ def parse(data: bytes, default_index: str | None) -> list[WriteOp]:
             missing_index.append(len(ops))
             index = ""
         doc_id = meta.get("_id")
-        write = WriteOp(op, str(index), None if doc_id is None else str(doc_id))
+        source: bytes | None = None
         if op != "delete":
             if position >= len(lines):
                 raise IllegalArgument(
                     f"action [{op}] at line [{number}] has no source line after it"
                 )
-            write.line = lines[position][1]
+            source = lines[position][1]
             position += 1
+        versioning = NO_VERSION
+        error = None
         try:
-            write.versioning = _versioning(op, meta)
-            if op in ("update", "delete") and doc_id is None:
+            versioning = _versioning(op, meta)
+            if doc_id is None and op in ("update", "delete"):
                 raise ValidationFailed("id is missing")
         except EsError as exc:
-            write.error = exc
-        ops.append(write)
+            error = exc
+        doc_id = None if doc_id is None else str(doc_id)
+        ops.append(WriteOp(op, str(index), doc_id, None, versioning, error, source))
     if missing_index:
         raise ValidationFailed(*("index is missing" for _ in missing_index))
     return ops
 
 
 def _versioning(op: str, meta: dict[str, Any]) -> es_http.Versioning:
-    es_http.refuse_seq_no(meta)
     version = meta.get("version")
     version_type = meta.get("version_type")
+    if (
+        version_type == "external"
+        and type(version) is int
+        and 0 <= version <= es_http.MAX_VERSION
+        and op == "index"
+        and FORBIDDEN.isdisjoint(meta)
+    ):
+        # What Logstash and helpers.bulk send on every line, checked in one step; the same
+        # answer as es_http.versioning gives.
+        return es_http.Versioning(version, "external")
+    es_http.refuse_seq_no(meta)
     if op == "update":
         if version is not None or version_type is not None:
             raise ValidationFailed("Update requests do not support versioning")

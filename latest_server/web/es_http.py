@@ -8,7 +8,7 @@ import fnmatch
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from starlette.requests import Request
@@ -114,8 +114,7 @@ def check_refresh(params: Mapping[str, str]) -> bool:
     return value in ("", "true")
 
 
-@dataclass(frozen=True, slots=True)
-class Versioning:
+class Versioning(NamedTuple):  # one per _bulk line: a tuple builds faster than a dataclass
     """What a write asked for: ``version`` (None: the packet's time) and its type."""
 
     version: int | None

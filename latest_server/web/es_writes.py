@@ -57,7 +57,8 @@ def auto_id() -> str:
 def check_id(doc_id: str) -> None:
     if not doc_id:
         raise ValidationFailed("id is missing")
-    if len(doc_id.encode()) > MAX_ES_ID_BYTES:
+    # Four UTF-8 bytes at most per character: a short id needs no encoding to be checked.
+    if len(doc_id) > MAX_ES_ID_BYTES // 4 and len(doc_id.encode()) > MAX_ES_ID_BYTES:
         raise ValidationFailed(
             f"id [{doc_id}] is too long, must be no longer than 512 bytes but was: "
             f"{len(doc_id.encode())}"
@@ -210,9 +211,7 @@ class Writer:
         if isinstance(value, (str, int)) and not isinstance(value, bool):
             text = str(value)
             if 0 < len(text) <= MAX_ID_LENGTH and (
-                op.doc_id is None
-                or op.doc_id == text
-                or op.doc_id == hashlib.sha1(text.encode()).hexdigest()
+                op.doc_id is None or op.doc_id == text or op.doc_id == keys.digest(text)
             ):
                 variable_id = text
         if op.doc_id is None:
