@@ -7,6 +7,7 @@ a ``_bulk`` or ``_mget`` item carries the bare cause (no ``root_cause``), as Ela
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from typing import Any, ClassVar
 
@@ -169,6 +170,7 @@ def from_latest_error(exc: LatestError) -> EsError:
     return EsError(exc.message)
 
 
+@functools.lru_cache(maxsize=1024)  # on every stale _bulk item
 def index_uuid(index: str) -> str:
     """A stable 22-character uuid for an index name (ES shows one next to write conflicts)."""
     return base64.urlsafe_b64encode(hashlib.sha1(index.encode()).digest()).decode()[:22]

@@ -152,7 +152,7 @@ class Writer:
     ) -> None:
         """Index/create ``ops[start:end]`` as one batch; an op that fails before the store gets
         its error item and is left out."""
-        written: list[tuple[int, Packet]] = []
+        written: list[tuple[int, Packet, dict[str, Any]]] = []
 
         def packets() -> Iterator[Packet]:
             for position in range(start, end):
@@ -168,12 +168,14 @@ class Writer:
                 except PacketRejected as exc:
                     results[position] = failure(op, DocumentParsing(exc.message))
                     continue
-                written.append((position, packet))
+                # The item is built now, while Redis writes the packets before this one; the
+                # reply only fills in its result.
+                written.append((position, packet, self._item(op, packet)))
                 yield packet
 
         batch = await self.ingestor.write_batch(packets())
-        for (position, packet), outcome in zip(written, batch.outcomes, strict=True):
-            results[position] = self._written(ops[position], packet, outcome)
+        for (position, packet, item), outcome in zip(written, batch.outcomes, strict=True):
+            results[position] = self._written(ops[position], packet, outcome, item)
 
     @staticmethod
     def _decode(op: WriteOp) -> None:
@@ -225,7 +227,7 @@ class Writer:
                 f"document is {len(raw)} bytes, the limit is {self.max_packet_bytes} "
                 "(LATEST_MAX_PACKET_BYTES)"
             )
-        version = op.versioning.version
+        version, version_type = op.versioning
         return Packet(
             variable_id,
             keys.key_for(variable_id, self.indices.namespace(op.index)),
@@ -233,7 +235,7 @@ class Writer:
             raw,
             hashlib.sha1(raw).hexdigest(),
             version=version,
-            version_type=op.versioning.version_type,
+            version_type=version_type,
         )
 
     @staticmethod
@@ -265,10 +267,25 @@ class Writer:
                 return ts_us
         return time.time_ns() // 1000
 
-    def _written(self, op: WriteOp, packet: Packet, outcome: WriteOutcome) -> ItemResult:
+    @staticmethod
+    def _item(op: WriteOp, packet: Packet) -> dict[str, Any]:
+        """The item of a write that is applied, but for its result and _seq_no."""
+        return {
+            "_index": op.index,
+            "_id": op.doc_id,
+            "_version": packet.latest_version,
+            "result": "created",
+            "_shards": SHARDS,
+            "_seq_no": 0,
+            "_primary_term": 1,
+        }
+
+    def _written(
+        self, op: WriteOp, packet: Packet, outcome: WriteOutcome, item: dict[str, Any] | None = None
+    ) -> ItemResult:
         assert op.doc_id is not None
-        version = packet.latest_version
         if not outcome.applied:
+            version = packet.latest_version
             current = outcome.current if outcome.current is not None else version
             if packet.version_type == "create":
                 detail = f"document already exists (current version [{current}])"
@@ -282,19 +299,13 @@ class Writer:
                     f"[{version}]"
                 )
             return failure(op, VersionConflict(op.index, op.doc_id, detail))
-        created = not outcome.existed
-        return ItemResult(
-            201 if created else 200,
-            {
-                "_index": op.index,
-                "_id": op.doc_id,
-                "_version": version,
-                "result": "created" if created else "updated",
-                "_shards": SHARDS,
-                "_seq_no": outcome.entry,
-                "_primary_term": 1,
-            },
-        )
+        if item is None:
+            item = self._item(op, packet)
+        item["_seq_no"] = outcome.entry
+        if outcome.existed:
+            item["result"] = "updated"
+            return ItemResult(200, item)
+        return ItemResult(201, item)
 
     # --- delete and update --------------------------------------------------------------------
 
