@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import hiredis
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import NoScriptError, ResponseError
 
 from latest_server import lua
@@ -29,6 +29,8 @@ SCRIPTS = (
     "delete",  # Elasticsearch-compatible deletes (a tombstone keeps the version)
 )
 SAFE_POLICIES = ("noeviction",)
+MAX_CONNECTIONS = 512  # per process; Redis' own limit (maxclients) is 10,000 by default
+POOL_TIMEOUT = 20.0  # seconds a command waits for a free connection
 
 
 @dataclass(frozen=True)
@@ -89,11 +91,18 @@ async def send_each(
 
 
 def connect(url: str, **options: object) -> Redis:
-    """A client for redis://, rediss:// or unix:// URLs. Values stay bytes (documents are JSON)."""
+    """A client for redis://, rediss:// or unix:// URLs. Values stay bytes (documents are JSON).
+
+    Its pool holds at most MAX_CONNECTIONS connections, and a command waits (POOL_TIMEOUT) for
+    one rather than failing: redis-py 8's default pool refuses the 101st concurrent command
+    ("Too many connections"), which hundreds of websocket subscriptions opening at once reach."""
     # No health_check_interval: it costs a check on every command of the read hot path (a tenth
     # of GET /latest); a dead connection fails its command and redis-py retries on a new one.
     options.setdefault("socket_keepalive", True)
-    return Redis.from_url(url, **options)  # type: ignore[arg-type]
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=MAX_CONNECTIONS, timeout=POOL_TIMEOUT, **options
+    )
+    return Redis.from_pool(pool)
 
 
 async def load_scripts(redis: Redis) -> Scripts:
