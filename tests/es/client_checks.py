@@ -222,6 +222,30 @@ def bulk_mixed_items(es: Any, url: str) -> None:
 
 
 @check
+def bulk_update_between_writes(es: Any, url: str) -> None:
+    """An update line between index lines runs after the writes before it and before those
+    after it, on the document as they leave it."""
+    operations = [
+        {"index": {"_index": "latest", "_id": "u1", "version": 1, "version_type": "external"}},
+        {"a": 1, "b": {"c": 1}},
+        {"update": {"_index": "latest", "_id": "u1"}},
+        {"doc": {"b": {"d": 2}}},
+        {"index": {"_index": "latest", "_id": "u2"}},
+        {"x": 1},
+        {"update": {"_index": "latest", "_id": "u2"}},
+        "not an object",
+        {"update": {"_index": "latest", "_id": "u2"}},
+        {"doc": {"y": 2}},
+    ]
+    items = es.bulk(operations=operations)["items"]
+    statuses = [next(iter(item.values()))["status"] for item in items]
+    assert statuses == [201, 200, 201, 400, 200], statuses
+    assert items[1]["update"]["result"] == "updated"
+    assert es.get(index="latest", id="u1")["_source"] == {"a": 1, "b": {"c": 1, "d": 2}}
+    assert es.get(index="latest", id="u2")["_source"] == {"x": 1, "y": 2}
+
+
+@check
 def helpers_bulk(es: Any, url: str) -> None:
     from elasticsearch import helpers
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -124,6 +125,39 @@ async def test_script_cache_flush_is_survived(redis: Redis) -> None:
     await redis.script_flush()
     [outcome] = await store.write_batch([packet("a", 1_700_000_001)])
     assert outcome.applied
+
+
+async def test_script_cache_flush_is_survived_by_a_batch_built_as_it_is_sent(
+    redis: Redis,
+) -> None:
+    """The packets come from a generator, read once; the retry after NOSCRIPT must send every
+    one of them again, and each exactly once."""
+    store = await RedisLatestStore.open(redis)
+    await redis.script_flush()
+    outcomes = await store.write_batch(packet("a", 1_700_000_000 + i) for i in range(250))
+    assert [o.seq for o in outcomes] == list(range(1, 251))
+    assert [seq for seq, _, _ in await history(redis, "a")] == list(range(1, 251))
+
+
+async def test_a_batch_over_many_calls_keeps_its_order(redis: Redis) -> None:
+    """A batch is sent as several write.lua calls (small ones first), each as soon as it is
+    built; one variable's packets across them still get seqs in batch order, and the last one
+    written is the latest."""
+    store = await RedisLatestStore.open(redis)
+    built: list[int] = []
+
+    def packets() -> Iterator[Packet]:
+        for i in range(750):
+            built.append(i)
+            yield packet("a", 1_700_000_000 + i, n=i)
+
+    outcomes = await store.write_batch(packets())
+    assert built == list(range(750))
+    assert [o.seq for o in outcomes] == list(range(1, 751))
+    assert all(o.applied for o in outcomes)
+    entries = await history(redis, "a")
+    assert [orjson.loads(doc)["n"] for _, _, doc in entries] == list(range(750))
+    assert (await latest_doc(redis, "a"))["n"] == 749
 
 
 async def test_many_variables_in_one_batch_and_mget(redis: Redis) -> None:
