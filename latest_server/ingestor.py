@@ -44,20 +44,26 @@ class Ingestor:
         Session documents (packets.SESSION_FIELD) are applied to their session, after the samples
         of the same batch are written: a session that ends finds its last samples in history."""
         documents: list[tuple[int, Packet]] = []
-        samples: list[Packet] = []
+        tracked: list[tuple[int, Packet]] = []  # session samples, by position among those written
 
         def take() -> Iterator[Packet]:
+            written = 0
             for i, packet in enumerate(packets):
                 if packet.session_doc is not None and self.sessions is not None:
                     documents.append((i, packet))
-                else:
-                    samples.append(packet)
-                    yield packet
+                    continue
+                if packet.session_id is not None:
+                    tracked.append((written, packet))
+                written += 1
+                yield packet
 
         outcomes = await self.latest.write_batch(take())
         result = BatchResult(outcomes=outcomes)
         if self.sessions is not None:
-            await self.sessions.track(samples, [outcome.seq for outcome in outcomes])
+            if tracked:
+                await self.sessions.track(
+                    [packet for _, packet in tracked], [outcomes[i].seq for i, _ in tracked]
+                )
             if documents:
                 result.refused = await self.sessions.apply(documents)
                 result.accepted += len(documents) - len(result.refused)
