@@ -24,7 +24,7 @@ from latest_server.web.es_errors import (
     ParseError,
     ValidationFailed,
 )
-from latest_server.web.es_writes import WriteOp
+from latest_server.web.es_writes import NO_VERSION, WriteOp
 
 OPS = ("index", "create", "update", "delete")
 METADATA = frozenset(
@@ -48,7 +48,6 @@ METADATA = frozenset(
     }
 )
 
-NO_VERSION = es_http.Versioning(None, None)
 # Metadata that changes how a version is read: absent, an external version needs no more checks.
 FORBIDDEN = frozenset({"op_type", "if_seq_no", "if_primary_term"})
 

@@ -21,7 +21,7 @@ import os
 import re
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -45,6 +45,7 @@ from latest_server.web.es_indices import Indices, check_name
 
 SHARDS = {"total": 1, "successful": 1, "failed": 0}
 MAX_ES_ID_BYTES = 512
+NO_VERSION = Versioning(None, None)  # the packet's time is the version, by the server's rule
 WRITES = ("index", "create")  # ops a batch carries; delete and update run one by one
 SHA1_HEX = re.compile(r"[0-9a-f]{40}")
 
@@ -79,7 +80,7 @@ class WriteOp:
     index: str
     doc_id: str | None
     source: Any = None  # the document; for update the request body ({"doc", ...})
-    versioning: Versioning = field(default_factory=lambda: Versioning(None, None))
+    versioning: Versioning = NO_VERSION
     error: EsError | None = None  # found while parsing: answered as this item's error
     line: bytes | None = None  # from _bulk: the source line, decoded into source when run
 
@@ -157,9 +158,10 @@ class Writer:
         def packets() -> Iterator[Packet]:
             for position in range(start, end):
                 op = ops[position]
+                if op.error is not None:
+                    results[position] = failure(op, op.error)
+                    continue
                 try:
-                    if op.error is not None:
-                        raise op.error
                     self._decode(op)
                     packet = self.packet(op, op.source)
                 except EsError as exc:
