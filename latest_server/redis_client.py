@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -49,22 +50,29 @@ class Scripts:
             return await redis.evalsha(self.shas[name], len(keys), *keys, *args)  # type: ignore[misc]
 
 
-async def send_raw(redis: Redis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-    """Replies to ``commands``, sent in one round trip, as Redis gave them. Commands are packed
-    by hiredis (C) and replies skip redis-py's callbacks: on hot paths (the write pipeline, a
-    history read, the websocket tail probe) redis-py's packing and reply parsing cost more than
-    Redis answering. An error reply raises, and the connection is not reused."""
+@contextlib.asynccontextmanager
+async def _raw_connection(redis: Redis) -> AsyncIterator[Any]:
+    """A connection of ``redis``'s pool for hand-sent commands. An error reply or a lost
+    connection leaves replies unread: the connection is then closed, never reused."""
     pool = redis.connection_pool
     connection = await pool.get_connection()  # type: ignore[no-untyped-call]
     try:
-        await connection.send_packed_command(b"".join(map(hiredis.pack_command, commands)))
-        return [await connection.read_response() for _ in commands]
+        yield connection
     except BaseException:
-        # An error reply or a lost connection leaves replies unread: never reuse it.
         await connection.disconnect()
         raise
     finally:
         await pool.release(connection)
+
+
+async def send_raw(redis: Redis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """Replies to ``commands``, sent in one round trip, as Redis gave them. Commands are packed
+    by hiredis (C) and replies skip redis-py's callbacks: on hot paths (the write pipeline, a
+    history read, the websocket tail probe) redis-py's packing and reply parsing cost more than
+    Redis answering. An error reply raises."""
+    async with _raw_connection(redis) as connection:
+        await connection.send_packed_command(b"".join(map(hiredis.pack_command, commands)))
+        return [await connection.read_response() for _ in commands]
 
 
 async def send_each(
@@ -75,19 +83,12 @@ async def send_each(
     batch: parsing and packing overlap the scripts). Replies are read once every command is
     sent, in order on the one connection, each passed through ``convert`` as it arrives, while
     Redis still runs the later ones."""
-    pool = redis.connection_pool
-    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-    try:
+    async with _raw_connection(redis) as connection:
         sent = 0
         for command in commands:
             await connection.send_packed_command(hiredis.pack_command(command))
             sent += 1
         return [convert(await connection.read_response()) for _ in range(sent)]
-    except BaseException:
-        await connection.disconnect()
-        raise
-    finally:
-        await pool.release(connection)
 
 
 def connect(url: str, **options: object) -> Redis:
