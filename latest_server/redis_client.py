@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import hiredis
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 from latest_server import lua
@@ -65,13 +66,23 @@ async def _raw_connection(redis: Redis) -> AsyncIterator[Any]:
         await pool.release(connection)
 
 
+async def _write(connection: Any, data: bytes) -> None:
+    """Send packed commands. uvloop refuses a write to a transport Redis has already closed
+    with a RuntimeError, which redis-py passes on: it is a lost connection like any other
+    (a batch sent in several writes meets it when Redis goes away between two of them)."""
+    try:
+        await connection.send_packed_command(data)
+    except RuntimeError as exc:
+        raise RedisConnectionError(f"Redis closed the connection: {exc}") from exc
+
+
 async def send_raw(redis: Redis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
     """Replies to ``commands``, sent in one round trip, as Redis gave them. Commands are packed
     by hiredis (C) and replies skip redis-py's callbacks: on hot paths (the write pipeline, a
     history read, the websocket tail probe) redis-py's packing and reply parsing cost more than
     Redis answering. An error reply raises."""
     async with _raw_connection(redis) as connection:
-        await connection.send_packed_command(b"".join(map(hiredis.pack_command, commands)))
+        await _write(connection, b"".join(map(hiredis.pack_command, commands)))
         return [await connection.read_response() for _ in commands]
 
 
@@ -86,7 +97,7 @@ async def send_each(
     async with _raw_connection(redis) as connection:
         sent = 0
         for command in commands:
-            await connection.send_packed_command(hiredis.pack_command(command))
+            await _write(connection, hiredis.pack_command(command))
             sent += 1
         return [convert(await connection.read_response()) for _ in range(sent)]
 
