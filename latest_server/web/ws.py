@@ -21,7 +21,7 @@ import logging
 from collections import deque
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from redis.exceptions import RedisError
@@ -303,18 +303,16 @@ class Socket:
         runs to its end at once unless the connection is not writable (the client does not
         read). Waking a sender task per frame was a fifth of a busy fan-out's CPU; asyncio's
         eager tasks (3.12) do the same. A write that has to wait is handed to the sender, which
-        finishes it before anything queued after it."""
+        finishes it before anything queued after it. ``send`` is a coroutine function: Starlette's
+        exception middleware hands every endpoint its own ``async def`` wrapper of the server's."""
         message = {"type": "websocket.send", "text": frame.decode()}
         try:
-            coro = self.send(message)
-            if not asyncio.iscoroutine(coro):  # a server whose send is not a coroutine
-                self.suspended = (_awaiting(coro), None)
-            else:
-                try:
-                    waiting = coro.send(None)
-                except StopIteration:
-                    return  # written
-                self.suspended = (coro, waiting)
+            coro = cast(Coroutine[Any, Any, None], self.send(message))
+            try:
+                waiting = coro.send(None)
+            except StopIteration:
+                return  # written
+            self.suspended = (coro, waiting)
             self.writing_since = asyncio.get_running_loop().time()
         except (WebSocketDisconnect, RuntimeError, OSError) as exc:
             self.failed = exc
@@ -494,10 +492,6 @@ class Socket:
         if code is not None and self.ws.application_state != WebSocketState.DISCONNECTED:
             with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
                 await self.ws.close(code, reason)
-
-
-async def _awaiting(awaitable: Any) -> None:
-    await awaitable
 
 
 async def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
