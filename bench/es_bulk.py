@@ -18,7 +18,7 @@ the steadier figure on a busy machine. Last, ``helpers.bulk`` runs once more aga
 that answers every request at once with a ready-made response: the client's own cost, which no
 ``_bulk`` server can remove. Run::
 
-    /work/venv/bin/python bench/es_bulk.py [--docs 200000] [--variables 10000] [--chunk 500]
+    .venv/bin/python bench/es_bulk.py [--docs 200000] [--variables 10000] [--chunk 500]
 
 The last line printed is ``ratio es_bulk/ingest: X.XX``.
 """
@@ -29,7 +29,6 @@ import argparse
 import hashlib
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,17 +39,12 @@ from typing import Any
 
 import httpx
 import orjson
+from common import free_port, process_cpu
 from elasticsearch import Elasticsearch, helpers
 from redis import Redis
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
 START = datetime(2024, 5, 1, tzinfo=UTC)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_documents(count: int, variables: int, late_share: float) -> list[dict[str, Any]]:
@@ -87,13 +81,6 @@ def wait_until_up(url: str, process: subprocess.Popen[bytes]) -> None:
             if time.monotonic() > deadline or process.poll() is not None:
                 raise SystemExit(f"latest-server did not start at {url}") from None
             time.sleep(0.1)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (all its threads)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_ingest(url: str, docs: list[dict[str, Any]], chunk: int) -> float:
@@ -215,18 +202,18 @@ def main() -> None:
             costs: dict[str, list[float]] = {"ingest": [], "bulk": []}
             for round_ in range(1, args.rounds + 1):
                 redis.flushdb()
-                before = cpu_seconds(server.pid)
+                before = process_cpu(server.pid)
                 rate = run_ingest(f"http://127.0.0.1:{port}", docs, args.chunk)
-                cost = (cpu_seconds(server.pid) - before) / len(docs) * 1e6
+                cost = (process_cpu(server.pid) - before) / len(docs) * 1e6
                 rates["ingest"].append(rate)
                 costs["ingest"].append(cost)
                 print(
                     f"  round {round_} POST /ingest: {rate:10,.0f} docs/s, {cost:.0f} server µs/doc"
                 )
                 redis.flushdb()
-                before = cpu_seconds(server.pid)
+                before = process_cpu(server.pid)
                 rate, ok, stale = run_es_bulk(f"http://127.0.0.1:{es_port}", docs, args.chunk)
-                cost = (cpu_seconds(server.pid) - before) / len(docs) * 1e6
+                cost = (process_cpu(server.pid) - before) / len(docs) * 1e6
                 rates["bulk"].append(rate)
                 costs["bulk"].append(cost)
                 print(

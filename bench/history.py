@@ -29,7 +29,7 @@ client cannot be hooked, so the reference shows no byte count.
 
 Run (3 to 6 minutes with the defaults, most of it writing the data)::
 
-    /work/venv/bin/python bench/history.py [--entries 1000000] [--transfers 10] [--repeat 5]
+    .venv/bin/python bench/history.py [--entries 1000000] [--transfers 10] [--repeat 5]
 
 Uses Redis db 13 (``--redis-url``; flushed before and after: run one benchmark at a time). The
 last lines printed are the ratios, each with its target.
@@ -43,7 +43,6 @@ import contextlib
 import math
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -62,6 +61,7 @@ import boto3
 import orjson
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from common import free_port
 from redis.asyncio import Redis
 from tsdownsample import MinMaxLTTBDownsampler
 
@@ -87,12 +87,6 @@ S3_ENV = {
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

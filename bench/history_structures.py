@@ -20,7 +20,7 @@ offload does; median of 5), against a ``PING`` round trip (median of 50).
 
 Run (about 1 minute with the defaults)::
 
-    /work/venv/bin/python bench/history_structures.py [--entries 300000] [--repeat 1]
+    .venv/bin/python bench/history_structures.py [--entries 300000] [--repeat 1]
 
 Uses Redis db 14 (``--redis-url``; flushed before, between layouts and after: run one benchmark
 at a time). The last line printed is ``ratio ours/plain-stream appends/s: X.XX``.

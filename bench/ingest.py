@@ -20,7 +20,7 @@ kept in history). Every packet is distinct, so each one becomes a history entry.
 
 Run (1 to 4 minutes with the defaults, depending on how busy the machine is)::
 
-    /work/venv/bin/python bench/ingest.py [--packets 200000] [--variables 10000]
+    .venv/bin/python bench/ingest.py [--packets 200000] [--variables 10000]
 
 ``--profile out.svg`` samples the consumer with py-spy (``pip install py-spy``) while it works;
 ``--consumer-command`` measures another command line (a patched consumer, another event loop).
@@ -37,7 +37,6 @@ import contextlib
 import os
 import random
 import shlex
-import shutil
 import signal
 import sys
 import tempfile
@@ -46,12 +45,12 @@ import uuid
 from asyncio.subprocess import Process
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import aio_pika
 import aiormq
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from common import find_py_spy, ours_command, process_cpu, py_spy_format
 from redis.asyncio import Redis
 
 from latest_server import keys
@@ -233,10 +232,7 @@ async def drain_noop(
 
 
 def default_consumer_command() -> str:
-    script = Path(sys.executable).with_name("latest-server")
-    if script.exists():
-        return f"{shlex.quote(str(script))} consume"
-    return f"{shlex.quote(sys.executable)} -m latest_server consume"
+    return shlex.join(ours_command("consume"))
 
 
 def consumer_env(
@@ -279,26 +275,10 @@ async def stop(process: Process, sig: int = signal.SIGTERM) -> None:
             await process.wait()
 
 
-def find_py_spy() -> str:
-    found = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    if found is None:
-        raise SystemExit("--profile needs py-spy: pip install py-spy")
-    return found
-
-
 async def start_profiler(py_spy: str, pid: int, output: str) -> Process:
     command = [py_spy, "record", "--pid", str(pid), "--rate", "200", "--output", output]
-    if output.endswith(".txt"):
-        command += ["--format", "raw"]
-    elif output.endswith(".json"):
-        command += ["--format", "speedscope"]
+    command += py_spy_format(output)
     return await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.DEVNULL)
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def redis_cpu(redis: Redis) -> float:

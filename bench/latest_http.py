@@ -21,7 +21,7 @@ per request (from /proc) is printed: the steadier figure on a busy machine.
 
 Needs wrk (``apt-get install wrk``). Run (about 2 minutes with the defaults)::
 
-    /work/venv/bin/python bench/latest_http.py [--variables 10000] [--seconds 10] [--rounds 5]
+    .venv/bin/python bench/latest_http.py [--variables 10000] [--seconds 10] [--rounds 5]
 
 Uses Redis db 14 (``--redis-url``; flushed before and after: run one benchmark at a time). The
 last line printed is ``ratio ours/bare: X.XX``.
@@ -36,7 +36,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,7 @@ from urllib.parse import quote
 
 import orjson
 import uvicorn
+from common import free_port, ours_command, process_cpu
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -170,12 +170,6 @@ async def fill(redis_url: str, ids: list[str]) -> int:
     return round(statistics.mean(len(p.raw) for p in packets if isinstance(p, Packet)))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 def get(url: str) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=5) as answer:
@@ -196,13 +190,6 @@ def pinned(cpus: set[int] | None) -> Callable[[], None] | None:
     if cpus is None:
         return None
     return lambda: os.sched_setaffinity(0, cpus)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (all its threads)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
@@ -285,12 +272,6 @@ def check_same_answers(ours: str, bare: str, ids: list[str]) -> None:
             raise RuntimeError(f"the two servers answer {variable_id!r} differently")
 
 
-def ours_command() -> list[str]:
-    script = Path(sys.executable).with_name("latest-server")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "latest_server"]
-    return [*command, "serve"]
-
-
 def measure(
     args: argparse.Namespace, ids: list[str], data_dir: str
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
@@ -345,9 +326,9 @@ def measure(
             wrk(script, base, prefix, args, WARMUP_SECONDS, wrk_cpus)
         for round_ in range(1, args.rounds + 1):
             for name, (base, prefix) in targets.items():
-                before = cpu_seconds(pids[name])
+                before = process_cpu(pids[name])
                 run = wrk(script, base, prefix, args, args.seconds, wrk_cpus)
-                cost = (cpu_seconds(pids[name]) - before) / max(run.requests, 1) * 1e6
+                cost = (process_cpu(pids[name]) - before) / max(run.requests, 1) * 1e6
                 rates[name].append(run.requests_per_second)
                 costs[name].append(cost)
                 print(

@@ -20,7 +20,7 @@ medians are reported.
 
 Run (1 to 3 minutes with the defaults, most of it writing the data)::
 
-    /work/venv/bin/python bench/offload.py [--entries 200000] [--variables 10] [--rounds 3]
+    .venv/bin/python bench/offload.py [--entries 200000] [--variables 10] [--rounds 3]
 
 Uses Redis db 13 (``--redis-url``; flushed before, between rounds and after: run one benchmark at
 a time). The last line printed is ``ratio ours/raw entries/s: X.XX``.

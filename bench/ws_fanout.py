@@ -46,7 +46,7 @@ each run); the medians are reported.
 
 Run (about 3 minutes with the defaults; ``--quick`` is a 30-second smoke run)::
 
-    /work/venv/bin/python bench/ws_fanout.py [--clients 500] [--variables 1000] [--per-client 10]
+    .venv/bin/python bench/ws_fanout.py [--clients 500] [--variables 1000] [--per-client 10]
         [--rate 5000] [--seconds 20] [--rounds 3] [--skip-ours] [--profile ours.svg]
 
 ``--skip-ours`` measures the bare broadcast alone; ``--ours-env NAME=VALUE`` gives ours a setting
@@ -68,9 +68,7 @@ import multiprocessing
 import os
 import random
 import resource
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -85,12 +83,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 from typing import Any, cast
 
 import httpx
 import orjson
 import uvicorn
+from common import find_py_spy, free_port, ours_command, process_cpu, py_spy_format
 from redis import Redis
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -577,12 +575,6 @@ def workers(count: int) -> Iterator[list[Worker]]:
 # --- the servers -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 def get(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=5) as answer:
@@ -620,37 +612,14 @@ def server(name: str, command: list[str], env: dict[str, str], ready_url: str) -
                 process.wait()
 
 
-def ours_command() -> list[str]:
-    script = Path(sys.executable).with_name("latest-server")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "latest_server"]
-    return [*command, "serve"]
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def redis_cpu(redis: Redis) -> float:
     info: dict[str, Any] = redis.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def find_py_spy() -> str:
-    found = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    if found is None:
-        raise SystemExit("--profile needs py-spy: pip install py-spy")
-    return found
-
-
 def start_profiler(pid: int, output: str, seconds: int) -> subprocess.Popen[bytes]:
     command = [find_py_spy(), "record", "--pid", str(pid), "--rate", "200", "--output", output]
-    command += ["--duration", str(seconds), "--nonblocking"]
-    if output.endswith(".txt"):
-        command += ["--format", "raw"]
-    elif output.endswith(".json"):
-        command += ["--format", "speedscope"]
+    command += ["--duration", str(seconds), "--nonblocking", *py_spy_format(output)]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, start_new_session=True)
 
 
