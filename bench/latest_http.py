@@ -50,7 +50,7 @@ from urllib.parse import quote
 
 import orjson
 import uvicorn
-from common import free_port, ours_command, process_cpu
+from common import HOST, free_port, ours_command, process_cpu
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -63,7 +63,6 @@ from latest_server.settings import Settings
 from latest_server.stores.latest_redis import RedisLatestStore
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
-HOST = "127.0.0.1"
 LOG_LEVEL = "warning"
 WARMUP_SECONDS = 3
 WRITE_BATCH = 500

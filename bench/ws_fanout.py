@@ -88,7 +88,7 @@ from typing import Any, cast
 import httpx
 import orjson
 import uvicorn
-from common import find_py_spy, free_port, ours_command, process_cpu, py_spy_format
+from common import HOST, find_py_spy, free_port, ours_command, process_cpu, py_spy_format
 from redis import Redis
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -106,7 +106,6 @@ from latest_server.settings import Settings
 from latest_server.web.app import server_options
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
-HOST = "127.0.0.1"
 LOG_LEVEL = "warning"
 START_US = 1_714_521_600_000_000  # 2024-05-01T00:00:00Z; packet n is START_US + n µs
 OFFSET = timezone(timedelta(hours=5, minutes=30))
