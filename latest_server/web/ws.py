@@ -250,7 +250,13 @@ class Socket:
 
     def offer(self, frame: bytes, stream: Stream, last: int) -> bool:
         """Queue entries of ``stream`` ending at seq ``last`` unless the queue is full; a full
-        queue makes every stream with queued entries (and this one) catch up from the stores."""
+        queue makes every stream with queued entries (and this one) catch up from the stores.
+        When the sender is idle the queue is empty: the frame is written at once, without the
+        queue item ``_append`` would build and drop (a tenth of the work of a fan-out frame)."""
+        if self.idle and not self.ready.is_set() and not self.closed:
+            if frame:  # an empty frame only moves the stream's position
+                self._write_now(frame)
+            return True
         first = (stream.seq or 0) + 1
         if self.queued + len(frame) > self.limit and self.queued:
             self._overflow()
