@@ -252,7 +252,8 @@ class Socket:
         """Queue entries of ``stream`` ending at seq ``last`` unless the queue is full; a full
         queue makes every stream with queued entries (and this one) catch up from the stores.
         When the sender is idle the queue is empty: the frame is written at once, without the
-        queue item ``_append`` would build and drop (a tenth of the work of a fan-out frame)."""
+        queue item ``_append`` would build and drop (about a tenth of the interpreter's work on
+        our side of a live frame)."""
         if self.idle and not self.ready.is_set() and not self.closed:
             if frame:  # an empty frame only moves the stream's position
                 self._write_now(frame)
