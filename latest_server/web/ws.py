@@ -254,7 +254,7 @@ class Socket:
         When the sender is idle the queue is empty: the frame is written at once, without the
         queue item ``_append`` would build and drop (about a tenth of the interpreter's work on
         our side of a live frame)."""
-        if self.idle and not self.ready.is_set() and not self.closed:
+        if self._writes_now():
             if frame:  # an empty frame only moves the stream's position
                 self._write_now(frame)
             return True
@@ -277,10 +277,15 @@ class Socket:
         self._append(_Item(frame, stream, (expected or 0) + 1, last))
         return True
 
+    def _writes_now(self) -> bool:
+        """Whether a frame is written at once: the sender waits for work (so nothing is queued
+        or being written) and the socket is open."""
+        return self.idle and not self.ready.is_set() and not self.closed
+
     def _append(self, item: _Item) -> None:
         if not item.frame or self.closed:
             return
-        if self.idle and not self.ready.is_set():
+        if self._writes_now():
             self._write_now(item.frame)
             return
         self.queue.append(item)
