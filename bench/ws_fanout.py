@@ -43,6 +43,10 @@ each run); the medians are reported.
   Entries in backlog frames after ``live`` (the server catching a variable up from the stores)
   count as delivered, in the same seq order, and are counted apart.
 * CPU µs per delivered entry of the server process (and Redis, for ours) and of the clients.
+* The machine during the run: CPUs busy (of ``os.cpu_count()``) and stolen by the hypervisor,
+  and how long each process waited, runnable, for a CPU (ms per second of the run). The latency
+  tail grows with these: every hand-off between processes (producer → server → Redis → server
+  → client) waits for a free CPU when the cores are busy.
 
 Run (about 3 minutes with the defaults; ``--quick`` is a 30-second smoke run)::
 
@@ -83,12 +87,22 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any, cast
 
 import httpx
 import orjson
 import uvicorn
-from common import HOST, find_py_spy, free_port, ours_command, process_cpu, py_spy_format
+from common import (
+    HOST,
+    find_py_spy,
+    free_port,
+    machine_cpu,
+    ours_command,
+    process_cpu,
+    process_wait,
+    py_spy_format,
+)
 from redis import Redis
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -743,6 +757,9 @@ class Run:
     caught_up: int
     errors: list[str]
     cpu: dict[str, float] = field(default_factory=dict)  # seconds, by process
+    waits: dict[str, float] = field(default_factory=dict)  # seconds runnable without a CPU
+    machine: dict[str, float] = field(default_factory=dict)  # busy, steal: CPU seconds
+    wall: float = 0.0  # seconds over which cpu, waits and machine were taken
 
     @property
     def rate(self) -> float:
@@ -770,6 +787,13 @@ class Run:
         if self.epoch_changes or self.resets or self.errors:
             checks += f", {self.epoch_changes} epoch changes, {self.resets} resets"
             checks += f", errors: {self.errors}" if self.errors else ""
+        waits = ", ".join(
+            f"{name} {1000 * seconds / self.wall:.0f}" for name, seconds in self.waits.items()
+        )
+        machine = (
+            f"machine: {self.machine['busy'] / self.wall:.2f} of {os.cpu_count()} CPUs busy, "
+            f"{self.machine['steal'] / self.wall:.2f} stolen; waiting for a CPU, ms per s: {waits}"
+        )
         return (
             f"delivered {self.rate:,.0f} entries/s ({100 * self.rate / offered:.1f} % of the "
             f"{offered:,.0f} offered), latency p50 {self.percentile(50):.1f} ms, "
@@ -777,7 +801,8 @@ class Run:
             f"{self.production.rate:,.0f} entries/s (POST /ingest p50 {posts[len(posts) // 2]:.1f}"
             f" ms, p99 {posts[len(posts) * 99 // 100]:.1f} ms; at most "
             f"{1000 * self.production.behind:.0f} ms behind its pace); {checks}; CPU µs per "
-            f"delivered entry: {cpu}; all clients live {self.ready:.2f} s after connecting"
+            f"delivered entry: {cpu}; {machine}; all clients live {self.ready:.2f} s after "
+            "connecting"
         )
 
 
@@ -806,6 +831,25 @@ def measure(
         worker.answer(READY_TIMEOUT + 10)
     ready = time.perf_counter() - started
 
+    redis_pid = None
+    if target.redis is not None:  # Redis on this machine: its waits are counted too
+        redis_pid = int(target.redis.info("server")["process_id"])
+        name = ""
+        with contextlib.suppress(OSError):
+            name = Path(f"/proc/{redis_pid}/comm").read_text()
+        if not name.startswith(("redis", "valkey")):
+            redis_pid = None
+
+    def waits_now() -> dict[str, float]:
+        waited = {"server": process_wait(target.pid)}
+        if redis_pid is not None:
+            waited["Redis"] = process_wait(redis_pid)
+        if target.writer is not None:
+            waited["writer"] = process_wait(target.writer[1])
+        waited["clients"] = sum(process_wait(cast(int, w.process.pid)) for w in pool)
+        waited["producer"] = process_wait(os.getpid())
+        return waited
+
     def cpu_now() -> dict[str, float]:
         used = {"server": process_cpu(target.pid)}
         if target.redis is not None:
@@ -816,7 +860,8 @@ def measure(
         return used
 
     profiler = start_profiler(target.pid, profile, args.seconds) if profile else None
-    before = cpu_now()
+    before, waits_before, machine_before = cpu_now(), waits_now(), machine_cpu()
+    wall_before = time.perf_counter()
     try:
         port = target.port if target.writer is None else target.writer[0]
         production = run_async(
@@ -832,7 +877,8 @@ def measure(
             except subprocess.TimeoutExpired:
                 profiler.send_signal(signal.SIGINT)
                 profiler.wait()
-    after = cpu_now()
+    after, waits_after, machine_after = cpu_now(), waits_now(), machine_cpu()
+    wall = time.perf_counter() - wall_before
     latencies: list[int] = []
     for reply in replies:
         part = array("q")
@@ -861,6 +907,9 @@ def measure(
         caught_up=sum(reply["caught_up"] for reply in replies),
         errors=[error for reply in replies for error in reply["errors"]][:5],
         cpu={name: after[name] - before[name] for name in before},
+        waits={name: waits_after[name] - waits_before[name] for name in waits_before},
+        machine={name: machine_after[name] - machine_before[name] for name in machine_before},
+        wall=wall,
     )
 
 
@@ -882,9 +931,11 @@ def summary(name: str, runs: list[Run]) -> str:
         f"{sum(r.missing for r in runs)} missing, {sum(r.duplicates for r in runs)} duplicated, "
         f"{sum(r.gaps for r in runs)} seq gaps over {len(runs)} runs"
     )
+    busy = statistics.median(run.machine["busy"] / run.wall for run in runs)
     return (
         f"{name} (median of {len(runs)}): delivered {rate:,.0f} entries/s, "
-        f"latency p50 {p50:.1f} ms, p99 {p99:.1f} ms; {checks}"
+        f"latency p50 {p50:.1f} ms, p99 {p99:.1f} ms; {checks}; {busy:.2f} of "
+        f"{os.cpu_count()} CPUs busy"
     )
 
 
