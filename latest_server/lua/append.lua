@@ -18,8 +18,7 @@ for i = 1, #same_ts do
   end
 end
 
-local meta = redis.call('HMGET', KEYS[3], 'e', 's')
-local epoch = meta[1]
+local epoch = redis.call('HGET', KEYS[3], 'e')
 if not epoch then
   local now = redis.call('TIME')
   epoch = now[1] .. string.format('%06d', tonumber(now[2]))
@@ -29,7 +28,8 @@ if not epoch then
   redis.call('HSET', KEYS[3], 'e', epoch, 's', s, 'b', s)
 end
 local seq = redis.call('HINCRBY', KEYS[3], 's', 1)
-redis.call('XADD', KEYS[1], seq .. '-0', 't', ts, 'd', ARGV[2])
-redis.call('ZADD', KEYS[2], ts, string.format('%016d', seq) .. digest)
-redis.call('SPUBLISH', ARGV[4], epoch .. ' ' .. seq .. ' ' .. ts .. ' ' .. ARGV[2])
+local sq = string.format('%d', seq)  -- as write.lua: once, and as an integer
+redis.call('XADD', KEYS[1], sq .. '-0', 't', ts, 'd', ARGV[2])
+redis.call('ZADD', KEYS[2], ts, string.rep('0', 16 - #sq) .. sq .. digest)
+redis.call('SPUBLISH', ARGV[4], epoch .. ' ' .. sq .. ' ' .. ts .. ' ' .. ARGV[2])
 return {seq, epoch}

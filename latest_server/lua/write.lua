@@ -45,13 +45,12 @@ local function write(K, A)
   end
   -- With an explicit version a redelivery still takes part in the compare-and-set below.
 
-  local seq = 0
+  local seq, sq = 0, nil
   local epoch
   if entry then
     epoch = redis.call('HGET', K[4], 'e') or '0'
   else
-    local meta = redis.call('HMGET', K[4], 'e', 's')
-    epoch = meta[1]
+    epoch = redis.call('HGET', K[4], 'e')
     if not epoch then
       -- A new epoch: the counter is gone. Continue after the hot history's last seq, if any,
       -- so stream ids stay increasing; clients holding the old epoch are told to reset.
@@ -63,8 +62,11 @@ local function write(K, A)
       redis.call('HSET', K[4], 'e', epoch, 's', s, 'b', s)
     end
     seq = redis.call('HINCRBY', K[4], 's', 1)
-    redis.call('XADD', K[2], seq .. '-0', 't', ts, 'd', A[3])
-    redis.call('ZADD', K[3], ts, string.format('%016d', seq) .. digest)
+    -- The seq as text, made once and as an integer: Lua makes a number into text with the
+    -- float format (sprintf "%.14g"), which cost more than the rest of this line.
+    sq = string.format('%d', seq)
+    redis.call('XADD', K[2], sq .. '-0', 't', ts, 'd', A[3])
+    redis.call('ZADD', K[3], ts, string.rep('0', 16 - #sq) .. sq .. digest)
     entry = seq
   end
 
@@ -76,11 +78,15 @@ local function write(K, A)
     applied = 1
   end
   if applied == 1 then
-    redis.call('HSET', K[1], 'v', version, 'doc', A[3], 'id', A[1], 's', entry)
+    if existed == 1 then  -- the id is there already (it is the one the key was made from)
+      redis.call('HSET', K[1], 'v', version, 'doc', A[3], 's', sq or entry)
+    else
+      redis.call('HSET', K[1], 'v', version, 'doc', A[3], 'id', A[1], 's', sq or entry)
+    end
   end
 
   if seq > 0 then
-    redis.call('SPUBLISH', A[6], epoch .. ' ' .. seq .. ' ' .. ts .. ' ' .. A[3])
+    redis.call('SPUBLISH', A[6], epoch .. ' ' .. sq .. ' ' .. ts .. ' ' .. A[3])
   end
   return {applied, seq, epoch, current or '', existed, entry}
 end

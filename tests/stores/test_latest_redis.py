@@ -91,6 +91,22 @@ async def test_redelivery_neither_duplicates_history_nor_takes_a_seq(redis: Redi
     assert [seq for seq, _, _ in await history(redis, "a")] == [1, 2, 3]
 
 
+async def test_latest_hash_holds_id_and_seq_after_updates_and_a_delete(redis: Redis) -> None:
+    """write.lua sets the id only when the hash has none (it never changes for a key): after a
+    delete, whose tombstone keeps only the version, the next newer packet sets it again."""
+    store = await RedisLatestStore.open(redis)
+    k = keys.key_for("a")
+    await store.write_batch([packet("a", 1_700_000_001), packet("a", 1_700_000_002)])
+    [doc] = await store.read_keys([k])
+    assert doc is not None and (doc.variable_id, doc.seq) == ("a", 2)
+    await store.delete("a", k, None, "external")
+    assert list(await redis.hgetall(keys.latest(k))) == [b"v"]
+    [outcome] = await store.write_batch([packet("a", 1_700_000_003)])
+    assert (outcome.applied, outcome.existed, outcome.seq) == (True, False, 3)
+    [doc] = await store.read_keys([k])
+    assert doc is not None and (doc.variable_id, doc.seq) == ("a", 3)
+
+
 async def test_feed_carries_epoch_seq_ts_and_doc(redis: Redis) -> None:
     store = await RedisLatestStore.open(redis)
     k = keys.key_for("a")
