@@ -27,7 +27,7 @@ if not epoch then
   if last[1] then s = tonumber(string.match(last[1][1], '^(%d+)')) end
   redis.call('HSET', KEYS[3], 'e', epoch, 's', s, 'b', s)
 end
-local seq = redis.call('HINCRBY', KEYS[3], 's', 1)
+local seq = redis.call('HINCRBY', KEYS[3], 's', '1')
 local sq = string.format('%d', seq)  -- as write.lua: once, and as an integer
 redis.call('XADD', KEYS[1], sq .. '-0', 't', ts, 'd', ARGV[2])
 redis.call('ZADD', KEYS[2], ts, string.rep('0', 16 - #sq) .. sq .. digest)

@@ -61,9 +61,9 @@ local function write(K, A)
       if last[1] then s = tonumber(string.match(last[1][1], '^(%d+)')) end
       redis.call('HSET', K[4], 'e', epoch, 's', s, 'b', s)
     end
-    seq = redis.call('HINCRBY', K[4], 's', 1)
-    -- The seq as text, made once and as an integer: Lua makes a number into text with the
-    -- float format (sprintf "%.14g"), which cost more than the rest of this line.
+    -- Numbers become text through Lua's float format (sprintf "%.14g"), about as costly as
+    -- the command: the increment is given as text, and the seq made into text once, with '%d'.
+    seq = redis.call('HINCRBY', K[4], 's', '1')
     sq = string.format('%d', seq)
     redis.call('XADD', K[2], sq .. '-0', 't', ts, 'd', A[3])
     redis.call('ZADD', K[3], ts, string.rep('0', 16 - #sq) .. sq .. digest)
