@@ -685,6 +685,7 @@ class Poster(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.answer: asyncio.Future[tuple[int, bytes]] | None = None
         self.chunks: list[bytes] = []
+        self.closed = False  # by either side: the server closes idle keep-alive connections
 
     @classmethod
     async def open(cls, host: str, port: int) -> Poster:
@@ -696,6 +697,7 @@ class Poster(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
         if self.answer is not None and not self.answer.done():
             self.answer.set_exception(ConnectionError(f"the server closed the connection: {exc}"))
 
@@ -719,6 +721,7 @@ class Poster(asyncio.Protocol):
         return await asyncio.wait_for(self.answer, 30)
 
     def close(self) -> None:
+        self.closed = True
         if self.transport is not None:
             self.transport.close()
 
@@ -739,9 +742,13 @@ async def produce(
     connections = [await Poster.open(host, port) for _ in range(args.in_flight)]
     for connection in connections:
         idle.put_nowait(connection)
+    opened = list(connections)  # closed at the end, reopened ones too
 
     async def post(connection: Poster, k: int) -> None:
         try:
+            if connection.closed:  # idle past the server's keep-alive timeout (slow --rate)
+                connection = await Poster.open(host, port)
+                opened.append(connection)
             first = first_n + k * per_batch
             numbers = range(first, first + per_batch)
             docs = [document(ids[n % len(ids)], n, status) for n in numbers]
@@ -779,7 +786,7 @@ async def produce(
             tasks.append(asyncio.create_task(post(connection, k)))
         await asyncio.gather(*tasks)
     finally:
-        for connection in connections:
+        for connection in opened:
             connection.close()
     if failures:
         raise RuntimeError(f"the producer failed: {failures[0]!r}") from failures[0]
