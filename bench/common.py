@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: ports, process CPU time and waits, machine load, py-spy,
-the command of ours.
+"""What the benchmark scripts share: ports, HTTP GETs, server subprocesses, process CPU time and
+waits, machine load, py-spy, the command of ours.
 
 The scripts run as ``python bench/<name>.py``, so this folder is on ``sys.path`` and they import
 this module by its name.
@@ -10,8 +10,15 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 HOST = "127.0.0.1"
@@ -21,6 +28,58 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
+
+
+def get(url: str) -> tuple[int, bytes]:
+    """Status and body of a GET, whatever the status."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return int(answer.status), bytes(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@contextlib.contextmanager
+def server(
+    name: str,
+    command: list[str],
+    env: dict[str, str],
+    ready_url: str,
+    *,
+    preexec_fn: Callable[[], None] | None = None,
+    own_session: bool = False,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a server subprocess until the block ends; wait until ``ready_url`` answers 200 (its
+    output is shown if it does not start within 30 s). ``own_session``: Ctrl-C reaches only
+    this script, which stops the server with SIGTERM."""
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            command,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,
+            start_new_session=own_session,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    output = log.read().decode(errors="replace")[-4000:]
+                    raise RuntimeError(f"{name} did not start:\n{output}")
+                with contextlib.suppress(OSError):
+                    if get(ready_url)[0] == 200:
+                        break
+                time.sleep(0.1)
+            yield process
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def process_cpu(pid: int) -> float:

@@ -35,22 +35,19 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 import orjson
 import uvicorn
-from common import HOST, free_port, ours_command, process_cpu
+from common import HOST, free_port, get, ours_command, process_cpu, server
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -169,14 +166,6 @@ async def fill(redis_url: str, ids: list[str]) -> int:
     return round(statistics.mean(len(p.raw) for p in packets if isinstance(p, Packet)))
 
 
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            return int(answer.status), bytes(answer.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
 def cpu_sets(pin: bool) -> tuple[set[int] | None, set[int] | None]:
     """CPUs for the servers and for wrk: the first core and the rest, or None (unpinned)."""
     cpus = sorted(os.sched_getaffinity(0))
@@ -189,36 +178,6 @@ def pinned(cpus: set[int] | None) -> Callable[[], None] | None:
     if cpus is None:
         return None
     return lambda: os.sched_setaffinity(0, cpus)
-
-
-@contextlib.contextmanager
-def server(
-    name: str, command: list[str], env: dict[str, str], ready_url: str, cpus: set[int] | None
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Run a server subprocess until the block ends; wait until ``ready_url`` answers 200."""
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            command, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pinned(cpus)
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    output = log.read().decode(errors="replace")[-4000:]
-                    raise RuntimeError(f"{name} did not start:\n{output}")
-                with contextlib.suppress(OSError):
-                    if get(ready_url)[0] == 200:
-                        break
-                time.sleep(0.1)
-            yield process
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 # --- load --------------------------------------------------------------------------------------
@@ -296,14 +255,14 @@ def measure(
             ours_command(),
             {**env, "LATEST_PORT": str(ours_port)},
             f"{targets['ours'][0]}/healthz",
-            server_cpus,
+            preexec_fn=pinned(server_cpus),
         ) as ours_process,
         server(
             "the bare app",
             bare_command,
             env,
             "".join(targets["bare"]) + quote(ids[0], safe=""),
-            server_cpus,
+            preexec_fn=pinned(server_cpus),
         ) as bare_process,
     ):
         pids = {"ours": ours_process.pid, "bare": bare_process.pid}

@@ -107,6 +107,7 @@ from common import (
     process_cpu,
     process_wait,
     py_spy_format,
+    server,
 )
 from redis import Redis
 from starlette.applications import Starlette
@@ -591,43 +592,6 @@ def workers(count: int) -> Iterator[list[Worker]]:
 
 
 # --- the servers -------------------------------------------------------------------------------
-
-
-def get(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            return int(answer.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
-@contextlib.contextmanager
-def server(name: str, command: list[str], env: dict[str, str], ready_url: str) -> Iterator[int]:
-    """Run a server subprocess (in its own session: Ctrl-C reaches only us, and we stop it)
-    until the block ends; wait until ``ready_url`` answers 200. Yields its pid."""
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    output = log.read().decode(errors="replace")[-4000:]
-                    raise RuntimeError(f"{name} did not start:\n{output}")
-                with contextlib.suppress(OSError):
-                    if get(ready_url) == 200:
-                        break
-                time.sleep(0.1)
-            yield process.pid
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 def redis_cpu(redis: Redis) -> float:
@@ -1132,8 +1096,14 @@ def main() -> None:
             contextlib.ExitStack() as stack,
         ):
             bare_pid = stack.enter_context(
-                server("the bare app", bare_command, env, f"http://{HOST}:{bare_port}/healthz")
-            )
+                server(
+                    "the bare app",
+                    bare_command,
+                    env,
+                    f"http://{HOST}:{bare_port}/healthz",
+                    own_session=True,
+                )
+            ).pid
             targets = [Target("bare", bare_port, bare_pid, None)]
             if not args.skip_ours:
                 ours_port = free_port()
@@ -1141,8 +1111,14 @@ def main() -> None:
                 ours_env.update(item.split("=", 1) for item in args.ours_env)
                 ours_url = f"http://{HOST}:{ours_port}"
                 ours_pid = stack.enter_context(
-                    server("latest-server serve", ours_command(), ours_env, f"{ours_url}/healthz")
-                )
+                    server(
+                        "latest-server serve",
+                        ours_command(),
+                        ours_env,
+                        f"{ours_url}/healthz",
+                        own_session=True,
+                    )
+                ).pid
                 if not websocket_route_exists(ours_port):
                     raise SystemExit(
                         "latest-server serve has no GET /ws yet: run with --skip-ours to "
@@ -1156,8 +1132,14 @@ def main() -> None:
                     writer_env = {**ours_env, "LATEST_PORT": str(writer_port)}
                     writer_url = f"http://{HOST}:{writer_port}"
                     writer_pid = stack.enter_context(
-                        server("the writer", ours_command(), writer_env, f"{writer_url}/healthz")
-                    )
+                        server(
+                            "the writer",
+                            ours_command(),
+                            writer_env,
+                            f"{writer_url}/healthz",
+                            own_session=True,
+                        )
+                    ).pid
                     writer = (writer_port, writer_pid)
                 targets.append(Target("ours", ours_port, ours_pid, redis, writer))
             names = {
