@@ -44,14 +44,16 @@ def server(
     name: str,
     command: list[str],
     env: dict[str, str],
-    ready_url: str,
+    ready_url: str | list[str],
     *,
     preexec_fn: Callable[[], None] | None = None,
     own_session: bool = False,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run a server subprocess until the block ends; wait until ``ready_url`` answers 200 (its
-    output is shown if it does not start within 30 s). ``own_session``: Ctrl-C reaches only
-    this script, which stops the server with SIGTERM."""
+    """Run a server subprocess until the block ends; wait until ``ready_url`` (each of them, for
+    a server with several listeners) answers 200; its output is shown if it does not start
+    within 30 s. ``own_session``: Ctrl-C reaches only this script, which stops the server with
+    SIGTERM."""
+    waiting = [ready_url] if isinstance(ready_url, str) else list(ready_url)
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
             command,
@@ -69,8 +71,10 @@ def server(
                     output = log.read().decode(errors="replace")[-4000:]
                     raise RuntimeError(f"{name} did not start:\n{output}")
                 with contextlib.suppress(OSError):
-                    if get(ready_url)[0] == 200:
-                        break
+                    while waiting and get(waiting[0])[0] == 200:
+                        waiting.pop(0)
+                if not waiting:
+                    break
                 time.sleep(0.1)
             yield process
         finally:

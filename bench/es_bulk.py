@@ -30,7 +30,6 @@ import hashlib
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ from typing import Any
 
 import httpx
 import orjson
-from common import free_port, process_cpu
+from common import HOST, free_port, process_cpu, server
 from elasticsearch import Elasticsearch, helpers
 from redis import Redis
 
@@ -69,18 +68,6 @@ def make_documents(count: int, variables: int, late_share: float) -> list[dict[s
 
 def epoch_ms(doc: dict[str, Any]) -> int:
     return int(datetime.fromisoformat(doc["observationDateTime"]).timestamp() * 1000)
-
-
-def wait_until_up(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.TransportError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise SystemExit(f"latest-server did not start at {url}") from None
-            time.sleep(0.1)
 
 
 def run_ingest(url: str, docs: list[dict[str, Any]], chunk: int) -> float:
@@ -161,13 +148,8 @@ def client_floor(docs: list[dict[str, Any]], chunk: int) -> float:
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "--app-dir", os.path.dirname(__file__)]
     command += ["es_bulk:canned", "--port", str(port), "--log-level", "warning"]
-    server = subprocess.Popen(command)
-    try:
-        wait_until_up(f"http://127.0.0.1:{port}/", server)
-        return run_es_bulk(f"http://127.0.0.1:{port}", docs, chunk)[0]
-    finally:
-        server.terminate()
-        server.wait(30)
+    with server("the answering server", command, dict(os.environ), f"http://{HOST}:{port}/"):
+        return run_es_bulk(f"http://{HOST}:{port}", docs, chunk)[0]
 
 
 def main() -> None:
@@ -183,47 +165,46 @@ def main() -> None:
     redis.flushdb()
     docs = make_documents(args.docs, args.variables, args.late)
     port, es_port = free_port(), free_port()
-    with tempfile.TemporaryDirectory() as data_dir:
-        env = dict(
-            os.environ,
-            REDIS_URL=REDIS_URL,
-            LATEST_PORT=str(port),
-            LATEST_ES_PORT=str(es_port),
-            LATEST_DATA_DIR=data_dir,
-            LATEST_LOG_LEVEL="warning",
-        )
-        env.pop("AMQP_URL", None)
-        server = subprocess.Popen([sys.executable, "-m", "latest_server", "serve"], env=env)
-        try:
-            wait_until_up(f"http://127.0.0.1:{port}/healthz", server)
-            wait_until_up(f"http://127.0.0.1:{es_port}/", server)
-            print(f"{args.docs} documents, {args.variables} variables, chunks of {args.chunk}")
-            rates: dict[str, list[float]] = {"ingest": [], "bulk": []}
-            costs: dict[str, list[float]] = {"ingest": [], "bulk": []}
-            for round_ in range(1, args.rounds + 1):
-                redis.flushdb()
-                before = process_cpu(server.pid)
-                rate = run_ingest(f"http://127.0.0.1:{port}", docs, args.chunk)
-                cost = (process_cpu(server.pid) - before) / len(docs) * 1e6
-                rates["ingest"].append(rate)
-                costs["ingest"].append(cost)
-                print(
-                    f"  round {round_} POST /ingest: {rate:10,.0f} docs/s, {cost:.0f} server µs/doc"
-                )
-                redis.flushdb()
-                before = process_cpu(server.pid)
-                rate, ok, stale = run_es_bulk(f"http://127.0.0.1:{es_port}", docs, args.chunk)
-                cost = (process_cpu(server.pid) - before) / len(docs) * 1e6
-                rates["bulk"].append(rate)
-                costs["bulk"].append(cost)
-                print(
-                    f"  round {round_} helpers.bulk: {rate:10,.0f} docs/s, "
-                    f"{cost:.0f} server µs/doc ({ok} written, {stale} stale)"
-                )
-        finally:
-            server.terminate()
-            server.wait(30)
-            redis.flushdb()
+    try:
+        with tempfile.TemporaryDirectory() as data_dir:
+            env = dict(
+                os.environ,
+                REDIS_URL=REDIS_URL,
+                LATEST_PORT=str(port),
+                LATEST_ES_PORT=str(es_port),
+                LATEST_DATA_DIR=data_dir,
+                LATEST_LOG_LEVEL="warning",
+            )
+            env.pop("AMQP_URL", None)
+            command = [sys.executable, "-m", "latest_server", "serve"]
+            ready = [f"http://{HOST}:{port}/healthz", f"http://{HOST}:{es_port}/"]
+            with server("latest-server serve", command, env, ready) as process:
+                print(f"{args.docs} documents, {args.variables} variables, chunks of {args.chunk}")
+                rates: dict[str, list[float]] = {"ingest": [], "bulk": []}
+                costs: dict[str, list[float]] = {"ingest": [], "bulk": []}
+                for round_ in range(1, args.rounds + 1):
+                    redis.flushdb()
+                    before = process_cpu(process.pid)
+                    rate = run_ingest(f"http://127.0.0.1:{port}", docs, args.chunk)
+                    cost = (process_cpu(process.pid) - before) / len(docs) * 1e6
+                    rates["ingest"].append(rate)
+                    costs["ingest"].append(cost)
+                    print(
+                        f"  round {round_} POST /ingest: {rate:10,.0f} docs/s, "
+                        f"{cost:.0f} server µs/doc"
+                    )
+                    redis.flushdb()
+                    before = process_cpu(process.pid)
+                    rate, ok, stale = run_es_bulk(f"http://127.0.0.1:{es_port}", docs, args.chunk)
+                    cost = (process_cpu(process.pid) - before) / len(docs) * 1e6
+                    rates["bulk"].append(rate)
+                    costs["bulk"].append(cost)
+                    print(
+                        f"  round {round_} helpers.bulk: {rate:10,.0f} docs/s, "
+                        f"{cost:.0f} server µs/doc ({ok} written, {stale} stale)"
+                    )
+    finally:
+        redis.flushdb()
     floor = client_floor(docs, args.chunk)
     ingest_rate, es_rate = (statistics.median(rates[k]) for k in ("ingest", "bulk"))
     ingest_cost, es_cost = (statistics.median(costs[k]) for k in ("ingest", "bulk"))
