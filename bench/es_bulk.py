@@ -33,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -182,27 +183,32 @@ def main() -> None:
                 print(f"{args.docs} documents, {args.variables} variables, chunks of {args.chunk}")
                 rates: dict[str, list[float]] = {"ingest": [], "bulk": []}
                 costs: dict[str, list[float]] = {"ingest": [], "bulk": []}
+
+                def phase(round_: int, name: str, run: Callable[[], tuple[float, str]]) -> None:
+                    """One timed phase on a flushed Redis: its rate, and the server's CPU."""
+                    redis.flushdb()
+                    before = process_cpu(process.pid)
+                    rate, detail = run()
+                    cost = (process_cpu(process.pid) - before) / len(docs) * 1e6
+                    rates[name].append(rate)
+                    costs[name].append(cost)
+                    label = {"ingest": "POST /ingest:", "bulk": "helpers.bulk:"}[name]
+                    print(
+                        f"  round {round_} {label} {rate:10,.0f} docs/s, "
+                        f"{cost:.0f} server µs/doc{detail}"
+                    )
+
+                def bulk() -> tuple[float, str]:
+                    rate, ok, stale = run_es_bulk(f"http://{HOST}:{es_port}", docs, args.chunk)
+                    return rate, f" ({ok} written, {stale} stale)"
+
                 for round_ in range(1, args.rounds + 1):
-                    redis.flushdb()
-                    before = process_cpu(process.pid)
-                    rate = run_ingest(f"http://127.0.0.1:{port}", docs, args.chunk)
-                    cost = (process_cpu(process.pid) - before) / len(docs) * 1e6
-                    rates["ingest"].append(rate)
-                    costs["ingest"].append(cost)
-                    print(
-                        f"  round {round_} POST /ingest: {rate:10,.0f} docs/s, "
-                        f"{cost:.0f} server µs/doc"
+                    phase(
+                        round_,
+                        "ingest",
+                        lambda: (run_ingest(f"http://{HOST}:{port}", docs, args.chunk), ""),
                     )
-                    redis.flushdb()
-                    before = process_cpu(process.pid)
-                    rate, ok, stale = run_es_bulk(f"http://127.0.0.1:{es_port}", docs, args.chunk)
-                    cost = (process_cpu(process.pid) - before) / len(docs) * 1e6
-                    rates["bulk"].append(rate)
-                    costs["bulk"].append(cost)
-                    print(
-                        f"  round {round_} helpers.bulk: {rate:10,.0f} docs/s, "
-                        f"{cost:.0f} server µs/doc ({ok} written, {stale} stale)"
-                    )
+                    phase(round_, "bulk", bulk)
     finally:
         redis.flushdb()
     floor = client_floor(docs, args.chunk)
