@@ -18,8 +18,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 HOST = "127.0.0.1"
 
@@ -90,6 +91,11 @@ def process_cpu(pid: int) -> float:
     """CPU seconds (user + system, all threads) a process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def redis_cpu(info: Mapping[str, Any]) -> float:
+    """CPU seconds Redis has used so far, from its ``INFO cpu`` (main and background threads)."""
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def process_wait(pid: int) -> float:

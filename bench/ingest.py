@@ -50,7 +50,7 @@ import aio_pika
 import aiormq
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
-from common import find_py_spy, ours_command, process_cpu, py_spy_format
+from common import find_py_spy, ours_command, process_cpu, py_spy_format, redis_cpu
 from redis.asyncio import Redis
 
 from latest_server import keys
@@ -281,11 +281,6 @@ async def start_profiler(py_spy: str, pid: int, output: str) -> Process:
     return await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.DEVNULL)
 
 
-async def redis_cpu(redis: Redis) -> float:
-    info = await redis.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
 async def run_ours(
     connection: AbstractConnection,
     redis: Redis,
@@ -316,7 +311,7 @@ async def run_ours(
                     raise RuntimeError("the consumer exited before writing anything")
                 await asyncio.sleep(0.001)
             started = time.perf_counter()
-            cpu = process_cpu(process.pid), await redis_cpu(redis)
+            cpu = process_cpu(process.pid), redis_cpu(await redis.info("cpu"))
             if profile:
                 profiler = await start_profiler(find_py_spy(), process.pid, profile)
             entries, emptied_at = 0, 0.0
@@ -337,7 +332,7 @@ async def run_ours(
             finished = time.perf_counter()
             used = {
                 "consumer": process_cpu(process.pid) - cpu[0],
-                "Redis": await redis_cpu(redis) - cpu[1],
+                "Redis": redis_cpu(await redis.info("cpu")) - cpu[1],
             }
             if profiler is not None:
                 await stop(profiler, signal.SIGINT)

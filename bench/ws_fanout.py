@@ -107,6 +107,7 @@ from common import (
     process_cpu,
     process_wait,
     py_spy_format,
+    redis_cpu,
     server,
 )
 from redis import Redis
@@ -594,11 +595,6 @@ def workers(count: int) -> Iterator[list[Worker]]:
 # --- the servers -------------------------------------------------------------------------------
 
 
-def redis_cpu(redis: Redis) -> float:
-    info: dict[str, Any] = redis.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
 def start_profiler(pid: int, output: str, seconds: int) -> subprocess.Popen[bytes]:
     command = [find_py_spy(), "record", "--pid", str(pid), "--rate", "200", "--output", output]
     command += ["--duration", str(seconds), "--nonblocking", *py_spy_format(output)]
@@ -885,7 +881,7 @@ def measure(
     def cpu_now() -> dict[str, float]:
         used = {"server": process_cpu(target.pid)}
         if target.redis is not None:
-            used["Redis"] = redis_cpu(target.redis)
+            used["Redis"] = redis_cpu(target.redis.info("cpu"))
         if target.writer is not None:
             used["writer"] = process_cpu(target.writer[1])
         used["clients"] = sum(process_cpu(cast(int, w.process.pid)) for w in pool)
