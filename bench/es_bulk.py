@@ -184,31 +184,30 @@ def main() -> None:
                 rates: dict[str, list[float]] = {"ingest": [], "bulk": []}
                 costs: dict[str, list[float]] = {"ingest": [], "bulk": []}
 
-                def phase(round_: int, name: str, run: Callable[[], tuple[float, str]]) -> None:
-                    """One timed phase on a flushed Redis: its rate, and the server's CPU."""
-                    redis.flushdb()
-                    before = process_cpu(process.pid)
-                    rate, detail = run()
-                    cost = (process_cpu(process.pid) - before) / len(docs) * 1e6
-                    rates[name].append(rate)
-                    costs[name].append(cost)
-                    label = {"ingest": "POST /ingest:", "bulk": "helpers.bulk:"}[name]
-                    print(
-                        f"  round {round_} {label} {rate:10,.0f} docs/s, "
-                        f"{cost:.0f} server µs/doc{detail}"
-                    )
-
                 def bulk() -> tuple[float, str]:
                     rate, ok, stale = run_es_bulk(f"http://{HOST}:{es_port}", docs, args.chunk)
                     return rate, f" ({ok} written, {stale} stale)"
 
-                for round_ in range(1, args.rounds + 1):
-                    phase(
-                        round_,
+                phases: list[tuple[str, str, Callable[[], tuple[float, str]]]] = [
+                    (
                         "ingest",
+                        "POST /ingest:",
                         lambda: (run_ingest(f"http://{HOST}:{port}", docs, args.chunk), ""),
-                    )
-                    phase(round_, "bulk", bulk)
+                    ),
+                    ("bulk", "helpers.bulk:", bulk),
+                ]
+                for round_ in range(1, args.rounds + 1):
+                    for name, label, run in phases:  # each on a flushed Redis
+                        redis.flushdb()
+                        before = process_cpu(process.pid)
+                        rate, detail = run()
+                        cost = (process_cpu(process.pid) - before) / len(docs) * 1e6
+                        rates[name].append(rate)
+                        costs[name].append(cost)
+                        print(
+                            f"  round {round_} {label} {rate:10,.0f} docs/s, "
+                            f"{cost:.0f} server µs/doc{detail}"
+                        )
     finally:
         redis.flushdb()
     floor = client_floor(docs, args.chunk)

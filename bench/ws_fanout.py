@@ -868,25 +868,24 @@ def measure(
         if not name.startswith(("redis", "valkey")):
             redis_pid = None
 
-    def waits_now() -> dict[str, float]:
-        waited = {"server": process_wait(target.pid)}
-        if redis_pid is not None:
-            waited["Redis"] = process_wait(redis_pid)
+    def by_process(read: Callable[[int], float], redis: float | None) -> dict[str, float]:
+        """``read`` of every process of the run, by role; Redis's figure comes from the caller
+        (its CPU from INFO, which works for a Redis elsewhere too)."""
+        found = {"server": read(target.pid)}
+        if redis is not None:
+            found["Redis"] = redis
         if target.writer is not None:
-            waited["writer"] = process_wait(target.writer[1])
-        waited["clients"] = sum(process_wait(cast(int, w.process.pid)) for w in pool)
-        waited["producer"] = process_wait(os.getpid())
-        return waited
+            found["writer"] = read(target.writer[1])
+        found["clients"] = sum(read(cast(int, w.process.pid)) for w in pool)
+        found["producer"] = read(os.getpid())
+        return found
 
     def cpu_now() -> dict[str, float]:
-        used = {"server": process_cpu(target.pid)}
-        if target.redis is not None:
-            used["Redis"] = redis_cpu(target.redis.info("cpu"))
-        if target.writer is not None:
-            used["writer"] = process_cpu(target.writer[1])
-        used["clients"] = sum(process_cpu(cast(int, w.process.pid)) for w in pool)
-        used["producer"] = process_cpu(os.getpid())
-        return used
+        redis = None if target.redis is None else redis_cpu(target.redis.info("cpu"))
+        return by_process(process_cpu, redis)
+
+    def waits_now() -> dict[str, float]:
+        return by_process(process_wait, None if redis_pid is None else process_wait(redis_pid))
 
     profiler = start_profiler(target.pid, profile, args.seconds) if profile else None
     before, waits_before, machine_before = cpu_now(), waits_now(), machine_cpu()
