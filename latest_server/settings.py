@@ -321,6 +321,13 @@ class Settings:
         _positive_float,
         "Seconds between websocket pings; a client that does not answer in as long is closed.",
     )
+    ws_compression: bool = _setting(
+        "LATEST_WS_COMPRESSION",
+        False,
+        _bool,
+        "Offer permessage-deflate to websocket clients: 5-6 CPU µs more per entry frame and "
+        "about 40 KiB more per socket, for frames about a seventh of the size.",
+    )
     ws_probe_interval: float = _setting(
         "LATEST_WS_PROBE_INTERVAL",
         5.0,

@@ -191,6 +191,24 @@ async def test_bad_requests_get_error_frames_and_the_socket_stays_open(
         assert await frames(ws, lambda f: True) == [{"type": "pong"}]  # no entry for "a"
 
 
+@pytest.mark.parametrize("compression", [False, True])
+async def test_permessage_deflate_only_when_the_setting_asks_for_it(
+    stores: Resources, server: Callable[..., ServerThread], compression: bool
+) -> None:
+    """The websockets client offers permessage-deflate, as browsers do; uvicorn would accept it
+    by default and compress every entry frame once per socket."""
+    async with websockets.connect(ws_url(server(ws_compression=compression))) as ws:
+        names = [extension.name for extension in ws.protocol.extensions]
+        assert names == (["permessage-deflate"] if compression else [])
+        await ws.send('{"op": "subscribe", "ids": ["z"]}')
+        await frames(ws, lambda f: f["type"] == "live")
+        await stores.ingestor.write_batch([packet("z", n) for n in range(3)])
+        got: list[dict[str, Any]] = []
+        while len(entries_of(got)) < 3:  # entry frames, or a backlog frame if it caught up
+            got += await frames(ws, lambda f: f["type"] in ("entry", "backlog"))
+        assert [e["doc"]["n"] for e in entries_of(got)] == [0, 1, 2]
+
+
 async def test_shutdown_closes_cleanly_and_the_client_helper_resumes_on_the_restarted_server(
     stores: Resources,
 ) -> None:
