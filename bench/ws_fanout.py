@@ -59,6 +59,8 @@ Run (about 3 minutes with the defaults; ``--quick`` is a 30-second smoke run)::
 ``--skip-ours`` measures the bare broadcast alone; ``--ours-env NAME=VALUE`` gives ours a setting
 (the environment's ``LATEST_*`` are not passed on); ``--fresh`` skips writing one packet per
 variable before ours' first run, so its clients subscribe to variables with no history yet.
+``--deflate`` has the clients offer permessage-deflate, as browsers do, and both servers accept
+it (ours with ``LATEST_WS_COMPRESSION=1``): what compression costs a fan-out.
 ``--profile out.svg`` (``.json`` speedscope,
 ``.txt`` raw) adds one run of ours, not counted, sampled by py-spy; ``--profile-bare`` the same
 for the bare app. Uses Redis db 14 (``--redis-url``; flushed before and after: run one benchmark
@@ -118,6 +120,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidStatus
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response as HandshakeResponse
 from websockets.sync.client import connect
@@ -228,7 +231,7 @@ def bare_app() -> Starlette:
     )
 
 
-def serve_bare(port: int) -> None:
+def serve_bare(port: int, deflate: bool) -> None:
     """The reference server the way ``latest-server serve`` runs its app: ``uvicorn.Server
     .serve()`` on a uvloop loop, access log off, the same uvicorn options otherwise (websocket
     implementation ``auto``, i.e. websockets' Sans-I/O protocol, HTTP ``auto``: httptools, and
@@ -240,7 +243,7 @@ def serve_bare(port: int) -> None:
         log_level=LOG_LEVEL,
         access_log=False,
         lifespan="on",
-        **server_options(Settings()),
+        **server_options(Settings(ws_compression=deflate)),
     )
     run_async(uvicorn.Server(config).serve())
 
@@ -314,9 +317,11 @@ class Stats:
 class Client(asyncio.Protocol):
     """One websocket: the Sans-I/O protocol of the websockets library on an asyncio transport."""
 
-    def __init__(self, uri: WebSocketURI, stats: Stats, ids: list[str]) -> None:
+    def __init__(self, uri: WebSocketURI, stats: Stats, ids: list[str], deflate: bool) -> None:
         loop = asyncio.get_running_loop()
-        self.ws = ClientProtocol(uri, max_size=None)
+        # Offered or not, as --deflate says; browsers and websockets.connect offer it.
+        extensions = [ClientPerMessageDeflateFactory()] if deflate else None
+        self.ws = ClientProtocol(uri, max_size=None, extensions=extensions)
         self.stats = stats
         self.waiting = set(ids)  # variables without their live frame yet
         self.opened: asyncio.Future[None] = loop.create_future()
@@ -447,7 +452,12 @@ async def receive(conn: Connection) -> Any:
 
 
 async def open_clients(
-    port: int, ids: list[str], subscriptions: list[list[int]], stats: Stats, concurrency: int
+    port: int,
+    ids: list[str],
+    subscriptions: list[list[int]],
+    stats: Stats,
+    concurrency: int,
+    deflate: bool,
 ) -> list[Client]:
     """Connect, subscribe and wait for every variable's live frame, ``concurrency`` clients at
     a time."""
@@ -459,10 +469,12 @@ async def open_clients(
         variable_ids = [ids[i] for i in indexes]
         async with gate:
             _, client = await loop.create_connection(
-                lambda: Client(uri, stats, variable_ids), HOST, port
+                lambda: Client(uri, stats, variable_ids, deflate), HOST, port
             )
             try:
                 await client.opened
+                if deflate and not client.ws.extensions:
+                    raise RuntimeError("the server did not accept permessage-deflate")
                 client.send(orjson.dumps({"op": "subscribe", "ids": variable_ids, "latest": True}))
                 await client.live
             except BaseException:
@@ -498,8 +510,9 @@ async def drain(clients: list[Client], expected: list[int], stats: Stats, limit:
 
 
 async def worker_loop(conn: Connection) -> None:
-    """Commands: ("run", port, ids, subscriptions, concurrency) -> ("ready",); ("drain", expected by
-    variable, limit) -> ("done", results); ("exit",). Failures answer ("error", text)."""
+    """Commands: ("run", port, ids, subscriptions, concurrency, deflate) -> ("ready",); ("drain",
+    expected by variable, limit) -> ("done", results); ("exit",). Failures answer ("error",
+    text)."""
     clients: list[Client] = []
     subscriptions: list[list[int]] = []
     stats = Stats()
@@ -507,9 +520,9 @@ async def worker_loop(conn: Connection) -> None:
         command = await receive(conn)
         try:
             if command[0] == "run":
-                _, port, ids, subscriptions, concurrency = command
+                _, port, ids, subscriptions, concurrency, deflate = command
                 stats = Stats()
-                clients = await open_clients(port, ids, subscriptions, stats, concurrency)
+                clients = await open_clients(port, ids, subscriptions, stats, concurrency, deflate)
                 conn.send(("ready",))
             elif command[0] == "drain":
                 _, per_variable, limit = command
@@ -854,7 +867,7 @@ def measure(
     shares = [plan.subscriptions[w :: len(pool)] for w in range(len(pool))]
     started = time.perf_counter()
     for worker, share in zip(pool, shares, strict=True):
-        worker.ask(("run", target.port, plan.ids, share, args.connect_concurrency))
+        worker.ask(("run", target.port, plan.ids, share, args.connect_concurrency, args.deflate))
     for worker in pool:
         worker.answer(READY_TIMEOUT + 10)
     ready = time.perf_counter() - started
@@ -1022,6 +1035,12 @@ def parse_args() -> argparse.Namespace:
         "--profile", help="one more run of ours, not counted, sampled by py-spy into this file"
     )
     parser.add_argument("--profile-bare", help="the same for the bare app")
+    parser.add_argument(
+        "--deflate",
+        action="store_true",
+        help="clients offer permessage-deflate, as browsers do, and both servers accept it (ours "
+        "with LATEST_WS_COMPRESSION=1)",
+    )
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
@@ -1056,7 +1075,7 @@ def stop_on_sigterm(signum: int, frame: object) -> None:
 def main() -> None:
     args = parse_args()
     if args.serve_bare:
-        serve_bare(args.serve_bare)
+        serve_bare(args.serve_bare, args.deflate)
         return
     signal.signal(signal.SIGTERM, stop_on_sigterm)  # clean up as on Ctrl-C
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -1065,6 +1084,8 @@ def main() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
     if args.ours_env:
         print(f"ours runs with {' '.join(args.ours_env)}")
+    if args.deflate:
+        print("clients offer permessage-deflate, and both servers accept it")
 
     plan = make_plan(args.clients, args.variables, args.per_client)
     offered = args.rate * plan.subscribers_per_variable
@@ -1080,6 +1101,8 @@ def main() -> None:
     env.update(LATEST_ES_PORT="0")
     bare_port = free_port()
     bare_command = [sys.executable, __file__, f"--serve-bare={bare_port}"]
+    if args.deflate:
+        bare_command.append("--deflate")
     runs: dict[str, list[Run]] = {"bare": [], "ours": []}
     first_n = args.variables  # 0 .. variables - 1 are the prefill packets
     redis = Redis.from_url(args.redis_url)
@@ -1103,6 +1126,7 @@ def main() -> None:
             if not args.skip_ours:
                 ours_port = free_port()
                 ours_env = {**env, "LATEST_PORT": str(ours_port), "LATEST_DATA_DIR": data_dir}
+                ours_env["LATEST_WS_COMPRESSION"] = "1" if args.deflate else "0"
                 ours_env.update(item.split("=", 1) for item in args.ours_env)
                 ours_url = f"http://{HOST}:{ours_port}"
                 ours_pid = stack.enter_context(
