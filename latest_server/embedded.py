@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 
 STOP_TIMEOUT = 5.0  # seconds for the daemon to exit after SIGTERM, before SIGKILL
+ZOMBIE = psutil.STATUS_ZOMBIE
 
 
 @dataclass
@@ -29,7 +30,12 @@ class EmbeddedRedis:
     def stop(self) -> None:
         self.server.stop()
         process = self.process
-        if process is None or not process.is_running():  # is_running: not a reused pid
+        try:
+            # is_running also tells a reused pid apart. A zombie has exited: one is left when
+            # this process is pid 1 (a container without an init) and inherited the daemon.
+            if process is None or not process.is_running() or process.status() == ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
             return
         log.warning(
             "the embedded Valkey (pid %d) is still running, its pid file gone with the data "

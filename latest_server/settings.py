@@ -325,8 +325,8 @@ class Settings:
         "LATEST_WS_COMPRESSION",
         False,
         _bool,
-        "Offer permessage-deflate to websocket clients: about twice the server's CPU per entry "
-        "frame and 44 KiB more per socket, for frames about a seventh of the size.",
+        "Accept permessage-deflate from websocket clients that offer it: about twice the "
+        "server's CPU per entry frame and 44 KiB more per socket, for frames a seventh the size.",
     )
     ws_probe_interval: float = _setting(
         "LATEST_WS_PROBE_INTERVAL",

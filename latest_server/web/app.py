@@ -78,10 +78,11 @@ def server_options(settings: Settings) -> dict[str, Any]:
     A frame over LATEST_WS_MAX_FRAME_BYTES gets an error frame; one many times over it (a client
     gone wrong) is refused by the protocol, which closes with 1009.
 
-    uvicorn offers permessage-deflate unless told not to, and browsers and the websockets library
-    accept it: every entry frame would then be compressed once per socket that receives it, with
-    a zlib state kept per socket. On a fan-out that is most of the work added again, so it is off
-    unless LATEST_WS_COMPRESSION asks for it (Centrifugo and Socket.IO make the same choice)."""
+    Browsers and the websockets library offer permessage-deflate, and uvicorn accepts it unless
+    told not to: every entry frame would then be compressed once per socket that receives it,
+    with a zlib state kept per socket. On a fan-out that about doubles the server's work per
+    frame, so it is refused unless LATEST_WS_COMPRESSION asks for it (Centrifugo and Socket.IO
+    make the same choice)."""
     return {
         "ws_max_size": settings.ws_max_frame_bytes * 16,
         "ws_ping_interval": settings.ws_ping_interval,
