@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -126,25 +127,32 @@ class PacketParser:
 
     def parse_message(self, body: bytes, *, ndjson: bool = False) -> list[Packet | Rejection]:
         """Every packet of a message, in order, each a ``Packet`` or a ``Rejection``."""
+        return list(self.iter_message(body, ndjson=ndjson))
+
+    def iter_message(self, body: bytes, *, ndjson: bool = False) -> Iterator[Packet | Rejection]:
+        """``parse_message`` one packet at a time: a writer that sends packets as they come
+        parses the rest of the message while the store writes the first ones."""
         if not ndjson:
             try:
                 decoded = orjson.loads(body)
             except orjson.JSONDecodeError:
                 if b"\n" not in body.strip():
-                    return [Rejection(0, "not_json", "body is not valid JSON", body)]
+                    yield Rejection(0, "not_json", "body is not valid JSON", body)
+                    return
             else:
                 if isinstance(decoded, list):
-                    return [self.parse_document(i, item) for i, item in enumerate(decoded)]
-                return [self.parse_document(0, decoded, body)]
-        results: list[Packet | Rejection] = []
+                    for i, item in enumerate(decoded):
+                        yield self.parse_document(i, item)
+                else:
+                    yield self.parse_document(0, decoded, body)
+                return
         for index, line in enumerate(line for line in body.splitlines() if line.strip()):
             try:
                 decoded = orjson.loads(line)
             except orjson.JSONDecodeError:
-                results.append(Rejection(index, "not_json", "line is not valid JSON", line))
+                yield Rejection(index, "not_json", "line is not valid JSON", line)
                 continue
-            results.append(self.parse_document(index, decoded, line))
-        return results
+            yield self.parse_document(index, decoded, line)
 
     def parse_document(
         self, index: int, document: Any, raw: bytes | None = None

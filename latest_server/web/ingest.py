@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -35,16 +37,23 @@ async def ingest(request: Request) -> Response:
     if body is None:
         return json_error(413, "too_large", f"request body is larger than {limit} bytes")
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    items = resources.parser.parse_message(body, ndjson=content_type in NDJSON_TYPES)
-    packets = [item for item in items if isinstance(item, Packet)]
-    rejected = [
-        {"index": item.index, "error": item.reason, "detail": item.detail}
-        for item in items
-        if not isinstance(item, Packet)
-    ]
-    result = await resources.ingestor.write_batch(packets)
+    items = resources.parser.iter_message(body, ndjson=content_type in NDJSON_TYPES)
+    rejected: list[dict[str, object]] = []
+    positions: list[int] = []  # of each packet among the items
+
+    def packets() -> Iterator[Packet]:
+        """Parsed as the store takes them: the body's later packets are parsed while Redis
+        writes the first ones."""
+        for position, item in enumerate(items):
+            if isinstance(item, Packet):
+                positions.append(position)
+                yield item
+            else:
+                rejected.append({"index": item.index, "error": item.reason, "detail": item.detail})
+
+    result = await resources.ingestor.write_batch(packets())
+    count = len(positions) + len(rejected)  # every item, now that the write took them all
     if result.refused:  # session documents refused at write time (bad_transition)
-        positions = [i for i, item in enumerate(items) if isinstance(item, Packet)]
         rejected += [
             {"index": positions[r.index], "error": r.reason, "detail": r.detail}
             for r in result.refused
@@ -56,7 +65,7 @@ async def ingest(request: Request) -> Response:
         "duplicates": result.duplicates,
         "rejected": rejected,
     }
-    if rejected and len(rejected) == len(items):  # nothing was written
+    if rejected and len(rejected) == count:  # nothing was written
         first = rejected[0]
         return json_error(400, str(first["error"]), str(first["detail"]), **answer)
     return Response(orjson.dumps(answer), media_type="application/json")
