@@ -16,7 +16,6 @@ log = logging.getLogger(__name__)
 
 
 STOP_TIMEOUT = 5.0  # seconds for the daemon to exit after SIGTERM, before SIGKILL
-ZOMBIE = psutil.STATUS_ZOMBIE
 
 
 @dataclass
@@ -33,7 +32,11 @@ class EmbeddedRedis:
         try:
             # is_running also tells a reused pid apart. A zombie has exited: one is left when
             # this process is pid 1 (a container without an init) and inherited the daemon.
-            if process is None or not process.is_running() or process.status() == ZOMBIE:
+            if (
+                process is None
+                or not process.is_running()
+                or process.status() == psutil.STATUS_ZOMBIE
+            ):
                 return
         except psutil.NoSuchProcess:
             return

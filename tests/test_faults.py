@@ -532,6 +532,20 @@ def valkey_processes(data_dir: Path) -> list[psutil.Process]:
     return found
 
 
+def alive(process: psutil.Process) -> bool:
+    """Running, and not a zombie (a process that has exited, its status not yet collected)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def kill_if_alive(process: psutil.Process | None) -> None:
+    if process is not None and alive(process):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+
+
 async def _healthy(http: httpx.AsyncClient) -> bool:
     try:
         return (await http.get("/healthz")).status_code == 200
@@ -584,12 +598,9 @@ async def test_readme_first_command_embedded(spawn: Spawn, tmp_path: Path) -> No
 
         assert await server.terminate() == 0, server.describe()
         assert valkey_processes(data_dir) == [], "valkey-server left running"
-        assert not valkey.is_running() or valkey.status() == psutil.STATUS_ZOMBIE
+        assert not alive(valkey)
     finally:
-        if valkey is not None:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                if valkey.is_running() and valkey.status() != psutil.STATUS_ZOMBIE:
-                    valkey.kill()
+        kill_if_alive(valkey)
 
 
 async def test_embedded_valkey_stops_when_its_data_directory_was_deleted(
@@ -607,16 +618,10 @@ async def test_embedded_valkey_stops_when_its_data_directory_was_deleted(
             await until("/healthz answers", lambda: _healthy(http), 30, server)
         [valkey] = valkey_processes(data_dir)
         shutil.rmtree(data_dir)
-        assert valkey.is_running()
+        assert alive(valkey)
 
         assert await server.terminate() == 0, server.describe()
-        assert not valkey.is_running() or valkey.status() == psutil.STATUS_ZOMBIE, (
-            "valkey-server left running",
-            server.log(),
-        )
+        assert not alive(valkey), ("valkey-server left running", server.log())
         assert "its pid file gone with the data directory" in server.log()
     finally:
-        if valkey is not None:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                if valkey.is_running() and valkey.status() != psutil.STATUS_ZOMBIE:
-                    valkey.kill()
+        kill_if_alive(valkey)
