@@ -1,9 +1,15 @@
 FROM python:3.11-slim
+# tini as pid 1: it forwards SIGTERM to latest-server and reaps the processes it leaves behind
+# (without REDIS_URL, latest-server starts an embedded Valkey daemon, which pid 1 inherits).
+RUN apt-get update && apt-get install -y --no-install-recommends tini \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY latest_server ./latest_server
 COPY ingest_client ./ingest_client
 RUN pip install --no-cache-dir .
 ENV LATEST_HOST=0.0.0.0 LATEST_DATA_DIR=/data
-EXPOSE 8000
+# the HTTP API, and the Elasticsearch-compatible API (LATEST_ES_PORT)
+EXPOSE 8000 9200
+ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["latest-server", "serve"]
