@@ -24,7 +24,7 @@ from latest_server.web.es_errors import (
     ParseError,
     ValidationFailed,
 )
-from latest_server.web.es_writes import NO_VERSION, WriteOp
+from latest_server.web.es_writes import NO_VERSION, ItemResult, WriteOp
 
 OPS = ("index", "create", "update", "delete")
 METADATA = frozenset(
@@ -48,6 +48,9 @@ METADATA = frozenset(
     }
 )
 
+# Builds a Versioning without the Python-level __new__ of a NamedTuple: one per _bulk line.
+new_tuple = tuple.__new__
+
 # Metadata that changes how a version is read: absent, an external version needs no more checks.
 FORBIDDEN = frozenset({"op_type", "if_seq_no", "if_primary_term"})
 
@@ -58,17 +61,17 @@ def parse(data: bytes, default_index: str | None) -> list[WriteOp]:
         raise ValidationFailed("no requests added")
     if not data.endswith(b"\n"):
         raise IllegalArgument("The bulk request must be terminated by a newline [\\n]")
-    lines = [
-        (number, line)
-        for number, line in enumerate(data.split(b"\n"), 1)
-        if line.strip()  # blank lines are skipped; a trailing \r is JSON whitespace
-    ]
+    lines = data.split(b"\n")
+    count = len(lines)
     ops: list[WriteOp] = []
     missing_index: list[int] = []
     position = 0
-    while position < len(lines):
-        number, line = lines[position]
+    while position < count:
+        line = lines[position]
         position += 1
+        if not line or line.isspace():  # blank lines are skipped; a trailing \r is JSON space
+            continue
+        number = position
         try:
             action = orjson.loads(line)
         except orjson.JSONDecodeError:
@@ -107,11 +110,13 @@ def parse(data: bytes, default_index: str | None) -> list[WriteOp]:
         doc_id = meta.get("_id")
         source: bytes | None = None
         if op != "delete":
-            if position >= len(lines):
+            while position < count and (not lines[position] or lines[position].isspace()):
+                position += 1
+            if position >= count:
                 raise IllegalArgument(
                     f"action [{op}] at line [{number}] has no source line after it"
                 )
-            source = lines[position][1]
+            source = lines[position]
             position += 1
         versioning = NO_VERSION
         error = None
@@ -140,7 +145,7 @@ def _versioning(op: str, meta: dict[str, Any]) -> es_http.Versioning:
     ):
         # What Logstash and helpers.bulk send on every line, checked in one step; the same
         # answer as es_http.versioning gives.
-        return es_http.Versioning(version, "external")
+        return new_tuple(es_http.Versioning, (version, "external"))
     es_http.refuse_seq_no(meta)
     if op == "update":
         if version is not None or version_type is not None:
@@ -158,12 +163,20 @@ async def bulk(ctx: Context, request: Request, index: str | None) -> Response:
     data = await es_http.body(request, ctx.settings.max_body_bytes)
     ops = parse(data, index)
     results = await ctx.writer.run(ops)
+    items, errors = answer(ops, results)
+    took = int((time.perf_counter() - started) * 1000)
+    return es_http.respond(request, {"took": took, "errors": errors, "items": items})
+
+
+def answer(ops: list[WriteOp], results: list[ItemResult]) -> tuple[list[dict[str, Any]], bool]:
+    """The response's items, one ``{op: {..., "status"}}`` per operation in order, and whether
+    any of them failed (a delete of a missing document, 404 without an error, did not)."""
     items = []
     errors = False
     for op, result in zip(ops, results, strict=True):
         body = result.body
         body["status"] = result.status
-        errors = errors or result.failed
+        if "error" in body:
+            errors = True
         items.append({op.op: body})
-    took = int((time.perf_counter() - started) * 1000)
-    return es_http.respond(request, {"took": took, "errors": errors, "items": items})
+    return items, errors

@@ -48,6 +48,7 @@ MAX_ES_ID_BYTES = 512
 NO_VERSION = Versioning(None, None)  # the packet's time is the version, by the server's rule
 WRITES = ("index", "create")  # ops a batch carries; delete and update run one by one
 SHA1_HEX = re.compile(r"[0-9a-f]{40}")
+RESOLVED_MAX = 65_536  # ids remembered by Writer._resolve; forgotten all at once past this
 
 
 def auto_id() -> str:
@@ -115,6 +116,8 @@ class Writer:
         self.indices = indices
         self.max_packet_bytes = settings.max_packet_bytes
         self.valid_names: set[str] = set()  # index names that passed check_name
+        # (index, _id or None, id field) → (_id, variable id, key): see _resolve
+        self.resolved: dict[tuple[str, str | None, str | None], tuple[str, str, str]] = {}
         self.default_gte = settings.version_type == "external_gte"
 
     async def run(self, ops: Sequence[WriteOp]) -> list[ItemResult]:
@@ -208,21 +211,12 @@ class Writer:
             raise DocumentParsing(
                 f"[1:1] failed to parse: the document must be a JSON object, not {kind}"
             )
-        if op.index not in self.valid_names:
-            check_name(op.index)
         value = self._lookup(source, self.parser.id_path)
-        variable_id = op.doc_id
-        if isinstance(value, (str, int)) and not isinstance(value, bool):
-            text = str(value)
-            if 0 < len(text) <= MAX_ID_LENGTH and (
-                op.doc_id is None or op.doc_id == text or op.doc_id == keys.digest(text)
-            ):
-                variable_id = text
-        if op.doc_id is None:
-            op.doc_id = variable_id or auto_id()
-            variable_id = op.doc_id
-        assert variable_id is not None
-        check_id(op.doc_id)
+        text = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+        found = self.resolved.get((op.index, op.doc_id, text))
+        if found is None:
+            found = self._resolve(op.index, op.doc_id, text)
+        op.doc_id, variable_id, key = found
         raw = orjson.dumps(source)
         if len(raw) > self.max_packet_bytes:
             raise IllegalArgument(
@@ -232,13 +226,39 @@ class Writer:
         version, version_type = op.versioning
         return Packet(
             variable_id,
-            keys.key_for(variable_id, self.indices.namespace(op.index)),
+            key,
             self._time(source, version),
             raw,
             hashlib.sha1(raw).hexdigest(),
             version=version,
             version_type=version_type,
         )
+
+    def _resolve(self, index: str, doc_id: str | None, text: str | None) -> tuple[str, str, str]:
+        """The ES ``_id``, variable id and key of a document of ``index`` with ``_id`` ``doc_id``
+        (None: none given) whose id field reads ``text``. Remembered unless the id is generated:
+        a variable's documents all resolve the same way."""
+        if index not in self.valid_names:
+            check_name(index)
+        given = doc_id
+        variable_id = doc_id
+        if (
+            text is not None
+            and 0 < len(text) <= MAX_ID_LENGTH
+            and (doc_id is None or doc_id == text or doc_id == keys.digest(text))
+        ):
+            variable_id = text
+        generated = variable_id is None
+        if doc_id is None:
+            doc_id = variable_id = variable_id or auto_id()
+        assert variable_id is not None
+        check_id(doc_id)
+        found = doc_id, variable_id, keys.key_for(variable_id, self.indices.namespace(index))
+        if not generated and (text is None or len(text) <= MAX_ID_LENGTH):  # bounded keys
+            if len(self.resolved) >= RESOLVED_MAX:
+                self.resolved.clear()
+            self.resolved[index, given, text] = found
+        return found
 
     @staticmethod
     def _lookup(document: dict[str, Any], path: tuple[str, ...]) -> Any:

@@ -61,6 +61,60 @@ def test_writes_take_the_one_write_path(main_and_es: tuple[httpx.Client, httpx.C
         assert found["_version"] == 1_700_000_000_000_000
 
 
+def test_bulk_ids_resolve_the_same_way_when_they_repeat(
+    main_and_es: tuple[httpx.Client, httpx.Client],
+) -> None:
+    """The writer remembers how an (index, _id, id field) resolves: the second request, which
+    repeats the first one's ids with later times, must land exactly where the first did."""
+    main, es = main_and_es
+    digest = hashlib.sha1(b"r/1").hexdigest()
+
+    def body(hour: int) -> bytes:
+        targets = [
+            {"_index": "latest", "_id": digest},  # sha1 of the id field
+            {"_index": "latest", "_id": "r/1"},  # the id field itself
+            {"_index": "latest"},  # no _id: the id field
+            {"_index": "other", "_id": digest},  # another namespace
+            {"_index": "latest", "_id": "own"},  # an _id of its own
+        ]
+        return b"".join(
+            orjson.dumps({"index": target})
+            + b"\n"
+            + orjson.dumps({"id": "r/1", "observationDateTime": f"2024-05-01T{hour:02}:0{i}:00Z"})
+            + b"\n"
+            for i, target in enumerate(targets)
+        )
+
+    expected_ids = [digest, "r/1", "r/1", digest, "own"]
+    for hour in (1, 2):
+        answer = es.post("/_bulk", content=body(hour), headers={"content-type": "application/json"})
+        items = [item["index"] for item in answer.json()["items"]]
+        assert [item["_id"] for item in items] == expected_ids
+        # one variable in "latest" written three times, the first time created
+        assert [item["result"] for item in items[:3]] == [
+            "created" if hour == 1 else "updated",
+            "updated",
+            "updated",
+        ]
+        assert [item["result"] for item in items[3:]] == ["created" if hour == 1 else "updated"] * 2
+        hour_us = 1714521600000000 + hour * 3_600_000_000
+        for index, name, minute in [
+            ("latest", digest, 2),
+            ("latest", "r%2F1", 2),
+            ("other", digest, 3),
+        ]:
+            assert (
+                es.get(f"/{index}/_doc/{name}").json()["_version"] == hour_us + minute * 60_000_000
+            )
+        assert es.get("/latest/_doc/own").json()["_version"] == hour_us + 4 * 60_000_000
+    # "own" is a variable of its own; "r/1" has every packet of the main index in history
+    assert main.get("/latest/own").status_code == 200
+    history = main.get("/history/r%2F1", params={"from": 0}).json()["entries"]
+    assert [entry["doc"]["observationDateTime"][11:16] for entry in history] == [
+        f"0{hour}:0{minute}" for hour in (1, 2) for minute in range(3)
+    ]
+
+
 def test_indices_are_namespaces(main_and_es: tuple[httpx.Client, httpx.Client]) -> None:
     main, es = main_and_es
     assert es.put("/one/_doc/x", json={"n": 1}).status_code == 201
