@@ -5,6 +5,7 @@ parameters, versions, ``_source`` and ``filter_path`` filtering, and JSON respon
 from __future__ import annotations
 
 import fnmatch
+import functools
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -253,36 +254,84 @@ def _filter_source(
 def filter_path(content: Any, patterns: Iterable[str]) -> Any:
     """Keep the parts of a response named by dotted ``filter_path`` patterns (``*`` = any one
     key, ``**`` = any depth); lists are walked through. Empty results become ``{}``."""
-    parsed = [pattern.strip().split(".") for pattern in patterns if pattern.strip()]
-    kept = _keep(content, parsed)
+    parsed = tuple(tuple(p.strip().split(".")) for p in patterns if p.strip())
+    kept = _keep(content, _level(parsed))
     return {} if kept is _NOTHING else kept
 
 
 _NOTHING = object()
+GLOB_CHARS = frozenset("*?[")
+MAX_MOVES = 4096  # keys remembered per _Level: a response's keys repeat, a document's may not
 
 
-def _keep(value: Any, patterns: list[list[str]]) -> Any:
-    if any(not pattern for pattern in patterns):
+class _Level:
+    """Where matching stands: the patterns' remaining parts. Which level each key leads to is
+    worked out once and remembered, as the items of a ``_bulk`` answer repeat the same keys
+    (Logstash filters every answer with ``errors,items.*.error,items.*.status``)."""
+
+    __slots__ = ("moves", "names", "patterns", "whole")
+
+    def __init__(self, patterns: tuple[tuple[str, ...], ...]) -> None:
+        self.patterns = patterns
+        self.whole = () in patterns  # a pattern ends here: the value is kept whole
+        heads = dict.fromkeys(pattern[0] for pattern in patterns if pattern)  # in their order
+        # Names only: each is looked up, rather than every key of the value walked.
+        self.names = tuple(heads) if all(GLOB_CHARS.isdisjoint(h) for h in heads) else None
+        self.moves: dict[str, _Level | None] = {}
+
+    def move(self, key: str) -> _Level | None:
+        """The level below ``key``; None: nothing below it is kept."""
+        if key in self.moves:
+            return self.moves[key]
+        rest = []
+        for pattern in self.patterns:
+            head = pattern[0]
+            if head == "**":
+                rest.append(pattern)  # ** goes on matching deeper
+                if len(pattern) > 1 and _matches(key, pattern[1]):
+                    rest.append(pattern[2:])
+            elif _matches(key, head):
+                rest.append(pattern[1:])
+        level = _level(tuple(rest)) if rest else None
+        if len(self.moves) < MAX_MOVES:
+            self.moves[key] = level
+        return level
+
+
+@functools.lru_cache(maxsize=1024)
+def _level(patterns: tuple[tuple[str, ...], ...]) -> _Level:
+    return _Level(patterns)
+
+
+def _matches(key: str, head: str) -> bool:
+    return head in ("*", key) or (
+        not GLOB_CHARS.isdisjoint(head) and fnmatch.fnmatchcase(key, head)
+    )
+
+
+def _keep(value: Any, level: _Level) -> Any:
+    if level.whole:
         return value
     if isinstance(value, list):
-        items = [_keep(item, patterns) for item in value]
+        items = [_keep(item, level) for item in value]
         items = [item for item in items if item is not _NOTHING]
         return items if items else _NOTHING
     if not isinstance(value, dict):
         return _NOTHING
     out = {}
-    for key, inner in value.items():
-        rest = []
-        for pattern in patterns:
-            head = pattern[0]
-            if head == "**":
-                rest.append(pattern)  # ** goes on matching deeper
-                if len(pattern) > 1 and fnmatch.fnmatchcase(key, pattern[1]):
-                    rest.append(pattern[2:])
-            elif fnmatch.fnmatchcase(key, head):
-                rest.append(pattern[1:])
-        if rest:
-            kept = _keep(inner, rest)
-            if kept is not _NOTHING:
-                out[key] = kept
+    if level.names is not None:
+        for key in level.names:
+            if key in value:
+                child = level.move(key)
+                if child is not None:
+                    kept = _keep(value[key], child)
+                    if kept is not _NOTHING:
+                        out[key] = kept
+    else:
+        for key, inner in value.items():
+            child = level.move(key)
+            if child is not None:
+                kept = _keep(inner, child)
+                if kept is not _NOTHING:
+                    out[key] = kept
     return out if out else _NOTHING
