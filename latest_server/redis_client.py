@@ -87,17 +87,17 @@ async def send_raw(redis: Redis, commands: Sequence[tuple[Any, ...]]) -> list[An
 
 
 async def send_each(
-    redis: Redis, commands: Iterable[tuple[Any, ...]], convert: Callable[[Any], T]
+    redis: Redis, commands: Iterable[bytes], convert: Callable[[Any], T]
 ) -> list[T]:
-    """``send_raw`` for a long batch built as it goes: each command is written as soon as
-    ``commands`` yields it, so Redis runs one while the caller builds the next (a write path
-    batch: parsing and packing overlap the scripts). Replies are read once every command is
-    sent, in order on the one connection, each passed through ``convert`` as it arrives, while
-    Redis still runs the later ones."""
+    """``send_raw`` for a long batch built as it goes, of commands already packed (RESP): each is
+    written as soon as ``commands`` yields it, so Redis runs one while the caller builds the next
+    (a write path batch: parsing and packing overlap the scripts). Replies are read once every
+    command is sent, in order on the one connection, each passed through ``convert`` as it
+    arrives, while Redis still runs the later ones."""
     async with _raw_connection(redis) as connection:
         sent = 0
         for command in commands:
-            await _write(connection, hiredis.pack_command(command))
+            await _write(connection, command)
             sent += 1
         return [convert(await connection.read_response()) for _ in range(sent)]
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
+import hiredis
 import orjson
 import pytest
 from redis.asyncio import Redis
@@ -12,7 +13,7 @@ from latest_server.errors import StoreUnavailable
 from latest_server.packets import Packet, PacketParser
 from latest_server.redis_client import connect
 from latest_server.settings import Settings
-from latest_server.stores.latest_redis import RedisLatestStore
+from latest_server.stores.latest_redis import MODES, RedisLatestStore
 from tests.conftest import REDIS_URL, free_port
 
 PARSER = PacketParser(Settings())
@@ -176,11 +177,33 @@ async def test_a_batch_over_many_calls_keeps_its_order(redis: Redis) -> None:
     assert (await latest_doc(redis, "a"))["n"] == 749
 
 
+def test_write_calls_are_packed_as_hiredis_packs_their_arguments() -> None:
+    """The write path packs its EVALSHA itself; hiredis's packer is the reference."""
+    plain = packet("city/aqm-1", 1_700_000_000, pm25=7)
+    accented = packet("capteur/é-ü ☃", 1_700_000_001, note="ünïcode ✓")
+    chunk = [plain, accented, plain]
+    for version_type, version in [("external", 1_700_000_000_123), ("create", None)]:
+        es_packet = packet("es/1", 1_700_000_002)
+        es_packet.version, es_packet.version_type = version, version_type
+        chunk.append(es_packet)
+    for gte in (b"0", b"1"):
+        expected = ["EVALSHA", "f" * 40, 4 * len(chunk)]
+        args: list[object] = []
+        for p in chunk:
+            expected += keys.write_keys(p.key)
+            mode = gte if p.version_type is None else MODES[p.version_type]
+            version = b"" if p.version is None else p.version
+            args += [p.variable_id, p.ts_us, p.raw, p.digest, mode, keys.feed(p.key), version]
+        packed = RedisLatestStore._command("f" * 40, gte, chunk)
+        assert packed == hiredis.pack_command(tuple(expected + args))
+
+
 async def test_many_variables_in_one_batch_and_mget(redis: Redis) -> None:
     store = await RedisLatestStore.open(redis)
-    await store.write_batch([packet(f"v{i}", 1_700_000_000 + i) for i in range(100)])
-    docs = await store.mget(["v3", "missing", "v99"])
-    assert [d.variable_id if d else None for d in docs] == ["v3", None, "v99"]
+    await store.write_batch([packet(f"v{i}", 1_700_000_000 + i) for i in range(99)])
+    await store.write_batch([packet("v99 ☃", 1_700_000_099)])
+    docs = await store.mget(["v3", "missing", "v99 ☃"])
+    assert [d.variable_id if d else None for d in docs] == ["v3", None, "v99 ☃"]
     assert docs[0] is not None
     assert orjson.loads(docs[0].doc)["id"] == "v3"
 
