@@ -261,7 +261,7 @@ def filter_path(content: Any, patterns: Iterable[str]) -> Any:
 
 _NOTHING = object()
 GLOB_CHARS = frozenset("*?[")
-MAX_MOVES = 4096  # keys remembered per _Level: a response's keys repeat, a document's may not
+MAX_MOVES = 1024  # keys remembered per _Level: a response's keys repeat, a document's may not
 
 
 class _Level:
@@ -298,7 +298,7 @@ class _Level:
         return level
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=128)  # at most 128 x MAX_MOVES keys remembered in all
 def _level(patterns: tuple[tuple[str, ...], ...]) -> _Level:
     return _Level(patterns)
 
