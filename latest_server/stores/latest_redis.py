@@ -113,9 +113,10 @@ class RedisLatestStore:
                     version,
                 )
             )
+        # write.lua's strides: four KEYS and seven ARGV per packet
         count = b"%d" % (4 * len(chunk))
         head = b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
-            3 + len(names) * 4 + len(args) * 7,
+            3 + 11 * len(chunk),
             len(sha),
             sha.encode(),
             len(count),
