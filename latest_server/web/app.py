@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 
 from latest_server.resources import Resources
 from latest_server.settings import Settings
-from latest_server.web import errors, es, history, ingest, latest, metrics, ws
+from latest_server.web import errors, es, history, ingest, latest, metrics, ws, ws_direct
 from latest_server.web import sessions as session_routes
 
 
@@ -50,6 +51,7 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Sta
         routes=routes,
         exception_handlers=errors.HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
+        middleware=[Middleware(ws_direct.ServerSend)],
     )
 
 

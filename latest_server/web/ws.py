@@ -5,8 +5,9 @@ a cap on concurrent catch-ups and the tail probe. Each ``Socket`` has one sender
 queue bounded in bytes: live entries are offered without waiting, and when the queue is full
 the socket drops every queued entry, rolls each stream back to what it had really queued and
 lets it catch up from the stores (server memory per slow client stays bounded); a write that
-stalls past LATEST_WS_SEND_TIMEOUT closes the socket with 4008. Each (socket, variable) is a
-``Stream`` (ws_stream.py).
+stalls past LATEST_WS_SEND_TIMEOUT closes the socket with 4008. Where the server allows it, a
+socket writes its frames straight to the connection, all it got in one turn of the event loop in
+one write (ws_direct.py). Each (socket, variable) is a ``Stream`` (ws_stream.py).
 
 Sockets may also watch sessions: the current state first (``snapshot``), then every change the
 session scripts publish (``state``, ``update``, ``complete``), and a fresh snapshot after the
@@ -34,6 +35,7 @@ from latest_server.feed import LiveFeed
 from latest_server.resources import Resources
 from latest_server.settings import Settings
 from latest_server.stores.ranges import RangeReader
+from latest_server.web.ws_direct import DirectWriter, header
 from latest_server.web.ws_stream import Stream
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ CLOSE_GOING_AWAY = 1001
 MAX_ID_LENGTH = 1024
 CATCHUPS = 16  # concurrent catch-ups per process
 PROBE_BATCH = 200  # variables per round trip of the tail probe
+PENDING_BYTES = 65_536  # frames taken for a direct write are written once they are this large
 
 
 @dataclass(slots=True)
@@ -67,6 +70,7 @@ class Hub:
         self.sessions = resources.sessions
         self.watchers: dict[str, set[Socket]] = {}  # session id → sockets watching it
         self._refresh: asyncio.Task[None] | None = None
+        self._due: list[Socket] = []  # sockets with frames to write directly (ws_direct.py)
 
     def entry_frame(self, variable_id: str, epoch: int, seq: int, ts: int, doc: bytes) -> bytes:
         """The entry frame, encoded once for every socket that gets it."""
@@ -87,6 +91,18 @@ class Hub:
             self._frames.clear()
         self._frames[variable_id] = (epoch, seq, frame)
         return frame
+
+    def due(self, socket: Socket) -> None:
+        """``socket`` has frames to write directly: written in the event loop's next turn, with
+        whatever else it gets in this one."""
+        if not self._due:
+            asyncio.get_running_loop().call_soon(self._write_due)
+        self._due.append(socket)
+
+    def _write_due(self) -> None:
+        due, self._due = self._due, []
+        for socket in due:
+            socket.write_pending()
 
     def start(self) -> None:
         self._probe = asyncio.create_task(self._probe_loop(), name="ws-probe")
@@ -232,6 +248,9 @@ class Socket:
         self.idle = False  # the sender waits for work: a frame may be written at once
         self.suspended: tuple[Coroutine[Any, Any, None], Any] | None = None  # see _write_now
         self.failed: BaseException | None = None  # a write at once failed: the sender closes
+        self.direct = DirectWriter.of(ws.scope)  # None: every frame goes through ``send``
+        self.pending: list[bytes] = []  # headers and frames to write directly, in order
+        self.pending_bytes = 0
 
     # --- queueing --------------------------------------------------------------------------
 
@@ -311,12 +330,23 @@ class Socket:
             stream.rolled_back(first)
 
     def _write_now(self, frame: bytes) -> None:
-        """Write a frame while the sender is idle, without waking it: the server's ``send``
-        runs to its end at once unless the connection is not writable (the client does not
-        read). Waking a sender task per frame was a fifth of a busy fan-out's CPU; asyncio's
-        eager tasks (3.12) do the same. A write that has to wait is handed to the sender, which
-        finishes it before anything queued after it. ``send`` is a coroutine function: Starlette's
-        exception middleware hands every endpoint its own ``async def`` wrapper of the server's."""
+        """Write a frame while the sender is idle, without waking it. Straight to the transport
+        in the event loop's next turn where the server allows it (ws_direct.py). Otherwise
+        the server's ``send`` runs to its end at once unless the connection is not writable (the
+        client does not read). Waking a sender task per frame was a fifth of a busy fan-out's
+        CPU; asyncio's eager tasks (3.12) do the same. A write that has to wait is handed to the
+        sender, which finishes it before anything queued after it. ``send`` is a coroutine
+        function: Starlette's exception middleware hands every endpoint its own ``async def``
+        wrapper of the server's."""
+        if self.direct is not None:  # whether the connection allows it is seen when written
+            if not self.pending:
+                self.hub.due(self)
+            self.pending.append(header(len(frame)))
+            self.pending.append(frame)
+            self.pending_bytes += len(frame)
+            if self.pending_bytes >= PENDING_BYTES:  # a long burst: memory stays bounded
+                self.write_pending()
+            return
         message = {"type": "websocket.send", "text": frame.decode()}
         try:
             coro = cast(Coroutine[Any, Any, None], self.send(message))
@@ -328,6 +358,26 @@ class Socket:
             self.writing_since = asyncio.get_running_loop().time()
         except (WebSocketDisconnect, RuntimeError, OSError) as exc:
             self.failed = exc
+        self.ready.set()
+
+    def write_pending(self) -> None:
+        """Write the frames taken for a direct write. If the connection does not allow it now
+        (the client does not read what it is sent, or it is closing), they go first in the queue
+        (empty while frames were pending), for the sender to write through ``send``: it waits
+        for the client, and the queue's limit and the stall timeout apply."""
+        pending, self.pending = self.pending, []
+        self.pending_bytes = 0
+        if not pending or self.closed:
+            return
+        assert self.direct is not None
+        if self.direct.open():
+            self.direct.write(pending)
+            return
+        items = [_Item(frame, None, 0, 0) for frame in pending[1::2]]
+        self.queue.extendleft(reversed(items))
+        self.queued += sum(len(item.frame) for item in items)
+        if self.queued > self.limit // 2:
+            self.space.clear()
         self.ready.set()
 
     async def send_loop(self) -> None:
@@ -495,6 +545,7 @@ class Socket:
     async def close(self, code: int | None, reason: str) -> None:
         if self.closed:
             return
+        self.write_pending()  # frames taken before the close frame are sent before it
         self.closed = True
         self.space.set()
         self.hub.unwatch(self, self.watched)

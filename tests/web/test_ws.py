@@ -12,11 +12,14 @@ import orjson
 import pytest
 import websockets
 from redis.asyncio import Redis
+from websockets.frames import Frame, Opcode
 
 from latest_server import keys
 from latest_server.packets import Packet, PacketParser
 from latest_server.resources import Resources
 from latest_server.settings import Settings
+from latest_server.web import ws_direct
+from latest_server.web.ws import Hub
 from tests.conftest import ServerThread
 
 PARSER = PacketParser(Settings())
@@ -48,6 +51,12 @@ def server(
 
 def ws_url(server: ServerThread) -> str:
     return server.url.replace("http://", "ws://") + "/ws"
+
+
+def hub_of(server: ServerThread) -> Hub:
+    hub = server.server.config.app.state.hub
+    assert isinstance(hub, Hub)
+    return hub
 
 
 async def frames(ws: Any, until: Callable[[dict[str, Any]], bool], within: float = 20) -> list[Any]:
@@ -197,9 +206,13 @@ async def test_permessage_deflate_only_when_the_setting_asks_for_it(
 ) -> None:
     """The websockets client offers permessage-deflate, as browsers do; uvicorn would accept it
     by default and compress every entry frame once per socket."""
-    async with websockets.connect(ws_url(server(ws_compression=compression))) as ws:
+    running = server(ws_compression=compression)
+    async with websockets.connect(ws_url(running)) as ws:
         names = [extension.name for extension in ws.protocol.extensions]
         assert names == (["permessage-deflate"] if compression else [])
+        [socket] = hub_of(running).sockets
+        # compressed frames go through the server's send, uncompressed ones straight out
+        assert (socket.direct is None) == compression
         await ws.send('{"op": "subscribe", "ids": ["z"]}')
         await frames(ws, lambda f: f["type"] == "live")
         await stores.ingestor.write_batch([packet("z", n) for n in range(3)])
@@ -244,3 +257,45 @@ async def test_shutdown_closes_cleanly_and_the_client_helper_resumes_on_the_rest
                     break
         await helper.aclose()
     assert got == list(range(1, 21))
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65_535, 65_536, 100_000])
+def test_a_direct_frame_is_the_frame_websockets_builds(length: int) -> None:
+    payload = b"x" * length
+    built = Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[])
+    assert ws_direct.header(length) + payload == built
+
+
+async def test_entry_frames_are_written_straight_out_a_burst_in_fewer_writes(
+    stores: Resources, server: Callable[..., ServerThread]
+) -> None:
+    """Entries of every frame length (one, two and eight length bytes) arrive whole and in
+    order, and a burst takes fewer writes than it has frames."""
+    running = server()
+    await stores.ingestor.write_batch([packet("d", -1)])  # an epoch to follow live
+    async with websockets.connect(ws_url(running), max_size=None) as ws:
+        await ws.send('{"op": "subscribe", "ids": ["d"]}')
+        await frames(ws, lambda f: f["type"] == "live")
+        [socket] = hub_of(running).sockets
+        direct = socket.direct
+        assert direct is not None
+        writes: list[int] = []
+        write = direct.write
+
+        def counted(chunks: list[bytes]) -> None:  # the real write, counted
+            writes.append(len(chunks) // 2)
+            write(chunks)
+
+        direct.write = counted  # type: ignore[method-assign]
+        sizes = [10, 200, 70_000, *([50] * 197)]
+        burst = [packet("d", n, pad="y" * size) for n, size in enumerate(sizes)]
+        await stores.ingestor.write_batch(burst)
+        got: list[dict[str, Any]] = []
+        while len(entries_of(got)) < len(sizes):
+            got += await frames(ws, lambda f: f["type"] in ("entry", "backlog"))
+        entries = entries_of(got)
+        assert [(e["doc"]["n"], len(e["doc"]["pad"])) for e in entries] == list(enumerate(sizes))
+        assert [e["seq"] for e in entries] == list(range(2, len(sizes) + 2))
+        assert [f["type"] for f in got] == ["entry"] * len(sizes)  # live, not caught up
+        assert sum(writes) == len(sizes)
+        assert len(writes) <= len(sizes) // 4, writes
