@@ -4,7 +4,7 @@ loop in one write.
 A fan-out sends each entry frame to every socket that follows its variable. Through ASGI each
 frame costs a message dict, its text encoded again, websockets' frame builder and one
 ``transport.write``, so one ``send`` system call: on a busy fan-out (bench/ws_fanout.py) the
-server spent most of its time there. When the server is uvicorn with its default websocket
+server spent half its time there. When the server is uvicorn with its default websocket
 implementation (websockets' sans-I/O protocol) and the connection negotiated no extension, a
 socket writes its frames itself instead: each frame's header (RFC 6455 §5.2: a final, unmasked
 text frame) and payload are collected while the event loop runs the current callback, and

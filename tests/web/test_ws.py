@@ -210,11 +210,11 @@ async def test_permessage_deflate_only_when_the_setting_asks_for_it(
     async with websockets.connect(ws_url(running)) as ws:
         names = [extension.name for extension in ws.protocol.extensions]
         assert names == (["permessage-deflate"] if compression else [])
-        [socket] = hub_of(running).sockets
-        # compressed frames go through the server's send, uncompressed ones straight out
-        assert (socket.direct is None) == compression
         await ws.send('{"op": "subscribe", "ids": ["z"]}')
         await frames(ws, lambda f: f["type"] == "live")
+        [socket] = hub_of(running).sockets  # (answered: the server has made it)
+        # compressed frames go through the server's send, uncompressed ones straight out
+        assert (socket.direct is None) == compression
         await stores.ingestor.write_batch([packet("z", n) for n in range(3)])
         got: list[dict[str, Any]] = []
         while len(entries_of(got)) < 3:  # entry frames, or a backlog frame if it caught up
