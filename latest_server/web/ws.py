@@ -270,9 +270,10 @@ class Socket:
     def offer(self, frame: bytes, stream: Stream, last: int) -> bool:
         """Queue entries of ``stream`` ending at seq ``last`` unless the queue is full; a full
         queue makes every stream with queued entries (and this one) catch up from the stores.
-        When the sender is idle the queue is empty: the frame is written at once, without the
-        queue item ``_append`` would build and drop (about a tenth of the interpreter's work on
-        our side of a live frame)."""
+        When the sender is idle the queue is empty: the frame is written at once (or with the
+        other frames of this event-loop turn, ``_write_now``), without the queue item
+        ``_append`` would build and drop (about a tenth of the interpreter's work on our side of
+        a live frame)."""
         if self._writes_now():
             if frame:  # an empty frame only moves the stream's position
                 self._write_now(frame)
