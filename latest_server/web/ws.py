@@ -309,7 +309,11 @@ class Socket:
             self._write_now(item.frame)
             return
         self.queue.append(item)
-        self.queued += len(item.frame)
+        self._queued(len(item.frame))
+
+    def _queued(self, size: int) -> None:
+        """``size`` bytes were queued: count them and wake the sender."""
+        self.queued += size
         if self.queued > self.limit // 2:
             self.space.clear()
         self.ready.set()
@@ -374,12 +378,9 @@ class Socket:
         if self.direct.open():
             self.direct.write(pending)
             return
-        items = [_Item(frame, None, 0, 0) for frame in pending[1::2]]
-        self.queue.extendleft(reversed(items))
-        self.queued += sum(len(item.frame) for item in items)
-        if self.queued > self.limit // 2:
-            self.space.clear()
-        self.ready.set()
+        frames = pending[1::2]
+        self.queue.extendleft(_Item(frame, None, 0, 0) for frame in reversed(frames))
+        self._queued(sum(map(len, frames)))
 
     async def send_loop(self) -> None:
         """Send what is queued. A write in progress is timed by the hub's watchdog, not by a
