@@ -176,7 +176,6 @@ def answer(ops: list[WriteOp], results: list[ItemResult]) -> tuple[list[dict[str
     for op, result in zip(ops, results, strict=True):
         body = result.body
         body["status"] = result.status
-        if "error" in body:
-            errors = True
+        errors = errors or result.failed
         items.append({op.op: body})
     return items, errors
