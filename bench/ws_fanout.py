@@ -39,7 +39,8 @@ each run); the medians are reported.
   client) / (last frame received - first batch posted + one batch interval). The offered
   fan-out is ``--rate`` x subscribers per variable; a target that keeps up delivers about that.
 * Latency: receive time (when the frame's bytes reached the client) - ``sent_ns``; p50 and p99
-  over every entry delivered.
+  over every entry delivered. The clients and the producer run no cyclic garbage collection
+  while they measure (``pause_gc``), so their own pauses are not counted as the server's.
 * Completeness: after the producer stops, each client waits (at most ``--drain`` s) for every
   entry written to its variables; missing and duplicated entries are counted per client, and
   ``seq`` must go up by exactly one per variable per client after ``live`` (from the ``latest``
@@ -75,6 +76,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import multiprocessing
 import os
 import random
@@ -497,6 +499,15 @@ async def open_clients(
         raise
 
 
+def pause_gc() -> None:
+    """No cyclic garbage collection in this process until ``gc.enable()``: the clients and the
+    producer time the entries, and a collection there (a full one took 30-70 ms in the producer,
+    which holds the earlier runs' latencies) would be counted as the server's latency. What they
+    allocate while measuring is freed by reference counting."""
+    gc.collect()
+    gc.disable()
+
+
 async def drain(clients: list[Client], expected: list[int], stats: Stats, limit: float) -> None:
     """Wait until every client has every entry written to its variables, nothing arrived for
     QUIET_SECONDS, or ``limit`` seconds passed."""
@@ -525,11 +536,13 @@ async def worker_loop(conn: Connection) -> None:
                 _, port, ids, subscriptions, concurrency, deflate = command
                 stats = Stats()
                 clients = await open_clients(port, ids, subscriptions, stats, concurrency, deflate)
+                pause_gc()
                 conn.send(("ready",))
             elif command[0] == "drain":
                 _, per_variable, limit = command
                 expected = [sum(per_variable[i] for i in indexes) for indexes in subscriptions]
                 await drain(clients, expected, stats, limit)
+                gc.enable()
                 results = {
                     "entries": stats.entries,
                     "received": [client.received for client in clients],
@@ -552,6 +565,7 @@ async def worker_loop(conn: Connection) -> None:
             elif command[0] == "exit":
                 return
         except Exception:
+            gc.enable()
             for client in clients:
                 client.close()
             clients = []
@@ -907,9 +921,13 @@ def measure(
     wall_before = time.perf_counter()
     try:
         port = target.port if target.writer is None else target.writer[0]
-        production = run_async(
-            produce(f"http://{HOST}:{port}", plan.ids, args, first_n, args.seconds)
-        )
+        pause_gc()
+        try:
+            production = run_async(
+                produce(f"http://{HOST}:{port}", plan.ids, args, first_n, args.seconds)
+            )
+        finally:
+            gc.enable()
         for worker in pool:
             worker.ask(("drain", production.per_variable, args.drain))
         replies = [worker.answer(args.drain + 30)[1] for worker in pool]
