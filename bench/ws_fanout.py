@@ -501,7 +501,7 @@ async def open_clients(
 
 def pause_gc() -> None:
     """No cyclic garbage collection in this process until ``gc.enable()``: the clients and the
-    producer time the entries, and a collection there (a full one took 30-70 ms in the producer,
+    producer time the entries, and a collection there (a full one took 30-84 ms in the producer,
     which holds the earlier runs' latencies) would be counted as the server's latency. What they
     allocate while measuring is freed by reference counting."""
     gc.collect()
@@ -916,12 +916,12 @@ def measure(
     def waits_now() -> dict[str, float]:
         return by_process(process_wait, None if redis_pid is None else process_wait(redis_pid))
 
+    pause_gc()  # before the counters: its own collection is not the run's
     profiler = start_profiler(target.pid, profile, args.seconds) if profile else None
     before, waits_before, machine_before = cpu_now(), waits_now(), machine_cpu()
     wall_before = time.perf_counter()
     try:
         port = target.port if target.writer is None else target.writer[0]
-        pause_gc()
         try:
             production = run_async(
                 produce(f"http://{HOST}:{port}", plan.ids, args, first_n, args.seconds)
