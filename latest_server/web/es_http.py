@@ -319,19 +319,11 @@ def _keep(value: Any, level: _Level) -> Any:
     if not isinstance(value, dict):
         return _NOTHING
     out = {}
-    if level.names is not None:
-        for key in level.names:
-            if key in value:
-                child = level.move(key)
-                if child is not None:
-                    kept = _keep(value[key], child)
-                    if kept is not _NOTHING:
-                        out[key] = kept
-    else:
-        for key, inner in value.items():
+    for key in value if level.names is None else level.names:
+        if key in value:
             child = level.move(key)
             if child is not None:
-                kept = _keep(inner, child)
+                kept = _keep(value[key], child)
                 if kept is not _NOTHING:
                     out[key] = kept
     return out if out else _NOTHING
