@@ -12,6 +12,7 @@ import logging
 import signal
 import socket
 import sys
+import time
 from collections.abc import Coroutine, Iterator, Sequence
 from typing import Any
 
@@ -143,6 +144,9 @@ async def offload_command(settings: Settings, job_all: bool = False) -> None:
         await resources.close()
 
 
+MERGE_RETRY_INTERVAL = 0.5  # seconds between tries of a variable another process is merging
+
+
 async def merge_command(
     settings: Settings,
     job_all: bool = False,
@@ -166,9 +170,24 @@ async def merge_command(
             total += report.entries
             if report.busy:
                 busy.append(key)
+        # A variable another process was merging (a session's end hook, say) is tried again
+        # until that merge is done, or for as long as a dead merger's lock can outlive it.
+        deadline = time.monotonic() + merger.lock_ttl
+        while busy and time.monotonic() < deadline:
+            await asyncio.sleep(MERGE_RETRY_INTERVAL)
+            waiting = []
+            for key in busy:
+                report = await merger.merge_key(key)
+                total += report.entries
+                if report.busy:
+                    waiting.append(key)
+            busy = waiting
         print(f"merged {len(targets) - len(busy)} variables ({total} entries rewritten)")
         if busy:
-            raise LatestError(f"{len(busy)} variables were being merged elsewhere: {busy[:5]}")
+            raise LatestError(
+                f"{len(busy)} variables were still being merged elsewhere after "
+                f"{merger.lock_ttl:g} s: {busy[:5]}"
+            )
     finally:
         await resources.close()
 

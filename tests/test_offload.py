@@ -412,6 +412,82 @@ def test_offload_and_merge_commands(settings: Settings, objects_url: str, redis:
     assert "no session 'nope'" in unknown.stderr
 
 
+HOLD_MERGE_LOCK = textwrap.dedent(
+    """
+    import asyncio, sys
+    from latest_server import keys
+    from latest_server.lock import JobLock
+    from latest_server.merge import MERGE_FENCE
+    from latest_server.resources import Resources
+    from latest_server.settings import Settings
+
+    async def main():
+        stores = await Resources.open(Settings.from_env())
+        await stores.trigger.close()
+        lock = JobLock(
+            stores.redis, stores.offloader.scripts, keys.merge_lock(keys.key_for(sys.argv[1])),
+            MERGE_FENCE, ttl=stores.merger.lock_ttl,
+        )
+        assert await lock.acquire()
+        print("holding", flush=True)
+        await asyncio.sleep(float(sys.argv[2]))  # a merge of that variable, still running
+        await lock.release()
+        print("released", flush=True)
+        await asyncio.sleep(60)
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.parametrize("hold", [1.0, 30.0])
+async def test_merge_all_waits_for_a_variable_another_process_is_merging(
+    stores: Resources, settings: Settings, objects_url: str, hold: float
+) -> None:
+    """`merge --all` while another process merges one variable (a session's end hook): that
+    variable is tried again until the other merge is done, and the command succeeds; a merge
+    that outlasts the lock's lifetime is reported, with exit status 1."""
+    await stores.ingestor.write_batch([packet(f"v{i}", n) for i in range(3) for n in range(10)])
+    env = {
+        **os.environ,
+        "REDIS_URL": settings.redis_url or "",
+        "OBJECTS_URL": objects_url,
+        "LATEST_OFFLOAD_LOCK_TTL": "1",  # the merge lock lives twice as long
+    }
+    holder = await asyncio.to_thread(
+        subprocess.Popen,
+        [sys.executable, "-c", HOLD_MERGE_LOCK, "v1", str(hold)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        line = await asyncio.to_thread(holder.stdout.readline)
+        assert line.strip() == "holding"
+        merge = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "latest_server", "merge", "--all"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if hold < 2:
+            assert merge.returncode == 0, merge.stderr
+            assert "merged 3 variables (30 entries rewritten)" in merge.stdout
+            assert [await seqs(stores, f"v{i}") for i in range(3)] == [list(range(1, 11))] * 3
+        else:
+            assert merge.returncode == 1
+            assert "merged 2 variables (20 entries rewritten)" in merge.stdout
+            assert "1 variables were still being merged elsewhere after 2 s" in merge.stderr
+    finally:
+        holder.kill()
+        holder.wait(10)
+        assert holder.stdout is not None
+        holder.stdout.close()
+
+
 HOLD_LOCK = textwrap.dedent(
     """
     import asyncio, sys
