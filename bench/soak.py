@@ -20,13 +20,14 @@ memory at start) makes history leave Redis again and again. For ``--minutes``:
   has, on the other server.
 * Half-way, ``latest-server merge --all`` runs beside the writers.
 
-Every 10 s the script prints each server's RSS, Redis's ``used_memory`` and the objects in the
-bucket. Then the producers stop, the queue drains, and it checks, for every variable: its full
-history (``GET /history?format=ndjson``, every tier merged) holds each acknowledged packet
-exactly once, each under its own seq, at its own time; ``GET /latest`` is the newest packet;
-and every subscriber received each of its variables' history entries exactly once, in seq
-order (plus, under their own seqs, packets sent again after their first copy left Redis: see
-``check_subscriber``). Bounded loops only; every address is 127.0.0.1. Run::
+Every 10 s the script prints each server's RSS, Redis's ``used_memory``, the objects in the
+bucket and how long one 64 KiB PUT takes (is the object store keeping up?). Then the producers
+stop, the queue drains, and it checks, for every variable: its full history (``GET
+/history?format=ndjson``, every tier merged) holds each acknowledged packet exactly once, each
+under its own seq, at its own time; ``GET /latest`` is the newest packet; and every subscriber
+received each of its variables' history entries exactly once, in seq order (plus, under their
+own seqs, packets sent again after their first copy left Redis: see ``check_subscriber``).
+Bounded loops only; every address is 127.0.0.1. Run::
 
     .venv/bin/python bench/soak.py [--minutes 5] [--rate 400]
 
@@ -278,11 +279,15 @@ async def watch(
         row = {name: rss_mib(pid) for name, pid in pids.items()}
         row["redis"] = int(redis.info("memory")["used_memory"]) / 2**20
         row["objects"] = await asyncio.to_thread(objects, s3)
+        put_started = time.monotonic()
+        await asyncio.to_thread(s3.put_object, Bucket=BUCKET, Key="probe", Body=b"x" * 65536)
+        row["put_ms"] = (time.monotonic() - put_started) * 1000
         row["t"] = time.monotonic() - started
         rows.append(row)
         print(
             f"  {row['t']:5.0f} s  RSS A {row['A']:.0f} MiB, B {row['B']:.0f} MiB; "
-            f"Redis {row['redis']:.0f} MiB; {row['objects']:.0f} objects",
+            f"Redis {row['redis']:.0f} MiB; {row['objects']:.0f} objects, "
+            f"a 64 KiB PUT {row['put_ms']:.0f} ms",
             flush=True,
         )
         with_timeout = asyncio.ensure_future(stop.wait())
