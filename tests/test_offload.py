@@ -440,7 +440,7 @@ HOLD_MERGE_LOCK = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("hold", [1.0, 30.0])
+@pytest.mark.parametrize("hold", [3.0, 30.0])
 async def test_merge_all_waits_for_a_variable_another_process_is_merging(
     stores: Resources, settings: Settings, objects_url: str, hold: float
 ) -> None:
@@ -452,7 +452,9 @@ async def test_merge_all_waits_for_a_variable_another_process_is_merging(
         **os.environ,
         "REDIS_URL": settings.redis_url or "",
         "OBJECTS_URL": objects_url,
-        "LATEST_OFFLOAD_LOCK_TTL": "1",  # the merge lock lives twice as long
+        # The merge lock lives twice as long, 6 s: longer than the first holder takes (3 s,
+        # started before the command, which needs over a second to start), shorter than 30 s.
+        "LATEST_OFFLOAD_LOCK_TTL": "3",
     }
     holder = await asyncio.to_thread(
         subprocess.Popen,
@@ -473,14 +475,14 @@ async def test_merge_all_waits_for_a_variable_another_process_is_merging(
             text=True,
             timeout=60,
         )
-        if hold < 2:
+        if hold < 6:
             assert merge.returncode == 0, merge.stderr
             assert "merged 3 variables (30 entries rewritten)" in merge.stdout
             assert [await seqs(stores, f"v{i}") for i in range(3)] == [list(range(1, 11))] * 3
         else:
             assert merge.returncode == 1
             assert "merged 2 variables (20 entries rewritten)" in merge.stdout
-            assert "1 variables were still being merged elsewhere after 2 s" in merge.stderr
+            assert "1 variables were still being merged elsewhere after 6 s" in merge.stderr
     finally:
         holder.kill()
         holder.wait(10)
