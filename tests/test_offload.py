@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
@@ -412,6 +413,29 @@ def test_offload_and_merge_commands(settings: Settings, objects_url: str, redis:
     assert "no session 'nope'" in unknown.stderr
 
 
+@contextlib.asynccontextmanager
+async def lock_holder(script: str, env: dict[str, str], *args: str) -> AsyncIterator[None]:
+    """Run ``script`` (it takes a lock, then prints "holding") in another process until the
+    block ends; the block starts once the lock is held."""
+    holder = await asyncio.to_thread(
+        subprocess.Popen,
+        [sys.executable, "-c", script, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        line = await asyncio.to_thread(holder.stdout.readline)
+        assert line.strip() == "holding"
+        yield
+    finally:
+        holder.kill()
+        holder.wait(10)
+        assert holder.stdout is not None
+        holder.stdout.close()
+
+
 HOLD_MERGE_LOCK = textwrap.dedent(
     """
     import asyncio, sys
@@ -456,17 +480,7 @@ async def test_merge_all_waits_for_a_variable_another_process_is_merging(
         # started before the command, which needs over a second to start), shorter than 30 s.
         "LATEST_OFFLOAD_LOCK_TTL": "3",
     }
-    holder = await asyncio.to_thread(
-        subprocess.Popen,
-        [sys.executable, "-c", HOLD_MERGE_LOCK, "v1", str(hold)],
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None
-        line = await asyncio.to_thread(holder.stdout.readline)
-        assert line.strip() == "holding"
+    async with lock_holder(HOLD_MERGE_LOCK, env, "v1", str(hold)):
         merge = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "latest_server", "merge", "--all"],
@@ -483,11 +497,6 @@ async def test_merge_all_waits_for_a_variable_another_process_is_merging(
             assert merge.returncode == 1
             assert "merged 2 variables (20 entries rewritten)" in merge.stdout
             assert "1 variables were still being merged elsewhere after 6 s" in merge.stderr
-    finally:
-        holder.kill()
-        holder.wait(10)
-        assert holder.stdout is not None
-        holder.stdout.close()
 
 
 HOLD_LOCK = textwrap.dedent(
@@ -522,33 +531,16 @@ async def test_another_process_holding_the_lock_keeps_a_second_job_out(
         "OBJECTS_URL": objects_url,
         "LATEST_OFFLOAD_LOCK_TTL": "1",
     }
-    holder = await asyncio.to_thread(
-        subprocess.Popen,
-        [sys.executable, "-c", HOLD_LOCK],
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None
-        line = await asyncio.to_thread(holder.stdout.readline)
-        assert line.strip() == "holding"
-        command = [sys.executable, "-m", "latest_server", "offload", "--all"]
+    command = [sys.executable, "-m", "latest_server", "offload", "--all"]
+    async with lock_holder(HOLD_LOCK, env):
         second = await asyncio.to_thread(
             subprocess.run, command, env=env, capture_output=True, text=True, timeout=60
         )
         assert second.returncode == 1
         assert "another offload job holds the lock" in second.stderr
-        holder.kill()
-        holder.wait(10)
-        await asyncio.sleep(1.2)  # its lock expires without the heartbeat
-        third = await asyncio.to_thread(
-            subprocess.run, command, env=env, capture_output=True, text=True, timeout=60
-        )
-        assert third.returncode == 0, third.stderr
-        assert "moved 10 entries of 1 variables" in third.stdout
-    finally:
-        holder.kill()
-        holder.wait(10)
-        assert holder.stdout is not None
-        holder.stdout.close()
+    await asyncio.sleep(1.2)  # the holder is dead: its lock expires without the heartbeat
+    third = await asyncio.to_thread(
+        subprocess.run, command, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert third.returncode == 0, third.stderr
+    assert "moved 10 entries of 1 variables" in third.stdout
