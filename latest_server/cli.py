@@ -163,25 +163,24 @@ async def merge_command(
                 raise LatestError(f"no session {job_session!r}")
             job_variables = await resources.sessions.variables(job_session)
         targets = await merger.all_keys() if job_all else [key_for(v) for v in job_variables or []]
-        busy = []
         total = 0
-        for key in tqdm(targets, desc="merge", unit=" variables", file=sys.stderr):
-            report = await merger.merge_key(key)
-            total += report.entries
-            if report.busy:
-                busy.append(key)
+        trying = tqdm(targets, desc="merge", unit=" variables", file=sys.stderr)
         # A variable another process was merging (a session's end hook, say) is tried again
-        # until that merge is done, or for as long as a dead merger's lock can outlive it.
-        deadline = time.monotonic() + merger.lock_ttl
-        while busy and time.monotonic() < deadline:
-            await asyncio.sleep(MERGE_RETRY_INTERVAL)
-            waiting = []
-            for key in busy:
+        # until that merge is done, or for as long (after the first pass) as a dead merger's
+        # lock can outlive it.
+        deadline = None
+        while True:
+            busy = []
+            for key in trying:
                 report = await merger.merge_key(key)
                 total += report.entries
                 if report.busy:
-                    waiting.append(key)
-            busy = waiting
+                    busy.append(key)
+            deadline = deadline or time.monotonic() + merger.lock_ttl
+            if not busy or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(MERGE_RETRY_INTERVAL)
+            trying = busy
         print(f"merged {len(targets) - len(busy)} variables ({total} entries rewritten)")
         if busy:
             raise LatestError(
