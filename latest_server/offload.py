@@ -27,6 +27,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from latest_server import keys
+from latest_server.errors import StoreUnavailable
 from latest_server.lock import JobLock, LockLost
 from latest_server.redis_client import Scripts
 from latest_server.stores import segments
@@ -271,6 +272,8 @@ class OffloadTrigger:
                     self.jobs_run += 1
         except LockLost:
             log.warning("offload job stopped: it lost its lock")
+        except StoreUnavailable as exc:
+            log.warning("offload job stopped, the next one will finish its work: %s", exc)
         except Exception:
             # A failed job leaves job copies that the next job finishes; keep ingesting.
             log.exception("offload job failed; the next one will finish its work")

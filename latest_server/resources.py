@@ -54,7 +54,7 @@ class Resources:
         except BaseException:
             await redis.aclose()
             raise
-        objects = open_object_store(objects_url(settings))
+        objects = open_object_store(objects_url(settings), settings)
         offloader = Offloader(
             redis,
             latest.scripts,

@@ -203,6 +203,19 @@ class Settings:
         "Where history goes when it leaves Redis: s3://bucket/prefix or file:///path. "
         "Unset: file://<LATEST_DATA_DIR>/objects.",
     )
+    s3_timeout: float = _setting(
+        "LATEST_S3_TIMEOUT",
+        10.0,
+        _positive_float,
+        "Seconds an S3 request may wait to connect, or for the next bytes of its reply, "
+        "before it is tried again.",
+    )
+    s3_attempts: int = _setting(
+        "LATEST_S3_ATTEMPTS",
+        5,
+        _positive_int,
+        "Tries of an S3 request (with backoff) before the object store counts as unavailable.",
+    )
     offload_check_interval: float = _setting(
         "LATEST_OFFLOAD_CHECK_INTERVAL",
         1.0,

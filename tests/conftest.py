@@ -206,6 +206,18 @@ S3_BUCKET = "latest-test"
 S3_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
 
 
+@pytest.fixture
+def silent_s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An S3 endpoint that takes connections and never answers (a listening socket that never
+    accepts: the kernel completes the handshake, nobody reads), set as AWS_ENDPOINT_URL_S3 for
+    the object stores opened in the test. Returns moto's endpoint, to set back."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{listener.getsockname()[1]}")
+        yield s3_endpoint
+
+
 @pytest.fixture(params=["file", "s3"])
 def objects_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "file":

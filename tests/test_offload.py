@@ -18,11 +18,13 @@ import pytest
 from redis.asyncio import Redis
 
 from latest_server import keys
+from latest_server.errors import StoreUnavailable
 from latest_server.lock import LockLost
 from latest_server.packets import Packet, PacketParser
 from latest_server.resources import Resources
 from latest_server.settings import Settings
 from latest_server.stores.segments import Window
+from tests.conftest import S3_BUCKET, unique
 
 EVERYTHING = Window(-(2**62), 2**62)
 PARSER = PacketParser(Settings())
@@ -222,6 +224,40 @@ async def test_a_killed_job_is_finished_by_the_next_one(
     assert merged.entries == 201
     assert await seqs(stores, "a") == list(range(1, 202))
     assert [o.name for o in stores.objects.list(keys.history_prefix(k))] == [merged.merged]
+
+
+async def test_a_job_facing_a_silent_s3_gives_its_lock_up_and_the_next_one_finishes(
+    settings: Settings, redis: Redis, silent_s3: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """S3 takes connections and never answers: the job stops with StoreUnavailable after
+    LATEST_S3_ATTEMPTS tries of LATEST_S3_TIMEOUT rather than botocore's minutes, and gives the
+    offload lock up at once, leaving what it moved in Redis as a job copy. Once S3 answers again,
+    a process starting up finishes that copy: every entry in one transfer object."""
+    url = f"s3://{S3_BUCKET}/{unique('silent')}"
+    stalled = await Resources.open(
+        dataclasses.replace(settings, objects_url=url, s3_timeout=0.5, s3_attempts=2)
+    )
+    try:
+        await stalled.trigger.close()
+        await stalled.ingestor.write_batch([packet("a", n) for n in range(10)])
+        with pytest.raises(StoreUnavailable, match=f"the object store {url} is unavailable"):
+            await asyncio.wait_for(stalled.offloader.run_job(everything=True), 20)
+    finally:
+        await stalled.close()
+    k = keys.key_for("a")
+    assert not await redis.exists(keys.OFFLOAD_LOCK)
+    [copy] = await redis.keys(keys.JOB_HISTORY_PATTERN)
+    assert await redis.xlen(copy) == 10
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", silent_s3)  # S3 answers again
+    restarted = await Resources.open(dataclasses.replace(settings, objects_url=url))
+    try:
+        await restarted.trigger.close()  # its start-up job finishes the copy
+        assert not await redis.exists(copy)
+        assert len(restarted.objects.list(keys.transfer_prefix(k))) == 1
+        assert await seqs(restarted, "a") == list(range(1, 11))
+    finally:
+        await restarted.close()
 
 
 # --- merge ---

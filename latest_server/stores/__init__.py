@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from latest_server.errors import ConfigError
+from latest_server.settings import Settings
 
 LATEST_BACKENDS = {
     "redis": "latest_server.stores.latest_redis:RedisLatestStore",
@@ -29,9 +30,10 @@ async def open_latest_store(url: str, *, redis: Any, settings: Any) -> Any:
     return await backend_class(url, LATEST_BACKENDS).from_url(url, redis=redis, settings=settings)
 
 
-def open_object_store(url: str) -> Any:
-    """An ObjectStore for ``s3://bucket/prefix`` or ``file:///path``."""
-    return backend_class(url, OBJECT_BACKENDS)(url)
+def open_object_store(url: str, settings: Settings | None = None) -> Any:
+    """An ObjectStore for ``s3://bucket/prefix`` or ``file:///path`` (S3 timeouts and tries
+    from ``settings``, by default the defaults)."""
+    return backend_class(url, OBJECT_BACKENDS).from_settings(url, settings or Settings())
 
 
 def backend_class(url: str, table: dict[str, str]) -> Any:

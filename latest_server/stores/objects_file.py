@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from latest_server.errors import ObjectMissing
+from latest_server.settings import Settings
 from latest_server.stores.base import ObjectInfo
 
 
@@ -23,6 +24,10 @@ class FileObjectStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.requests = 0
         self.bytes_read = 0
+
+    @classmethod
+    def from_settings(cls, url: str, settings: Settings) -> FileObjectStore:
+        return cls(url)
 
     def _path(self, name: str) -> Path:
         path = (self.root / name).resolve()

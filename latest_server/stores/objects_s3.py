@@ -1,20 +1,28 @@
 """ObjectStore on S3 (``s3://bucket/prefix``) through boto3. Endpoint, region and credentials come
 from the standard AWS configuration (``AWS_ENDPOINT_URL_S3``, ``AWS_REGION``, ``AWS_ACCESS_KEY_ID``
-…). Create-only puts send ``If-None-Match: *``."""
+…). Create-only puts send ``If-None-Match: *``.
+
+Every request is bounded: LATEST_S3_TIMEOUT to connect and between the bytes of a reply, tried
+LATEST_S3_ATTEMPTS times. A store that stays silent, refuses connections or answers 5xx past
+that raises ``StoreUnavailable`` (HTTP 503), so an offload job gives its lock up and a reader
+gets an answer instead of waiting minutes on botocore's defaults (60 s, for each try)."""
 
 from __future__ import annotations
 
 import builtins
+import functools
 import io
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from latest_server.errors import ObjectMissing
+from latest_server.errors import ObjectMissing, StoreUnavailable
+from latest_server.settings import Settings
 from latest_server.stores.base import ObjectInfo
 
 MISSING = ("NoSuchKey", "404", "NotFound")
@@ -27,9 +35,35 @@ PREFETCH_HOLE = 256 * 1024  # ranges closer than this are fetched as one
 PREFETCH_PART = 4 * 1024 * 1024  # larger ranges are fetched in parts of about this size
 PREFETCH_THREADS = 6  # ranged GETs of one object at a time
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _bounded(
+    method: Callable[Concatenate[S3ObjectStore, P], R],
+) -> Callable[Concatenate[S3ObjectStore, P], R]:
+    """``method``, with an S3 that cannot be reached (or answers 5xx after every try) raised as
+    StoreUnavailable naming the store; its other errors (a missing object, denied access) stay."""
+
+    @functools.wraps(method)
+    def call(store: S3ObjectStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(store, *args, **kwargs)
+        except BotoCoreError as exc:  # connection refused or reset, timeouts
+            raise StoreUnavailable(f"the object store {store.url} is unavailable: {exc}") from exc
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if status >= 500:
+                raise StoreUnavailable(
+                    f"the object store {store.url} is unavailable: {exc}"
+                ) from exc
+            raise
+
+    return call
+
 
 class S3ObjectStore:
-    def __init__(self, url: str, client: Any = None) -> None:
+    def __init__(self, url: str, *, timeout: float, attempts: int, client: Any = None) -> None:
         parts = urlsplit(url)
         self.url = url
         self.bucket = parts.netloc
@@ -39,16 +73,23 @@ class S3ObjectStore:
         self.client = client or boto3.client(
             "s3",
             config=Config(
-                retries={"mode": "standard", "max_attempts": 5},
+                connect_timeout=timeout,
+                read_timeout=timeout,
+                retries={"mode": "standard", "total_max_attempts": attempts},
                 max_pool_connections=32,  # objects read side by side, each in ranges
             ),
         )
         self.requests = 0
         self.bytes_read = 0
 
+    @classmethod
+    def from_settings(cls, url: str, settings: Settings) -> S3ObjectStore:
+        return cls(url, timeout=settings.s3_timeout, attempts=settings.s3_attempts)
+
     def _key(self, name: str) -> str:
         return self.prefix + name
 
+    @_bounded
     def put(self, name: str, data: bytes) -> bool:
         try:
             self.client.put_object(
@@ -60,6 +101,7 @@ class S3ObjectStore:
             raise
         return True
 
+    @_bounded
     def get(self, name: str) -> bytes:
         try:
             reply = self.client.get_object(Bucket=self.bucket, Key=self._key(name))
@@ -72,6 +114,7 @@ class S3ObjectStore:
         self.bytes_read += len(data)
         return data
 
+    @_bounded
     def get_range(self, name: str, start: int, length: int) -> bytes:
         if length <= 0:
             return b""
@@ -88,6 +131,7 @@ class S3ObjectStore:
         self.bytes_read += len(data)
         return data
 
+    @_bounded
     def tail(self, name: str, length: int) -> tuple[int, bytes]:
         """(size of the object, its last ``length`` bytes) in one request: a suffix range."""
         try:
@@ -108,6 +152,7 @@ class S3ObjectStore:
         size = int(content_range.rsplit("/", 1)[1]) if content_range else len(data)
         return size, data[-length:] if length else b""
 
+    @_bounded
     def size(self, name: str) -> int:
         try:
             reply = self.client.head_object(Bucket=self.bucket, Key=self._key(name))
@@ -117,6 +162,7 @@ class S3ObjectStore:
             raise
         return int(reply["ContentLength"])
 
+    @_bounded
     def list(self, prefix: str) -> list[ObjectInfo]:
         found = []
         paginator = self.client.get_paginator("list_objects_v2")
@@ -125,6 +171,7 @@ class S3ObjectStore:
                 found.append(ObjectInfo(item["Key"][len(self.prefix) :], int(item["Size"])))
         return sorted(found, key=lambda info: info.name)
 
+    @_bounded
     def list_dirs(self, prefix: str) -> builtins.list[str]:
         names = []
         paginator = self.client.get_paginator("list_objects_v2")
@@ -134,6 +181,7 @@ class S3ObjectStore:
                 names.append(item["Prefix"][len(full) :].rstrip("/"))
         return sorted(names)
 
+    @_bounded
     def delete(self, name: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(name))
 

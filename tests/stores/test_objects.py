@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 
-from latest_server.errors import ObjectMissing
+from latest_server.errors import ObjectMissing, StoreUnavailable
+from latest_server.settings import Settings
 from latest_server.stores import open_object_store
 from tests.conftest import S3_BUCKET, unique
 
@@ -77,3 +83,60 @@ def test_prefetched_ranges_are_served_from_memory(s3_endpoint: str) -> None:
         handle.seek(500_000)
         assert handle.read(10) == data[500_000:500_010]  # not prefetched: a ranged GET
         assert store.requests == before + 1
+
+
+def test_an_s3_that_never_answers_is_unavailable_once_its_tries_are_spent(silent_s3: str) -> None:
+    """Each call gives up after LATEST_S3_ATTEMPTS tries of LATEST_S3_TIMEOUT (a PUT's try first
+    waits a second for "100 Continue"; the backoff between two tries is under a second) with
+    StoreUnavailable naming the store, instead of botocore's 60 s for each of its tries."""
+    url = f"s3://{S3_BUCKET}/{unique('silent')}"
+    store = open_object_store(url, Settings(s3_timeout=0.5, s3_attempts=2))
+    for call in (
+        lambda: store.put("a/b", b"1"),
+        lambda: store.list("a/"),
+        lambda: store.get("a/b"),
+    ):
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match=f"the object store {url} is unavailable"):
+            call()
+        assert 1.0 <= time.monotonic() - started < 4.0  # two tries, then the answer
+
+
+class SlowDown(BaseHTTPRequestHandler):
+    """An overloaded S3: every request gets 503 SlowDown, S3's XML error body and all."""
+
+    def answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        body = b"<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>"
+        self.send_response(503)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_PUT = do_HEAD = do_DELETE = answer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def slow_down_s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    with ThreadingHTTPServer(("127.0.0.1", 0), SlowDown) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{server.server_port}")
+        yield
+        server.shutdown()
+
+
+def test_an_s3_answering_503_to_every_try_is_unavailable(slow_down_s3: None) -> None:
+    """5xx after every try means the store is unavailable (4xx answers keep their meaning:
+    test_missing_objects_raise_and_delete_is_idempotent)."""
+    url = f"s3://{S3_BUCKET}/{unique('slow')}"
+    store = open_object_store(url, Settings(s3_timeout=0.5, s3_attempts=2))
+    with pytest.raises(StoreUnavailable, match="SlowDown"):
+        store.list("a/")
+    with pytest.raises(StoreUnavailable, match="SlowDown"):
+        store.put("a/b", b"1")

@@ -15,7 +15,7 @@ import pytest
 
 from latest_server.resources import Resources
 from latest_server.settings import Settings
-from tests.conftest import ServerThread
+from tests.conftest import S3_BUCKET, ServerThread, unique
 
 T0 = 1_700_000_000
 
@@ -134,3 +134,23 @@ def test_unknown_variable_is_404(client: httpx.Client) -> None:
     response = client.get("/history/nobody")
     assert response.status_code == 404
     assert response.json()["error"]["type"] == "not_found"
+
+
+def test_a_silent_s3_makes_history_reads_503_while_ingest_and_latest_go_on(
+    settings: Settings, http_server: Callable[..., ServerThread], silent_s3: str
+) -> None:
+    """S3 takes connections and never answers: a history read (which lists the variable's
+    objects) answers 503 naming the object store once LATEST_S3_ATTEMPTS tries of
+    LATEST_S3_TIMEOUT are spent; writes and latest reads, which need only Redis, go on."""
+    url = f"s3://{S3_BUCKET}/{unique('silent')}"
+    server = http_server(settings, amqp_url=None, objects_url=url, s3_timeout=0.5, s3_attempts=2)
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        written = http.post("/ingest", content=b'{"id": "s/1", "ts": 1700000000, "v": 1}')
+        assert written.json()["accepted"] == 1
+        assert http.get("/latest/s%2F1").json()["v"] == 1
+        response = http.get("/history/s%2F1")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    error = response.json()["error"]
+    assert error["type"] == "store_unavailable"
+    assert f"the object store {url} is unavailable" in error["reason"]
