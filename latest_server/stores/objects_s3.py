@@ -49,15 +49,10 @@ def _bounded(
     def call(store: S3ObjectStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return method(store, *args, **kwargs)
-        except BotoCoreError as exc:  # connection refused or reset, timeouts
+        except (BotoCoreError, ClientError) as exc:  # BotoCoreError: refused, reset, timeouts
+            if isinstance(exc, ClientError) and _status(exc) < 500:
+                raise
             raise StoreUnavailable(f"the object store {store.url} is unavailable: {exc}") from exc
-        except ClientError as exc:
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if status >= 500:
-                raise StoreUnavailable(
-                    f"the object store {store.url} is unavailable: {exc}"
-                ) from exc
-            raise
 
     return call
 
@@ -192,6 +187,10 @@ class S3ObjectStore:
 
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
 
 
 class RangedFile(io.RawIOBase):
