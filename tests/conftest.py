@@ -4,7 +4,9 @@ TEST_AMQP_URL); each test gets a flushed Redis database and queue/exchange names
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import socket
@@ -216,6 +218,74 @@ def silent_s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
         listener.listen(64)
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{listener.getsockname()[1]}")
         yield s3_endpoint
+
+
+class Relay:
+    """A TCP relay on loopback to ``target`` (moto's port) that can be cut: while cut its port is
+    closed and the connections it carried are shut, which is an S3 outage to its clients. Each
+    connection is two threads copying bytes; every loop ends once the relay is closed."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.port = free_port()
+        self.carried: set[socket.socket] = set()
+        self.lock = threading.Lock()
+        self.listener: socket.socket | None = None
+        self.up()
+
+    def up(self) -> None:
+        listener = socket.create_server(("127.0.0.1", self.port))
+        listener.settimeout(0.1)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            listener.close()
+        with self.lock:
+            for carried in self.carried:
+                with contextlib.suppress(OSError):
+                    carried.shutdown(socket.SHUT_RDWR)
+
+    def _accept(self, listener: socket.socket) -> None:
+        while self.listener is listener:
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            with self.lock:
+                self.carried |= {client, upstream}
+            ends = threading.Barrier(2, action=functools.partial(self._close, client, upstream))
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._copy, args=(source, sink, ends), daemon=True).start()
+
+    @staticmethod
+    def _copy(source: socket.socket, sink: socket.socket, ends: threading.Barrier) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65_536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+        ends.wait()  # the second direction to end closes both sockets
+
+    def _close(self, *pair: socket.socket) -> None:
+        with self.lock:
+            for carried in pair:
+                carried.close()
+                self.carried.discard(carried)
+
+
+@pytest.fixture
+def s3_relay(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Relay]:
+    """moto behind a Relay, as AWS_ENDPOINT_URL_S3 for the object stores opened in the test."""
+    relay = Relay(int(s3_endpoint.rsplit(":", 1)[1]))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{relay.port}")
+    yield relay
+    relay.cut()
 
 
 @pytest.fixture(params=["file", "s3"])

@@ -17,7 +17,8 @@ from latest_server.ingestor import BatchResult
 from latest_server.packets import Packet, PacketParser
 from latest_server.resources import Resources
 from latest_server.settings import Settings
-from tests.conftest import wait_for
+from latest_server.stores.segments import Window
+from tests.conftest import S3_BUCKET, Relay, unique, wait_for
 from tests.sessions.helpers import EventListener, FullServer, RecordingHook
 
 T0 = 1_700_000_000
@@ -176,6 +177,37 @@ async def test_a_failing_end_hook_is_retried_until_it_succeeds(
     await wait_for(lambda: hook.states("r") == ["closed"], within=10)
     fields = await redis.hgetall(keys.session(keys.key_for("r")))
     assert fields[b"end_failures"] == b"2" and b"end_error" not in fields
+
+
+async def test_the_merge_at_a_session_end_waits_out_an_s3_outage(
+    opened: Callable[..., Any], fast: Settings, s3_relay: Relay, redis: Redis
+) -> None:
+    """The default end hook (move what is left in Redis, merge) meets an S3 that is cut: its
+    StoreUnavailable does not count against max_attempts (2 here, after which any other failure
+    is given up with end_error), so the hook is retried with backoff until S3 is back, and then
+    the session's history is merged."""
+    objects = f"s3://{S3_BUCKET}/{unique('ends')}"
+    config = dataclasses.replace(fast, objects_url=objects, s3_timeout=0.5, s3_attempts=1)
+    resources = await opened(config)
+    ends = resources.session_jobs.ends
+    ends.retry, ends.max_attempts = 0.05, 2
+    s3_relay.cut()
+    await write(resources, doc("o", "open"), sample("o", "v", T0), sample("o", "v", T0 + 1))
+    await write(resources, doc("o", "closed"))
+    session_key = keys.session(keys.key_for("o"))
+
+    async def failed(times: int) -> bool:
+        return int(await redis.hget(session_key, "end_failures") or 0) >= times
+
+    await wait_for(lambda: failed(4), within=20)  # past max_attempts, and still queued
+    assert b"is unavailable" in (await redis.hget(session_key, "end_error") or b"")
+    s3_relay.up()
+    await wait_for(lambda: _no_ending(redis), within=30)
+    assert b"end_error" not in await redis.hgetall(session_key)
+    k = keys.key_for("v")
+    assert len(resources.objects.list(keys.merged_prefix(k))) == 1
+    page = await resources.history.read(k, Window(-(2**62), 2**62))
+    assert page.entries.column("seq").to_pylist() == [1, 2]
 
 
 def test_http_routes_and_refusals(fast: Settings, redis: Redis) -> None:

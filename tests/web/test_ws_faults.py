@@ -7,11 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import os
 import random
 import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -29,7 +27,7 @@ from latest_server.packets import Packet, PacketParser
 from latest_server.resources import Resources
 from latest_server.settings import Settings
 from tests import test_faults
-from tests.conftest import S3_BUCKET, ServerThread, free_port, unique
+from tests.conftest import S3_BUCKET, Relay, ServerThread, free_port, unique
 from tests.test_faults import Spawn, latest_server, server_env
 
 spawn = test_faults.spawn  # the fixture: processes killed and reaped at teardown
@@ -500,78 +498,15 @@ async def test_redis_restarting_without_its_data_gives_subscribers_a_reset_never
     assert client.got["r/a"] == [*range(1, 21), *range(1, producer.top("r/a") + 1)]
 
 
-class Relay:
-    """A TCP relay on loopback to ``target`` (moto's port) that can be cut: while cut its port is
-    closed and the connections it carried are shut, which is an S3 outage to its clients. Each
-    connection is two threads copying bytes; every loop ends once the relay is closed."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.port = free_port()
-        self.carried: set[socket.socket] = set()
-        self.lock = threading.Lock()
-        self.listener: socket.socket | None = None
-        self.up()
-
-    def up(self) -> None:
-        listener = socket.create_server(("127.0.0.1", self.port))
-        listener.settimeout(0.1)
-        self.listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def cut(self) -> None:
-        listener, self.listener = self.listener, None
-        if listener is not None:
-            listener.close()
-        with self.lock:
-            for carried in self.carried:
-                with contextlib.suppress(OSError):
-                    carried.shutdown(socket.SHUT_RDWR)
-
-    def _accept(self, listener: socket.socket) -> None:
-        while self.listener is listener:
-            try:
-                client, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            with self.lock:
-                self.carried |= {client, upstream}
-            ends = threading.Barrier(2, action=functools.partial(self._close, client, upstream))
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._copy, args=(source, sink, ends), daemon=True).start()
-
-    @staticmethod
-    def _copy(source: socket.socket, sink: socket.socket, ends: threading.Barrier) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65_536):
-                sink.sendall(data)
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
-        ends.wait()  # the second direction to end closes both sockets
-
-    def _close(self, *pair: socket.socket) -> None:
-        with self.lock:
-            for carried in pair:
-                carried.close()
-                self.carried.discard(carried)
-
-
 async def test_subscribers_wait_through_an_s3_outage_then_get_every_seq_once(
-    settings: Settings,
-    s3_endpoint: str,
-    http_server: Callable[..., ServerThread],
-    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings, s3_relay: Relay, http_server: Callable[..., ServerThread]
 ) -> None:
     """S3 (a relay to moto) is cut while clients subscribe from the start of histories that are
     mostly in transfer objects. Their catch-up reads fail (StoreUnavailable once the tries are
     spent), and the subscriptions wait and read again from where they were: no error frame, no
     close. Once S3 is back, every client gets every seq exactly once, in order, including those
     written during the outage."""
-    relay = Relay(int(s3_endpoint.rsplit(":", 1)[1]))
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{relay.port}")
+    relay = s3_relay
     config = dataclasses.replace(
         settings,
         objects_url=f"s3://{S3_BUCKET}/{unique('outage')}",
@@ -603,7 +538,6 @@ async def test_subscribers_wait_through_an_s3_outage_then_get_every_seq_once(
         done.set()
         await cancel(*tasks)
     finally:
-        relay.cut()
         await stores.close()
     for client in clients:
         assert_exactly_once(client, producer, {})
