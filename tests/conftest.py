@@ -223,7 +223,8 @@ def silent_s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
 class Relay:
     """A TCP relay on loopback to ``target`` (moto's port) that can be cut: while cut its port is
     closed and the connections it carried are shut, which is an S3 outage to its clients. Each
-    connection is two threads copying bytes; every loop ends once the relay is closed."""
+    connection is two threads copying bytes; every loop ends once the relay is cut (the fixture
+    cuts it at teardown)."""
 
     def __init__(self, target: int) -> None:
         self.target = target
