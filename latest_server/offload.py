@@ -259,6 +259,8 @@ class OffloadTrigger:
                     return
             except LockLost:
                 log.warning("start-up offload job lost its lock")
+            except StoreUnavailable as exc:
+                log.warning("start-up offload job stopped: %s", exc)
             except Exception:
                 log.exception("start-up offload job failed")
             await asyncio.sleep(self.offloader.lock_ttl / 2)
