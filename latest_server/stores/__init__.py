@@ -33,7 +33,7 @@ async def open_latest_store(url: str, *, redis: Any, settings: Any) -> Any:
 def open_object_store(url: str, settings: Settings | None = None) -> Any:
     """An ObjectStore for ``s3://bucket/prefix`` or ``file:///path`` (S3 timeouts and tries
     from ``settings``, by default the defaults)."""
-    return backend_class(url, OBJECT_BACKENDS).from_settings(url, settings or Settings())
+    return backend_class(url, OBJECT_BACKENDS).from_url(url, settings=settings or Settings())
 
 
 def backend_class(url: str, table: dict[str, str]) -> Any:

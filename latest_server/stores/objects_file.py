@@ -26,7 +26,7 @@ class FileObjectStore:
         self.bytes_read = 0
 
     @classmethod
-    def from_settings(cls, url: str, settings: Settings) -> FileObjectStore:
+    def from_url(cls, url: str, *, settings: Settings) -> FileObjectStore:
         return cls(url)
 
     def _path(self, name: str) -> Path:

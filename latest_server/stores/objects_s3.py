@@ -78,7 +78,7 @@ class S3ObjectStore:
         self.bytes_read = 0
 
     @classmethod
-    def from_settings(cls, url: str, settings: Settings) -> S3ObjectStore:
+    def from_url(cls, url: str, *, settings: Settings) -> S3ObjectStore:
         return cls(url, timeout=settings.s3_timeout, attempts=settings.s3_attempts)
 
     def _key(self, name: str) -> str:
