@@ -213,9 +213,7 @@ def silent_s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
     """An S3 endpoint that takes connections and never answers (a listening socket that never
     accepts: the kernel completes the handshake, nobody reads), set as AWS_ENDPOINT_URL_S3 for
     the object stores opened in the test. Returns moto's endpoint, to set back."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(64)
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as listener:
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{listener.getsockname()[1]}")
         yield s3_endpoint
 

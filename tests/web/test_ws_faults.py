@@ -506,7 +506,6 @@ async def test_subscribers_wait_through_an_s3_outage_then_get_every_seq_once(
     spent), and the subscriptions wait and read again from where they were: no error frame, no
     close. Once S3 is back, every client gets every seq exactly once, in order, including those
     written during the outage."""
-    relay = s3_relay
     config = dataclasses.replace(
         settings,
         objects_url=f"s3://{S3_BUCKET}/{unique('outage')}",
@@ -522,7 +521,7 @@ async def test_subscribers_wait_through_an_s3_outage_then_get_every_seq_once(
         assert report is not None and report.entries == 200
         await producer.write(20)
         url = http_server(config).url.replace("http://", "ws://") + "/ws"
-        relay.cut()
+        s3_relay.cut()
         clients = [Client(f"c{i}", [url], producer.variables) for i in range(2)]
         done = asyncio.Event()
         tasks = [
@@ -533,7 +532,7 @@ async def test_subscribers_wait_through_an_s3_outage_then_get_every_seq_once(
         for client in clients:
             assert client.state == "reading", client.state  # subscribed, waiting, not failed
             assert not any(client.got.values())  # each history begins in S3
-        relay.up()
+        s3_relay.up()
         await wait_until_complete(clients, producer, within=30)
         done.set()
         await cancel(*tasks)
