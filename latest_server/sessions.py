@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 STATES = ("waiting", "open", "complete", "closed", "truncated", "failed")
 END_STATES = ("closed", "truncated", "failed")
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+# What an end hook raises when a store is away rather than because it failed: retried for as
+# long as it takes (StoreUnavailable, or redis-py's own errors from the merge's Redis calls).
+STORE_AWAY = (StoreUnavailable, RedisConnectionError, RedisTimeoutError)
 SCRIPTS = ("session_apply", "session_track", "session_poll", "session_claim", "session_release")
 
 
@@ -324,9 +327,10 @@ class SessionEnds:
 
     A due session is claimed for ``lease`` seconds (its score in the ending queue becomes the lease
     expiry); the hook runs; the claim is released. A hook that raises is retried with backoff, up
-    to ``max_attempts``, or for as long as it takes when it raised StoreUnavailable (a store that
-    is away comes back; the merge must still run then); a process that dies mid-hook is replaced
-    when the lease expires. The hook must therefore be idempotent (the merge is)."""
+    to ``max_attempts``, or for as long as it takes when it raised StoreUnavailable or a Redis
+    connection error (a store that is away comes back; the merge must still run then); a process
+    that dies mid-hook is replaced when the lease expires. The hook must therefore be idempotent
+    (the merge is)."""
 
     def __init__(
         self,
@@ -369,7 +373,7 @@ class SessionEnds:
         ) as exc:  # the hook is someone else's code: log, retry, never crash the loop
             attempts = self.failures.get(session_id, 0) + 1
             self.failures[session_id] = attempts
-            if attempts >= self.max_attempts and not isinstance(exc, StoreUnavailable):
+            if attempts >= self.max_attempts and not isinstance(exc, STORE_AWAY):
                 log.error("end hook of session %r failed %d times; giving up", session_id, attempts)
                 await self.store.release(session_id, token)
                 await self.store.redis.hset(

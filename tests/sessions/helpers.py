@@ -25,16 +25,17 @@ from tests.conftest import free_port
 class RecordingHook:
     """A real end hook that records its calls (thread-safe: servers run in other threads)."""
 
-    def __init__(self, fail_first: int = 0) -> None:
+    def __init__(self, fail_first: int = 0, error: Exception | None = None) -> None:
         self.calls: list[tuple[Session, list[str]]] = []
         self.failures_left = fail_first
+        self.error = error or RuntimeError("the merge failed (on purpose)")
         self.lock = threading.Lock()
 
     async def __call__(self, session: Session, variables: list[str]) -> None:
         with self.lock:
             if self.failures_left > 0:
                 self.failures_left -= 1
-                raise RuntimeError("the merge failed (on purpose)")
+                raise self.error
             self.calls.append((session, variables))
 
     def states(self, session_id: str) -> list[str]:

@@ -11,6 +11,7 @@ import httpx
 import orjson
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from latest_server import keys
 from latest_server.ingestor import BatchResult
@@ -177,6 +178,21 @@ async def test_a_failing_end_hook_is_retried_until_it_succeeds(
     await wait_for(lambda: hook.states("r") == ["closed"], within=10)
     fields = await redis.hgetall(keys.session(keys.key_for("r")))
     assert fields[b"end_failures"] == b"2" and b"end_error" not in fields
+
+
+async def test_an_end_hook_meeting_redis_away_is_retried_past_max_attempts(
+    opened: Callable[..., Any], redis: Redis
+) -> None:
+    """The merge's own Redis calls raise redis-py's ConnectionError when Redis is away: like
+    StoreUnavailable, that is a store coming back, not a failing hook, so it is not given up."""
+    hook = RecordingHook(fail_first=4, error=RedisConnectionError("Connection refused"))
+    resources = await opened(on_end=hook)
+    ends = resources.session_jobs.ends
+    ends.retry, ends.max_attempts = 0.05, 2
+    await write(resources, doc("a", "open"), sample("a", "v", T0), doc("a", "closed"))
+    await wait_for(lambda: hook.states("a") == ["closed"], within=20)
+    fields = await redis.hgetall(keys.session(keys.key_for("a")))
+    assert fields[b"end_failures"] == b"4" and b"end_error" not in fields
 
 
 async def test_the_merge_at_a_session_end_waits_out_an_s3_outage(
