@@ -214,7 +214,8 @@ class Settings:
         "LATEST_S3_ATTEMPTS",
         5,
         _positive_int,
-        "Tries of an S3 request (with backoff) before the object store counts as unavailable.",
+        "Tries of an S3 request (with backoff) before the object store counts as unavailable "
+        "(in place of AWS_MAX_ATTEMPTS and AWS_RETRY_MODE, which are not read).",
     )
     offload_check_interval: float = _setting(
         "LATEST_OFFLOAD_CHECK_INTERVAL",
