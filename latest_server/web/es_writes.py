@@ -125,13 +125,13 @@ class Writer:
         batch (one round trip), its packets built while the store writes the earlier ones; a
         delete or update runs on its own, after the run before it."""
         results: list[ItemResult | None] = [None] * len(ops)
-        await self.indices.ensure(
-            {op.index for op in ops if op.error is None and self.valid(op.index)}
-        )
+        names = {op.index for op in ops if op.error is None}
+        await self.indices.ensure({name for name in names if self.valid(name)})
+        count = len(ops)
         start = 0
-        while start < len(ops):
+        while start < count:
             end = start
-            while end < len(ops) and (ops[end].op in WRITES or ops[end].error is not None):
+            while end < count and (ops[end].op in WRITES or ops[end].error is not None):
                 end += 1
             if end > start:
                 await self._write_run(ops, start, end, results)
@@ -224,14 +224,17 @@ class Writer:
                 "(LATEST_MAX_PACKET_BYTES)"
             )
         version, version_type = op.versioning
+        # Positional: a dataclass __init__ called with keywords costs more, once per document.
         return Packet(
             variable_id,
             key,
             self._time(source, version),
             raw,
             hashlib.sha1(raw).hexdigest(),
-            version=version,
-            version_type=version_type,
+            None,
+            None,
+            version,
+            version_type,
         )
 
     def _resolve(self, index: str, doc_id: str | None, text: str | None) -> tuple[str, str, str]:
