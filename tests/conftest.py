@@ -1,5 +1,6 @@
-"""Shared fixtures. Tests talk to the real Redis and RabbitMQ on loopback (TEST_REDIS_URL,
-TEST_AMQP_URL); each test gets a flushed Redis database and queue/exchange names of its own."""
+"""Shared fixtures. Tests talk to a real Redis and RabbitMQ: a Redis server and a vhost this run
+starts and removes itself (tests/services.py), or TEST_REDIS_URL/TEST_AMQP_URL when set; each test
+gets a flushed Redis database and queue/exchange names of its own."""
 
 from __future__ import annotations
 
@@ -25,19 +26,26 @@ from redis.asyncio import Redis
 from latest_server.resources import Resources
 from latest_server.settings import Settings
 from latest_server.web.app import create_app, server_options
+from tests.services import free_port, private_redis, private_vhost
 
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
-AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+# Set by pytest_configure, before any test module is imported (they import these names).
+REDIS_URL = ""
+AMQP_URL = ""
+_services = contextlib.ExitStack()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global REDIS_URL, AMQP_URL
+    REDIS_URL = os.environ.get("TEST_REDIS_URL") or _services.enter_context(private_redis())
+    AMQP_URL = os.environ.get("TEST_AMQP_URL") or _services.enter_context(private_vhost())
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _services.close()
 
 
 def unique(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -31,10 +31,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from latest_server import keys
 from latest_server.settings import Settings
 from tests.conftest import AMQP_URL, free_port, wait_for
+from tests.services import redis_binary
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
-REDIS_SERVER = "/usr/bin/redis-server"
+REDIS_SERVER = redis_binary()
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 T0_MS = 1_700_000_000_000
 PUBLISH_CHUNK = 250  # publishes in flight at once; chunks are confirmed one after the other

@@ -28,6 +28,7 @@ from latest_server.resources import Resources
 from latest_server.settings import Settings
 from tests import test_faults
 from tests.conftest import S3_BUCKET, Relay, ServerThread, free_port, unique
+from tests.services import redis_binary
 from tests.test_faults import Spawn, latest_server, server_env
 
 spawn = test_faults.spawn  # the fixture: processes killed and reaped at teardown
@@ -433,7 +434,7 @@ async def test_redis_restarting_without_its_data_gives_subscribers_a_reset_never
     port = free_port()
     redis_url = f"redis://127.0.0.1:{port}/0"
     argv = [
-        "/usr/bin/redis-server",
+        redis_binary(),
         "--port",
         str(port),
         "--bind",
