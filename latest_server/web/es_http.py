@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -22,6 +21,7 @@ from latest_server.web.es_errors import (
     TooLarge,
     ValidationFailed,
 )
+from latest_server.web.encoding import BadEncoding, decode
 from latest_server.web.ingest import read_body
 
 PRODUCT_HEADER = {"X-Elastic-Product": "Elasticsearch"}
@@ -34,18 +34,16 @@ REFRESH_VALUES = ("", "true", "false", "wait_for")
 
 
 async def body(request: Request, limit: int) -> bytes:
-    """The request body, gunzipped when ``Content-Encoding: gzip``; 413 past ``limit`` bytes."""
+    """The request body, decoded by its ``Content-Encoding`` (web/encoding.py: every gzip
+    member, or a 400 ``parse_exception``); 413 past ``limit`` bytes, sent or decoded."""
     raw = await read_body(request, limit)
+    if raw is not None:
+        try:
+            raw = decode(raw, request.headers.get("content-encoding"), limit)
+        except BadEncoding as exc:
+            raise ParseError(exc.message) from None
     if raw is None:
         raise TooLarge(f"request body is larger than {limit} bytes (LATEST_MAX_BODY_BYTES)")
-    if request.headers.get("content-encoding", "").strip().lower() in ("gzip", "x-gzip"):
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            raw = inflater.decompress(raw, limit + 1)
-        except zlib.error as exc:
-            raise ParseError(f"request body is not valid gzip: {exc}") from None
-        if len(raw) > limit or inflater.unconsumed_tail:
-            raise TooLarge(f"request body is larger than {limit} bytes (LATEST_MAX_BODY_BYTES)")
     return raw
 
 
