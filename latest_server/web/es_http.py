@@ -5,8 +5,7 @@ parameters, versions, ``_source`` and ``filter_path`` filtering, and JSON respon
 from __future__ import annotations
 
 import fnmatch
-import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -22,6 +21,7 @@ from latest_server.web.es_errors import (
     ValidationFailed,
 )
 from latest_server.web.encoding import BadEncoding, decode
+from latest_server.web.es_filter import filter_path
 from latest_server.web.ingest import read_body
 
 PRODUCT_HEADER = {"X-Elastic-Product": "Elasticsearch"}
@@ -31,6 +31,7 @@ MAX_VERSION = 2**53
 LONG_MAX = 2**63 - 1
 VERSION_TYPES = ("internal", "external", "external_gt", "external_gte")
 REFRESH_VALUES = ("", "true", "false", "wait_for")
+MAX_SOURCE_PATTERNS = 100
 
 
 async def body(request: Request, limit: int) -> bytes:
@@ -73,10 +74,16 @@ def respond(request: Request, content: Any, status: int = 200) -> Response:
         return Response(None, status, headers=PRODUCT_HEADER, media_type=JSON)
     paths = request.query_params.get("filter_path")
     if paths:
-        content = filter_path(content, paths.split(","))
+        content = filter_path(content, paths)
     return Response(
         orjson.dumps(content), status, headers=PRODUCT_HEADER, media_type=media_type(request)
     )
+
+
+def raw(request: Request) -> bool:
+    """Whether a stored document may be answered as its bytes (an ``orjson.Fragment``):
+    not when ``filter_path`` has to look inside it."""
+    return "filter_path" not in request.query_params
 
 
 def error_response(request: Request, exc: EsError) -> Response:
@@ -225,6 +232,12 @@ def source_filter(
     excludes = _names(params.get("_source_excludes"))
     if includes or excludes:
         result = SourceFilter(True, includes or result.includes, excludes or result.excludes)
+    count = len(result.includes) + len(result.excludes)
+    if count > MAX_SOURCE_PATTERNS:  # each is tried on every path of the document
+        raise IllegalArgument(
+            f"_source has {count} include and exclude patterns, more than the "
+            f"{MAX_SOURCE_PATTERNS} latest-server takes"
+        )
     return result
 
 
@@ -247,81 +260,3 @@ def _filter_source(
             if inner:
                 out[key] = inner
     return out
-
-
-def filter_path(content: Any, patterns: Iterable[str]) -> Any:
-    """Keep the parts of a response named by dotted ``filter_path`` patterns (``*`` = any one
-    key, ``**`` = any depth); lists are walked through. Empty results become ``{}``."""
-    parsed = tuple(tuple(p.strip().split(".")) for p in patterns if p.strip())
-    kept = _keep(content, _level(parsed))
-    return {} if kept is _NOTHING else kept
-
-
-_NOTHING = object()
-GLOB_CHARS = frozenset("*?[")
-MAX_MOVES = 1024  # keys remembered per _Level: a response's keys repeat, a document's may not
-
-
-class _Level:
-    """Where matching stands: the patterns' remaining parts. Which level each key leads to is
-    worked out once and remembered, as the items of a ``_bulk`` answer repeat the same keys
-    (Logstash filters every answer with ``errors,items.*.error,items.*.status``)."""
-
-    __slots__ = ("moves", "names", "patterns", "whole")
-
-    def __init__(self, patterns: tuple[tuple[str, ...], ...]) -> None:
-        self.patterns = patterns
-        self.whole = () in patterns  # a pattern ends here: the value is kept whole
-        heads = dict.fromkeys(pattern[0] for pattern in patterns if pattern)  # in their order
-        # Names only: each is looked up, rather than every key of the value walked.
-        self.names = tuple(heads) if all(GLOB_CHARS.isdisjoint(h) for h in heads) else None
-        self.moves: dict[str, _Level | None] = {}
-
-    def move(self, key: str) -> _Level | None:
-        """The level below ``key``; None: nothing below it is kept."""
-        if key in self.moves:
-            return self.moves[key]
-        rest = []
-        for pattern in self.patterns:
-            head = pattern[0]
-            if head == "**":
-                rest.append(pattern)  # ** goes on matching deeper
-                if len(pattern) > 1 and _matches(key, pattern[1]):
-                    rest.append(pattern[2:])
-            elif _matches(key, head):
-                rest.append(pattern[1:])
-        level = _level(tuple(rest)) if rest else None
-        if len(self.moves) < MAX_MOVES:
-            self.moves[key] = level
-        return level
-
-
-@functools.lru_cache(maxsize=128)  # at most 128 x MAX_MOVES keys remembered in all
-def _level(patterns: tuple[tuple[str, ...], ...]) -> _Level:
-    return _Level(patterns)
-
-
-def _matches(key: str, head: str) -> bool:
-    return head in ("*", key) or (
-        not GLOB_CHARS.isdisjoint(head) and fnmatch.fnmatchcase(key, head)
-    )
-
-
-def _keep(value: Any, level: _Level) -> Any:
-    if level.whole:
-        return value
-    if isinstance(value, list):
-        items = [_keep(item, level) for item in value]
-        items = [item for item in items if item is not _NOTHING]
-        return items if items else _NOTHING
-    if not isinstance(value, dict):
-        return _NOTHING
-    out = {}
-    for key in value if level.names is None else level.names:
-        if key in value:
-            child = level.move(key)
-            if child is not None:
-                kept = _keep(value[key], child)
-                if kept is not _NOTHING:
-                    out[key] = kept
-    return out if out else _NOTHING
