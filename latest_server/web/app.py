@@ -8,11 +8,12 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from latest_server.resources import Resources
 from latest_server.settings import Settings
 from latest_server.web import errors, es, history, ingest, latest, metrics, ws, ws_direct
+from latest_server.web.paths import Mount, param
 from latest_server.web import sessions as session_routes
 
 
@@ -37,10 +38,10 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Sta
         Route("/ingest", ingest.ingest, methods=["POST"]),
         Route("/latest", latest.list_latest, methods=["GET"]),
         Route("/latest/_mget", latest.mget_latest, methods=["POST"]),
-        Route("/latest/{variable_id:path}", latest.get_latest, methods=["GET"]),
-        Route("/history/{variable_id:path}", history.get_history, methods=["GET"]),
+        Route("/latest/" + param("variable_id"), latest.get_latest, methods=["GET"]),
+        Route("/history/" + param("variable_id"), history.get_history, methods=["GET"]),
         Route("/sessions", session_routes.list_sessions, methods=["GET"]),
-        Route("/sessions/{session_id:path}", session_routes.get_session, methods=["GET"]),
+        Route("/sessions/" + param("session_id"), session_routes.get_session, methods=["GET"]),
         WebSocketRoute("/ws", ws.WebsocketEndpoint()),
         Route("/healthz", metrics.healthz, methods=["GET"]),
         Route("/readyz", metrics.readyz, methods=["GET"]),

@@ -38,6 +38,7 @@ from latest_server.web.es_errors import (
 )
 from latest_server.web.es_http import error_response, respond
 from latest_server.web.es_indices import check_name
+from latest_server.web.paths import param
 
 log = logging.getLogger(__name__)
 
@@ -319,5 +320,5 @@ async def dispatch(request: Request) -> Response:
 METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE"]
 ROUTES = [
     Route("/", dispatch, methods=METHODS),
-    Route("/{path:path}", dispatch, methods=METHODS),
+    Route("/" + param("path"), dispatch, methods=METHODS),
 ]
