@@ -13,8 +13,8 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from latest_server.resources import Resources
 from latest_server.settings import Settings
 from latest_server.web import errors, es, history, ingest, latest, metrics, ws, ws_direct
-from latest_server.web.paths import Mount, param
 from latest_server.web import sessions as session_routes
+from latest_server.web.paths import Mount, param
 
 
 def create_app(settings: Settings, *, resources: Resources | None = None) -> Starlette:

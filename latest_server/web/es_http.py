@@ -13,6 +13,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from latest_server.web.encoding import BadEncoding, decode
 from latest_server.web.es_errors import (
     EsError,
     IllegalArgument,
@@ -20,7 +21,6 @@ from latest_server.web.es_errors import (
     TooLarge,
     ValidationFailed,
 )
-from latest_server.web.encoding import BadEncoding, decode
 from latest_server.web.es_filter import filter_path
 from latest_server.web.ingest import read_body
 
