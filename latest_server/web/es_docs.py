@@ -44,7 +44,7 @@ def _item_response(request: Request, result: ItemResult, forced_refresh: bool) -
     if result.status == 201 and body.get("result") == "created":
         # Percent-encoded, as Elasticsearch does: an id is free text, a header is Latin-1
         # without control characters, and the write is already committed.
-        index, doc_id = quote(body["_index"], safe=""), quote(body["_id"], safe="")
+        index, doc_id = quote(str(body["_index"]), safe=""), quote(str(body["_id"]), safe="")
         response.headers["Location"] = f"/{index}/_doc/{doc_id}"
     return response
 

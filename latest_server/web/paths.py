@@ -7,6 +7,8 @@ here routes what it mounts the same way."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from starlette import routing
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.routing import compile_path
@@ -33,7 +35,7 @@ def param(name: str) -> str:
 class Mount(routing.Mount):
     """starlette's Mount, handing every remaining path (newlines included) to its routes."""
 
-    def __init__(self, path: str, routes: list[routing.BaseRoute]) -> None:
+    def __init__(self, path: str, routes: Sequence[routing.BaseRoute]) -> None:
         super().__init__(path, routes=routes)
         self.path_regex, self.path_format, self.param_convertors = compile_path(
             self.path + "/{path:any}"
