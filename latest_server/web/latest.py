@@ -18,6 +18,8 @@ MAX_IDS = 10_000
 async def get_latest(request: Request) -> Response:
     resources: Resources = request.app.state.resources
     variable_id: str = request.path_params["variable_id"]
+    if not variable_id:
+        raise NotFound("name a variable: GET /latest/{id} (the id URL-encoded)")
     found = await resources.latest.get(variable_id)
     if found is None:
         raise NotFound(f"no value for variable {variable_id!r}")
@@ -25,7 +27,7 @@ async def get_latest(request: Request) -> Response:
     etag = f'"{version}"'
     headers = {"ETag": etag, "X-Latest-Version": version}
     conditional = request.headers.get("if-none-match")
-    if conditional is not None and etag in _etags(conditional):
+    if conditional is not None and _fresh(etag, conditional):
         return Response(status_code=304, headers=headers)
     return Response(found.doc, headers=headers, media_type="application/json")
 
@@ -70,7 +72,8 @@ def _item(variable_id: str, found: LatestDoc | None) -> dict[str, Any]:
     }
 
 
-def _etags(header: str | None) -> list[str]:
-    if not header:
-        return []
-    return [part.strip().removeprefix("W/") for part in header.split(",")]
+def _fresh(etag: str, header: str) -> bool:
+    """``If-None-Match`` (RFC 9110 §13.1.2): ``*`` matches any current value, else one of the
+    listed tags must (weak comparison)."""
+    tags = [part.strip().removeprefix("W/") for part in header.split(",")]
+    return "*" in tags or etag in tags
