@@ -11,6 +11,9 @@ from starlette.responses import Response
 from latest_server.errors import BadRequest, NotFound
 from latest_server.resources import Resources
 from latest_server.stores.base import LatestDoc
+from latest_server.web.encoding import decode
+from latest_server.web.errors import json_error
+from latest_server.web.ingest import read_body
 
 MAX_IDS = 10_000
 
@@ -40,8 +43,15 @@ async def list_latest(request: Request) -> Response:
 
 
 async def mget_latest(request: Request) -> Response:
+    """The body is bounded and decoded as ``/ingest``'s (LATEST_MAX_BODY_BYTES, gzip)."""
+    limit = request.app.state.resources.settings.max_body_bytes
+    raw = await read_body(request, limit)
+    if raw is not None:
+        raw = decode(raw, request.headers.get("content-encoding"), limit)
+    if raw is None:
+        return json_error(413, "too_large", f"request body is larger than {limit} bytes")
     try:
-        body = orjson.loads(await request.body())
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise BadRequest('body must be JSON: {"ids": ["a", "b"]}') from None
     ids = body.get("ids") if isinstance(body, dict) else None

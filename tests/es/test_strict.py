@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from latest_server.settings import Settings
+from latest_server.web import es as es_api
 from tests.es.conftest import EsServerThread
 
 
@@ -118,3 +119,9 @@ def test_a_filter_path_past_its_bound_is_refused_before_the_write(es: httpx.Clie
     refused = es.get("/latest/_doc/f", params={"_source_includes": many})
     assert refused.status_code == 400
     assert "_source has 101" in refused.json()["error"]["reason"]
+
+
+def test_every_route_declares_its_parameters() -> None:
+    """A handler left out of PARAMS would refuse even what Elasticsearch takes."""
+    handlers = {handler for _, methods in es_api.TABLE for handler in methods.values()}
+    assert handlers <= set(es_api.PARAMS)

@@ -113,3 +113,16 @@ def test_ingest_reads_gzip_and_names_what_it_cannot(
     assert refused.status_code == 400
     assert refused.json()["error"]["type"] == "bad_encoding"
     assert "[br]" in refused.json()["error"]["reason"]
+
+
+def test_latest_mget_reads_a_bounded_body_gzip_or_not(
+    clients: tuple[httpx.Client, httpx.Client],
+) -> None:
+    main, _ = clients
+    main.post("/ingest", content=b'{"id": "m", "ts": 1700000000}')
+    ids = orjson.dumps({"ids": ["m", "n"]})
+    found = main.post("/latest/_mget", content=gzip.compress(ids), headers=GZIP).json()["docs"]
+    assert [doc["found"] for doc in found] == [True, False]
+    huge = orjson.dumps({"ids": ["x" * 100] * 2_000})  # 200 kB, over the limit
+    assert main.post("/latest/_mget", content=huge).status_code == 413
+    assert main.post("/latest/_mget", content=gzip.compress(huge), headers=GZIP).status_code == 413
