@@ -9,6 +9,7 @@ import pytest
 
 from latest_server.web.es_errors import IllegalArgument
 from latest_server.web.es_filter import MAX_MOVES, compile_filter, filter_path
+from latest_server.web.es_http import SourceFilter
 
 LOGSTASH = ["errors", "items.*.error", "items.*.status"]
 
@@ -115,3 +116,15 @@ def test_a_filter_path_past_the_bound_is_refused() -> None:
     with pytest.raises(IllegalArgument, match="filter_path has 101 segments"):
         filter_path({}, [".".join(["a"] * 50), ".".join(["b"] * 51)])
     assert filter_path({"a": 1}, ",".join(["a"] * 200)) == {"a": 1}  # repeats count once
+
+
+def test_source_filters_match_every_pattern_at_once() -> None:
+    doc = {"a": {"b": 1, "c": 2, "e": {"f": 3}}, "d": 4, "g": [1], "h.i": 5}
+    assert SourceFilter(True, ("a.*", "d"), ("a.c",)).apply(doc) == {
+        "a": {"b": 1, "e": {"f": 3}},
+        "d": 4,
+    }
+    assert SourceFilter(True, ("*.f", "h?i"), ()).apply(doc) == {"a": {"e": {"f": 3}}, "h.i": 5}
+    assert SourceFilter(True, (), ("a", "[dg]")).apply(doc) == {"h.i": 5}
+    patterns = tuple(f"p{n}*" for n in range(100)) + ("a.e.*",)
+    assert SourceFilter(True, patterns, ()).apply(doc) == {"a": {"e": {"f": 3}}}
