@@ -8,12 +8,14 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from latest_server.resources import Resources
 from latest_server.settings import Settings
 from latest_server.web import errors, es, history, ingest, latest, metrics, ws, ws_direct
 from latest_server.web import sessions as session_routes
+from latest_server.web.params import strict
+from latest_server.web.paths import Mount, param
 
 
 def create_app(settings: Settings, *, resources: Resources | None = None) -> Starlette:
@@ -33,26 +35,41 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Sta
             stack.push_async_callback(app.state.hub.close)
             yield
 
+    # Each route names the query parameters it takes; any other is a 400 (web/params.py).
     routes: list[BaseRoute] = [
-        Route("/ingest", ingest.ingest, methods=["POST"]),
-        Route("/latest", latest.list_latest, methods=["GET"]),
-        Route("/latest/_mget", latest.mget_latest, methods=["POST"]),
-        Route("/latest/{variable_id:path}", latest.get_latest, methods=["GET"]),
-        Route("/history/{variable_id:path}", history.get_history, methods=["GET"]),
-        Route("/sessions", session_routes.list_sessions, methods=["GET"]),
-        Route("/sessions/{session_id:path}", session_routes.get_session, methods=["GET"]),
+        Route("/ingest", strict(ingest.ingest), methods=["POST"]),
+        Route("/latest", strict(latest.list_latest, "id"), methods=["GET"]),
+        Route("/latest/_mget", strict(latest.mget_latest), methods=["POST"]),
+        Route("/latest/" + param("variable_id"), strict(latest.get_latest), methods=["GET"]),
+        Route("/history", strict(history.get_history, *history.PARAMS), methods=["GET"]),
+        Route(
+            "/history/" + param("variable_id"),
+            strict(history.get_history, *history.PARAMS),
+            methods=["GET"],
+        ),
+        Route(
+            "/sessions",
+            strict(session_routes.list_sessions, *session_routes.PARAMS),
+            methods=["GET"],
+        ),
+        Route(
+            "/sessions/" + param("session_id"), strict(session_routes.get_session), methods=["GET"]
+        ),
         WebSocketRoute("/ws", ws.WebsocketEndpoint()),
-        Route("/healthz", metrics.healthz, methods=["GET"]),
-        Route("/readyz", metrics.readyz, methods=["GET"]),
+        Route("/healthz", strict(metrics.healthz), methods=["GET"]),
+        Route("/readyz", strict(metrics.readyz), methods=["GET"]),
     ]
     if settings.es_prefix:  # the Elasticsearch-compatible API under a path, e.g. /es
         routes.append(Mount(settings.es_prefix, routes=es.ROUTES))
-    return Starlette(
+    app = Starlette(
         routes=routes,
         exception_handlers=errors.HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
         middleware=[Middleware(ws_direct.ServerSend)],
     )
+    # "/history/" is not "/history" with a slash too many: no redirects, a JSON 404 instead.
+    app.router.redirect_slashes = False
+    return app
 
 
 def create_es_app(settings: Settings, *, resources: Resources | None = None) -> Starlette:

@@ -26,18 +26,21 @@ from starlette.routing import Route
 
 from latest_server import __version__
 from latest_server.errors import LatestError
-from latest_server.web import es_bulk, es_docs
+from latest_server.web import es_bulk, es_docs, params
 from latest_server.web.es_context import Context
 from latest_server.web.es_errors import (
     AlreadyExists,
     EsError,
+    IllegalArgument,
     IndexNotFound,
     MethodNotAllowed,
     NoHandler,
     from_latest_error,
 )
+from latest_server.web.es_filter import compile_filter
 from latest_server.web.es_http import error_response, respond
 from latest_server.web.es_indices import check_name
+from latest_server.web.paths import param
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +259,79 @@ TABLE: list[tuple[tuple[str, ...], dict[str, Handler]]] = [
 ]
 
 
+# Query parameters, as Elasticsearch's handlers consume them: any other is a 400
+# (``illegal_argument_exception``, "contains unrecognized parameter"). COMMON are taken on every
+# route (the official client may send them all). Parameters about shards, routing and waiting
+# (``timeout``, ``routing``, ``wait_for_active_shards``, ``master_timeout``...) are taken and mean
+# nothing here: one shard, real-time, every write visible at once. One that would change what is
+# stored or answered and is not implemented (``pipeline``, ``stored_fields``, ``_source`` on
+# ``_update``) is refused rather than ignored.
+COMMON = ("filter_path", "pretty", "human", "error_trace")
+WAITS = ("timeout", "master_timeout", "wait_for_active_shards")
+WRITES = (*WAITS, "refresh", "routing", "require_alias", "include_source_on_error")
+VERSIONED = ("version", "version_type", "if_seq_no", "if_primary_term")
+READS: tuple[str, ...] = ("_source", "_source_includes", "_source_excludes", "refresh")
+READS += ("preference", "realtime", "routing")
+INDICES = ("allow_no_indices", "expand_wildcards", "ignore_unavailable")
+PARAMS: dict[Handler, tuple[str, ...]] = {
+    info: (),
+    license_: ("accept_enterprise", "local"),
+    acknowledged: ("create", "cause", *WAITS),
+    template_exists: ("local", "flat_settings", "include_defaults", "master_timeout"),
+    ilm_policy: WAITS,
+    xpack: ("categories", "accept_enterprise"),
+    nodes: ("flat_settings", "timeout"),
+    health: (
+        *INDICES,
+        *WAITS,
+        "level",
+        "local",
+        "wait_for_events",
+        "wait_for_nodes",
+        "wait_for_status",
+        "wait_for_no_initializing_shards",
+        "wait_for_no_relocating_shards",
+    ),
+    refresh: INDICES,
+    index_exists: (*INDICES, "flat_settings", "include_defaults", "local", "master_timeout"),
+    create_index: WAITS,
+    write_doc: (*WRITES, *VERSIONED, "op_type", "require_data_stream"),
+    write_auto_id: (*WRITES, *VERSIONED, "op_type", "require_data_stream"),
+    create_doc: (*WRITES, *VERSIONED, "require_data_stream"),
+    es_docs.update: (*WRITES, *VERSIONED, "retry_on_conflict"),
+    es_docs.delete: (*WRITES, *VERSIONED),
+    es_docs.get: READS,
+    es_docs.get_source: READS,
+    es_docs.mget: READS,
+    mget_all: READS,
+    es_bulk.bulk: (*WRITES, "require_data_stream", "list_executed_pipelines"),
+    bulk_all: (*WRITES, "require_data_stream", "list_executed_pipelines"),
+}
+
+
+def check_params(request: Request, path: str, handler: Handler) -> None:
+    """Elasticsearch's answer to a parameter its handler does not consume, before anything is
+    read or written; a ``filter_path`` past its bound is refused here too, not after a write."""
+    allowed = (*COMMON, *PARAMS.get(handler, ()))
+    names = params.unknown(request, allowed)
+    if names:
+        listed = ", ".join(f"[{name}]{_did_you_mean(name, allowed)}" for name in names)
+        plural = "s" if len(names) > 1 else ""
+        raise IllegalArgument(f"request [{path}] contains unrecognized parameter{plural}: {listed}")
+    value = request.query_params.get("filter_path")
+    if value:
+        compile_filter(value)
+
+
+def _did_you_mean(name: str, allowed: tuple[str, ...]) -> str:
+    close = params.suggestion(name, allowed)
+    if not close:
+        return ""
+    if len(close) == 1:
+        return f" -> did you mean [{close[0]}]?"
+    return f" -> did you mean any of [{', '.join(close)}]?"
+
+
 def match(parts: list[str]) -> tuple[dict[str, Handler], list[str]] | None:
     """The handlers of the first pattern ``parts`` fits, and the values of its ``*``s."""
     for pattern, handlers in TABLE:
@@ -306,6 +382,7 @@ async def dispatch(request: Request) -> Response:
         handler = handlers.get(method)
         if handler is None:
             raise MethodNotAllowed(method, unquote(path), sorted(handlers))
+        check_params(request, unquote(path), handler)
         return await handler(context(request), request, *values)
     except EsError as exc:
         return error_response(request, exc)
@@ -319,5 +396,5 @@ async def dispatch(request: Request) -> Response:
 METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE"]
 ROUTES = [
     Route("/", dispatch, methods=METHODS),
-    Route("/{path:path}", dispatch, methods=METHODS),
+    Route("/" + param("path"), dispatch, methods=METHODS),
 ]

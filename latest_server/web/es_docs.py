@@ -10,6 +10,7 @@ by both (es_writes.candidate_keys).
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from starlette.requests import Request
@@ -41,7 +42,10 @@ def _item_response(request: Request, result: ItemResult, forced_refresh: bool) -
         body["forced_refresh"] = True
     response = respond(request, body, result.status)
     if result.status == 201 and body.get("result") == "created":
-        response.headers["Location"] = f"/{body['_index']}/_doc/{body['_id']}"
+        # Percent-encoded, as Elasticsearch does: an id is free text, a header is Latin-1
+        # without control characters, and the write is already committed.
+        index, doc_id = quote(str(body["_index"]), safe=""), quote(str(body["_id"]), safe="")
+        response.headers["Location"] = f"/{index}/_doc/{doc_id}"
     return response
 
 
@@ -107,7 +111,10 @@ async def _read(ctx: Context, wanted: list[tuple[str, str]]) -> list[LatestDoc |
     return docs
 
 
-def _found(index: str, doc_id: str, doc: LatestDoc, source: SourceFilter) -> dict[str, Any]:
+def _found(
+    index: str, doc_id: str, doc: LatestDoc, source: SourceFilter, raw: bool
+) -> dict[str, Any]:
+    """The answer for a found document; ``raw``: its stored bytes may go out as they are."""
     body: dict[str, Any] = {
         "_index": index,
         "_id": doc_id,
@@ -116,8 +123,10 @@ def _found(index: str, doc_id: str, doc: LatestDoc, source: SourceFilter) -> dic
         "_primary_term": 1,
         "found": True,
     }
-    if source.whole:
+    if source.whole and raw:
         body["_source"] = orjson.Fragment(doc.doc)
+    elif source.whole:
+        body["_source"] = orjson.loads(doc.doc)
     elif source.enabled:
         body["_source"] = source.apply(orjson.loads(doc.doc))
     return body
@@ -130,7 +139,7 @@ async def get(ctx: Context, request: Request, index: str, doc_id: str) -> Respon
     [doc] = await _read(ctx, [(index, doc_id)])
     if doc is None:
         return respond(request, {"_index": index, "_id": doc_id, "found": False}, 404)
-    return respond(request, _found(index, doc_id, doc, source))
+    return respond(request, _found(index, doc_id, doc, source, es_http.raw(request)))
 
 
 async def get_source(ctx: Context, request: Request, index: str, doc_id: str) -> Response:
@@ -141,7 +150,7 @@ async def get_source(ctx: Context, request: Request, index: str, doc_id: str) ->
     if doc is None:
         reason = f"Document not found [{index}]/[{doc_id}]"
         raise ResourceNotFound(reason, index=index)
-    if source.whole:
+    if source.whole and es_http.raw(request):
         return respond(request, orjson.Fragment(doc.doc))
     return respond(request, source.apply(orjson.loads(doc.doc)))
 
@@ -189,6 +198,7 @@ async def mget(ctx: Context, request: Request, index: str | None) -> Response:
     exists = {name: await ctx.indices.exists(name) for name in {r[0] for r in requests}}
     readable = [(i, d) for i, d, _ in requests if exists[i]]
     found = iter(await _read(ctx, readable))
+    raw = es_http.raw(request)
     answers: list[dict[str, Any]] = []
     for doc_index, doc_id, source in requests:
         if not exists[doc_index]:
@@ -200,5 +210,5 @@ async def mget(ctx: Context, request: Request, index: str | None) -> Response:
         if doc is None:
             answers.append({"_index": doc_index, "_id": doc_id, "found": False})
         else:
-            answers.append(_found(doc_index, doc_id, doc, source))
+            answers.append(_found(doc_index, doc_id, doc, source, raw))
     return respond(request, {"docs": answers})

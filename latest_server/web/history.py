@@ -29,12 +29,19 @@ DEFAULT_LIMIT = 1_000
 MAX_POINTS = 100_000
 MAX_SERIES_ROWS = 20_000_000
 FORMATS = ("json", "ndjson", "csv", "parquet", "png")
+MARKED_POINTS = 100  # a series this short gets a marker on every point
+# The date above short ranges' hour ticks (ISO dates: ConciseDateFormatter's offset line).
+OFFSET_FORMATS = ["", "%Y", "%Y-%m", "%Y-%m-%d", "%Y-%m-%d", "%Y-%m-%d %H:%M"]
+MORE = "more"  # the default CSV's last column: fields beyond those of the first page
+PARAMS = ("format", "order", "from", "to", "cursor", "limit", "field", "fields", "points")
 EDGE = 2**62
 
 
 async def get_history(request: Request) -> Response:
     resources: Resources = request.app.state.resources
-    variable_id: str = request.path_params["variable_id"]
+    variable_id: str = request.path_params.get("variable_id", "")
+    if not variable_id:
+        raise NotFound("name a variable: GET /history/{id} (the id URL-encoded)")
     query = request.query_params
     fmt = query.get("format", "json")
     if fmt not in FORMATS:
@@ -104,20 +111,30 @@ async def _ndjson(pages: AsyncIterator[pa.Table]) -> AsyncIterator[bytes]:
 
 
 async def _csv(pages: AsyncIterator[pa.Table], fields: list[str]) -> AsyncIterator[str]:
+    """``ts`` and ``seq`` of each entry, then ``fields`` (dotted paths). Without ``fields``:
+    every top-level field of the first page's documents, in the order first seen, and a last
+    column (``more``) holding, as a JSON object, any field an entry has beyond those, so
+    nothing of a document is left out of the file."""
     paths = [tuple(f.split(".")) for f in fields]
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["ts", "seq", *fields])
+    columns: list[str] | None = None
     async for table in pages:
-        columns = zip(
-            table.column("ts").to_pylist(),
-            table.column("seq").to_pylist(),
-            table.column("doc").to_pylist(),
-            strict=True,
+        docs = [orjson.loads(doc) for doc in table.column("doc").to_pylist()]
+        if columns is None:
+            columns = fields or list(dict.fromkeys(key for doc in docs for key in doc))
+            writer.writerow(["ts", "seq", *columns] if fields else ["ts", "seq", *columns, MORE])
+        known = frozenset(columns)
+        rows = zip(
+            table.column("ts").to_pylist(), table.column("seq").to_pylist(), docs, strict=True
         )
-        for ts, seq, doc in columns:
-            document = orjson.loads(doc)
-            writer.writerow([ts, seq, *(_csv_value(_lookup(document, p)) for p in paths)])
+        for ts, seq, document in rows:
+            if fields:
+                writer.writerow([ts, seq, *(_csv_value(_lookup(document, p)) for p in paths)])
+                continue
+            more = {key: value for key, value in document.items() if key not in known}
+            values = [_csv_value(document.get(column)) for column in columns]
+            writer.writerow([ts, seq, *values, orjson.dumps(more).decode() if more else ""])
         yield out.getvalue()
         out.seek(0)
         out.truncate()
@@ -139,6 +156,8 @@ async def _series(
     if not 3 <= points <= MAX_POINTS:
         raise BadRequest(f"points must be between 3 and {MAX_POINTS}")
     ts, values = await resources.history.series(key, Window(window.lo, window.hi), field)
+    if not len(ts):
+        await _no_numbers(resources, key, window, field)
     if len(ts) > MAX_SERIES_ROWS:
         raise BadRequest(f"more than {MAX_SERIES_ROWS} entries: narrow the time range")
     if len(ts) > points:
@@ -156,22 +175,67 @@ async def _series(
 
 
 def _plot(variable_id: str, field: str, ts: Any, values: Any) -> bytes:
-    import matplotlib
+    out = io.BytesIO()
+    figure(variable_id, field, ts, values).savefig(out, format="png")
+    return out.getvalue()
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(10, 4), dpi=100)
-    try:
-        axes.plot(ts.astype("datetime64[us]"), values, linewidth=0.8)
-        axes.set_title(f"{variable_id} · {field}")
-        axes.grid(True, alpha=0.3)
-        figure.autofmt_xdate()
-        out = io.BytesIO()
-        figure.savefig(out, format="png")
-        return out.getvalue()
-    finally:
-        plt.close(figure)
+def figure(variable_id: str, field: str, ts: Any, values: Any) -> Any:
+    """The plot of a series (``ts`` in µs, UTC): the field on the y axis, time in UTC on the x
+    axis; a marker on each point when there are few (one point is a dot, not nothing); the
+    date in the corner when the ticks show only hours (ConciseDateFormatter's offset). A
+    ``Figure`` of its own, not pyplot's global state, so concurrent requests never share one;
+    ids and fields are drawn as plain text (a ``$`` would otherwise start TeX math, which
+    fails to parse in the middle of answering)."""
+    import numpy as np
+    from matplotlib import dates
+    from matplotlib.figure import Figure
+
+    plot = Figure(figsize=(10, 4), dpi=100)
+    axes = plot.subplots()
+    few = len(ts) <= MARKED_POINTS
+    axes.plot(
+        ts.astype("datetime64[us]"),
+        values,
+        linewidth=0.8,
+        marker="o" if few else None,
+        markersize=5 if len(ts) == 1 else 3,
+    )
+    locator = dates.AutoDateLocator()  # type: ignore[no-untyped-call]
+    axes.xaxis.set_major_locator(locator)
+    axes.xaxis.set_major_formatter(
+        dates.ConciseDateFormatter(  # type: ignore[no-untyped-call]
+            locator, offset_formats=OFFSET_FORMATS, tz=dates.UTC
+        )
+    )
+    if len(ts) and ts.min() == ts.max():  # one instant: an hour around it, not years
+        moment = ts.min().astype("datetime64[us]")
+        axes.set_xlim(moment - np.timedelta64(30, "m"), moment + np.timedelta64(30, "m"))
+    axes.set_title(variable_id, parse_math=False)
+    axes.set_ylabel(field, parse_math=False)
+    axes.set_xlabel("time (UTC)")
+    axes.grid(True, alpha=0.3)
+    plot.tight_layout()
+    return plot
+
+
+async def _no_numbers(resources: Resources, key: str, window: Window, field: str) -> None:
+    """An empty series where the range has entries: the field is absent or not a number, and
+    an empty answer (or plot) would say "no data" instead. 400 naming the field."""
+    page = await resources.history.read(key, Window(window.lo, window.hi), 1)
+    if not page.entries.num_rows:
+        return  # the range is empty: so is its series
+    first = _lookup(orjson.loads(page.entries.column("doc")[0].as_py()), tuple(field.split(".")))
+    if first is None:
+        held = "has no such field"
+    elif isinstance(first, (dict, list)):
+        held = f"holds a JSON {'object' if isinstance(first, dict) else 'array'}"
+    else:
+        held = f"holds {orjson.dumps(first).decode()[:40]}"
+    raise BadRequest(
+        f"field {field!r} holds no number in this range (its first entry {held})",
+        reason="bad_field",
+    )
 
 
 def _time(resources: Resources, raw: str | None, default: int, name: str) -> int:

@@ -1,4 +1,5 @@
-"""POST /ingest: a JSON object, a JSON array, or NDJSON, through the same write path as AMQP."""
+"""POST /ingest: a JSON object, a JSON array, or NDJSON (gzip or not), through the same write
+path as AMQP."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from starlette.responses import Response
 
 from latest_server.packets import Packet
 from latest_server.resources import Resources
+from latest_server.web.encoding import decode
 from latest_server.web.errors import json_error
 
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
@@ -34,6 +36,8 @@ async def ingest(request: Request) -> Response:
     resources: Resources = request.app.state.resources
     limit = resources.settings.max_body_bytes
     body = await read_body(request, limit)
+    if body is not None:  # gzip is decoded (every member) or refused with a 400
+        body = decode(body, request.headers.get("content-encoding"), limit)
     if body is None:
         return json_error(413, "too_large", f"request body is larger than {limit} bytes")
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()

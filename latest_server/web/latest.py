@@ -11,6 +11,9 @@ from starlette.responses import Response
 from latest_server.errors import BadRequest, NotFound
 from latest_server.resources import Resources
 from latest_server.stores.base import LatestDoc
+from latest_server.web.encoding import decode
+from latest_server.web.errors import json_error
+from latest_server.web.ingest import read_body
 
 MAX_IDS = 10_000
 
@@ -18,6 +21,8 @@ MAX_IDS = 10_000
 async def get_latest(request: Request) -> Response:
     resources: Resources = request.app.state.resources
     variable_id: str = request.path_params["variable_id"]
+    if not variable_id:
+        raise NotFound("name a variable: GET /latest/{id} (the id URL-encoded)")
     found = await resources.latest.get(variable_id)
     if found is None:
         raise NotFound(f"no value for variable {variable_id!r}")
@@ -25,7 +30,7 @@ async def get_latest(request: Request) -> Response:
     etag = f'"{version}"'
     headers = {"ETag": etag, "X-Latest-Version": version}
     conditional = request.headers.get("if-none-match")
-    if conditional is not None and etag in _etags(conditional):
+    if conditional is not None and _fresh(etag, conditional):
         return Response(status_code=304, headers=headers)
     return Response(found.doc, headers=headers, media_type="application/json")
 
@@ -38,8 +43,15 @@ async def list_latest(request: Request) -> Response:
 
 
 async def mget_latest(request: Request) -> Response:
+    """The body is bounded and decoded as ``/ingest``'s (LATEST_MAX_BODY_BYTES, gzip)."""
+    limit = request.app.state.resources.settings.max_body_bytes
+    raw = await read_body(request, limit)
+    if raw is not None:
+        raw = decode(raw, request.headers.get("content-encoding"), limit)
+    if raw is None:
+        return json_error(413, "too_large", f"request body is larger than {limit} bytes")
     try:
-        body = orjson.loads(await request.body())
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise BadRequest('body must be JSON: {"ids": ["a", "b"]}') from None
     ids = body.get("ids") if isinstance(body, dict) else None
@@ -70,7 +82,8 @@ def _item(variable_id: str, found: LatestDoc | None) -> dict[str, Any]:
     }
 
 
-def _etags(header: str | None) -> list[str]:
-    if not header:
-        return []
-    return [part.strip().removeprefix("W/") for part in header.split(",")]
+def _fresh(etag: str, header: str) -> bool:
+    """``If-None-Match`` (RFC 9110 §13.1.2): ``*`` matches any current value, else one of the
+    listed tags must (weak comparison)."""
+    tags = [part.strip().removeprefix("W/") for part in header.split(",")]
+    return "*" in tags or etag in tags

@@ -11,6 +11,7 @@ from latest_server.resources import Resources
 from latest_server.sessions import STATES, SessionStore
 
 MAX_LIMIT = 1000
+PARAMS = ("state", "limit")
 
 
 def _store(request: Request) -> SessionStore:

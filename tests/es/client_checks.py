@@ -318,6 +318,16 @@ def compressed_requests(es: Any, url: str) -> None:
         assert gz.get(index="latest", id="gz")["_source"]["z"] == "x" * 5000
         response = gz.bulk(operations=[{"index": {"_index": "latest", "_id": "gz2"}}, {"z": 1}])
         assert response["errors"] is False
+        # a larger compressed body: every document of it is written, none left behind
+        operations: list[Any] = []
+        for n in range(300):
+            operations += [
+                {"index": {"_index": "latest", "_id": f"gz-{n}"}},
+                {"n": n, "pad": "y" * n},
+            ]
+        assert gz.bulk(operations=operations)["errors"] is False
+        found = gz.mget(index="latest", ids=[f"gz-{n}" for n in range(300)])["docs"]
+        assert [doc["_source"]["n"] for doc in found] == list(range(300))
 
 
 @check

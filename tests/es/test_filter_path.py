@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from latest_server.web.es_http import MAX_MOVES, filter_path
+import pytest
+
+from latest_server.web.es_errors import IllegalArgument
+from latest_server.web.es_filter import MAX_MOVES, compile_filter, filter_path
+from latest_server.web.es_http import SourceFilter
 
 LOGSTASH = ["errors", "items.*.error", "items.*.status"]
 
@@ -73,3 +77,54 @@ def test_a_filter_meets_more_keys_than_it_remembers() -> None:
     expected = {f"k{i}": {"v": i} for i in range(MAX_MOVES + 100)}
     assert filter_path(wide, ["*.v"]) == expected
     assert filter_path(wide, ["*.v"]) == expected
+
+
+def test_double_stars_match_one_level_or_more_as_elasticsearch() -> None:
+    """Elasticsearch's FilterPath: ``**`` consumes at least one key, a trailing ``**`` keeps
+    every child, ``\\.`` is a dot inside a key."""
+    doc = {"a": 1, "b": {"a": 2, "c": {"a": 3}}, "x.y": 4, "x": {"y": 5}}
+    assert filter_path(doc, ["**.a"]) == {"b": {"a": 2, "c": {"a": 3}}}
+    assert filter_path(doc, ["**.**.a"]) == {"b": {"c": {"a": 3}}}
+    assert filter_path(doc, ["b.**"]) == {"b": doc["b"]}
+    assert filter_path(doc, ["x\\.y"]) == {"x.y": 4}
+    assert filter_path(doc, ["x.y"]) == {"x": {"y": 5}}
+    assert filter_path(doc, ["b", "b.c"]) == {"b": doc["b"]}  # a shorter pattern keeps all
+
+
+def nested(depth: int) -> dict[str, Any]:
+    doc: dict[str, Any] = {"leaf": 1}
+    for level in range(depth):
+        doc = {f"k{level}": doc, "n": level, "list": [{"m": level}, [level]]}
+    return doc
+
+
+def test_many_double_stars_stay_linear() -> None:
+    """``**.**.(40 times).zz`` on a 20-level document took exponential time and memory: now the
+    positions below any key are a set, never more than the patterns' segments."""
+    value = ".".join(["**"] * 40 + ["zz"])
+    doc = nested(20)
+    assert filter_path(doc, value) == {}
+    compiled = compile_filter(value)
+    assert compiled.levels  # the walk went through remembered levels ...
+    assert all(len(level.states) <= 41 for level in compiled.levels.values())  # ... each small
+    hit = nested(20)
+    hit["k19"]["k18"]["zz"] = "found"
+    assert filter_path(hit, ".".join(["**"] * 2 + ["zz"])) == {"k19": {"k18": {"zz": "found"}}}
+
+
+def test_a_filter_path_past_the_bound_is_refused() -> None:
+    with pytest.raises(IllegalArgument, match="filter_path has 101 segments"):
+        filter_path({}, [".".join(["a"] * 50), ".".join(["b"] * 51)])
+    assert filter_path({"a": 1}, ",".join(["a"] * 200)) == {"a": 1}  # repeats count once
+
+
+def test_source_filters_match_every_pattern_at_once() -> None:
+    doc = {"a": {"b": 1, "c": 2, "e": {"f": 3}}, "d": 4, "g": [1], "h.i": 5}
+    assert SourceFilter(True, ("a.*", "d"), ("a.c",)).apply(doc) == {
+        "a": {"b": 1, "e": {"f": 3}},
+        "d": 4,
+    }
+    assert SourceFilter(True, ("*.f", "h?i"), ()).apply(doc) == {"a": {"e": {"f": 3}}, "h.i": 5}
+    assert SourceFilter(True, (), ("a", "[dg]")).apply(doc) == {"h.i": 5}
+    patterns = (*(f"p{n}*" for n in range(100)), "a.e.*")
+    assert SourceFilter(True, patterns, ()).apply(doc) == {"a": {"e": {"f": 3}}}

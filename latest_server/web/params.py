@@ -1,0 +1,52 @@
+"""Query parameters a route does not know are refused, naming them: a misspelt ``form=`` that
+was silently ignored answered the whole history as if it were the range asked for. The routes
+of the REST API declare what they take in web/app.py; the Elasticsearch-compatible API checks
+its own (web/es.py), in Elasticsearch's words."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Awaitable, Callable, Collection, Iterable
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from latest_server.errors import BadRequest
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def unknown(request: Request, allowed: Collection[str]) -> list[str]:
+    """The request's parameters outside ``allowed``, sorted."""
+    return sorted({name for name in request.query_params if name not in allowed})
+
+
+def suggestion(name: str, allowed: Iterable[str]) -> list[str]:
+    """Known names close to a misspelt one (Elasticsearch's "did you mean")."""
+    return difflib.get_close_matches(name, sorted(allowed), n=3, cutoff=0.6)
+
+
+def strict(endpoint: Endpoint, *allowed: str) -> Endpoint:
+    """``endpoint``, refusing any query parameter but ``allowed`` with a 400 ``bad_parameter``."""
+    known = frozenset(allowed)
+
+    async def checked(request: Request) -> Response:
+        names = unknown(request, known)
+        if names:
+            takes = f"takes [{', '.join(sorted(known))}]" if known else "takes no parameters"
+            listed = ", ".join(f"[{name}]{_hint(name, known)}" for name in names)
+            plural = "s" if len(names) > 1 else ""
+            raise BadRequest(
+                f"unknown parameter{plural} {listed}: {request.method} {request.url.path} {takes}",
+                reason="bad_parameter",
+            )
+        return await endpoint(request)
+
+    checked.__name__ = checked.__qualname__ = getattr(endpoint, "__name__", "endpoint")
+    checked.__doc__ = endpoint.__doc__
+    return checked
+
+
+def _hint(name: str, known: Collection[str]) -> str:
+    close = suggestion(name, known)
+    return f" (did you mean [{'], ['.join(close)}]?)" if close else ""
