@@ -323,6 +323,12 @@ class Settings:
         _positive_int,
         "Variables one websocket may subscribe to.",
     )
+    ws_max_connections: int = _setting(
+        "LATEST_WS_MAX_CONNECTIONS",
+        10_000,
+        _positive_int,
+        "Websockets one process holds; past it an upgrade is answered 503 with Retry-After.",
+    )
     ws_max_frame_bytes: int = _setting(
         "LATEST_WS_MAX_FRAME_BYTES",
         65_536,
