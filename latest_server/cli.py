@@ -26,7 +26,7 @@ from latest_server.errors import LatestError, StoreUnavailable
 from latest_server.keys import key_for
 from latest_server.resources import Resources
 from latest_server.settings import Settings, describe
-from latest_server.web.app import create_app, create_es_app, server_options
+from latest_server.web.app import create_app, create_es_app, http_options, server_options
 
 log = logging.getLogger("latest_server")
 
@@ -266,6 +266,7 @@ def es_server(settings: Settings, resources: Resources) -> tuple[_Server, socket
         log_level=settings.log_level,
         access_log=False,
         lifespan="on",
+        **http_options(settings),
     )
     log.info("Elasticsearch-compatible API on %s:%s", settings.host, settings.es_port)
     return _Server(config), sock

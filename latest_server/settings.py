@@ -305,6 +305,19 @@ class Settings:
         "Elasticsearch URL (http:// or https://, credentials in the URL) for LATEST_BACKEND.",
     )
 
+    http_header_timeout: float = _setting(
+        "LATEST_HTTP_HEADER_TIMEOUT",
+        10.0,
+        _positive_float,
+        "Seconds an HTTP request's headers may take from its first byte; later: 408, closed.",
+    )
+    http_body_timeout: float = _setting(
+        "LATEST_HTTP_BODY_TIMEOUT",
+        30.0,
+        _positive_float,
+        "Seconds an HTTP request body may pause between two reads; longer: 408, nothing written.",
+    )
+
     ws_queue_bytes: int = _setting(
         "LATEST_WS_QUEUE_BYTES",
         1_048_576,
@@ -322,6 +335,12 @@ class Settings:
         1000,
         _positive_int,
         "Variables one websocket may subscribe to.",
+    )
+    ws_max_connections: int = _setting(
+        "LATEST_WS_MAX_CONNECTIONS",
+        10_000,
+        _positive_int,
+        "Websockets one process holds; past it an upgrade is answered 503 with Retry-After.",
     )
     ws_max_frame_bytes: int = _setting(
         "LATEST_WS_MAX_FRAME_BYTES",

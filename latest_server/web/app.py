@@ -14,6 +14,7 @@ from latest_server.resources import Resources
 from latest_server.settings import Settings
 from latest_server.web import errors, es, history, ingest, latest, metrics, ws, ws_direct
 from latest_server.web import sessions as session_routes
+from latest_server.web.http_timeouts import BodyTimeout, header_timeout_protocol
 from latest_server.web.params import strict
 from latest_server.web.paths import Mount, param
 
@@ -65,7 +66,7 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Sta
         routes=routes,
         exception_handlers=errors.HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
-        middleware=[Middleware(ws_direct.ServerSend)],
+        middleware=[Middleware(ws_direct.ServerSend), body_timeout(settings)],
     )
     # "/history/" is not "/history" with a slash too many: no redirects, a JSON 404 instead.
     app.router.redirect_slashes = False
@@ -89,7 +90,17 @@ def create_es_app(settings: Settings, *, resources: Resources | None = None) -> 
         finally:
             await owned.close()
 
-    return Starlette(routes=es.ROUTES, lifespan=lifespan)
+    return Starlette(routes=es.ROUTES, lifespan=lifespan, middleware=[body_timeout(settings)])
+
+
+def body_timeout(settings: Settings) -> Middleware:
+    return Middleware(BodyTimeout, timeout=settings.http_body_timeout)
+
+
+def http_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn options of every HTTP listener (LATEST_PORT and LATEST_ES_PORT): the protocol
+    that closes a connection whose request headers are late (http_timeouts.py)."""
+    return {"http": header_timeout_protocol(settings.http_header_timeout)}
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
@@ -103,6 +114,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
     frame, so it is refused unless LATEST_WS_COMPRESSION asks for it (Centrifugo and Socket.IO
     make the same choice)."""
     return {
+        **http_options(settings),
         "ws_max_size": settings.ws_max_frame_bytes * 16,
         "ws_ping_interval": settings.ws_ping_interval,
         "ws_ping_timeout": settings.ws_ping_interval,

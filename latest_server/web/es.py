@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import quote, unquote
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -388,6 +388,8 @@ async def dispatch(request: Request) -> Response:
         return error_response(request, exc)
     except LatestError as exc:
         return error_response(request, from_latest_error(exc))
+    except ClientDisconnect:  # gone, or its body timed out: nobody to answer (http_timeouts.py)
+        raise
     except Exception as exc:  # the client still gets an Elasticsearch-shaped answer
         log.exception("Elasticsearch-compatible API: %s %s failed", method, path)
         return error_response(request, EsError(f"{type(exc).__name__}: {exc}"))

@@ -9,6 +9,15 @@ stalls past LATEST_WS_SEND_TIMEOUT closes the socket with 4008. Where the server
 socket writes its frames straight to the connection, all it got in one turn of the event loop in
 one write (ws_direct.py). Each (socket, variable) is a ``Stream`` (ws_stream.py).
 
+Nothing a client sends makes the server hold more for it than its queue's limit: control frames
+(pong, error, subscribed, session frames...) count against the same limit as entries. Entries
+can be read again from the stores, control frames cannot: a control frame that finds the queue
+full first drops the queued entries (their streams catch up, as above), and a client whose
+control frames alone fill its queue is closed with 4008, as a stalled one is. A socket whose
+close frame cannot be written (the client reads nothing) is dropped after
+LATEST_WS_SEND_TIMEOUT. A process holds at most LATEST_WS_MAX_CONNECTIONS sockets: the next
+upgrade is answered 503 with Retry-After.
+
 Sockets may also watch sessions: the current state first (``snapshot``), then every change the
 session scripts publish (``state``, ``update``, ``complete``), and a fresh snapshot after the
 feed reconnected (a change published meanwhile is not lost to the client, only merged).
@@ -35,17 +44,20 @@ from latest_server.feed import LiveFeed
 from latest_server.resources import Resources
 from latest_server.settings import Settings
 from latest_server.stores.ranges import RangeReader
-from latest_server.web.ws_direct import DirectWriter, header
-from latest_server.web.ws_stream import Stream
+from latest_server.web.errors import json_error
+from latest_server.web.ws_direct import DirectWriter, abort, header
+from latest_server.web.ws_stream import Stream, stop_tasks
 
 log = logging.getLogger(__name__)
 
 CLOSE_SLOW = 4008  # "slow: resume with since" (Centrifugo uses 3008)
 CLOSE_GOING_AWAY = 1001
+CLOSE_TRY_AGAIN = 1013
 MAX_ID_LENGTH = 1024
 CATCHUPS = 16  # concurrent catch-ups per process
 PROBE_BATCH = 200  # variables per round trip of the tail probe
 PENDING_BYTES = 65_536  # frames taken for a direct write are written once they are this large
+WATCH_WAIT = 5.0  # seconds a session subscription waits for the live feed before it says so
 
 
 @dataclass(slots=True)
@@ -64,6 +76,8 @@ class Hub:
         self.ranges = RangeReader(resources.redis, resources.history.scripts, resources.objects)
         self.catchups = asyncio.Semaphore(CATCHUPS)
         self.sockets: set[Socket] = set()
+        self.connections = 0  # sockets accepted or being accepted (LATEST_WS_MAX_CONNECTIONS)
+        self._closing: set[asyncio.Task[None]] = set()  # slow sockets being closed
         self._frames: dict[str, tuple[int, int, bytes]] = {}
         self._probe: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -113,15 +127,20 @@ class Hub:
         LATEST_WS_SEND_TIMEOUT ago, checking a few times per timeout."""
         loop = asyncio.get_running_loop()
         every = min(1.0, self.settings.ws_send_timeout / 4)
-        closing: set[asyncio.Task[None]] = set()
         while True:
             await asyncio.sleep(every)
             now = loop.time()
             for socket in [s for s in self.sockets if s.stalled(now)]:
                 socket.writing_since = None
-                task = asyncio.create_task(socket.close_stalled())
-                closing.add(task)
-                task.add_done_callback(closing.discard)
+                self.close_slow(socket, f"write stalled for {self.settings.ws_send_timeout}s")
+
+    def close_slow(self, socket: Socket, why: str) -> None:
+        """Close ``socket`` with 4008 in a task of its own (the caller may be the socket's)."""
+        if socket.closer is not None:
+            return
+        task = socket.closer = asyncio.create_task(socket.close_slow(why), name="ws-close-slow")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def _probe_loop(self) -> None:
         """Every LATEST_WS_PROBE_INTERVAL, compare each live stream with its variable's top:
@@ -153,7 +172,11 @@ class Hub:
         """Send ``socket`` each session's state, then its changes."""
         for session_id in session_ids:
             self.watchers.setdefault(session_id, set()).add(socket)
-        await self.feed.watch_sessions(self)  # at once, once the channel is confirmed
+        # At once, once the channel is confirmed. While Redis is away that waits for it: the
+        # client is told after WATCH_WAIT (its socket must not stop reading meanwhile), and the
+        # snapshot follows when the channel is confirmed (``confirmed``).
+        async with asyncio.timeout(WATCH_WAIT):
+            await self.feed.watch_sessions(self)
         for session_id in session_ids:  # read after the channel is confirmed: nothing missed
             await self._snapshot(session_id, [socket])
 
@@ -214,13 +237,8 @@ class Hub:
             socket.session_frame(session_id, frame, droppable=False)
 
     async def close(self) -> None:
-        for task in (self._refresh, self._watchdog):
-            if task is not None:
-                task.cancel()
-        if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
+        tasks = [t for t in (self._refresh, self._watchdog, self._probe) if t is not None]
+        await stop_tasks([*tasks, *self._closing])
         for socket in list(self.sockets):
             await socket.close(CLOSE_GOING_AWAY, "server shutting down")
         await self.feed.close()
@@ -242,6 +260,9 @@ class Socket:
         self.space = asyncio.Event()  # below half the limit
         self.space.set()
         self.closed = False
+        # A close with 4008 under way: nothing more is queued, and the connection is not let go
+        # (which would reset it, losing what the client has not read yet) before it is done.
+        self.closer: asyncio.Task[None] | None = None
         self.sender: asyncio.Task[None] | None = None
         self.send_timeout = self.settings.ws_send_timeout
         self.writing_since: float | None = None  # loop time the write in progress began
@@ -303,11 +324,20 @@ class Socket:
         return self.idle and not self.ready.is_set() and not self.closed
 
     def _append(self, item: _Item) -> None:
-        if not item.frame or self.closed:
+        if not item.frame or self.closed or self.closer is not None:
             return
         if self._writes_now():
             self._write_now(item.frame)
             return
+        if item.stream is None and self.queued + len(item.frame) > self.limit and self.queued:
+            # A control frame cannot be read again from the stores, entries can: drop those
+            # first, then, if control frames alone fill the queue, the client is too slow.
+            self._overflow()
+            if self.queued + len(item.frame) > self.limit:
+                self.queue.clear()
+                self.queued = 0
+                self.hub.close_slow(self, f"{self.limit} bytes of replies left unread")
+                return
         self.queue.append(item)
         self._queued(len(item.frame))
 
@@ -320,6 +350,8 @@ class Socket:
 
     def _overflow(self) -> None:
         dropped: dict[Stream, int] = {}
+        if all(item.stream is None for item in self.queue):
+            return
         kept: deque[_Item] = deque()
         for item in self.queue:
             if item.stream is None:
@@ -412,13 +444,12 @@ class Socket:
     def stalled(self, now: float) -> bool:
         return self.writing_since is not None and now - self.writing_since > self.send_timeout
 
-    async def close_stalled(self) -> None:
-        """A write has waited past LATEST_WS_SEND_TIMEOUT: stop it and close with 4008."""
-        log.info("websocket write stalled for %ss: closing with %d", self.send_timeout, CLOSE_SLOW)
+    async def close_slow(self, why: str) -> None:
+        """The client does not keep up (a write waited past LATEST_WS_SEND_TIMEOUT, or its
+        replies fill its queue): stop the sender and close with 4008."""
+        log.info("websocket client is too slow (%s): closing with %d", why, CLOSE_SLOW)
         if self.sender is not None:
-            self.sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.sender
+            await stop_tasks([self.sender])
         await self.close(CLOSE_SLOW, "slow consumer: resume with since")
 
     # --- the client's requests -------------------------------------------------------------
@@ -481,6 +512,8 @@ class Socket:
             self.control({"type": "subscribed", "session": session_id})
         try:
             await self.hub.watch(self, new)
+        except TimeoutError:
+            self.error("unavailable", "the live feed is reconnecting: the snapshot follows then")
         except (RedisError, StoreUnavailable, OSError) as exc:
             self.error("unavailable", f"cannot read the sessions now: {exc}")
         return None
@@ -551,12 +584,21 @@ class Socket:
         self.closed = True
         self.space.set()
         self.hub.unwatch(self, self.watched)
-        for stream in list(self.streams.values()):
-            await stream.close()
+        # every stream is stopped before any is waited for: a close cut short still stops all
+        tasks = [task for stream in self.streams.values() if (task := stream.stop())]
         self.streams.clear()
+        await stop_tasks(tasks)
         if code is not None and self.ws.application_state != WebSocketState.DISCONNECTED:
-            with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
-                await self.ws.close(code, reason)
+            # The close frame waits until the connection is writable: from a client that reads
+            # nothing, never. Its connection is dropped then.
+            try:
+                async with asyncio.timeout(self.send_timeout):
+                    await self.ws.close(code, reason)
+            except TimeoutError:
+                log.info("websocket close frame not taken in %ss: dropped", self.send_timeout)
+                abort(self.ws.scope)
+            except (RuntimeError, OSError, WebSocketDisconnect):
+                pass
 
 
 async def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
@@ -607,7 +649,30 @@ class WebsocketEndpoint:
 
 async def websocket(ws: WebSocket, send: Send) -> None:
     hub: Hub = ws.app.state.hub
+    cap = hub.settings.ws_max_connections
+    if hub.connections >= cap:
+        return await _refuse(ws, cap)
+    hub.connections += 1
+    try:
+        await ws.accept()
+        await _serve(hub, ws, send)
+    finally:
+        hub.connections -= 1
+
+
+async def _refuse(ws: WebSocket, cap: int) -> None:
+    """Answer an upgrade past LATEST_WS_MAX_CONNECTIONS with 503 (or, where the server cannot
+    answer an upgrade with a response, accept and close with 1013, "try again later")."""
+    log.warning("websocket refused: %d connections open (LATEST_WS_MAX_CONNECTIONS)", cap)
+    reason = f"this server holds at most {cap} websocket connections; try again later"
+    if "websocket.http.response" in ws.scope.get("extensions", {}):
+        await ws.send_denial_response(json_error(503, "too_many_connections", reason))
+        return
     await ws.accept()
+    await ws.close(CLOSE_TRY_AGAIN, reason[:120])
+
+
+async def _serve(hub: Hub, ws: WebSocket, send: Send) -> None:
     socket = Socket(hub, ws, send)
     hub.sockets.add(socket)
     sender = socket.sender = asyncio.create_task(socket.send_loop(), name="ws-send")
@@ -625,8 +690,7 @@ async def websocket(ws: WebSocket, send: Send) -> None:
         pass
     finally:
         hub.sockets.discard(socket)
+        if socket.closer is not None:
+            await asyncio.wait([socket.closer])
         await socket.close(None, "")
-        if sender is not asyncio.current_task():
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
+        await stop_tasks([sender])

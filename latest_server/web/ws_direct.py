@@ -100,3 +100,14 @@ class DirectWriter:
 
     def write(self, chunks: list[bytes]) -> None:
         self.transport.write(b"".join(chunks))
+
+
+def abort(scope: Scope) -> None:
+    """Drop the connection of ``scope`` at once, with whatever it has not written: a close
+    frame waits for the connection to be writable, and a transport closes only once its
+    buffer is written, which from a client that reads nothing is never. Nothing under another
+    server (its own timeouts apply)."""
+    protocol = getattr(scope.get(SCOPE_KEY), "__self__", None)
+    transport = getattr(protocol, "transport", None)
+    if isinstance(protocol, WebSocketsSansIOProtocol) and transport is not None:
+        transport.abort()

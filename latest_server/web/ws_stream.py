@@ -17,12 +17,18 @@ order) and a mode:
 
 A socket that cannot take more (its queue is full) rolls every stream back to what it had
 really queued and puts it in ``catchup``: the stores are that client's buffer.
+
+Closing is final: ``closed`` is set once and never cleared, whatever mode the task was in when
+it was cancelled (waiting for a variable to exist, catching up, waiting out a store outage), and
+the task's feed subscription ends with the task (``stop_tasks`` has why a cancellation alone is
+not enough).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
@@ -42,6 +48,28 @@ SWITCH_AT = 512  # entries behind the top below which catching up ends and switc
 BUFFER_LIMIT = 20_000  # live entries buffered while switching; past it, catch up again
 CHUNK_BYTES = 65_536  # about this much per backlog frame (a burst, as RTA sends)
 RETRY_MIN, RETRY_MAX = 0.1, 5.0  # seconds between reads while a store is unavailable
+CANCEL_AGAIN = 0.1  # seconds a cancelled task has to end before it is cancelled again
+
+
+async def stop_tasks(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until every one has ended.
+
+    One cancellation is not always enough: on Python 3.11, ``asyncio.wait_for`` swallows a
+    cancellation that arrives as the future it waits for finishes (it returns the result
+    instead; fixed in 3.12), and redis-py wraps every command of a client with a socket timeout
+    in one. A stream cancelled at that moment went on, subscribed its channel again and waited
+    for entries forever; its socket's close waited for it, and so did the server's shutdown. So
+    a task still running after ``CANCEL_AGAIN`` is cancelled again (the streams also stop at
+    their next step once ``closed``)."""
+    current = asyncio.current_task()
+    pending = {task for task in tasks if task is not current and not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        done, pending = await asyncio.wait(pending, timeout=CANCEL_AGAIN)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("a websocket task failed", exc_info=task.exception())
 
 
 class Stream:
@@ -69,21 +97,26 @@ class Stream:
         self.wake = asyncio.Event()
         self.probe_top = 0  # the top seen by the previous tail probe
         self.task: asyncio.Task[None] | None = None
+        self.closed = False  # final: no mode change brings the stream back
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"ws-stream-{self.key[:8]}")
 
-    async def close(self) -> None:
+    def stop(self) -> asyncio.Task[None] | None:
+        """Close the stream at once and cancel its task; returns the task, for ``stop_tasks``
+        to wait for (a socket stops all its streams first, then waits for all at once)."""
+        self.closed = True
         self.mode = "closed"
+        self.wake.set()
         self.hub.feed.unsubscribe(self.key, self)
-        if self.task is not None and self.task is not asyncio.current_task():
+        if self.task is not None:
             self.task.cancel()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                log.exception("subscription of %s failed", self.id)
+        return self.task
+
+    async def close(self) -> None:
+        task = self.stop()
+        if task is not None:
+            await stop_tasks([task])
 
     # --- the stream's task ------------------------------------------------------------------
 
@@ -92,7 +125,7 @@ class Stream:
         try:
             if self.latest:
                 await self._start_latest()
-            while self.mode != "closed":
+            while not self.closed:
                 try:
                     if self.mode == "live":
                         await self.wake.wait()
@@ -117,7 +150,11 @@ class Stream:
             self.socket.control(
                 {"type": "error", "id": self.id, "reason": "unavailable", "message": str(exc)}
             )
+            self.closed = True
             self.mode = "closed"
+        finally:
+            # A subscription made after the stream was closed (its task went on past a lost
+            # cancellation) must not outlive it.
             self.hub.feed.unsubscribe(self.key, self)
 
     async def _start_latest(self) -> None:
@@ -177,7 +214,7 @@ class Stream:
             self.buffer = []
         self.mode = "switching"
         await self.hub.feed.subscribe(self.key, self)
-        while self.mode == "switching":
+        while self.mode == "switching" and not self.closed:
             (position,) = await self.hub.ranges.positions([self.key])
             if not self._adopt(position):
                 self._go_live()  # nothing stored yet: the first entry will start the epoch
@@ -216,11 +253,13 @@ class Stream:
                 return
 
     def _read_again(self) -> None:
-        if self.mode != "closed":
+        if not self.closed:
             self.buffer = None
             self.mode = "catchup"
 
     def _go_live(self) -> None:
+        if self.closed:
+            return
         log.debug("%s is live at %s:%s", self.id, self.epoch, self.seq)
         self.buffer = None
         self.mode = "live"
@@ -308,7 +347,7 @@ class Stream:
 
     def rolled_back(self, seq: int) -> None:
         """The socket dropped queued entries from ``seq`` on: send them again from the stores."""
-        if self.mode == "closed":
+        if self.closed:
             return
         if self.seq is None or seq - 1 < self.seq:
             self.seq = seq - 1
@@ -325,6 +364,8 @@ class Stream:
         return True
 
     def _fall_back(self, mode: Mode) -> None:
+        if self.closed:
+            return
         self.mode = mode
         self.wake.set()
 
