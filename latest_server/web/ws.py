@@ -58,6 +58,10 @@ CATCHUPS = 16  # concurrent catch-ups per process
 PROBE_BATCH = 200  # variables per round trip of the tail probe
 PENDING_BYTES = 65_536  # frames taken for a direct write are written once they are this large
 WATCH_WAIT = 5.0  # seconds a session subscription waits for the live feed before it says so
+# Seconds a 4008 close frame waits for a client that stopped reading: one that reads again (after
+# a pause, a GC, a debugger) learns why it was closed and resumes with since; one that never does
+# is dropped then. Other closes (shutdown) wait LATEST_WS_SEND_TIMEOUT.
+SLOW_CLOSE_WAIT = 30.0
 
 
 @dataclass(slots=True)
@@ -590,12 +594,15 @@ class Socket:
         await stop_tasks(tasks)
         if code is not None and self.ws.application_state != WebSocketState.DISCONNECTED:
             # The close frame waits until the connection is writable: from a client that reads
-            # nothing, never. Its connection is dropped then.
+            # nothing, never. Its connection is dropped after a bound.
+            wait = (
+                max(SLOW_CLOSE_WAIT, self.send_timeout) if code == CLOSE_SLOW else self.send_timeout
+            )
             try:
-                async with asyncio.timeout(self.send_timeout):
+                async with asyncio.timeout(wait):
                     await self.ws.close(code, reason)
             except TimeoutError:
-                log.info("websocket close frame not taken in %ss: dropped", self.send_timeout)
+                log.info("websocket close frame not taken in %ss: dropped", wait)
                 abort(self.ws.scope)
             except (RuntimeError, OSError, WebSocketDisconnect):
                 pass
