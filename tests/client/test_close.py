@@ -140,9 +140,11 @@ async def test_an_async_session_over_http_whose_server_stops_answering(
 # --- signals: a producer process whose broker stops answering ---
 
 
-def start_producer(url: str, exchange: str, close_timeout: float) -> subprocess.Popen[str]:
+def start_producer(
+    url: str, exchange: str, close_timeout: float, mode: str
+) -> subprocess.Popen[str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.client.producer", url, exchange, str(close_timeout)],
+        [sys.executable, "-m", "tests.client.producer", url, exchange, str(close_timeout), mode],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE,
@@ -168,13 +170,14 @@ def ending(process: subprocess.Popen[str], seconds: float) -> tuple[dict[str, An
     return orjson.loads(lines[-1]), time.monotonic() - started
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_second_signal_ends_a_producer_at_once(
-    signum: signal.Signals, amqp_target: tuple[str, Any], amqp_relay: Relay
+    signum: signal.Signals, mode: str, amqp_target: tuple[str, Any], amqp_relay: Relay
 ) -> None:
     exchange, _queue = amqp_target
     # A close that would wait a minute: only the second signal can end it sooner.
-    process = start_producer(relayed_amqp_url(amqp_relay), exchange, 60)
+    process = start_producer(relayed_amqp_url(amqp_relay), exchange, 60, mode)
     amqp_relay.freeze()
     time.sleep(0.3)  # a flush is now waiting for a confirm that never comes
     process.send_signal(signum)  # the first starts the bounded close
@@ -187,11 +190,12 @@ def test_a_second_signal_ends_a_producer_at_once(
     assert process.returncode != 0
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
 def test_one_signal_ends_a_producer_within_the_close_timeout(
-    amqp_target: tuple[str, Any], amqp_relay: Relay
+    mode: str, amqp_target: tuple[str, Any], amqp_relay: Relay
 ) -> None:
     exchange, _queue = amqp_target
-    process = start_producer(relayed_amqp_url(amqp_relay), exchange, BOUND)
+    process = start_producer(relayed_amqp_url(amqp_relay), exchange, BOUND, mode)
     amqp_relay.freeze()
     process.send_signal(signal.SIGTERM)
     report, took = ending(process, 30)
