@@ -14,6 +14,13 @@ flush, so nothing is dropped; the buffer (packets not yet taken by a flush, enco
 not) is bounded (``max_items``): ``add`` blocks up to ``block_timeout`` for room, then raises
 ``BufferFull``. ``close`` flushes what is left (the interval still holds) and raises
 ``FlushFailed`` if that cannot be published.
+
+Every wait is bounded. ``close`` returns or raises within ``close_timeout`` seconds (default
+30), whatever the receiver does: the final flush's retries stop at that deadline, and a publish
+still waiting for its confirmation then is given up (the transports bound each call by their
+``timeout`` as well). The ``FlushFailed`` it raises lists every packet not confirmed
+(``unsent``), so nothing is lost without the caller holding it. A signal that interrupts
+``close`` (a second Ctrl+C, SIGTERM) stops the flusher too: ``close`` never outlives it.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ DEFAULT_MAX_ITEMS = 100_000
 DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
 DEFAULT_BLOCK_TIMEOUT = 10.0
 DEFAULT_RETRY_FOR = 30.0
+DEFAULT_CLOSE_TIMEOUT = 30.0
 BACKOFF_START = 0.05
 BACKOFF_MAX = 2.0
 POLL = 0.02  # how often an idle flusher looks at the buffer
@@ -119,6 +127,17 @@ def _join(arrays: list[bytes]) -> bytes:
     )
 
 
+def _transport_error(failure: Exception) -> TransportError:
+    """A transport raises TransportError; anything else is a bug in it, which must not end the
+    flusher (and with it every later flush): it counts as a failure not worth retrying now."""
+    if isinstance(failure, TransportError):
+        return failure
+    log.exception("the transport raised %r", failure)
+    error = TransportError(f"the transport failed: {failure!r}", transient=False)
+    error.__cause__ = failure
+    return error
+
+
 class _Core:
     """What the sync and async batchers share: settings, the buffer, the unconfirmed queue."""
 
@@ -130,14 +149,18 @@ class _Core:
         max_message_bytes: int,
         block_timeout: float,
         retry_for: float,
+        close_timeout: float,
         note: Note | None,
         extra: Extra | None,
     ) -> None:
+        if not close_timeout >= 0:
+            raise ValueError(f"close_timeout must be >= 0 seconds, got {close_timeout!r}")
         self.min_interval = min_interval_from_env() if min_interval is None else min_interval
         self.max_items = max_items
         self.max_message_bytes = max_message_bytes
         self.block_timeout = block_timeout
         self.retry_for = retry_for
+        self.close_timeout = close_timeout
         self.note = note
         self.extra = extra
         # Producers append to ``items`` without a lock or any other check while it is shorter
@@ -158,6 +181,12 @@ class _Core:
         self.messages_sent = 0
         self.error: BaseException | None = None
         self.closing = False
+        self.close_deadline = math.inf  # monotonic; set by close()
+        # close() gave up on the flusher (its deadline passed, or a signal interrupted it): the
+        # flusher publishes nothing more, and closes the transport once its last call returns.
+        self.abandoned = False
+        self.unencodable: list[dict[str, Any]] = []  # packets set aside by _encode
+        self.out_of_time = False  # the final flush stopped at the close deadline
 
     def added(self) -> int:
         """Packets added so far (flushed or still buffered)."""
@@ -191,14 +220,32 @@ class _Core:
         with self.lock:
             items = self.items
             if items:
-                batch = self._cut()
-                self.encoded += encode(batch, self.max_message_bytes)
-                self.encoded_items += len(batch)
+                arrays, count = self._encode(self._cut())
+                self.encoded += arrays
+                self.encoded_items += count
                 self._set_limit()
             if len(items) + self.encoded_items < self.max_items:
                 items.append(item)
                 return True
             return False
+
+    def _encode(self, batch: list[dict[str, Any]]) -> tuple[list[bytes], int]:
+        """``encode``, and the number of packets encoded. A packet JSON cannot hold (a value
+        of a type orjson does not know, a cycle) is set aside, logged, and reported by
+        ``close``: it must neither take the rest of its batch down nor stop the flusher."""
+        try:
+            return encode(batch, self.max_message_bytes), len(batch)
+        except TypeError:  # orjson.JSONEncodeError
+            good: list[dict[str, Any]] = []
+            for item in batch:
+                try:
+                    orjson.dumps(item)
+                except TypeError as exc:
+                    log.error("a packet cannot be encoded as JSON and is not sent: %s", exc)
+                    self.unencodable.append(item)
+                else:
+                    good.append(item)
+            return (encode(good, self.max_message_bytes) if good else []), len(good)
 
     def _buffered(self) -> bool:
         return bool(self.items or self.encoded)
@@ -212,9 +259,49 @@ class _Core:
             if self.extra is not None:
                 batch += self.extra()
         if batch:
-            early += encode(batch, self.max_message_bytes)
+            early += self._encode(batch)[0]
         if early:
             self.pending += pack(early, self.max_message_bytes)
+
+    def _retry_deadline(self, started: float) -> float:
+        return min(started + self.retry_for, self.close_deadline)
+
+    def _may_publish(self) -> bool:
+        if not self.pending or self.abandoned:
+            return False
+        if time.monotonic() >= self.close_deadline:
+            self.out_of_time = True
+            return False
+        return True
+
+    def _stop_retrying(self, exc: TransportError, started: float) -> float:
+        """0 if the failed message is not to be retried now, else how long retrying may go on."""
+        deadline = self._retry_deadline(started)
+        left = deadline - time.monotonic()
+        if not exc.transient or left <= 0:
+            self.out_of_time = left <= 0 and deadline == self.close_deadline
+            log.error("publishing failed, %d message(s) kept: %s", len(self.pending), exc)
+            return 0.0
+        return left
+
+    def unsent(self) -> list[dict[str, Any]]:
+        """Every packet not confirmed: those JSON cannot encode, then in order the messages
+        waiting to be (re)published and what is still buffered."""
+        with self.lock:
+            arrays = [*self.pending, *self.encoded]
+            items = list(self.items)
+        decoded = [packet for array in arrays for packet in orjson.loads(array)]
+        return [*self.unencodable, *decoded, *items]
+
+    def _flush_failed(self, gave_up: bool) -> FlushFailed:
+        unsent = self.unsent()
+        late = gave_up or self.out_of_time
+        why = f"no confirmation within close_timeout={self.close_timeout}s" if late else ""
+        bad = f"{len(self.unencodable)} cannot be encoded as JSON" if self.unencodable else ""
+        reasons = "; ".join(str(r) for r in (why, bad, self.error) if r) or "not flushed"
+        error = FlushFailed(f"{len(unsent)} packet(s) were not published: {reasons}", unsent=unsent)
+        error.__cause__ = self.error
+        return error
 
     def _full_error(self) -> BufferFull:
         return BufferFull(
@@ -222,10 +309,11 @@ class _Core:
             f"the transport cannot keep up ({self.error or 'no error yet'})"
         )
 
-    def _unpublished(self) -> str:
-        return (
-            f"{len(self.pending)} message(s) ({len(self.items) + self.encoded_items} packets "
-            f"not yet flushed) could not be published: {self.error}"
+    def _interrupted(self) -> None:
+        log.error(
+            "closing interrupted: %d packet(s) were not published (%s)",
+            len(self.unsent()),
+            self.error or "not flushed",
         )
 
 
@@ -241,6 +329,7 @@ class Batcher(_Core):
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         block_timeout: float = DEFAULT_BLOCK_TIMEOUT,
         retry_for: float = DEFAULT_RETRY_FOR,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         note: Note | None = None,
         extra: Extra | None = None,
     ) -> None:
@@ -250,6 +339,7 @@ class Batcher(_Core):
             max_message_bytes=max_message_bytes,
             block_timeout=block_timeout,
             retry_for=retry_for,
+            close_timeout=close_timeout,
             note=note,
             extra=extra,
         )
@@ -260,6 +350,8 @@ class Batcher(_Core):
         self.taken_cond = threading.Condition()
         self.takes = 0
         self.thread = threading.Thread(target=self._run, name="ingest-client-flusher", daemon=True)
+        self.end_lock = threading.Lock()  # orders the flusher's end against close() giving up
+        self.ended = False
 
     def start(self) -> None:
         self.thread.start()
@@ -292,9 +384,19 @@ class Batcher(_Core):
         self.items.append(item)
 
     def _run(self) -> None:
+        try:
+            self._flush_until_closed()
+        finally:
+            with self.end_lock:
+                self.ended = True
+                owner = self.abandoned  # close() did not wait for us: the transport is ours
+            if owner:
+                self._close_transport()
+
+    def _flush_until_closed(self) -> None:
         # Producers do not signal: the flusher looks at the buffer once the interval is over,
         # then every POLL until something is there (a wake-up costs nothing on the hot path).
-        while True:
+        while not self.abandoned:
             wait = self.last_flush + self.min_interval - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
@@ -317,33 +419,65 @@ class Batcher(_Core):
                 return
 
     def _publish_pending(self) -> None:
-        deadline = time.monotonic() + self.retry_for
+        started = time.monotonic()
         backoff = BACKOFF_START
-        while self.pending:
+        while self._may_publish():
             try:
                 self.transport.publish(self.pending[0])
-            except TransportError as exc:
+            except Exception as failure:
+                exc = _transport_error(failure)
                 self.error = exc
-                if not exc.transient or time.monotonic() > deadline:
-                    log.error("publishing failed, %d message(s) kept: %s", len(self.pending), exc)
+                left = self._stop_retrying(exc, started)
+                if not left:
                     return
                 log.warning("publishing failed (%s); retrying in %.2fs", exc, backoff)
-                time.sleep(backoff)
+                time.sleep(min(backoff, left))
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
-            self.pending.pop(0)
+            with self.end_lock:  # close() lists what is unsent under this lock
+                if self.abandoned:
+                    return  # counted as unsent by close(): leave it there
+                self.pending.pop(0)
             self.messages_sent += 1
             self.error = None
 
     def close(self, timeout: float | None = None) -> None:
-        """Flush everything (respecting the interval) and stop; raise FlushFailed if data is
-        left unpublished."""
+        """Flush everything (respecting the interval) and stop, within ``timeout`` seconds
+        (``close_timeout`` by default); raise FlushFailed, listing the packets not confirmed,
+        if data is left unpublished."""
+        timeout = self.close_timeout if timeout is None else timeout
+        self.close_deadline = time.monotonic() + timeout
         self.closing = True
         self.wake.set()
-        if self.thread.is_alive():
-            self.thread.join(timeout)
-        if self.thread.is_alive() or self.pending or self._buffered():
-            raise FlushFailed(self._unpublished()) from self.error
+        try:
+            if self.thread.is_alive():
+                self.thread.join(timeout)
+        except BaseException:  # a second Ctrl+C or SIGTERM: stop now
+            self._give_up()
+            self._interrupted()
+            raise
+        gave_up = self._give_up()
+        if gave_up or self.pending or self._buffered() or self.unencodable:
+            raise self._flush_failed(gave_up)
+
+    def _give_up(self) -> bool:
+        """After waiting for the flusher: True if it still runs (it is told to stop)."""
+        with self.end_lock:
+            if self.thread.is_alive() and not self.ended:
+                self.abandoned = True
+        return self.abandoned
+
+    def release(self) -> None:
+        """Close the transport, unless the flusher is still in a call on it (it then closes
+        the transport itself when the call returns: a transport is used by one thread)."""
+        if not self.abandoned:
+            self._close_transport()
+
+    def _close_transport(self) -> None:
+        try:
+            self.transport.close()
+        except Exception as exc:  # closing what failed; the publish error is what matters
+            log.warning("closing the transport failed: %s", exc)
 
 
 class AsyncBatcher(_Core):
@@ -358,6 +492,7 @@ class AsyncBatcher(_Core):
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         block_timeout: float = DEFAULT_BLOCK_TIMEOUT,
         retry_for: float = DEFAULT_RETRY_FOR,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         note: Note | None = None,
         extra: Extra | None = None,
     ) -> None:
@@ -367,6 +502,7 @@ class AsyncBatcher(_Core):
             max_message_bytes=max_message_bytes,
             block_timeout=block_timeout,
             retry_for=retry_for,
+            close_timeout=close_timeout,
             note=note,
             extra=extra,
         )
@@ -425,18 +561,19 @@ class AsyncBatcher(_Core):
                 return
 
     async def _publish_pending(self) -> None:
-        deadline = time.monotonic() + self.retry_for
+        started = time.monotonic()
         backoff = BACKOFF_START
-        while self.pending:
+        while self._may_publish():
             try:
                 await self.transport.publish(self.pending[0])
-            except TransportError as exc:
+            except Exception as failure:
+                exc = _transport_error(failure)
                 self.error = exc
-                if not exc.transient or time.monotonic() > deadline:
-                    log.error("publishing failed, %d message(s) kept: %s", len(self.pending), exc)
+                left = self._stop_retrying(exc, started)
+                if not left:
                     return
                 log.warning("publishing failed (%s); retrying in %.2fs", exc, backoff)
-                await asyncio.sleep(backoff)
+                await asyncio.sleep(min(backoff, left))
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
             self.pending.pop(0)
@@ -444,10 +581,26 @@ class AsyncBatcher(_Core):
             self.error = None
 
     async def close(self) -> None:
+        """Flush everything and stop within ``close_timeout`` seconds; raise FlushFailed,
+        listing the packets not confirmed, if data is left unpublished. A cancellation while
+        waiting (a second Ctrl+C, SIGTERM) cancels the flusher too."""
+        timeout = self.close_timeout
+        self.close_deadline = time.monotonic() + timeout
         self.closing = True
         self.wake.set()
-        if self.task is not None:
-            # Shielded: a second Ctrl+C must not lose what the first one was flushing.
-            await asyncio.shield(self.task)
-        if self.pending or self._buffered():
-            raise FlushFailed(self._unpublished()) from self.error
+        task, gave_up = self.task, False
+        if task is not None and not task.done():
+            try:
+                # Shielded: the flusher is stopped here, on purpose, not by wait_for.
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+            except TimeoutError:
+                gave_up = True
+                self.abandoned = True
+                task.cancel()  # it cannot run before unsent() below: nothing is popped under it
+            except BaseException:
+                self.abandoned = True
+                task.cancel()
+                self._interrupted()
+                raise
+        if gave_up or self.pending or self._buffered() or self.unencodable:
+            raise self._flush_failed(gave_up)

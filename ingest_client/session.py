@@ -15,6 +15,12 @@ or cancellation under asyncio) or SIGTERM (raised as ``Terminated`` while the se
 ``failed`` on an exception, which is re-raised. The final flush is always attempted, and its
 failure raises ``FlushFailed``.
 
+Leaving the block never hangs: the final flush is given ``close_timeout`` seconds (default 30)
+whatever the broker or server does, then ``FlushFailed`` is raised with every packet not
+confirmed in its ``unsent`` list. A second Ctrl+C or SIGTERM while the session closes stops
+the close at once (the signal's exception propagates, the unsent count is logged), so a
+producer can always be stopped.
+
 On the wire a sample is ``{"id": <variable>, "ts": <epoch s>, "value": …, "@session": <id>}``
 (plus any extra fields) and a session document is ``{"id": <session id>, "ts": <now>,
 "@session": {"state": …, "start": …, "end": …, "info": {…}, "error": …}}``.
@@ -23,7 +29,6 @@ On the wire a sample is ``{"id": <variable>, "ts": <epoch s>, "value": …, "@se
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import threading
 import time
@@ -35,6 +40,7 @@ from typing import Any
 
 from ingest_client.batcher import (
     DEFAULT_BLOCK_TIMEOUT,
+    DEFAULT_CLOSE_TIMEOUT,
     DEFAULT_MAX_ITEMS,
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_RETRY_FOR,
@@ -96,6 +102,7 @@ class _Base:
         max_message_bytes: int,
         block_timeout: float,
         retry_for: float,
+        close_timeout: float,
         id_field: str,
         time_field: str,
         exchange: str,
@@ -121,6 +128,7 @@ class _Base:
             "max_message_bytes": max_message_bytes,
             "block_timeout": block_timeout,
             "retry_for": retry_for,
+            "close_timeout": close_timeout,
             "note": self._note,
             "extra": self._range_update,
         }
@@ -229,6 +237,7 @@ class Session(_Base):
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         block_timeout: float = DEFAULT_BLOCK_TIMEOUT,
         retry_for: float = DEFAULT_RETRY_FOR,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         id_field: str = "id",
         time_field: str = "ts",
         exchange: str = DEFAULT_EXCHANGE,
@@ -247,6 +256,7 @@ class Session(_Base):
             max_message_bytes=max_message_bytes,
             block_timeout=block_timeout,
             retry_for=retry_for,
+            close_timeout=close_timeout,
             id_field=id_field,
             time_field=time_field,
             exchange=exchange,
@@ -311,7 +321,10 @@ class Session(_Base):
         batcher.last_flush = time.monotonic()
         if batcher.pending:
             self.transport.close()
-            raise FlushFailed(f"could not publish the session document: {batcher.error}")
+            raise FlushFailed(
+                f"could not publish the session document: {batcher.error}",
+                unsent=batcher.unsent(),
+            )
         batcher.start()
         if self._may_handle_sigterm():
             self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
@@ -361,9 +374,11 @@ class Session(_Base):
             state = end_state(exc_type, exc)
             self.batcher.add_last(self._ending(state, exc))
             self._added_other()
+            # Bounded by close_timeout; a SIGTERM or Ctrl+C arriving meanwhile ends it at once
+            # (the handler above is still installed for that).
             self.batcher.close()
         finally:
-            self.transport.close()
+            self.batcher.release()
             if self._previous_sigterm is not None:
                 signal.signal(signal.SIGTERM, self._previous_sigterm)
                 self._previous_sigterm = None
@@ -392,6 +407,7 @@ class AsyncSession(_Base):
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         block_timeout: float = DEFAULT_BLOCK_TIMEOUT,
         retry_for: float = DEFAULT_RETRY_FOR,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         id_field: str = "id",
         time_field: str = "ts",
         exchange: str = DEFAULT_EXCHANGE,
@@ -409,6 +425,7 @@ class AsyncSession(_Base):
             max_message_bytes=max_message_bytes,
             block_timeout=block_timeout,
             retry_for=retry_for,
+            close_timeout=close_timeout,
             id_field=id_field,
             time_field=time_field,
             exchange=exchange,
@@ -434,7 +451,10 @@ class AsyncSession(_Base):
         batcher.last_flush = time.monotonic()
         if batcher.pending:
             await self.transport.close()
-            raise FlushFailed(f"could not publish the session document: {batcher.error}")
+            raise FlushFailed(
+                f"could not publish the session document: {batcher.error}",
+                unsent=batcher.unsent(),
+            )
         batcher.start()
         self._task = asyncio.current_task()
         if self._may_handle_sigterm():
@@ -504,14 +524,25 @@ class AsyncSession(_Base):
             state = "truncated" if self.terminated else end_state(exc_type, exc)
             self.batcher.add_last(self._ending(state, exc))
             self._added_other()
+            # Bounded by close_timeout; a cancellation meanwhile (a second Ctrl+C, a SIGTERM)
+            # ends it at once.
             await self.batcher.close()
+        except asyncio.CancelledError:
+            if not self.terminated:
+                raise
+            self._uncancel()
+            raise Terminated("SIGTERM while closing") from None
         finally:
             await self.transport.close()
             if self._sigterm_installed:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
                 self._sigterm_installed = False
         if self.terminated:
-            if self._task is not None:
-                with contextlib.suppress(AttributeError):
-                    self._task.uncancel()
+            self._uncancel()
             raise Terminated("SIGTERM")
+
+    def _uncancel(self) -> None:
+        """Withdraw the cancellations our SIGTERM handler requested (it raises Terminated)."""
+        if self._task is not None:
+            while self._task.cancelling():
+                self._task.uncancel()

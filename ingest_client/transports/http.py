@@ -1,7 +1,13 @@
-"""http(s)://host:port[/path]: POST each message to /ingest (or to the URL's own path)."""
+"""http(s)://host:port[/path]: POST each message to /ingest (or to the URL's own path).
+
+``timeout`` bounds connecting and each read and write (httpx); the async transport also bounds
+the whole request by it, so a server that stops answering is a ``TransportError``, never a
+hang. An answer that is not the server's JSON is an error too (not an exception from the
+decoder that would stop the flusher)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,7 +32,16 @@ def ingest_url(url: str) -> str:
 def _check(response: httpx.Response) -> None:
     status = response.status_code
     if status == 200:
-        rejected = orjson.loads(response.content).get("rejected") or []
+        try:
+            answer = orjson.loads(response.content)
+            rejected = answer.get("rejected") or [] if isinstance(answer, dict) else None
+        except orjson.JSONDecodeError:
+            rejected = None
+        if rejected is None:
+            raise TransportError(
+                f"POST /ingest answered 200 without its JSON summary: {response.text[:300]!r}",
+                transient=False,
+            )
         if rejected:
             log.warning("the server refused %d packet(s): %s", len(rejected), rejected[:3])
         return
@@ -55,11 +70,15 @@ class HttpTransport:
 class AsyncHttpTransport:
     def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT, **options: Any) -> None:
         self.url = ingest_url(url)
+        self.timeout = timeout
         self.client = httpx.AsyncClient(timeout=timeout)
 
     async def publish(self, message: bytes) -> None:
         try:
-            response = await self.client.post(self.url, content=message, headers=HEADERS)
+            async with asyncio.timeout(self.timeout):
+                response = await self.client.post(self.url, content=message, headers=HEADERS)
+        except TimeoutError as exc:
+            raise TransportError(f"POST {self.url}: no answer within {self.timeout}s") from exc
         except httpx.HTTPError as exc:
             raise TransportError(f"POST {self.url} failed: {exc!r}") from exc
         _check(response)

@@ -72,7 +72,7 @@ def test_a_full_buffer_blocks_then_raises_and_the_final_flush_failure_is_raised(
     name = url.removeprefix("memory://")
     memory.fail_next(name, 10**9)  # the receiver is down for good
     batcher = Batcher(
-        open_transport(url), min_interval=0.0, max_items=10, block_timeout=0.3, retry_for=0.3
+        open_transport(url), min_interval=0.0, max_items=10, block_timeout=0.3, retry_for=1.0
     )
     batcher.start()
     for i in range(10):

@@ -10,10 +10,9 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-import aio_pika
 import orjson
 import pytest
 
@@ -21,6 +20,7 @@ import ingest_client
 from ingest_client import AsyncSession, IngestHandler, Session, Terminated
 from ingest_client.transports import memory
 from tests.client.capture import CaptureServer
+from tests.client.conftest import read_all
 from tests.conftest import AMQP_URL
 
 
@@ -207,36 +207,6 @@ def test_a_shorter_interval_gives_more_flushes_never_closer_than_it(
 
 
 # --- the real RabbitMQ ---
-
-
-@pytest.fixture
-async def amqp_target(names: dict[str, str]) -> AsyncIterator[tuple[str, Any]]:
-    """An exchange bound to a queue; yields (exchange name, queue)."""
-    connection = await aio_pika.connect(AMQP_URL)
-    ch = await connection.channel()
-    exchange = await ch.declare_exchange(
-        names["exchange"], aio_pika.ExchangeType.TOPIC, durable=True
-    )
-    queue = await ch.declare_queue(names["queue"], durable=True)
-    await queue.bind(exchange, "#")
-    yield names["exchange"], queue
-    await queue.delete(if_unused=False, if_empty=False)
-    await ch.exchange_delete(names["exchange"])
-    await connection.close()
-
-
-async def read_all(queue: Any, settle: float = 0.5) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    deadline = time.monotonic() + settle
-    while time.monotonic() < deadline:
-        message = await queue.get(fail=False)
-        if message is None:
-            await asyncio.sleep(0.02)
-            continue
-        await message.ack()
-        found += orjson.loads(message.body)
-        deadline = time.monotonic() + settle
-    return found
 
 
 async def test_sync_session_over_amqp_with_confirms(amqp_target: tuple[str, Any]) -> None:
