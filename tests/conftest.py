@@ -5,6 +5,7 @@ gets a flushed Redis database and queue/exchange names of its own."""
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import dataclasses
 import functools
@@ -28,16 +29,12 @@ from latest_server.settings import Settings
 from latest_server.web.app import create_app, server_options
 from tests.services import free_port, private_redis, private_vhost
 
-# Set by pytest_configure, before any test module is imported (they import these names).
-REDIS_URL = ""
-AMQP_URL = ""
+# Started when this module is first imported: other conftests and test modules import these
+# names, some before any pytest hook runs (a conftest of a directory named on the command line).
 _services = contextlib.ExitStack()
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    global REDIS_URL, AMQP_URL
-    REDIS_URL = os.environ.get("TEST_REDIS_URL") or _services.enter_context(private_redis())
-    AMQP_URL = os.environ.get("TEST_AMQP_URL") or _services.enter_context(private_vhost())
+atexit.register(_services.close)
+REDIS_URL = os.environ.get("TEST_REDIS_URL") or _services.enter_context(private_redis())
+AMQP_URL = os.environ.get("TEST_AMQP_URL") or _services.enter_context(private_vhost())
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
