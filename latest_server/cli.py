@@ -9,21 +9,25 @@ import contextlib
 import dataclasses
 import gc
 import logging
+import os
 import signal
 import socket
 import sys
 import time
 from collections.abc import Coroutine, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from tqdm import tqdm
 
-from latest_server import __version__
+from latest_server import __version__, datadir
 from latest_server.consumer import Consumer
-from latest_server.embedded import EmbeddedRedis, start_embedded
-from latest_server.errors import LatestError, StoreUnavailable
+from latest_server.datadir import DataDirBusy, Owner
+from latest_server.embedded import EmbeddedValkey
+from latest_server.errors import LatestError
 from latest_server.keys import key_for
+from latest_server.redact import RedactingFormatter, redact
 from latest_server.resources import Resources
 from latest_server.settings import Settings, describe
 from latest_server.web.app import create_app, create_es_app, server_options
@@ -95,36 +99,81 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env().with_overrides(**args)
     except LatestError as exc:
         parser.error(exc.message)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=settings.log_level.upper())
+    for handler in logging.getLogger().handlers:  # every line masks URL passwords
+        handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("aio_pika").setLevel(max(logging.WARNING, logging.getLogger().level))
     logging.getLogger("aiormq").setLevel(max(logging.WARNING, logging.getLogger().level))
-    embedded: EmbeddedRedis | None = None
-    if not settings.redis_url:
-        embedded = start_embedded(settings)
-        log.info(
-            "REDIS_URL is not set: using an embedded Valkey server at %s (data in %s)",
-            embedded.url,
-            embedded.server.data_dir,
-        )
-        settings = dataclasses.replace(settings, redis_url=embedded.url)
     try:
         if command == "consume" and not settings.amqp_url:
             raise LatestError("'consume' needs AMQP_URL (or --amqp-url)")
-        if command in JOB_COMMANDS:
-            run_loop(JOB_COMMANDS[command](settings, **job_args))
-        else:
-            run_loop(run(command, settings))
+        with redis_for(command, settings) as (settings, embedded):
+            if command in JOB_COMMANDS:
+                run_loop(JOB_COMMANDS[command](settings, **job_args))
+            else:
+                run_loop(run(command, settings, embedded))
     except (LatestError, ConnectionError, OSError) as exc:
         message = exc.message if isinstance(exc, LatestError) else str(exc)
-        print(f"latest-server: error: {message}", file=sys.stderr)
+        print(f"latest-server: error: {redact(message)}", file=sys.stderr)
         return 1
-    finally:
-        if embedded is not None:
-            embedded.stop()
     return 0
+
+
+SERVERS = ("serve", "consume")  # run until stopped; every other command is a job
+
+
+@contextlib.contextmanager
+def redis_for(command: str, settings: Settings) -> Iterator[tuple[Settings, EmbeddedValkey | None]]:
+    """The Redis a command uses, for every command alike: REDIS_URL, or else the data
+    directory's embedded Valkey (see datadir.py). A server owns the directory and runs the
+    Valkey; a job uses the Valkey of the server that owns the directory, through its socket, or
+    owns the directory itself, with a Valkey of its own, when no server runs. Yields the
+    settings with REDIS_URL set, and the Valkey this process runs, if any."""
+    if settings.redis_url:
+        yield settings, None
+        return
+    data_dir = Path(settings.data_dir)
+    try:
+        ownership = datadir.claim(data_dir)
+    except DataDirBusy as busy:
+        owner = busy.owner
+        if command in SERVERS or owner is None or not owner.serves:
+            raise
+        log.info("REDIS_URL is not set: using the embedded Valkey of %s", owner.describe())
+        yield dataclasses.replace(settings, redis_url=owner.redis_url), None
+        return
+    try:
+        pid = os.getpid()
+        record = Owner(pid, datadir.started_at(pid), command, "", _http_address(command, settings))
+
+        def spawned(valkey_pid: int) -> None:  # the record names each Valkey it starts
+            started = datadir.started_at(valkey_pid)
+            ownership.record(
+                dataclasses.replace(record, valkey_pid=valkey_pid, valkey_started=started)
+            )
+
+        embedded = EmbeddedValkey(data_dir, lock_fd=ownership.fd, on_spawn=spawned)
+        record = dataclasses.replace(record, socket=embedded.socket)
+        ownership.record(record)
+        try:
+            embedded.start()
+            log.info(
+                "REDIS_URL is not set: using an embedded Valkey server at %s (data in %s)",
+                embedded.url,
+                embedded.data_dir,
+            )
+            yield dataclasses.replace(settings, redis_url=embedded.url), embedded
+        finally:
+            embedded.stop()
+    finally:
+        ownership.release()
+
+
+def _http_address(command: str, settings: Settings) -> str | None:
+    if command != "serve":
+        return None
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"http://{host}:{settings.port}"
 
 
 async def offload_command(settings: Settings, job_all: bool = False) -> None:
@@ -271,15 +320,39 @@ def es_server(settings: Settings, resources: Resources) -> tuple[_Server, socket
     return _Server(config), sock
 
 
-async def run(command: str, settings: Settings) -> None:
+def listen(settings: Settings, port: int, setting: str, what: str) -> socket.socket:
+    """The listening socket of ``what``, or one line saying why not, naming the setting."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    try:
+        return socket.create_server((settings.host, port), family=family)
+    except OSError as exc:
+        raise LatestError(
+            f"cannot listen on {settings.host}:{port} for {what} ({exc.strerror or exc}); "
+            f"set {setting} to a free port"
+        ) from exc
+
+
+async def run(command: str, settings: Settings, embedded: EmbeddedValkey | None = None) -> None:
+    http = (
+        listen(settings, settings.port, "LATEST_PORT", "the HTTP API")
+        if command == "serve"
+        else None
+    )
     try:
         resources = await Resources.open(settings)
-    except (ConnectionError, OSError, StoreUnavailable) as exc:
-        raise LatestError(f"cannot reach Redis at {settings.redis_url}: {exc}") from exc
+    except BaseException:
+        if http is not None:
+            http.close()
+        raise
     tasks: list[asyncio.Task[Any]] = []
     stops: list[Any] = []
     consumer: Consumer | None = None
     servers: list[_Server] = []
+    supervisor: asyncio.Task[None] | None = None
+    if embedded is not None:
+        # Restarts it if it dies; meanwhile /readyz answers 503.
+        supervisor = asyncio.create_task(embedded.supervise(), name="valkey-supervisor")
+        resources.ready_checks["embedded_valkey"] = lambda: embedded.up
     try:
         if settings.amqp_url:
             consumer = Consumer(settings, resources.ingestor)
@@ -287,7 +360,7 @@ async def run(command: str, settings: Settings) -> None:
             resources.ready_checks["consumer"] = lambda: consumer is not None and consumer.connected
             tasks.append(asyncio.create_task(consumer.run(), name="consumer"))
             stops.append(consumer.stop)
-        if command == "serve":
+        if http is not None:
             config = uvicorn.Config(
                 create_app(settings, resources=resources),
                 host=settings.host,
@@ -302,7 +375,7 @@ async def run(command: str, settings: Settings) -> None:
             async def stop_server() -> None:
                 server.should_exit = True
 
-            tasks.append(asyncio.create_task(server.serve(), name="http"))
+            tasks.append(asyncio.create_task(server.serve(sockets=[http]), name="http"))
             stops.append(stop_server)
             servers.append(server)
             es_listener = es_server(settings, resources)
@@ -331,6 +404,8 @@ async def run(command: str, settings: Settings) -> None:
         for task in tasks:
             await task  # the consumer finishes the batch in hand; errors surface here
     finally:
+        if supervisor is not None:
+            supervisor.cancel()
         if consumer is not None:
             await consumer.close()
         await resources.close()

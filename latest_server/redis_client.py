@@ -148,7 +148,8 @@ def connect(url: str, **options: object) -> Redis:
     # of GET /latest). A dead connection fails its command, which redis-py then sends once more
     # on a new one: a pool built from a URL otherwise retries nothing, and after a Redis restart
     # each stale connection would fail one request that a fresh connection could have served.
-    options.setdefault("socket_keepalive", True)
+    if not url.startswith("unix:"):  # a unix socket has no keep-alive
+        options.setdefault("socket_keepalive", True)
     options.setdefault("retry", Retry(NoBackoff(), 1))
     options.setdefault("retry_on_error", list(REDIS_DOWN))
     pool = BlockingConnectionPool.from_url(
