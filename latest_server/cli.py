@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from aio_pika.exceptions import AMQPError
 from tqdm import tqdm
 
 from latest_server import __version__, datadir
@@ -28,7 +29,7 @@ from latest_server.embedded import EmbeddedValkey
 from latest_server.errors import LatestError
 from latest_server.keys import key_for
 from latest_server.redact import RedactingFormatter, redact
-from latest_server.resources import Resources
+from latest_server.resources import Resources, unusable
 from latest_server.settings import Settings, describe
 from latest_server.web.app import create_app, create_es_app, server_options
 
@@ -102,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level.upper())
     for handler in logging.getLogger().handlers:  # every line masks URL passwords
         handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(_retries_in_one_line)
     logging.getLogger("aio_pika").setLevel(max(logging.WARNING, logging.getLogger().level))
     logging.getLogger("aiormq").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
@@ -117,6 +119,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"latest-server: error: {redact(message)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _retries_in_one_line(record: logging.LogRecord) -> bool:
+    """The Elasticsearch client logs each retried failure as a warning with its traceback (at
+    start-up against an unreachable cluster, a screenful of them): one line each says it all."""
+    if record.name.startswith("elastic_transport") and record.levelno < logging.ERROR:
+        record.exc_info = None
+        record.exc_text = None
+    return True
 
 
 SERVERS = ("serve", "consume")  # run until stopped; every other command is a job
@@ -356,7 +367,10 @@ async def run(command: str, settings: Settings, embedded: EmbeddedValkey | None 
     try:
         if settings.amqp_url:
             consumer = Consumer(settings, resources.ingestor)
-            await consumer.start()
+            try:
+                await consumer.start()
+            except (AMQPError, OSError) as exc:
+                raise unusable("RabbitMQ", "AMQP_URL", settings.amqp_url, exc) from exc
             resources.ready_checks["consumer"] = lambda: consumer is not None and consumer.connected
             tasks.append(asyncio.create_task(consumer.run(), name="consumer"))
             stops.append(consumer.stop)

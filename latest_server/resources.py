@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from redis.asyncio import Redis
-from redis.exceptions import AuthenticationError, ResponseError
+from redis.exceptions import ResponseError
 
 from latest_server.completion import SessionJobs
 from latest_server.errors import ConfigError, LatestError, StoreUnavailable
@@ -107,16 +107,19 @@ class Resources:
 
 
 def unusable(service: str, setting: str, url: str, exc: Exception) -> StoreUnavailable:
-    """A store that cannot be used at start-up, in one line naming it and its setting, with its
-    URL's password masked: "cannot reach Redis at redis://:***@host:6379/0 (REDIS_URL): …"."""
+    """A service that cannot be used at start-up, in one line naming it and its setting, with
+    its URL's password masked: "cannot reach Redis at redis://:***@host:6379/0 (REDIS_URL): …"."""
     reason = exc.message if isinstance(exc, LatestError) else str(exc) or type(exc).__name__
+    reason = reason.removeprefix(f"{service} is unavailable: ")
     verb = "cannot log in to" if _refused_login(exc) else "cannot reach"
     return StoreUnavailable(redact(f"{verb} {service} at {url} ({setting}): {reason}"))
 
 
 def _refused_login(exc: Exception) -> bool:
-    status = getattr(getattr(exc, "meta", None), "status", None)  # an Elasticsearch ApiError
-    return isinstance(exc, AuthenticationError) or status in (401, 403)
+    """Credentials refused: redis-py's AuthenticationError (NOAUTH, WRONGPASS), aio-pika's
+    ProbableAuthenticationError, or an Elasticsearch ApiError with status 401/403."""
+    status = getattr(getattr(exc, "meta", None), "status", None)
+    return "Authentication" in type(exc).__name__ or status in (401, 403)
 
 
 def merge_on_end(merger: Merger) -> EndHook:
