@@ -141,7 +141,7 @@ def relay(private_redis: PrivateRedis) -> Iterator[LingeringRelay]:
 
 @pytest.fixture
 def server(relay: LingeringRelay, settings: Settings) -> Iterator[ServerThread]:
-    own = dataclasses.replace(settings, redis_url=relay.url, amqp_url=None)
+    own = dataclasses.replace(settings, redis_url=relay.url, amqp_url=None, es_prefix="/es")
     with ServerThread(own) as running:
         yield running
 
@@ -176,6 +176,9 @@ def test_every_read_is_503_json_with_retry_after_while_redis_is_down(
             assert answer.headers["retry-after"] == "1", path
             assert answer.headers["content-type"] == "application/json", path
             assert answer.json()["error"]["type"] == "store_unavailable", (path, answer.text)
+        for path in ["/es/latest/_doc/urn:outage:a", "/es/_mget?ids=urn:outage:a"]:
+            answer = http.request("GET", path, json={"docs": [{"_index": "latest", "_id": "a"}]})
+            assert answer.status_code == 503, (path, answer.status_code, answer.text)
 
 
 async def test_first_requests_after_a_redis_restart_succeed(
