@@ -29,6 +29,7 @@ from latest_server.embedded import EmbeddedValkey
 from latest_server.errors import LatestError
 from latest_server.keys import key_for
 from latest_server.redact import RedactingFormatter, redact
+from latest_server.redis_client import redis_bounded
 from latest_server.resources import Resources, unusable
 from latest_server.settings import Settings, describe
 from latest_server.web.app import create_app, create_es_app, server_options
@@ -187,6 +188,7 @@ def _http_address(command: str, settings: Settings) -> str | None:
     return f"http://{host}:{settings.port}"
 
 
+@redis_bounded  # Redis lost mid-job: one line, and the next job finishes this one's work
 async def offload_command(settings: Settings, job_all: bool = False) -> None:
     resources = await Resources.open(settings)
     try:
@@ -207,6 +209,7 @@ async def offload_command(settings: Settings, job_all: bool = False) -> None:
 MERGE_RETRY_INTERVAL = 0.5  # seconds between tries of a variable another process is merging
 
 
+@redis_bounded
 async def merge_command(
     settings: Settings,
     job_all: bool = False,
