@@ -182,7 +182,8 @@ class EmbeddedValkey:
         code = self.process.poll()
         if code is not None:
             raise EmbeddedFailed(
-                f"the embedded Valkey exited with code {code} at start: {self._last_log_line()}"
+                f"the embedded Valkey (data in {self.data_dir}, under LATEST_DATA_DIR) exited "
+                f"with code {code} at start: {self._last_log_line()} (its log: {self.log_file})"
             )
 
     def _became_up(self) -> None:
@@ -204,8 +205,10 @@ class EmbeddedValkey:
         try:
             lines = self.log_file.read_text(errors="replace").splitlines()
         except OSError:
-            return f"see {self.log_file}"
-        return lines[-1].strip() if lines else f"see {self.log_file}"
+            return "it logged nothing"
+        said = [line for line in lines if line.strip()]
+        # "<pid>:M 04 Dec 2026 19:04:32.799 # Invalid AOF manifest file format": the message
+        return said[-1].split(" # ", 1)[-1].strip() if said else "it logged nothing"
 
 
 def _socket_dir(data_dir: Path) -> tuple[Path, bool]:

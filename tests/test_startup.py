@@ -195,3 +195,15 @@ def test_every_log_line_is_redacted_tracebacks_included() -> None:
         )
     line = formatter.format(record)
     assert "pw" not in line and "amqp://u:***@h/" in line and "redis://:***@h:6379" in line
+
+
+def test_embedded_valkey_that_cannot_start(tmp_path: Path) -> None:
+    """Its own reason, from its log, in the one line (here: a damaged append-only manifest)."""
+    aof = tmp_path / "data" / "valkey" / "appendonlydir"
+    aof.mkdir(parents=True)
+    (aof / "appendonly.aof.manifest").write_text("garbage\n")
+    code, stderr = serve(tmp_path)
+    assert code == 1, stderr
+    line = the_error(stderr)
+    assert "the embedded Valkey (data in " in line and "LATEST_DATA_DIR" in line, line
+    assert "Invalid AOF manifest file format" in line, line
