@@ -101,10 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env().with_overrides(**args)
     except LatestError as exc:
         parser.error(exc.message)
-    logging.basicConfig(level=settings.log_level.upper())
-    for handler in logging.getLogger().handlers:  # every line masks URL passwords
-        handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        handler.addFilter(_retries_in_one_line)
+    handler = logging.StreamHandler()
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_retries_in_one_line)
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
     logging.getLogger("aio_pika").setLevel(max(logging.WARNING, logging.getLogger().level))
     logging.getLogger("aiormq").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
@@ -310,9 +310,8 @@ def es_server(settings: Settings, resources: Resources) -> tuple[_Server, socket
     taken is logged and skipped: the main API keeps running."""
     if not settings.es_port:
         return None
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     try:
-        sock = socket.create_server((settings.host, settings.es_port), family=family)
+        sock = bound(settings, settings.es_port)
     except OSError as exc:
         log.error(
             "Elasticsearch-compatible API is off: cannot listen on %s:%s (%s); "
@@ -334,24 +333,33 @@ def es_server(settings: Settings, resources: Resources) -> tuple[_Server, socket
     return _Server(config), sock
 
 
-def listen(settings: Settings, port: int, setting: str, what: str) -> socket.socket:
-    """The listening socket of ``what``, or one line saying why not, naming the setting."""
+def bound(settings: Settings, port: int) -> socket.socket:
+    """A socket bound to LATEST_HOST:``port``, not yet listening: uvicorn listens once the app
+    has started, so that nothing connects to a server that cannot answer yet, while a port
+    that is taken is known before anything else is started."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        return socket.create_server((settings.host, port), family=family)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((settings.host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def http_socket(settings: Settings) -> socket.socket:
+    try:
+        return bound(settings, settings.port)
     except OSError as exc:
         raise LatestError(
-            f"cannot listen on {settings.host}:{port} for {what} ({exc.strerror or exc}); "
-            f"set {setting} to a free port"
+            f"cannot listen on {settings.host}:{settings.port} for the HTTP API "
+            f"({exc.strerror or exc}); set LATEST_PORT to a free port"
         ) from exc
 
 
 async def run(command: str, settings: Settings, embedded: EmbeddedValkey | None = None) -> None:
-    http = (
-        listen(settings, settings.port, "LATEST_PORT", "the HTTP API")
-        if command == "serve"
-        else None
-    )
+    http = http_socket(settings) if command == "serve" else None
     try:
         resources = await Resources.open(settings)
     except BaseException:
