@@ -1,6 +1,6 @@
 FROM python:3.11.11-slim-bookworm
 # tini as pid 1: it forwards SIGTERM to latest-server and reaps the processes it leaves behind
-# (without REDIS_URL, latest-server starts an embedded Valkey daemon, which pid 1 inherits).
+# (without REDIS_URL, latest-server runs an embedded Valkey as its child, stopped after it).
 RUN apt-get update && apt-get install -y --no-install-recommends tini \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app

@@ -9,22 +9,28 @@ import contextlib
 import dataclasses
 import gc
 import logging
+import os
 import signal
 import socket
 import sys
 import time
 from collections.abc import Coroutine, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import uvicorn
+from aio_pika.exceptions import AMQPError
 from tqdm import tqdm
 
-from latest_server import __version__
+from latest_server import __version__, datadir
 from latest_server.consumer import Consumer
-from latest_server.embedded import EmbeddedRedis, start_embedded
-from latest_server.errors import LatestError, StoreUnavailable
+from latest_server.datadir import DataDirBusy, Owner
+from latest_server.embedded import EmbeddedValkey
+from latest_server.errors import LatestError
 from latest_server.keys import key_for
-from latest_server.resources import Resources
+from latest_server.redact import RedactingFormatter, redact
+from latest_server.redis_client import redis_bounded
+from latest_server.resources import Resources, unusable
 from latest_server.settings import Settings, describe
 from latest_server.web.app import create_app, create_es_app, http_options, server_options
 
@@ -95,38 +101,94 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env().with_overrides(**args)
     except LatestError as exc:
         parser.error(exc.message)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_retries_in_one_line)
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
     logging.getLogger("aio_pika").setLevel(max(logging.WARNING, logging.getLogger().level))
     logging.getLogger("aiormq").setLevel(max(logging.WARNING, logging.getLogger().level))
-    embedded: EmbeddedRedis | None = None
-    if not settings.redis_url:
-        embedded = start_embedded(settings)
-        log.info(
-            "REDIS_URL is not set: using an embedded Valkey server at %s (data in %s)",
-            embedded.url,
-            embedded.server.data_dir,
-        )
-        settings = dataclasses.replace(settings, redis_url=embedded.url)
     try:
         if command == "consume" and not settings.amqp_url:
             raise LatestError("'consume' needs AMQP_URL (or --amqp-url)")
-        if command in JOB_COMMANDS:
-            run_loop(JOB_COMMANDS[command](settings, **job_args))
-        else:
-            run_loop(run(command, settings))
+        with redis_for(command, settings) as (settings, embedded):
+            if command in JOB_COMMANDS:
+                run_loop(JOB_COMMANDS[command](settings, **job_args))
+            else:
+                run_loop(run(command, settings, embedded))
     except (LatestError, ConnectionError, OSError) as exc:
         message = exc.message if isinstance(exc, LatestError) else str(exc)
-        print(f"latest-server: error: {message}", file=sys.stderr)
+        print(f"latest-server: error: {redact(message)}", file=sys.stderr)
         return 1
-    finally:
-        if embedded is not None:
-            embedded.stop()
     return 0
 
 
+def _retries_in_one_line(record: logging.LogRecord) -> bool:
+    """The Elasticsearch client logs each retried failure as a warning with its traceback (at
+    start-up against an unreachable cluster, a screenful of them): one line each says it all."""
+    if record.name.startswith("elastic_transport") and record.levelno < logging.ERROR:
+        record.exc_info = None
+        record.exc_text = None
+    return True
+
+
+SERVERS = ("serve", "consume")  # run until stopped; every other command is a job
+
+
+@contextlib.contextmanager
+def redis_for(command: str, settings: Settings) -> Iterator[tuple[Settings, EmbeddedValkey | None]]:
+    """The Redis a command uses, for every command alike: REDIS_URL, or else the data
+    directory's embedded Valkey (see datadir.py). A server owns the directory and runs the
+    Valkey; a job uses the Valkey of the server that owns the directory, through its socket, or
+    owns the directory itself, with a Valkey of its own, when no server runs. Yields the
+    settings with REDIS_URL set, and the Valkey this process runs, if any."""
+    if settings.redis_url:
+        yield settings, None
+        return
+    data_dir = Path(settings.data_dir)
+    try:
+        ownership = datadir.claim(data_dir)
+    except DataDirBusy as busy:
+        owner = busy.owner
+        if command in SERVERS or owner is None or not owner.serves:
+            raise
+        log.info("REDIS_URL is not set: using the embedded Valkey of %s", owner.describe())
+        yield dataclasses.replace(settings, redis_url=owner.redis_url), None
+        return
+    try:
+        pid = os.getpid()
+        record = Owner(pid, datadir.started_at(pid), command, "", _http_address(command, settings))
+
+        def spawned(valkey_pid: int) -> None:  # the record names each Valkey it starts
+            started = datadir.started_at(valkey_pid)
+            ownership.record(
+                dataclasses.replace(record, valkey_pid=valkey_pid, valkey_started=started)
+            )
+
+        embedded = EmbeddedValkey(data_dir, lock_fd=ownership.fd, on_spawn=spawned)
+        record = dataclasses.replace(record, socket=embedded.socket)
+        ownership.record(record)
+        try:
+            embedded.start()
+            log.info(
+                "REDIS_URL is not set: using an embedded Valkey server at %s (data in %s)",
+                embedded.url,
+                embedded.data_dir,
+            )
+            yield dataclasses.replace(settings, redis_url=embedded.url), embedded
+        finally:
+            embedded.stop()
+    finally:
+        ownership.release()
+
+
+def _http_address(command: str, settings: Settings) -> str | None:
+    if command != "serve":
+        return None
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"http://{host}:{settings.port}"
+
+
+@redis_bounded  # Redis lost mid-job: one line, and the next job finishes this one's work
 async def offload_command(settings: Settings, job_all: bool = False) -> None:
     resources = await Resources.open(settings)
     try:
@@ -147,6 +209,7 @@ async def offload_command(settings: Settings, job_all: bool = False) -> None:
 MERGE_RETRY_INTERVAL = 0.5  # seconds between tries of a variable another process is merging
 
 
+@redis_bounded
 async def merge_command(
     settings: Settings,
     job_all: bool = False,
@@ -247,9 +310,8 @@ def es_server(settings: Settings, resources: Resources) -> tuple[_Server, socket
     taken is logged and skipped: the main API keeps running."""
     if not settings.es_port:
         return None
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     try:
-        sock = socket.create_server((settings.host, settings.es_port), family=family)
+        sock = bound(settings, settings.es_port)
     except OSError as exc:
         log.error(
             "Elasticsearch-compatible API is off: cannot listen on %s:%s (%s); "
@@ -272,23 +334,59 @@ def es_server(settings: Settings, resources: Resources) -> tuple[_Server, socket
     return _Server(config), sock
 
 
-async def run(command: str, settings: Settings) -> None:
+def bound(settings: Settings, port: int) -> socket.socket:
+    """A socket bound to LATEST_HOST:``port``, not yet listening: uvicorn listens once the app
+    has started, so that nothing connects to a server that cannot answer yet, while a port
+    that is taken is known before anything else is started."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((settings.host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def http_socket(settings: Settings) -> socket.socket:
+    try:
+        return bound(settings, settings.port)
+    except OSError as exc:
+        raise LatestError(
+            f"cannot listen on {settings.host}:{settings.port} for the HTTP API "
+            f"({exc.strerror or exc}); set LATEST_PORT to a free port"
+        ) from exc
+
+
+async def run(command: str, settings: Settings, embedded: EmbeddedValkey | None = None) -> None:
+    http = http_socket(settings) if command == "serve" else None
     try:
         resources = await Resources.open(settings)
-    except (ConnectionError, OSError, StoreUnavailable) as exc:
-        raise LatestError(f"cannot reach Redis at {settings.redis_url}: {exc}") from exc
+    except BaseException:
+        if http is not None:
+            http.close()
+        raise
     tasks: list[asyncio.Task[Any]] = []
     stops: list[Any] = []
     consumer: Consumer | None = None
     servers: list[_Server] = []
+    supervisor: asyncio.Task[None] | None = None
+    if embedded is not None:
+        # Restarts it if it dies; meanwhile /readyz answers 503.
+        supervisor = asyncio.create_task(embedded.supervise(), name="valkey-supervisor")
+        resources.ready_checks["embedded_valkey"] = lambda: embedded.up
     try:
         if settings.amqp_url:
             consumer = Consumer(settings, resources.ingestor)
-            await consumer.start()
+            try:
+                await consumer.start()
+            except (AMQPError, OSError) as exc:
+                raise unusable("RabbitMQ", "AMQP_URL", settings.amqp_url, exc) from exc
             resources.ready_checks["consumer"] = lambda: consumer is not None and consumer.connected
             tasks.append(asyncio.create_task(consumer.run(), name="consumer"))
             stops.append(consumer.stop)
-        if command == "serve":
+        if http is not None:
             config = uvicorn.Config(
                 create_app(settings, resources=resources),
                 host=settings.host,
@@ -303,7 +401,7 @@ async def run(command: str, settings: Settings) -> None:
             async def stop_server() -> None:
                 server.should_exit = True
 
-            tasks.append(asyncio.create_task(server.serve(), name="http"))
+            tasks.append(asyncio.create_task(server.serve(sockets=[http]), name="http"))
             stops.append(stop_server)
             servers.append(server)
             es_listener = es_server(settings, resources)
@@ -332,6 +430,8 @@ async def run(command: str, settings: Settings) -> None:
         for task in tasks:
             await task  # the consumer finishes the batch in hand; errors surface here
     finally:
+        if supervisor is not None:
+            supervisor.cancel()
         if consumer is not None:
             await consumer.close()
         await resources.close()

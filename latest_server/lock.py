@@ -15,7 +15,7 @@ import secrets
 
 from redis.asyncio import Redis
 
-from latest_server.redis_client import Scripts
+from latest_server.redis_client import REDIS_DOWN, Scripts
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class JobLock:
                 extended = await self.scripts.call(
                     self.redis, "lock_extend", [self.name], [self.token, self.ttl_ms]
                 )
-            except (ConnectionError, OSError) as exc:
+            except REDIS_DOWN as exc:  # redis-py's errors: the builtin ConnectionError is not one
                 log.warning("could not extend %s: %s", self.name, exc)
                 continue
             if not extended:

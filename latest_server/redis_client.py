@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import hiredis
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from latest_server import lua
-from latest_server.errors import UnsafeRedisConfig
+from latest_server.errors import StoreUnavailable, UnsafeRedisConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+P = ParamSpec("P")
 
 SCRIPTS = (
     "write",
@@ -33,6 +38,25 @@ SCRIPTS = (
 SAFE_POLICIES = ("noeviction",)
 MAX_CONNECTIONS = 512  # per process; Redis' own limit (maxclients) is 10,000 by default
 POOL_TIMEOUT = 20.0  # seconds a command waits for a free connection
+# Redis could not be reached, or went away mid-command (redis-py wraps socket errors in these).
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+
+
+def redis_bounded(
+    function: Callable[P, Awaitable[T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    """``function``, with Redis out of reach raised as StoreUnavailable (a 503 with Retry-After
+    at the web edge, a nack on AMQP): the one place where redis-py's errors enter the error
+    tree, for every store method a route or a consumer calls. Other errors stay as they are."""
+
+    @functools.wraps(function)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await function(*args, **kwargs)
+        except REDIS_DOWN as exc:
+            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+
+    return call
 
 
 @dataclass(frozen=True)
@@ -78,12 +102,24 @@ async def _write(connection: Any, data: bytes) -> None:
 
 async def send_raw(redis: Redis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
     """Replies to ``commands``, sent in one round trip, as Redis gave them. Commands are packed
-    by hiredis (C) and replies skip redis-py's callbacks: on hot paths (the write pipeline, a
-    history read, the websocket tail probe) redis-py's packing and reply parsing cost more than
-    Redis answering. An error reply raises."""
+    by hiredis (C) and replies skip redis-py's callbacks: on hot paths (a history read, the
+    websocket tail probe) redis-py's packing and reply parsing cost more than Redis answering.
+    An error reply raises.
+
+    Only reads are sent this way (writes go through ``send_each``), so a connection that breaks
+    under them (a pooled one that Redis closed when it restarted) is given up and they are sent
+    once more, on a fresh one."""
+    packed = b"".join(map(hiredis.pack_command, commands))
+    try:
+        return await _send_packed(redis, packed, len(commands))
+    except REDIS_DOWN:
+        return await _send_packed(redis, packed, len(commands))
+
+
+async def _send_packed(redis: Redis, packed: bytes, count: int) -> list[Any]:
     async with _raw_connection(redis) as connection:
-        await _write(connection, b"".join(map(hiredis.pack_command, commands)))
-        return [await connection.read_response() for _ in commands]
+        await _write(connection, packed)
+        return [await connection.read_response() for _ in range(count)]
 
 
 async def send_each(
@@ -109,8 +145,13 @@ def connect(url: str, **options: object) -> Redis:
     one rather than failing: redis-py 8's default pool refuses the 101st concurrent command
     ("Too many connections"), which hundreds of websocket subscriptions opening at once reach."""
     # No health_check_interval: it costs a check on every command of the read hot path (a tenth
-    # of GET /latest); a dead connection fails its command and redis-py retries on a new one.
-    options.setdefault("socket_keepalive", True)
+    # of GET /latest). A dead connection fails its command, which redis-py then sends once more
+    # on a new one: a pool built from a URL otherwise retries nothing, and after a Redis restart
+    # each stale connection would fail one request that a fresh connection could have served.
+    if not url.startswith("unix:"):  # a unix socket has no keep-alive
+        options.setdefault("socket_keepalive", True)
+    options.setdefault("retry", Retry(NoBackoff(), 1))
+    options.setdefault("retry_on_error", list(REDIS_DOWN))
     pool = BlockingConnectionPool.from_url(
         url, max_connections=MAX_CONNECTIONS, timeout=POOL_TIMEOUT, **options
     )

@@ -7,14 +7,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from latest_server.completion import SessionJobs
-from latest_server.errors import ConfigError
+from latest_server.errors import ConfigError, LatestError, StoreUnavailable
 from latest_server.ingestor import Ingestor
 from latest_server.merge import Merger
 from latest_server.offload import Offloader, OffloadTrigger
 from latest_server.packets import PacketParser
-from latest_server.redis_client import check_server, connect
+from latest_server.redact import redact
+from latest_server.redis_client import REDIS_DOWN, check_server, connect
 from latest_server.sessions import EndHook, Session, SessionStore
 from latest_server.settings import Settings
 from latest_server.stores import open_latest_store, open_object_store
@@ -49,8 +51,18 @@ class Resources:
             raise ValueError("Resources.open needs a REDIS_URL (the CLI starts the embedded one)")
         redis = connect(settings.redis_url)
         try:
-            await check_server(redis)
-            latest = await open_latest_store(latest_url(settings), redis=redis, settings=settings)
+            try:
+                await check_server(redis)
+            except (*REDIS_DOWN, ResponseError) as exc:  # NOAUTH, WRONGPASS among them
+                raise unusable("Redis", "REDIS_URL", settings.redis_url, exc) from exc
+            url = latest_url(settings)
+            try:
+                latest = await open_latest_store(url, redis=redis, settings=settings)
+            except Exception as exc:
+                if settings.backend != "elasticsearch" or isinstance(exc, ConfigError):
+                    raise
+                # Unreachable, refused credentials, or an index it will not create.
+                raise unusable("Elasticsearch", "ELASTICSEARCH_URL", url, exc) from exc
         except BaseException:
             await redis.aclose()
             raise
@@ -92,6 +104,22 @@ class Resources:
         await self.trigger.close(cancel=True)
         await self.latest.close()  # its own client (Elasticsearch), or the Redis one
         await self.redis.aclose()
+
+
+def unusable(service: str, setting: str, url: str, exc: Exception) -> StoreUnavailable:
+    """A service that cannot be used at start-up, in one line naming it and its setting, with
+    its URL's password masked: "cannot reach Redis at redis://:***@host:6379/0 (REDIS_URL): …"."""
+    reason = exc.message if isinstance(exc, LatestError) else str(exc) or type(exc).__name__
+    reason = reason.removeprefix(f"{service} is unavailable: ")
+    verb = "cannot log in to" if _refused_login(exc) else "cannot reach"
+    return StoreUnavailable(redact(f"{verb} {service} at {url} ({setting}): {reason}"))
+
+
+def _refused_login(exc: Exception) -> bool:
+    """Credentials refused: redis-py's AuthenticationError (NOAUTH, WRONGPASS), aio-pika's
+    ProbableAuthenticationError, or an Elasticsearch ApiError with status 401/403."""
+    status = getattr(getattr(exc, "meta", None), "status", None)
+    return "Authentication" in type(exc).__name__ or status in (401, 403)
 
 
 def merge_on_end(merger: Merger) -> EndHook:

@@ -33,6 +33,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from latest_server import keys, lua
 from latest_server.errors import RejectReason, StoreUnavailable
 from latest_server.packets import Packet
+from latest_server.redis_client import redis_bounded
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ class SessionStore:
             await self.load_scripts()
             return await build().execute()  # type: ignore[no-any-return]
 
+    @redis_bounded
     async def apply(self, documents: Sequence[tuple[int, Packet]]) -> list[Refusal]:
         """Apply session documents, in order, in one round trip. Returns the refused ones."""
         if not documents:
@@ -163,10 +165,7 @@ class SessionStore:
                     ],
                 )
             )
-        try:
-            replies = await self._pipelined("session_apply", calls)
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        replies = await self._pipelined("session_apply", calls)
         refused = []
         for (index, packet), (outcome, previous) in zip(documents, replies, strict=True):
             if outcome == b"rejected":
@@ -181,6 +180,7 @@ class SessionStore:
                 )
         return refused
 
+    @redis_bounded
     async def track(self, packets: Sequence[Packet], seqs: Sequence[int]) -> None:
         """Count the new history entries (``seq`` > 0) of session samples, per session, and widen
         each session's time range: one script call per session per batch.
@@ -207,50 +207,42 @@ class SessionStore:
             calls.append(
                 (keys.session_keys(keys.key_for(session_id)), [*args, self.channel, *pairs])
             )
-        try:
-            await self._pipelined("session_track", calls)
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        await self._pipelined("session_track", calls)
 
+    @redis_bounded
     async def get(self, session_id: str) -> Session | None:
         k = keys.key_for(session_id)
-        try:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.hgetall(keys.session(k))
-            pipe.hgetall(keys.session_variables(k))
-            fields, variables = await pipe.execute()
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(keys.session(k))
+        pipe.hgetall(keys.session_variables(k))
+        fields, variables = await pipe.execute()
         if not fields:
             return None
         return _session(fields, variables)
 
+    @redis_bounded
     async def recent(self, *, state: str | None = None, limit: int = 100) -> list[Session]:
         """The newest sessions first (without their variables), optionally in one state."""
         found: list[Session] = []
         offset = 0
         page = max(limit, 100)
-        try:
-            while len(found) < limit:
-                ids: Any = await self.redis.zrevrange(
-                    keys.sessions_index(), offset, offset + page - 1
-                )
-                if not ids:
-                    break
-                offset += len(ids)
-                pipe = self.redis.pipeline(transaction=False)
-                for session_id in ids:
-                    pipe.hgetall(keys.session(keys.key_for(session_id.decode())))
-                for fields in await pipe.execute():
-                    if not fields:
-                        continue
-                    session = _session(fields, {})
-                    if state is None or session.state == state:
-                        found.append(session)
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        while len(found) < limit:
+            ids: Any = await self.redis.zrevrange(keys.sessions_index(), offset, offset + page - 1)
+            if not ids:
+                break
+            offset += len(ids)
+            pipe = self.redis.pipeline(transaction=False)
+            for session_id in ids:
+                pipe.hgetall(keys.session(keys.key_for(session_id.decode())))
+            for fields in await pipe.execute():
+                if not fields:
+                    continue
+                session = _session(fields, {})
+                if state is None or session.state == state:
+                    found.append(session)
         return found[:limit]
 
+    @redis_bounded
     async def variables(self, session_id: str) -> list[str]:
         names: Any = await self.redis.hkeys(keys.session_variables(keys.key_for(session_id)))
         return sorted(name.decode() for name in names)

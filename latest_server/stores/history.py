@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 
 from latest_server import keys
 from latest_server.errors import BadRequest, ObjectMissing, StoreUnavailable
-from latest_server.redis_client import Scripts, send_raw
+from latest_server.redis_client import Scripts, redis_bounded, send_raw
 from latest_server.stores import segments
 from latest_server.stores.base import ObjectStore
 from latest_server.stores.segments import SCHEMA, Window
@@ -57,17 +57,22 @@ def decode_cursor(cursor: str) -> tuple[int, int]:
 
 
 class HistoryStore:
+    """Every read of a route goes through ``redis_bounded``: Redis out of reach is
+    StoreUnavailable (503), never a redis-py error."""
+
     def __init__(self, redis: Redis, scripts: Scripts, objects: ObjectStore) -> None:
         self.redis = redis
         self.scripts = scripts
         self.objects = objects
 
+    @redis_bounded
     async def exists(self, key: str) -> bool:
         if await self.redis.exists(keys.meta(key), keys.history(key)):
             return True
         found = await asyncio.to_thread(self.objects.list, keys.history_prefix(key))
         return bool(found)
 
+    @redis_bounded
     async def read(self, key: str, window: Window, limit: int | None = None) -> Page:
         """Entries of ``window``; with ``limit``, the first ``limit`` of them and a cursor."""
         per_source = ALL if limit is None else limit + 1
@@ -97,6 +102,7 @@ class HistoryStore:
         page = table.slice(0, limit)
         return Page(page, _position(page, limit - 1))
 
+    @redis_bounded
     async def series(self, key: str, window: Window, path: str) -> tuple[Any, Any]:
         """(ts, value) numpy arrays of the entries of ``window`` whose document holds a number
         at ``path`` (dotted), in (ts, seq) order, from every tier and de-duplicated like
@@ -122,6 +128,7 @@ class HistoryStore:
         parts = [t for t in [hot, *cold] if t.num_rows] or [hot]
         return segments.deduplicate_series(pa.concat_tables(parts))
 
+    @redis_bounded
     async def read_hot(self, key: str, window: Window, limit: int) -> pa.Table:
         """Live stream plus job-owned copies.
 

@@ -12,9 +12,8 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from latest_server import keys
-from latest_server.errors import StoreUnavailable
 from latest_server.packets import Packet
-from latest_server.redis_client import Scripts, load_scripts, send_each
+from latest_server.redis_client import Scripts, load_scripts, redis_bounded, send_each
 from latest_server.settings import Settings
 from latest_server.stores.base import DeleteOutcome, LatestDoc, WriteOutcome
 
@@ -45,21 +44,19 @@ class RedisLatestStore:
         """The stores/__init__.py backend entry point: ``redis`` is already connected to ``url``."""
         return await cls.open(redis, version_type=settings.version_type)
 
+    @redis_bounded
     async def write_batch(self, packets: Iterable[Packet]) -> list[WriteOutcome]:
         """``packets`` may be built lazily (a generator): each chunk is sent as soon as it is
         packed, so building the next one overlaps Redis running this one."""
         taken: list[Packet] = []
         try:
-            try:
-                replies = await send_each(self.redis, self._commands(packets, taken), _outcomes)
-            except NoScriptError:
-                # Redis restarted and lost its script cache. The script is idempotent, so the
-                # whole batch is simply sent again (every packet was taken: replies are read
-                # after the last command is sent).
-                self.scripts = await load_scripts(self.redis)
-                replies = await send_each(self.redis, self._commands(taken, []), _outcomes)
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+            replies = await send_each(self.redis, self._commands(packets, taken), _outcomes)
+        except NoScriptError:
+            # Redis restarted and lost its script cache. The script is idempotent, so the
+            # whole batch is simply sent again (every packet was taken: replies are read
+            # after the last command is sent).
+            self.scripts = await load_scripts(self.redis)
+            replies = await send_each(self.redis, self._commands(taken, []), _outcomes)
         return [outcome for chunk in replies for outcome in chunk]
 
     def _commands(self, packets: Iterable[Packet], taken: list[Packet]) -> Iterator[bytes]:
@@ -124,44 +121,38 @@ class RedisLatestStore:
         )
         return b"".join((head, *names, *args))
 
+    @redis_bounded
     async def get(self, variable_id: str) -> LatestDoc | None:
-        try:
-            reply: list[Any] = await self.redis.hmget(
-                keys.latest(keys.key_for(variable_id)), ("v", "doc")
-            )
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        reply: list[Any] = await self.redis.hmget(
+            keys.latest(keys.key_for(variable_id)), ("v", "doc")
+        )
         version, doc = reply
         if version is None or doc is None:
             return None
         return LatestDoc(variable_id, int(version), doc)
 
+    @redis_bounded
     async def mget(self, variable_ids: Sequence[str]) -> list[LatestDoc | None]:
-        try:
-            if len(variable_ids) == 1:
-                replies = [
-                    await self.redis.hmget(keys.latest(keys.key_for(variable_ids[0])), "v", "doc")
-                ]
-            else:
-                pipe = self.redis.pipeline(transaction=False)
-                for variable_id in variable_ids:
-                    pipe.hmget(keys.latest(keys.key_for(variable_id)), "v", "doc")
-                replies = await pipe.execute()
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        if len(variable_ids) == 1:
+            replies = [
+                await self.redis.hmget(keys.latest(keys.key_for(variable_ids[0])), "v", "doc")
+            ]
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            for variable_id in variable_ids:
+                pipe.hmget(keys.latest(keys.key_for(variable_id)), "v", "doc")
+            replies = await pipe.execute()
         return [
             _latest_doc(variable_id, reply)
             for variable_id, reply in zip(variable_ids, replies, strict=True)
         ]
 
+    @redis_bounded
     async def read_keys(self, variable_keys: Sequence[str]) -> list[LatestDoc | None]:
-        try:
-            pipe = self.redis.pipeline(transaction=False)
-            for key in variable_keys:
-                pipe.hmget(keys.latest(key), "v", "doc", "id", "s")
-            replies = await pipe.execute()
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        pipe = self.redis.pipeline(transaction=False)
+        for key in variable_keys:
+            pipe.hmget(keys.latest(key), "v", "doc", "id", "s")
+        replies = await pipe.execute()
         found: list[LatestDoc | None] = []
         for version, doc, variable_id, seq in replies:
             if version is None or doc is None:
@@ -170,15 +161,13 @@ class RedisLatestStore:
                 found.append(LatestDoc(variable_id.decode(), int(version), doc, int(seq or 0)))
         return found
 
+    @redis_bounded
     async def delete(
         self, variable_id: str, key: str, version: int | None, version_type: str
     ) -> DeleteOutcome:
         gte = MODES[version_type] if version is not None else self.gte
         args = ["" if version is None else version, gte]
-        try:
-            reply = await self.scripts.call(self.redis, "delete", [keys.latest(key)], args)
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        reply = await self.scripts.call(self.redis, "delete", [keys.latest(key)], args)
         result, tombstone, current = reply
         return DeleteOutcome(result.decode(), int(tombstone), int(current) if current else None)
 

@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 
 from latest_server import keys
 from latest_server.errors import ObjectMissing
-from latest_server.redis_client import Scripts, send_raw
+from latest_server.redis_client import Scripts, redis_bounded, send_raw
 from latest_server.stores.base import ObjectStore
 
 REREADS = 4
@@ -71,11 +71,13 @@ class RangeReader:
         self.objects = objects
         self._footers: OrderedDict[str, Any] = OrderedDict()
 
+    @redis_bounded
     async def positions(self, variable_keys: list[str]) -> list[Position]:
         """Every variable's position, in one round trip."""
         commands = [("HMGET", keys.meta(key), "e", "s", "b") for key in variable_keys]
         return [_position(*reply) for reply in await send_raw(self.redis, commands)]
 
+    @redis_bounded
     async def latest(self, key: str) -> tuple[Position, Entry | None]:
         """The position and the latest document (as the history entry that holds it), read
         atomically, so that live entries after the position never repeat the document."""
@@ -86,6 +88,7 @@ class RangeReader:
         entry = Entry(int(seq), int(version), doc) if doc is not None and seq else None
         return _position(epoch, top, base), entry
 
+    @redis_bounded
     async def read_range(self, key: str, epoch: int, a: int, b: int) -> Range:
         """Entries with ``a < seq <= b`` of ``epoch``. If Redis holds another epoch now, the
         returned position says so and no entry is returned: the caller resets."""

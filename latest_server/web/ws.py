@@ -163,7 +163,7 @@ class Hub:
                 batch = variables[start : start + PROBE_BATCH]
                 try:
                     positions = await self.ranges.positions(batch)
-                except (RedisError, OSError) as exc:
+                except (RedisError, StoreUnavailable, OSError) as exc:
                     log.warning("tail probe skipped: %s", exc)
                     break
                 for key, position in zip(batch, positions, strict=True):
