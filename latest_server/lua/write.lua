@@ -14,8 +14,9 @@
 --         document is there)   ARGV[6] feed channel lv:{k}:feed
 -- ARGV[7] the version when it is not the ts (an Elasticsearch request's `version`), else ""
 -- returns, per packet, {applied, seq, epoch, current, existed, entry}
---   applied 1 when the document became the latest, 0 when it was stale (or a redelivery);
---   seq 0 when the same (ts, doc) is already in the hot history (a redelivery: nothing is written);
+--   applied 1 when the document became the latest, 0 when it was stale (or a redelivery of
+--   the latest document); seq 0 when the same (ts, digest) is already in the hot history (a
+--   redelivery: no history entry is written, but the compare-and-set is still evaluated);
 --   current the version before this write ('' if none); existed 1 if a document was there (a
 --   deleted document leaves a tombstone: the hash keeps only v); entry the seq of the history
 --   entry holding this packet (the earlier one for a redelivery, 0 if unknown).
@@ -26,24 +27,30 @@ local function write(K, A)
   if explicit then version = A[7] end
   local vn = tonumber(version)
   local digest = A[4]
-  local state = redis.call('HMGET', K[1], 'v', 'id')
+  local state = redis.call('HMGET', K[1], 'v', 'id', 's')
   local current = state[1]
   local existed = 0
   if state[2] then existed = 1 end
+  local cn = current and tonumber(current)
 
-  -- (ts, sha1(doc)) already in history? Only entries with exactly this ts need a look.
+  -- (ts, digest) already in history? Only entries with exactly this ts need a look. A packet
+  -- found there is not appended again, but it still takes part in the compare-and-set: its
+  -- first copy may have been refused (an Elasticsearch write with an older `version`), and
+  -- this one may be owed the latest document.
   local entry = nil
   local same_ts = redis.call('ZRANGEBYSCORE', K[3], ts, ts)
   for i = 1, #same_ts do
     if string.sub(same_ts[i], 17) == digest then
       entry = tonumber(string.sub(same_ts[i], 1, 16))
-      if not explicit then
-        local e = redis.call('HGET', K[4], 'e')
-        return {0, 0, e or '0', current or '', existed, entry}
-      end
+      break
     end
   end
-  -- With an explicit version a redelivery still takes part in the compare-and-set below.
+  if entry and not explicit and vn == cn and tonumber(state[3]) == entry then
+    -- This very entry is the latest document at this version already: a plain redelivery,
+    -- which the compare-and-set would leave as it is.
+    local e = redis.call('HGET', K[4], 'e')
+    return {0, 0, e or '0', current or '', existed, entry}
+  end
 
   local seq, sq = 0, nil
   local epoch
@@ -71,7 +78,6 @@ local function write(K, A)
   end
 
   local applied = 0
-  local cn = current and tonumber(current)
   if A[5] == 'c' then
     if existed == 0 then applied = 1 end
   elseif not cn or vn > cn or (A[5] == '1' and vn == cn) then
