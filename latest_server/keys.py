@@ -51,7 +51,8 @@ def history(key: str) -> str:
 
 
 def history_index(key: str) -> str:
-    """Sorted set: score ts µs, member ``<seq, 16 digits><sha1(doc) hex>``: dedup and time index."""
+    """Sorted set: score ts µs, member ``<seq, 16 digits><digest hex>`` (packets.digest): dedup
+    and time index."""
     return _k(key, "i")
 
 

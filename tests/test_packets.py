@@ -29,7 +29,8 @@ def test_object_becomes_a_packet() -> None:
     assert packet.key == hashlib.sha1(b"s/1").hexdigest()
     assert packet.ts_us == T0 * 1_000_000
     assert orjson.loads(packet.raw) == orjson.loads(body)
-    assert packet.digest == hashlib.sha1(packet.raw).hexdigest()
+    canonical = orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS)
+    assert packet.digest == hashlib.sha1(canonical).hexdigest()
 
 
 @pytest.mark.parametrize(
@@ -141,3 +142,54 @@ def test_iso_and_epoch_agree(moment: datetime) -> None:
     assert epoch_to_us(micros * 1000) == micros
     assert epoch_to_us(micros // 1000) == micros // 1000 * 1000
     assert epoch_to_us(micros // 1_000_000) == micros // 1_000_000 * 1_000_000
+
+
+def test_one_document_re_serialised_has_one_identity() -> None:
+    """Sorted keys, 7 and 7.0, 1E2 and 100, escapes: the digest is of the canonical form; the
+    stored document keeps the order it came in."""
+    bodies = [
+        b'{"id":"x","ts":1700000000,"v":7,"o":{"b":1,"a":[1.0,100]}}',
+        b'{"o":{"a":[1,1E2],"b":1.0},"v":7.0,"ts":1700000000,"id":"x"}',
+        b'{ "v" : 7e0 , "ts": 1.7E9, "id": "\\u0078", "o": {"a": [1, 100], "b": 1} }',
+    ]
+    items = [one(body) for body in bodies]
+    assert all(isinstance(item, Packet) for item in items)
+    assert len({item.digest for item in items if isinstance(item, Packet)}) == 1
+    assert isinstance(items[1], Packet)
+    assert list(orjson.loads(items[1].raw)) == ["o", "v", "ts", "id"]
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (b"9007199254740993", b"9007199254740992.0"),  # 2**53 + 1 is no float
+        (b"18446744073709551615", b"1.8446744073709552e19"),  # 2**64 - 1 and 2**64
+        (b"true", b"1"),
+        (b'"7"', b"7"),
+        (b"1.5", b"1"),
+        (b"[1, 2]", b"[2, 1]"),
+        (b'{"a.0": 1}', b'{"a": 1}'),
+    ],
+)
+def test_documents_that_differ_keep_their_own_identity(a: bytes, b: bytes) -> None:
+    first = one(b'{"id": "x", "ts": 1700000000, "v": ' + a + b"}")
+    second = one(b'{"id": "x", "ts": 1700000000, "v": ' + b + b"}")
+    assert isinstance(first, Packet) and isinstance(second, Packet)
+    assert first.digest != second.digest
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (b"9007199254740992", b"9007199254740992.0"),
+        (b"0", b"-0.0"),
+        (b"100000000000000000000", b"1e20"),  # beyond 64 bits orjson reads both as floats
+        (b"10000000000000000", b"1e16"),
+        (b'"a.0,b"', b'"a\\u002e0,b"'),  # a string that looks like a float's end
+    ],
+)
+def test_equal_numbers_written_differently_are_one(a: bytes, b: bytes) -> None:
+    first = one(b'{"id": "x", "ts": 1700000000, "v": [' + a + b"]}")
+    second = one(b'{"id": "x", "ts": 1700000000, "v": [' + b + b"]}")
+    assert isinstance(first, Packet) and isinstance(second, Packet)
+    assert first.digest == second.digest

@@ -6,10 +6,10 @@
 -- Per packet i (KEYS from 4*(i-1)+1, ARGV from 7*(i-1)+1):
 -- KEYS[1] lv:{k}:latest  hash: v (version = ts µs), doc, id, s (seq of its history entry)
 -- KEYS[2] lv:{k}:h       stream: entry id <seq>-0, fields t (ts µs), d (doc)
--- KEYS[3] lv:{k}:i       sorted set: score ts, member <seq as 16 digits><sha1(doc) hex>
---                         (dedup + time index; ties sort by seq)
+-- KEYS[3] lv:{k}:i       sorted set: score ts, member <seq as 16 digits><digest hex>
+--                         (dedup + time index; ties sort by seq; digest: packets.digest)
 -- KEYS[4] lv:{k}:meta    hash: e (epoch), s (last seq), b (the last seq before the epoch began)
--- ARGV[1] variable id   ARGV[2] ts (µs, integer)   ARGV[3] doc (JSON)   ARGV[4] sha1 hex of doc
+-- ARGV[1] variable id   ARGV[2] ts (µs, integer)   ARGV[3] doc (JSON)   ARGV[4] digest hex of doc
 -- ARGV[5] "1" for external_gte (>=), "0" for external (>), "c" for create (only when no
 --         document is there)   ARGV[6] feed channel lv:{k}:feed
 -- ARGV[7] the version when it is not the ts (an Elasticsearch request's `version`), else ""

@@ -16,7 +16,6 @@ From an ES document to a ``Packet``:
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import re
 import time
@@ -29,7 +28,14 @@ import orjson
 from latest_server import keys
 from latest_server.errors import PacketRejected
 from latest_server.ingestor import Ingestor
-from latest_server.packets import MAX_ID_LENGTH, MAX_TS_US, Packet, PacketParser, epoch_to_us
+from latest_server.packets import (
+    MAX_ID_LENGTH,
+    MAX_TS_US,
+    Packet,
+    PacketParser,
+    digest,
+    epoch_to_us,
+)
 from latest_server.settings import Settings
 from latest_server.stores.base import LatestDoc, LatestStore, WriteOutcome
 from latest_server.web.es_errors import (
@@ -230,7 +236,7 @@ class Writer:
             key,
             self._time(source, version),
             raw,
-            hashlib.sha1(raw).hexdigest(),
+            digest(source, raw),
             None,
             None,
             version,
