@@ -27,7 +27,7 @@ local function write(K, A)
   if explicit then version = A[7] end
   local vn = tonumber(version)
   local digest = A[4]
-  local state = redis.call('HMGET', K[1], 'v', 'id', 's')
+  local state = redis.call('HMGET', K[1], 'v', 'id')
   local current = state[1]
   local existed = 0
   if state[2] then existed = 1 end
@@ -45,9 +45,10 @@ local function write(K, A)
       break
     end
   end
-  if entry and not explicit and vn == cn and tonumber(state[3]) == entry then
-    -- This very entry is the latest document at this version already: a plain redelivery,
-    -- which the compare-and-set would leave as it is.
+  if entry and not explicit and cn and vn <= cn then
+    -- A copy of it had its compare-and-set at this version already (a redelivery), and the
+    -- latest version has not gone below it since: not newer, it is owed nothing, even in
+    -- external_gte, where it must not undo a tie that a later packet won.
     local e = redis.call('HGET', K[4], 'e')
     return {0, 0, e or '0', current or '', existed, entry}
   end
