@@ -23,6 +23,9 @@ from latest_server.settings import Settings
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_US = timedelta(microseconds=1)
 MAX_ID_LENGTH = 1024
+# orjson reads JSON nested up to 1024 levels but writes at most 254: a document nested deeper
+# could be read but never stored, served or dead-lettered as it is.
+MAX_DEPTH = 254
 # Lua numbers and sorted-set scores are doubles: versions stay exact below 2**53 µs (year 2255).
 MAX_TS_US = 2**53
 UNIT_TO_US = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}
@@ -204,7 +207,7 @@ class PacketParser:
             else:
                 if isinstance(decoded, list):
                     for i, item in enumerate(decoded):
-                        yield self.parse_document(i, item)
+                        yield self.parse_document(i, item, None, body)
                 else:
                     yield self.parse_document(0, decoded, body)
                 return
@@ -217,14 +220,21 @@ class PacketParser:
             yield self.parse_document(index, decoded, line)
 
     def parse_document(
-        self, index: int, document: Any, raw: bytes | None = None
+        self, index: int, document: Any, raw: bytes | None = None, message: bytes = b""
     ) -> Packet | Rejection:
+        """``raw``: the document's own bytes, when the message has them (a line, a whole body);
+        else a rejection carries it written again, or ``message`` when it is too deep for that
+        (the array it came in, whose other packets the dead-letter queue's reader finds again
+        as duplicates)."""
         try:
             return self.packet(document)
         except PacketRejected as exc:
-            return Rejection(
-                index, exc.code, exc.message, raw if raw is not None else _dump(document)
-            )
+            if raw is None:
+                try:
+                    raw = orjson.dumps(document)
+                except orjson.JSONEncodeError:
+                    raw = message
+            return Rejection(index, exc.code, exc.message, raw)
 
     def packet(self, document: Any) -> Packet:
         """One decoded JSON value → ``Packet``, or raise ``PacketRejected``."""
@@ -232,9 +242,9 @@ class PacketParser:
             raise PacketRejected(
                 "not_object", f"packet is a JSON {type(document).__name__}, not an object"
             )
+        raw = dump(document)  # first: whatever is looked at after it is of bounded depth
         variable_id = self._variable_id(document)
         ts_us = self._timestamp(document)
-        raw = orjson.dumps(document)
         if len(raw) > self.max_bytes:
             raise PacketRejected(
                 "too_large", f"packet is {len(raw)} bytes, the limit is {self.max_bytes}"
@@ -316,9 +326,9 @@ class PacketParser:
         try:
             ts_us = self._to_us(value)
         except (ValueError, OverflowError, TypeError) as exc:
-            raise PacketRejected("bad_time", f"unusable time {str(value)[:64]!r}: {exc}") from None
+            raise PacketRejected("bad_time", f"unusable time {_preview(value)}: {exc}") from None
         if not -MAX_TS_US < ts_us < MAX_TS_US:
-            raise PacketRejected("bad_time", f"time {str(value)[:64]!r} is out of range")
+            raise PacketRejected("bad_time", f"time {_preview(value)} is out of range")
         return ts_us
 
     def _to_us(self, value: Any) -> int:
@@ -338,5 +348,19 @@ class PacketParser:
         raise ValueError(f"a JSON {type(value).__name__} is not a time")
 
 
-def _dump(document: Any) -> bytes:
-    return orjson.dumps(document)
+def dump(document: Any) -> bytes:
+    """The document as orjson writes it; ``too_deep`` past MAX_DEPTH levels of nesting."""
+    try:
+        return orjson.dumps(document)
+    except orjson.JSONEncodeError:  # orjson's only failure on what it read: recursion
+        raise PacketRejected(
+            "too_deep", f"packet is nested deeper than {MAX_DEPTH} levels"
+        ) from None
+
+
+def _preview(value: Any) -> str:
+    """A value quoted in a message: a string or number cut short; an array or object named,
+    never written out (it may be nested deeper than ``str`` can recurse)."""
+    if isinstance(value, (dict, list)):
+        return f"(a JSON {'object' if isinstance(value, dict) else 'array'})"
+    return repr(str(value)[:64])

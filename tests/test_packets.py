@@ -98,6 +98,9 @@ def test_naive_times_need_a_default_zone() -> None:
         (b'{"id": "x", "ts": [1]}', "bad_time"),
         (b'{"id": "x", "ts": 1e300}', "bad_time"),
         (b'{"id": "x", "ts": 1700000000, "pad": "' + b"a" * 2000 + b'"}', "too_large"),
+        (b'{"id": "x", "ts": 1700000000, "d": ' + b"[" * 254 + b"]" * 254 + b"}", "too_deep"),
+        (b'{"id": "x", "ts": ' + b'{"a":' * 1000 + b"1" + b"}" * 1000 + b"}", "too_deep"),
+        (b'[{"id": "x", "ts": 1, "d": ' + b"[" * 1020 + b"]" * 1020 + b"}]", "too_deep"),
     ],
 )
 def test_rejections_carry_a_reason(body: bytes, reason: str) -> None:
@@ -193,3 +196,20 @@ def test_equal_numbers_written_differently_are_one(a: bytes, b: bytes) -> None:
     second = one(b'{"id": "x", "ts": 1700000000, "v": [' + b + b"]}")
     assert isinstance(first, Packet) and isinstance(second, Packet)
     assert first.digest == second.digest
+
+
+def test_a_deep_packet_in_an_array_is_dead_lettered_with_its_message() -> None:
+    """Too deep to be written again on its own, it carries the array it came in."""
+    body = b'[{"id": "a", "ts": 1}, {"id": "b", "ts": 1, "d": ' + b"[" * 600 + b"]" * 600 + b"}]"
+    first, second = PARSER.parse_message(body)
+    assert isinstance(first, Packet)
+    assert isinstance(second, Rejection)
+    assert (second.index, second.reason, second.raw) == (1, "too_deep", body)
+
+
+def test_time_values_are_quoted_short_however_deep() -> None:
+    nested = b'{"a":' * 200 + b"1" + b"}" * 200
+    rejected = one(b'{"id": "x", "ts": ' + nested + b"}")
+    assert isinstance(rejected, Rejection)
+    assert rejected.reason == "bad_time"
+    assert "(a JSON object)" in rejected.detail

@@ -34,6 +34,7 @@ from latest_server.packets import (
     Packet,
     PacketParser,
     digest,
+    dump,
     epoch_to_us,
 )
 from latest_server.settings import Settings
@@ -217,13 +218,13 @@ class Writer:
             raise DocumentParsing(
                 f"[1:1] failed to parse: the document must be a JSON object, not {kind}"
             )
+        raw = dump(source)  # too_deep past packets.MAX_DEPTH: a failed item, not a 500
         value = self._lookup(source, self.parser.id_path)
         text = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
         found = self.resolved.get((op.index, op.doc_id, text))
         if found is None:
             found = self._resolve(op.index, op.doc_id, text)
         op.doc_id, variable_id, key = found
-        raw = orjson.dumps(source)
         if len(raw) > self.max_packet_bytes:
             raise IllegalArgument(
                 f"document is {len(raw)} bytes, the limit is {self.max_packet_bytes} "
