@@ -41,7 +41,8 @@ def _k(key: str, suffix: str) -> str:
 
 
 def latest(key: str) -> str:
-    """Hash with fields ``v`` (version, µs), ``doc`` (JSON bytes), ``id`` (variable id)."""
+    """Hash with fields ``v`` (version, µs), ``doc`` (JSON bytes), ``id`` (variable id), ``s``
+    (seq of its history entry), ``ev`` (the version as an Elasticsearch request gave it, or '')."""
     return _k(key, "latest")
 
 

@@ -58,11 +58,15 @@ class Packet:
     digest: str  # sha1 hex of its canonical form (see ``canonical``): with ts_us, its identity
     session_id: str | None = None  # a sample of this session ("@session": "<id>")
     session_doc: SessionDoc | None = None  # set: this packet is a session document
-    # Set by the Elasticsearch-compatible API: the request's ``version`` when it is not ts_us
-    # (the latest compare-and-set uses it; history keeps ts_us), and a per-packet rule instead
-    # of the store's LATEST_VERSION_TYPE: "external", "external_gte" or "create" (no document).
+    # Set by the Elasticsearch-compatible API: the request's ``version`` when it is not ts_us,
+    # on the scale every path compares (µs unless LATEST_ES_VERSION_SCALE=raw; the latest
+    # compare-and-set uses it, history keeps ts_us), and a per-packet rule instead of the
+    # store's LATEST_VERSION_TYPE: "external", "external_gte" or "create" (no document).
     version: int | None = None
     version_type: str | None = None
+    # The ``version`` as the request gave it, when that differs from ``version`` (epoch ms, say):
+    # kept beside the latest document, so Elasticsearch reads show the client its own number.
+    es_version: int | None = None
 
     @property
     def latest_version(self) -> int:
@@ -148,21 +152,26 @@ def _lookup(document: dict[str, Any], path: tuple[str, ...]) -> Any:
     return value
 
 
+def epoch_unit(number: float, unit: str = "auto") -> str:
+    """The unit of an epoch number: ``unit``, or with ``auto`` the one its magnitude says."""
+    if unit != "auto":
+        return unit
+    magnitude = abs(number)
+    if magnitude < 1e11:
+        return "s"
+    if magnitude < 1e14:
+        return "ms"
+    if magnitude < 1e17:
+        return "us"
+    return "ns"
+
+
 def epoch_to_us(number: float, unit: str = "auto") -> int:
     """Epoch seconds/ms/µs/ns → µs. ``auto`` picks the unit by magnitude, which is exact for
     times from 1973-03-03 to 5138 (before 1973, µs look like ms: fix the unit by setting)."""
     if isinstance(number, float) and not math.isfinite(number):
         raise ValueError("time is not a finite number")
-    if unit == "auto":
-        magnitude = abs(number)
-        if magnitude < 1e11:
-            unit = "s"
-        elif magnitude < 1e14:
-            unit = "ms"
-        elif magnitude < 1e17:
-            unit = "us"
-        else:
-            unit = "ns"
+    unit = epoch_unit(number, unit)
     if unit == "ns" and isinstance(number, int):
         return number // 1000
     factor = UNIT_TO_US[unit]

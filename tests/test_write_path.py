@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import random
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -249,3 +251,179 @@ def test_malformed_bulk_metadata_and_mget_bodies_are_400s_not_500s(http: httpx.C
     for body in [b'{"ids": [' + nested + b"]}", b'{"docs": [{"_id": "x", "_index": [1]}]}']:
         response = http.post("/es/latest/_mget", content=body)
         assert response.status_code == 400, response.text
+
+
+# --- one version scale on every path --------------------------------------------------------------
+
+T0_MS = 1_714_550_400_000  # 2024-05-01T08:00:00Z
+
+
+def stream(variables: int, per_variable: int, seed: int) -> list[dict[str, Any]]:
+    """Packets with distinct times per variable (ms precision, as Logstash versions them),
+    their time as ISO-8601 or epoch ms, shuffled."""
+    rng = random.Random(seed)
+    packets = []
+    for v in range(variables):
+        for n in range(per_variable):
+            ms = T0_MS + n * 1_000 + rng.randint(0, 999)
+            moment: Any = ms
+            if rng.random() < 0.5:
+                moment = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+            packets.append({"id": f"mixed/{v}", "observationDateTime": moment, "n": n, "ms": ms})
+    rng.shuffle(packets)
+    return packets
+
+
+def bulk_body(packets: list[dict[str, Any]]) -> bytes:
+    """As the logstash/ pipelines send them: _id = sha1(id), version = the packet time in ms."""
+    lines = []
+    for p in packets:
+        digest = hashlib.sha1(p["id"].encode()).hexdigest()
+        meta = {"_index": "latest", "_id": digest, "version": p["ms"], "version_type": "external"}
+        lines += [orjson.dumps({"index": meta}), orjson.dumps(p)]
+    return b"\n".join(lines) + b"\n"
+
+
+async def test_one_stream_split_across_amqp_ingest_and_bulk_gives_what_one_path_gives(
+    settings: Settings,
+    amqp: Any,
+    resources: Resources,
+    redis: Redis,
+    http_server: Callable[..., ServerThread],
+) -> None:
+    packets = stream(variables=6, per_variable=40, seed=21)
+    rng = random.Random(7)
+    paths: dict[str, list[dict[str, Any]]] = {"amqp": [], "ingest": [], "bulk": []}
+    for p in packets:
+        chosen = rng.sample(list(paths), 2 if rng.random() < 0.1 else 1)  # some sent twice
+        for path in chosen:
+            paths[path].append(p)
+    server = http_server(settings, amqp_url=None, es_prefix="/es")
+    consumer = Consumer(settings, resources.ingestor)
+    await consumer.start()
+    task = asyncio.create_task(consumer.run())
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            bodies = [orjson.dumps(p) for p in paths["amqp"]]
+            publishing = asyncio.create_task(publish(amqp, settings.exchange, bodies))
+            for start in range(0, max(map(len, paths.values())), 10):
+                ingest = paths["ingest"][start : start + 10]
+                bulk = paths["bulk"][start : start + 10]
+                if ingest:
+                    answer = await http.post("/ingest", content=orjson.dumps(ingest))
+                    assert answer.status_code == 200 and not answer.json()["rejected"]
+                if bulk:
+                    answer = await http.post(
+                        "/es/_bulk",
+                        content=bulk_body(bulk),
+                        headers={"content-type": "application/x-ndjson"},
+                    )
+                    items = [item["index"] for item in answer.json()["items"]]
+                    assert {item["status"] for item in items} <= {200, 201, 409}, items
+            await publishing
+            await wait_for(lambda: consumer.processed == len(bodies))
+
+            for v in range(6):
+                variable = f"mixed/{v}"
+                mine = [p for p in packets if p["id"] == variable]
+                newest = max(mine, key=lambda p: p["ms"])
+                latest = await http.get(f"/latest/{variable.replace('/', '%2F')}")
+                assert latest.json() == newest, variable
+                assert latest.headers["etag"] == f'"{newest["ms"] * 1000}"'
+                history = await http.get(
+                    f"/history/{variable.replace('/', '%2F')}", params={"from": 0, "limit": 1000}
+                )
+                entries = [entry["doc"] for entry in history.json()["entries"]]
+                assert sorted(entries, key=lambda p: p["ms"]) == sorted(mine, key=lambda p: p["ms"])
+
+            # an older packet through the ES API: a 409 that names both versions in ms
+            newest = max((p for p in packets if p["id"] == "mixed/0"), key=lambda p: p["ms"])
+            older = dict(newest, ms=newest["ms"] - 5_000, observationDateTime=newest["ms"] - 5_000)
+            answer = await http.post(
+                "/es/_bulk",
+                content=bulk_body([older]),
+                headers={"content-type": "application/x-ndjson"},
+            )
+            [item] = answer.json()["items"]
+            assert item["index"]["status"] == 409
+            assert item["index"]["error"]["reason"].endswith(
+                f"current version [{newest['ms']}] is higher or equal to the one provided "
+                f"[{older['ms']}]"
+            )
+    finally:
+        await consumer.stop()
+        await task
+        await consumer.close()
+
+
+def test_es_clients_see_versions_in_their_own_scale(http: httpx.Client) -> None:
+    doc = {"id": "scale/1", "observationDateTime": "2024-05-01T08:00:00.250Z", "v": 1}
+    put = http.put(
+        "/es/latest/_doc/scale%2F1",
+        params={"version": 1714550400250, "version_type": "external"},
+        json=doc,
+    )
+    assert (put.status_code, put.json()["_version"]) == (201, 1714550400250)
+    got = http.get("/es/latest/_doc/scale%2F1").json()
+    assert got["_version"] == 1714550400250  # as written, though compared in µs
+    assert http.get("/latest/scale%2F1").headers["etag"] == '"1714550400250000"'
+    # /ingest, 1 µs later, wins; the ES read then shows its version, in µs
+    later = dict(doc, observationDateTime="2024-05-01T08:00:00.250001Z", v=2)
+    assert http.post("/ingest", json=later).json()["accepted"] == 1
+    assert http.get("/es/latest/_doc/scale%2F1").json()["_version"] == 1714550400250001
+    # an ES write at the same ms is older: the conflict reads true in ms (external_gte too)
+    for version_type, relation in [
+        ("external", "higher or equal to"),
+        ("external_gte", "higher than"),
+    ]:
+        stale = http.put(
+            "/es/latest/_doc/scale%2F1",
+            params={"version": 1714550400250, "version_type": version_type},
+            json=doc,
+        )
+        assert stale.status_code == 409
+        reason = stale.json()["error"]["reason"]
+        current = 1714550400250 if version_type == "external" else 1714550400251
+        assert reason.endswith(
+            f"current version [{current}] is {relation} the one provided [1714550400250]"
+        )
+    # seconds, and nanoseconds, are read by magnitude as time fields are
+    newer = http.put(
+        "/es/latest/_doc/scale%2F1",
+        params={"version": 1714550401, "version_type": "external"},
+        json=dict(doc, v=3),
+    )
+    assert (newer.status_code, newer.json()["_version"]) == (200, 1714550401)
+    ns = http.put(
+        "/es/latest/_doc/scale%2F1",
+        params={"version": 1714550401000000999, "version_type": "external"},
+        json=dict(doc, v=4),
+    )
+    assert ns.status_code == 409  # the same µs as the one before
+    assert "current version [1714550401000000999]" in ns.json()["error"]["reason"]
+    # a delete's version is on the same scale
+    deleted = http.delete(
+        "/es/latest/_doc/scale%2F1", params={"version": 1714550402000, "version_type": "external"}
+    )
+    assert (deleted.status_code, deleted.json()["_version"]) == (200, 1714550402000)
+    assert (
+        http.post("/ingest", json=dict(doc, observationDateTime="2024-05-01T08:00:01.5Z")).json()[
+            "stale"
+        ]
+        == 1
+    )
+
+
+def test_raw_scale_compares_versions_as_given(
+    settings: Settings, http_server: Callable[..., ServerThread]
+) -> None:
+    server = http_server(settings, amqp_url=None, es_prefix="/es", es_version_scale="raw")
+    with httpx.Client(base_url=server.url + "/es", timeout=10) as es:
+        for version, status in [(5, 201), (4, 409), (6, 200), (2**53, 200), (2**53 + 1, 400)]:
+            answer = es.put(
+                "/latest/_doc/counter",
+                params={"version": version, "version_type": "external"},
+                json={"id": "counter", "v": version},
+            )
+            assert answer.status_code == status, (version, answer.text)
+        assert es.get("/latest/_doc/counter").json()["_version"] == 2**53

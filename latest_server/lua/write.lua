@@ -3,8 +3,9 @@
 -- the others. One call carries many packets (KEYS and ARGV in fixed strides), so a batch costs
 -- one command instead of one per packet.
 --
--- Per packet i (KEYS from 4*(i-1)+1, ARGV from 7*(i-1)+1):
--- KEYS[1] lv:{k}:latest  hash: v (version = ts µs), doc, id, s (seq of its history entry)
+-- Per packet i (KEYS from 4*(i-1)+1, ARGV from 8*(i-1)+1):
+-- KEYS[1] lv:{k}:latest  hash: v (version = ts µs), doc, id, s (seq of its history entry),
+--                         ev (the version as an Elasticsearch request gave it, or '')
 -- KEYS[2] lv:{k}:h       stream: entry id <seq>-0, fields t (ts µs), d (doc)
 -- KEYS[3] lv:{k}:i       sorted set: score ts, member <seq as 16 digits><digest hex>
 --                         (dedup + time index; ties sort by seq; digest: packets.digest)
@@ -12,7 +13,9 @@
 -- ARGV[1] variable id   ARGV[2] ts (µs, integer)   ARGV[3] doc (JSON)   ARGV[4] digest hex of doc
 -- ARGV[5] "1" for external_gte (>=), "0" for external (>), "c" for create (only when no
 --         document is there)   ARGV[6] feed channel lv:{k}:feed
--- ARGV[7] the version when it is not the ts (an Elasticsearch request's `version`), else ""
+-- ARGV[7] the version when it is not the ts (an Elasticsearch request's `version`, on the
+--         scale every path compares), else ""   ARGV[8] that version as the request gave it
+--         when it differs (epoch ms, say), else ""
 -- returns, per packet, {applied, seq, epoch, current, existed, entry}
 --   applied 1 when the document became the latest, 0 when it was stale (or a redelivery of
 --   the latest document); seq 0 when the same (ts, digest) is already in the hot history (a
@@ -86,9 +89,9 @@ local function write(K, A)
   end
   if applied == 1 then
     if existed == 1 then  -- the id is there already (it is the one the key was made from)
-      redis.call('HSET', K[1], 'v', version, 'doc', A[3], 's', sq or entry)
+      redis.call('HSET', K[1], 'v', version, 'doc', A[3], 's', sq or entry, 'ev', A[8])
     else
-      redis.call('HSET', K[1], 'v', version, 'doc', A[3], 'id', A[1], 's', sq or entry)
+      redis.call('HSET', K[1], 'v', version, 'doc', A[3], 'id', A[1], 's', sq or entry, 'ev', A[8])
     end
   end
 
@@ -102,7 +105,7 @@ local results = {}
 local k, a = {}, {}
 for i = 0, #KEYS / 4 - 1 do
   for j = 1, 4 do k[j] = KEYS[4 * i + j] end
-  for j = 1, 7 do a[j] = ARGV[7 * i + j] end
+  for j = 1, 8 do a[j] = ARGV[8 * i + j] end
   results[i + 1] = write(k, a)
 end
 return results

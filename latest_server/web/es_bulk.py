@@ -154,7 +154,7 @@ def _versioning(op: str, meta: dict[str, Any]) -> es_http.Versioning:
     if (
         version_type == "external"
         and type(version) is int
-        and 0 <= version <= es_http.MAX_VERSION
+        and 0 <= version <= es_http.LONG_MAX
         and op == "index"
         and FORBIDDEN.isdisjoint(meta)
     ):

@@ -111,7 +111,7 @@ def _found(index: str, doc_id: str, doc: LatestDoc, source: SourceFilter) -> dic
     body: dict[str, Any] = {
         "_index": index,
         "_id": doc_id,
-        "_version": doc.version,
+        "_version": doc.shown_version,
         "_seq_no": doc.seq,
         "_primary_term": 1,
         "found": True,

@@ -26,7 +26,7 @@ from latest_server.web.ingest import read_body
 
 PRODUCT_HEADER = {"X-Elastic-Product": "Elasticsearch"}
 JSON = "application/json"
-# Lua numbers are doubles: versions stay exact up to 2**53, far above epoch µs (year 2255).
+# Lua numbers are doubles: versions stay exact up to 2**53 (epoch µs until the year 2255).
 MAX_VERSION = 2**53
 LONG_MAX = 2**63 - 1
 VERSION_TYPES = ("internal", "external", "external_gt", "external_gte")
@@ -151,7 +151,8 @@ def parse_long(value: Any, name: str = "version") -> int:
 
 def versioning(version: Any, version_type: Any, op_type: str) -> Versioning:
     """Validate ``version``/``version_type``/``op_type`` as Elasticsearch does (400s with its
-    messages). Our deviation: versions above 2**53 are refused (they are not exact in Lua)."""
+    messages). Our deviation, versions past 2**53 refused (not exact in Lua), is the writer's:
+    it depends on the version's scale (es_versions)."""
     kind = "internal" if version_type is None else text(version_type).lower()
     if kind not in VERSION_TYPES:
         raise IllegalArgument(f"No version type match [{text(version_type)[:64]}]")
@@ -176,12 +177,7 @@ def versioning(version: Any, version_type: Any, op_type: str) -> Versioning:
         raise ValidationFailed(
             f"illegal version value [{number}] for version type [{kind.upper()}]"
         )
-    if number > MAX_VERSION:
-        raise IllegalArgument(
-            f"version [{number}] is above {MAX_VERSION}, the largest version latest-server keeps "
-            "exactly (epoch milliseconds, microseconds and nanoseconds until 2255 fit)"
-        )
-    return Versioning(number, kind)
+    return Versioning(number, kind)  # its scale, and the 2**53 bound, are es_versions
 
 
 def refuse_seq_no(params: Mapping[str, Any]) -> None:

@@ -206,9 +206,13 @@ def test_write_calls_are_packed_as_hiredis_packs_their_arguments() -> None:
     plain = packet("city/aqm-1", 1_700_000_000, pm25=7)
     accented = packet("capteur/é-ü ☃", 1_700_000_001, note="ünïcode ✓")
     chunk = [plain, accented, plain]
-    for version_type, version in [("external", 1_700_000_000_123), ("create", None)]:
+    for version_type, version, shown in [
+        ("external", 1_700_000_000_123_000, 1_700_000_000_123),
+        ("create", None, None),
+    ]:
         es_packet = packet("es/1", 1_700_000_002)
         es_packet.version, es_packet.version_type = version, version_type
+        es_packet.es_version = shown
         chunk.append(es_packet)
     for gte in (b"0", b"1"):
         expected = ["EVALSHA", "f" * 40, 4 * len(chunk)]
@@ -217,7 +221,9 @@ def test_write_calls_are_packed_as_hiredis_packs_their_arguments() -> None:
             expected += keys.write_keys(p.key)
             mode = gte if p.version_type is None else MODES[p.version_type]
             version = b"" if p.version is None else p.version
+            shown = b"" if p.es_version is None else p.es_version
             args += [p.variable_id, p.ts_us, p.raw, p.digest, mode, keys.feed(p.key), version]
+            args.append(shown)
         packed = RedisLatestStore._command("f" * 40, gte, chunk)
         assert packed == hiredis.pack_command(tuple(expected + args))
 
