@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from latest_server import keys
@@ -24,7 +25,7 @@ from latest_server.resources import Resources
 from latest_server.settings import Settings
 from latest_server.stores import segments
 from latest_server.stores.segments import Window
-from tests.conftest import ServerThread, drain_dead_letters, publish, wait_for
+from tests.conftest import REDIS_URL, ServerThread, drain_dead_letters, publish, wait_for
 
 EVERYTHING = Window(-(2**62), 2**62)
 PARSER = PacketParser(Settings())
@@ -43,6 +44,14 @@ def http(settings: Settings, http_server: Callable[..., ServerThread]) -> Iterat
     server = http_server(settings, amqp_url=None, es_prefix="/es")
     with httpx.Client(base_url=server.url, timeout=10) as client:
         yield client
+
+
+@pytest.fixture
+def redis_sync(http: httpx.Client) -> Iterator[SyncRedis]:
+    """The test's Redis database, for a look at what the server stored."""
+    client = SyncRedis.from_url(REDIS_URL)
+    yield client
+    client.close()
 
 
 @pytest.fixture
@@ -253,7 +262,7 @@ def test_malformed_bulk_metadata_and_mget_bodies_are_400s_not_500s(http: httpx.C
         assert response.status_code == 400, response.text
 
 
-# --- one version scale on every path --------------------------------------------------------------
+# --- one version scale on every path -------------------------------------------------------------
 
 T0_MS = 1_714_550_400_000  # 2024-05-01T08:00:00Z
 
@@ -427,3 +436,63 @@ def test_raw_scale_compares_versions_as_given(
             )
             assert answer.status_code == status, (version, answer.text)
         assert es.get("/latest/_doc/counter").json()["_version"] == 2**53
+
+
+# --- versions stay <= 2**53 ----------------------------------------------------------------------
+
+
+def test_versions_stay_at_most_2_53_on_every_path(
+    http: httpx.Client, redis_sync: SyncRedis
+) -> None:
+    top = 2**53
+
+    def stored(variable: str) -> int:
+        return int(redis_sync.hget(keys.latest(keys.key_for(variable)), "v"))  # type: ignore[arg-type]
+
+    put = http.put(
+        "/es/latest/_doc/top", params={"version": top, "version_type": "external"}, json={"x": 0}
+    )
+    assert (put.status_code, put.json()["_version"]) == (201, top)
+    for n in (1, 2):  # an update takes the next version, but none past 2**53
+        update = http.post("/es/latest/_update/top", json={"doc": {"x": n}})
+        assert update.status_code == 200, update.text
+        assert update.json()["result"] == "updated"
+        assert update.json()["_version"] == top
+        assert stored("top") == top
+    assert http.get("/es/latest/_doc/top").json()["_source"] == {"x": 2}
+    # one µs past it, in any unit, is a 400: a single write, a _bulk item, a delete
+    for version in (top + 1, (top + 1) * 1000):
+        too_far = http.put(
+            "/es/latest/_doc/far", params={"version": version, "version_type": "external"}, json={}
+        )
+        assert too_far.status_code == 400, version
+        gone = http.delete(
+            "/es/latest/_doc/top", params={"version": version, "version_type": "external"}
+        )
+        assert gone.status_code == 400, version
+    assert (
+        http.put(  # epoch ns within the bound
+            "/es/latest/_doc/ns",
+            params={"version": top * 1000 + 999, "version_type": "external"},
+            json={},
+        ).status_code
+        == 201
+    )
+    assert stored("ns") == top
+    action = {
+        "index": {"_index": "latest", "_id": "far", "version": top + 1, "version_type": "external"}
+    }
+    answer = http.post(
+        "/es/_bulk",
+        content=orjson.dumps(action) + b"\n{}\n",
+        headers={"content-type": "application/x-ndjson"},
+    )
+    assert answer.json()["items"][0]["index"]["status"] == 400
+    # a delete without a version leaves a tombstone no higher
+    assert http.delete("/es/latest/_doc/top").status_code == 200
+    assert stored("top") == top
+    # and no packet time reaches it
+    assert (
+        http.post("/ingest", json={"id": "t", "ts": top}).json()["rejected"][0]["error"]
+        == "bad_time"
+    )
