@@ -262,6 +262,31 @@ def test_malformed_bulk_metadata_and_mget_bodies_are_400s_not_500s(http: httpx.C
         assert response.status_code == 400, response.text
 
 
+# --- a refused write never blocks a later one -----------------------------------------------------
+
+
+def test_a_packet_refused_through_es_becomes_latest_when_sent_newer(http: httpx.Client) -> None:
+    http.post("/ingest", json={"id": "r/1", "ts": 1_714_550_405, "n": 0})
+    packet = {"id": "r/1", "ts": 1_714_550_409, "n": 1}
+    refused = http.put(  # its version older than the latest: refused, and kept in history
+        "/es/latest/_doc/r%2F1",
+        params={"version": 1_714_550_401_000, "version_type": "external"},
+        json=packet,
+    )
+    assert refused.status_code == 409
+    assert refused.json()["error"]["reason"].endswith(
+        "current version [1714550405000] is higher or equal to the one provided [1714550401000]"
+    )
+    # the same packet unversioned: its own time is newer than the latest, so it wins
+    again = http.put("/es/latest/_doc/r%2F1", json=packet)
+    assert again.status_code == 200, again.text
+    assert again.json()["_version"] == 1_714_550_409_000_000
+    assert http.get("/latest/r%2F1").json() == packet
+    assert http.post("/ingest", json=packet).json()["duplicates"] == 1
+    history = http.get("/history/r%2F1", params={"from": 0}).json()["entries"]
+    assert [entry["doc"]["n"] for entry in history] == [0, 1]
+
+
 # --- one version scale on every path -------------------------------------------------------------
 
 T0_MS = 1_714_550_400_000  # 2024-05-01T08:00:00Z
