@@ -2,12 +2,15 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import pytest
 from hypothesis import given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from latest_server.errors import REJECT_REASONS
 from latest_server.packets import Packet, PacketParser, Rejection, epoch_to_us
 from latest_server.settings import Settings
 
@@ -213,3 +216,45 @@ def test_time_values_are_quoted_short_however_deep() -> None:
     assert isinstance(rejected, Rejection)
     assert rejected.reason == "bad_time"
     assert "(a JSON object)" in rejected.detail
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+fields = st.sampled_from(["id", "ts", "observationDateTime", "@session", "x"])
+session_docs = st.dictionaries(
+    st.sampled_from(["state", "start", "end", "info", "error"]),
+    st.sampled_from(["open", "closed", "waiting"]) | json_values,
+    max_size=5,
+)
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(st.dictionaries(fields, json_values | session_docs, max_size=6), st.integers(0, 1100))
+def test_parsing_never_raises_and_every_refusal_has_a_reason(
+    doc: dict[str, Any], depth: int
+) -> None:
+    body = orjson.dumps(doc)
+    if depth:  # the same document nested inside `depth` arrays, as one field
+        body = body[:-1] + (b"," if doc else b"") + b'"d":' + b"[" * depth + b"]" * depth + b"}"
+    for message in (body, b"[" + body + b"," + body + b"]", body + b"\n" + body):
+        for item in PARSER.parse_message(message, ndjson=b"\n" in message):
+            assert isinstance(item, (Packet, Rejection))
+            if isinstance(item, Rejection):
+                assert item.reason in REJECT_REASONS and item.detail and item.raw
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=64))
+def test_any_bytes_parse_to_packets_or_reasons(body: bytes) -> None:
+    for ndjson in (False, True):
+        for item in PARSER.parse_message(body, ndjson=ndjson):
+            assert isinstance(item, Packet) or item.reason in REJECT_REASONS
