@@ -521,3 +521,23 @@ def test_versions_stay_at_most_2_53_on_every_path(
         http.post("/ingest", json={"id": "t", "ts": top}).json()["rejected"][0]["error"]
         == "bad_time"
     )
+
+
+@pytest.mark.parametrize("version", ["--5", "-", "", "\u00b2", "\u0663", "9" * 5000, "1.5"])
+def test_versions_that_are_no_long_fail_their_item(http: httpx.Client, version: str) -> None:
+    action = {
+        "index": {"_index": "latest", "_id": "x", "version": version, "version_type": "external"}
+    }
+    answer = http.post(
+        "/es/_bulk",
+        content=orjson.dumps(action) + b"\n" + good("x") + b"\n",
+        headers={"content-type": "application/x-ndjson"},
+    )
+    assert answer.status_code == 200
+    [item] = answer.json()["items"]
+    assert item["index"]["status"] == 400
+    assert "Failed to parse long parameter [version]" in item["index"]["error"]["reason"]
+    single = http.put(
+        "/es/latest/_doc/x", params={"version": version, "version_type": "external"}, json={}
+    )
+    assert single.status_code == 400

@@ -138,9 +138,11 @@ def parse_long(value: Any, name: str = "version") -> int:
         number = value
     elif isinstance(value, str):
         digits = value.strip()
+        unsigned = digits[1:] if digits.startswith("-") else digits
         # ASCII digits only: int() also takes other scripts' digits and refuses some that
-        # isdigit() calls digits (superscripts), and more than 4 300 of them
-        if digits.lstrip("-").isascii() and digits.lstrip("-").isdecimal() and len(digits) < 21:
+        # isdigit() calls digits (superscripts), and more than 4 300 of them; a long has 19
+        # (64 leave room for leading zeros)
+        if unsigned.isascii() and unsigned.isdecimal() and len(unsigned) <= 64:
             number = int(digits)
     if number is None or not -LONG_MAX - 1 <= number <= LONG_MAX:
         raise IllegalArgument(
