@@ -17,9 +17,10 @@
 --         scale every path compares), else ""   ARGV[8] that version as the request gave it
 --         when it differs (epoch ms, say), else ""
 -- returns, per packet, {applied, seq, epoch, current, existed, entry}
---   applied 1 when the document became the latest, 0 when it was stale (or a redelivery of
---   the latest document); seq 0 when the same (ts, digest) is already in the hot history (a
---   redelivery: no history entry is written, but the compare-and-set is still evaluated);
+--   applied 1 when the document became the latest, 0 when it was stale (or a redelivery);
+--   seq 0 when the same (ts, digest) is already in the hot history (a redelivery: no history
+--   entry is written; it becomes the latest only when its version is now newer than the
+--   latest's, as when its first copy came with an older Elasticsearch `version`);
 --   current the version before this write ('' if none); existed 1 if a document was there (a
 --   deleted document leaves a tombstone: the hash keeps only v); entry the seq of the history
 --   entry holding this packet (the earlier one for a redelivery, 0 if unknown).
