@@ -12,6 +12,7 @@ RejectReason = Literal[
     "missing_time",
     "bad_time",
     "too_large",
+    "too_deep",  # nested deeper than a document can be stored (packets.MAX_DEPTH)
     "bad_session",  # a session document ("@session" object) that is malformed
     "bad_transition",  # a session document asking for a state change the session cannot make
 ]
@@ -23,6 +24,7 @@ REJECT_REASONS: tuple[RejectReason, ...] = (
     "missing_time",
     "bad_time",
     "too_large",
+    "too_deep",
     "bad_session",
     "bad_transition",
 )

@@ -41,7 +41,8 @@ def _k(key: str, suffix: str) -> str:
 
 
 def latest(key: str) -> str:
-    """Hash with fields ``v`` (version, µs), ``doc`` (JSON bytes), ``id`` (variable id)."""
+    """Hash with fields ``v`` (version, µs), ``doc`` (JSON bytes), ``id`` (variable id), ``s``
+    (seq of its history entry), ``ev`` (the version as an Elasticsearch request gave it, or '')."""
     return _k(key, "latest")
 
 
@@ -51,7 +52,8 @@ def history(key: str) -> str:
 
 
 def history_index(key: str) -> str:
-    """Sorted set: score ts µs, member ``<seq, 16 digits><sha1(doc) hex>``: dedup and time index."""
+    """Sorted set: score ts µs, member ``<seq, 16 digits><digest hex>`` (packets.digest): dedup
+    and time index."""
     return _k(key, "i")
 
 

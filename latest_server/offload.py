@@ -17,7 +17,6 @@ SCAN and finishes steps 2–3 for them. Every step is idempotent, so finishing t
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from redis.asyncio import Redis
 from latest_server import keys
 from latest_server.errors import StoreUnavailable
 from latest_server.lock import JobLock, LockLost
+from latest_server.packets import stored_digest
 from latest_server.redis_client import Scripts
 from latest_server.stores import segments
 from latest_server.stores.base import ObjectStore
@@ -206,7 +206,7 @@ class Offloader:
     def _write(
         self, key: str, epoch: int, ts: list[int], seqs: list[int], docs: list[bytes]
     ) -> str:
-        table = segments.from_columns(ts, seqs, [hashlib.sha1(d).digest() for d in docs], docs)
+        table = segments.from_columns(ts, seqs, [stored_digest(d) for d in docs], docs)
         name = keys.transfer_object(key, epoch, min(seqs), max(seqs), min(ts), max(ts))
         data = segments.encode(table, {"epoch": str(epoch), "key": key})
         if not self.objects.put(name, data):

@@ -23,6 +23,9 @@ from latest_server.settings import Settings
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_US = timedelta(microseconds=1)
 MAX_ID_LENGTH = 1024
+# orjson reads JSON nested up to 1024 levels but writes at most 254: a document nested deeper
+# could be read but never stored, served or dead-lettered as it is.
+MAX_DEPTH = 254
 # Lua numbers and sorted-set scores are doubles: versions stay exact below 2**53 µs (year 2255).
 MAX_TS_US = 2**53
 UNIT_TO_US = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}
@@ -51,15 +54,19 @@ class Packet:
     variable_id: str
     key: str  # sha1 hex of variable_id
     ts_us: int  # the version
-    raw: bytes  # canonical JSON of the document (orjson), what is stored and served
-    digest: str  # sha1 hex of raw: the identity of a history entry with ts_us
+    raw: bytes  # the document as orjson writes it (keys in the order received): stored, served
+    digest: str  # sha1 hex of its canonical form (see ``canonical``): with ts_us, its identity
     session_id: str | None = None  # a sample of this session ("@session": "<id>")
     session_doc: SessionDoc | None = None  # set: this packet is a session document
-    # Set by the Elasticsearch-compatible API: the request's ``version`` when it is not ts_us
-    # (the latest compare-and-set uses it; history keeps ts_us), and a per-packet rule instead
-    # of the store's LATEST_VERSION_TYPE: "external", "external_gte" or "create" (no document).
+    # Set by the Elasticsearch-compatible API: the request's ``version`` when it is not ts_us,
+    # on the scale every path compares (µs unless LATEST_ES_VERSION_SCALE=raw; the latest
+    # compare-and-set uses it, history keeps ts_us), and a per-packet rule instead of the
+    # store's LATEST_VERSION_TYPE: "external", "external_gte" or "create" (no document).
     version: int | None = None
     version_type: str | None = None
+    # The ``version`` as the request gave it, when that differs from ``version`` (epoch ms, say):
+    # kept beside the latest document, so Elasticsearch reads show the client its own number.
+    es_version: int | None = None
 
     @property
     def latest_version(self) -> int:
@@ -74,6 +81,68 @@ class Rejection:
     raw: bytes  # the offending bytes, for the dead-letter queue
 
 
+# orjson writes a float whose value is an integer as "7.0" (below 1e16) or with a positive
+# exponent ("1e+16"): a document whose JSON has neither needs no walk through its floats.
+FLOAT_ENDS = (b",", b"}", b"]")
+# Integral floats in this range are written as integers (orjson writes no integer beyond it;
+# larger integers are read as floats on both sides, so they compare as floats).
+INT_RANGE = (-(2**63), 2**64)
+
+
+def canonical(document: Any, raw: bytes) -> bytes:
+    """The canonical JSON of ``document``, whose orjson form is ``raw``: keys sorted at every
+    level, floats of integral value written as integers. Re-serialisations of one document
+    (keys in another order, ``7`` and ``7.0``, ``1E2`` and ``100``, whitespace, escapes) have
+    one canonical form, so they are one history entry. Equal as JSON numbers means equal as
+    Python compares an int and a float: exactly, so ``2**53 + 1`` and ``2.0**53`` stay apart."""
+    if _may_hold_integral_floats(raw):
+        document = _integral_floats_as_ints(document)
+    return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+
+
+def _may_hold_integral_floats(raw: bytes) -> bool:
+    """False only when orjson's ``raw`` has no float of integral value (a string may make it
+    say True): two byte searches, where a regular expression took twice as long."""
+    if b"e+" in raw:
+        return True
+    find = raw.find
+    at = find(b".0")
+    while at >= 0:
+        if raw[at + 2 : at + 3] in FLOAT_ENDS:
+            return True
+        at = find(b".0", at + 2)
+    return False
+
+
+def digest(document: Any, raw: bytes) -> str:
+    """sha1 hex of ``canonical``: a history entry's identity with its time (write.lua's index
+    members, the ``hash`` column of history objects)."""
+    return hashlib.sha1(canonical(document, raw)).hexdigest()
+
+
+def stored_digest(doc: bytes) -> bytes:
+    """The 20-byte ``digest`` of a stored document (orjson's output, as the write path keeps
+    it), for the entries that offload and merge handle as bytes. Bytes that are not JSON (the
+    write path stores none) are their own identity."""
+    try:
+        document = orjson.loads(doc)
+    except orjson.JSONDecodeError:
+        return hashlib.sha1(doc).digest()
+    return hashlib.sha1(canonical(document, doc)).digest()
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    kind = type(value)
+    if kind is float:
+        low, high = INT_RANGE
+        return int(value) if value.is_integer() and low <= value < high else value
+    if kind is dict:
+        return {key: _integral_floats_as_ints(item) for key, item in value.items()}
+    if kind is list:
+        return [_integral_floats_as_ints(item) for item in value]
+    return value
+
+
 def _lookup(document: dict[str, Any], path: tuple[str, ...]) -> Any:
     value: Any = document
     for part in path:
@@ -83,21 +152,26 @@ def _lookup(document: dict[str, Any], path: tuple[str, ...]) -> Any:
     return value
 
 
+def epoch_unit(number: float, unit: str = "auto") -> str:
+    """The unit of an epoch number: ``unit``, or with ``auto`` the one its magnitude says."""
+    if unit != "auto":
+        return unit
+    magnitude = abs(number)
+    if magnitude < 1e11:
+        return "s"
+    if magnitude < 1e14:
+        return "ms"
+    if magnitude < 1e17:
+        return "us"
+    return "ns"
+
+
 def epoch_to_us(number: float, unit: str = "auto") -> int:
     """Epoch seconds/ms/µs/ns → µs. ``auto`` picks the unit by magnitude, which is exact for
     times from 1973-03-03 to 5138 (before 1973, µs look like ms: fix the unit by setting)."""
     if isinstance(number, float) and not math.isfinite(number):
         raise ValueError("time is not a finite number")
-    if unit == "auto":
-        magnitude = abs(number)
-        if magnitude < 1e11:
-            unit = "s"
-        elif magnitude < 1e14:
-            unit = "ms"
-        elif magnitude < 1e17:
-            unit = "us"
-        else:
-            unit = "ns"
+    unit = epoch_unit(number, unit)
     if unit == "ns" and isinstance(number, int):
         return number // 1000
     factor = UNIT_TO_US[unit]
@@ -142,7 +216,7 @@ class PacketParser:
             else:
                 if isinstance(decoded, list):
                     for i, item in enumerate(decoded):
-                        yield self.parse_document(i, item)
+                        yield self.parse_document(i, item, None, body)
                 else:
                     yield self.parse_document(0, decoded, body)
                 return
@@ -155,14 +229,21 @@ class PacketParser:
             yield self.parse_document(index, decoded, line)
 
     def parse_document(
-        self, index: int, document: Any, raw: bytes | None = None
+        self, index: int, document: Any, raw: bytes | None = None, message: bytes = b""
     ) -> Packet | Rejection:
+        """``raw``: the document's own bytes, when the message has them (a line, a whole body);
+        else a rejection carries it written again, or ``message`` when it is too deep for that
+        (the array it came in, whose other packets the dead-letter queue's reader finds again
+        as duplicates)."""
         try:
             return self.packet(document)
         except PacketRejected as exc:
-            return Rejection(
-                index, exc.code, exc.message, raw if raw is not None else _dump(document)
-            )
+            if raw is None:
+                try:
+                    raw = orjson.dumps(document)
+                except orjson.JSONEncodeError:
+                    raw = message
+            return Rejection(index, exc.code, exc.message, raw)
 
     def packet(self, document: Any) -> Packet:
         """One decoded JSON value → ``Packet``, or raise ``PacketRejected``."""
@@ -170,33 +251,27 @@ class PacketParser:
             raise PacketRejected(
                 "not_object", f"packet is a JSON {type(document).__name__}, not an object"
             )
+        raw = dump(document)  # first: whatever is looked at after it is of bounded depth
         variable_id = self._variable_id(document)
         ts_us = self._timestamp(document)
-        raw = orjson.dumps(document)
         if len(raw) > self.max_bytes:
             raise PacketRejected(
                 "too_large", f"packet is {len(raw)} bytes, the limit is {self.max_bytes}"
             )
         session = document.get(SESSION_FIELD)
+        identity = digest(document, raw)
         if session is None:
-            return Packet(
-                variable_id, key_for(variable_id), ts_us, raw, hashlib.sha1(raw).hexdigest()
-            )
+            return Packet(variable_id, key_for(variable_id), ts_us, raw, identity)
         if isinstance(session, str) and 0 < len(session) <= MAX_ID_LENGTH:
             return Packet(
-                variable_id,
-                key_for(variable_id),
-                ts_us,
-                raw,
-                hashlib.sha1(raw).hexdigest(),
-                session_id=session,
+                variable_id, key_for(variable_id), ts_us, raw, identity, session_id=session
             )
         return Packet(
             variable_id,
             key_for(variable_id),
             ts_us,
             raw,
-            hashlib.sha1(raw).hexdigest(),
+            identity,
             session_doc=self._session_doc(session),
         )
 
@@ -260,9 +335,9 @@ class PacketParser:
         try:
             ts_us = self._to_us(value)
         except (ValueError, OverflowError, TypeError) as exc:
-            raise PacketRejected("bad_time", f"unusable time {str(value)[:64]!r}: {exc}") from None
+            raise PacketRejected("bad_time", f"unusable time {_preview(value)}: {exc}") from None
         if not -MAX_TS_US < ts_us < MAX_TS_US:
-            raise PacketRejected("bad_time", f"time {str(value)[:64]!r} is out of range")
+            raise PacketRejected("bad_time", f"time {_preview(value)} is out of range")
         return ts_us
 
     def _to_us(self, value: Any) -> int:
@@ -282,5 +357,19 @@ class PacketParser:
         raise ValueError(f"a JSON {type(value).__name__} is not a time")
 
 
-def _dump(document: Any) -> bytes:
-    return orjson.dumps(document)
+def dump(document: Any) -> bytes:
+    """The document as orjson writes it; ``too_deep`` past MAX_DEPTH levels of nesting."""
+    try:
+        return orjson.dumps(document)
+    except orjson.JSONEncodeError:  # orjson's only failure on what it read: recursion
+        raise PacketRejected(
+            "too_deep", f"packet is nested deeper than {MAX_DEPTH} levels"
+        ) from None
+
+
+def _preview(value: Any) -> str:
+    """A value quoted in a message: a string or number cut short; an array or object named,
+    never written out (it may be nested deeper than ``str`` can recurse)."""
+    if isinstance(value, (dict, list)):
+        return f"(a JSON {'object' if isinstance(value, dict) else 'array'})"
+    return repr(str(value)[:64])

@@ -18,6 +18,7 @@ VERSION_TYPES = ("external", "external_gte")
 TIME_UNITS = ("auto", "s", "ms", "us", "ns")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 BACKENDS = ("redis", "elasticsearch")
+ES_VERSION_SCALES = ("epoch", "raw")
 
 
 def _str(value: str) -> str:
@@ -290,6 +291,14 @@ class Settings:
         _str,
         "The Elasticsearch index of latest documents: on the ES-compatible API, the index that "
         "shares ids with /ingest and /latest; with LATEST_BACKEND=elasticsearch, the index used.",
+    )
+    es_version_scale: str = _setting(
+        "LATEST_ES_VERSION_SCALE",
+        "epoch",
+        _choice(*ES_VERSION_SCALES),
+        "How an Elasticsearch request's version compares with other writes: epoch (read as an "
+        "epoch time, unit by magnitude or LATEST_TIME_UNIT, like time fields, and compared in "
+        "µs with /ingest and AMQP) or raw (as given: versions that are counters).",
     )
     backend: str = _setting(
         "LATEST_BACKEND",

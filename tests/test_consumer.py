@@ -96,14 +96,18 @@ def model(
     """What the store must hold: the semantics of DESIGN.md §3, applied in delivery order."""
     latest: dict[str, tuple[int, bytes]] = {}
     history: dict[str, set[bytes]] = {}
+    identities: dict[str, set[bytes]] = {}
     stale = 0
     for packet in order:
         raw = orjson.dumps(packet)
-        seen = history.setdefault(packet["id"], set())
-        if raw in seen:
+        # one packet whatever its key order: its identity is its canonical form
+        identity = orjson.dumps(packet, option=orjson.OPT_SORT_KEYS)
+        seen = identities.setdefault(packet["id"], set())
+        if identity in seen:
             stale += 1  # a redelivery: neither history nor latest changes
             continue
-        seen.add(raw)
+        seen.add(identity)
+        history.setdefault(packet["id"], set()).add(raw)
         current = latest.get(packet["id"])
         if current is None or packet["ts"] > current[0] or (gte and packet["ts"] == current[0]):
             latest[packet["id"]] = (packet["ts"], raw)
@@ -172,6 +176,7 @@ BAD = {
     "missing_time": b'{"id": "x"}',
     "bad_time": b'{"id": "x", "observationDateTime": "the day after tomorrow"}',
     "too_large": b'{"id": "x", "ts": 1700000000, "blob": "' + b"z" * 3000 + b'"}',
+    "too_deep": b'{"id": "x", "ts": 1700000000, "deep": ' + b"[" * 300 + b"]" * 300 + b"}",
     "bad_session": b'{"id": "run", "ts": 1700000000, "@session": {"state": "dancing"}}',
     # one message: the session closes, then asks to open again (the second packet is refused)
     "bad_transition": b'[{"id": "run2", "ts": 1700000000, "@session": {"state": "closed"}},'

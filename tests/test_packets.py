@@ -2,12 +2,15 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import pytest
 from hypothesis import given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from latest_server.errors import REJECT_REASONS
 from latest_server.packets import Packet, PacketParser, Rejection, epoch_to_us
 from latest_server.settings import Settings
 
@@ -29,7 +32,8 @@ def test_object_becomes_a_packet() -> None:
     assert packet.key == hashlib.sha1(b"s/1").hexdigest()
     assert packet.ts_us == T0 * 1_000_000
     assert orjson.loads(packet.raw) == orjson.loads(body)
-    assert packet.digest == hashlib.sha1(packet.raw).hexdigest()
+    canonical = orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS)
+    assert packet.digest == hashlib.sha1(canonical).hexdigest()
 
 
 @pytest.mark.parametrize(
@@ -97,6 +101,9 @@ def test_naive_times_need_a_default_zone() -> None:
         (b'{"id": "x", "ts": [1]}', "bad_time"),
         (b'{"id": "x", "ts": 1e300}', "bad_time"),
         (b'{"id": "x", "ts": 1700000000, "pad": "' + b"a" * 2000 + b'"}', "too_large"),
+        (b'{"id": "x", "ts": 1700000000, "d": ' + b"[" * 254 + b"]" * 254 + b"}", "too_deep"),
+        (b'{"id": "x", "ts": ' + b'{"a":' * 1000 + b"1" + b"}" * 1000 + b"}", "too_deep"),
+        (b'[{"id": "x", "ts": 1, "d": ' + b"[" * 1020 + b"]" * 1020 + b"}]", "too_deep"),
     ],
 )
 def test_rejections_carry_a_reason(body: bytes, reason: str) -> None:
@@ -141,3 +148,113 @@ def test_iso_and_epoch_agree(moment: datetime) -> None:
     assert epoch_to_us(micros * 1000) == micros
     assert epoch_to_us(micros // 1000) == micros // 1000 * 1000
     assert epoch_to_us(micros // 1_000_000) == micros // 1_000_000 * 1_000_000
+
+
+def test_one_document_re_serialised_has_one_identity() -> None:
+    """Sorted keys, 7 and 7.0, 1E2 and 100, escapes: the digest is of the canonical form; the
+    stored document keeps the order it came in."""
+    bodies = [
+        b'{"id":"x","ts":1700000000,"v":7,"o":{"b":1,"a":[1.0,100]}}',
+        b'{"o":{"a":[1,1E2],"b":1.0},"v":7.0,"ts":1700000000,"id":"x"}',
+        b'{ "v" : 7e0 , "ts": 1.7E9, "id": "\\u0078", "o": {"a": [1, 100], "b": 1} }',
+    ]
+    items = [one(body) for body in bodies]
+    assert all(isinstance(item, Packet) for item in items)
+    assert len({item.digest for item in items if isinstance(item, Packet)}) == 1
+    assert isinstance(items[1], Packet)
+    assert list(orjson.loads(items[1].raw)) == ["o", "v", "ts", "id"]
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (b"9007199254740993", b"9007199254740992.0"),  # 2**53 + 1 is no float
+        (b"18446744073709551615", b"1.8446744073709552e19"),  # 2**64 - 1 and 2**64
+        (b"true", b"1"),
+        (b'"7"', b"7"),
+        (b"1.5", b"1"),
+        (b"[1, 2]", b"[2, 1]"),
+        (b'{"a.0": 1}', b'{"a": 1}'),
+    ],
+)
+def test_documents_that_differ_keep_their_own_identity(a: bytes, b: bytes) -> None:
+    first = one(b'{"id": "x", "ts": 1700000000, "v": ' + a + b"}")
+    second = one(b'{"id": "x", "ts": 1700000000, "v": ' + b + b"}")
+    assert isinstance(first, Packet) and isinstance(second, Packet)
+    assert first.digest != second.digest
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (b"9007199254740992", b"9007199254740992.0"),
+        (b"0", b"-0.0"),
+        (b"100000000000000000000", b"1e20"),  # beyond 64 bits orjson reads both as floats
+        (b"10000000000000000", b"1e16"),
+        (b'"a.0,b"', b'"a\\u002e0,b"'),  # a string that looks like a float's end
+    ],
+)
+def test_equal_numbers_written_differently_are_one(a: bytes, b: bytes) -> None:
+    first = one(b'{"id": "x", "ts": 1700000000, "v": [' + a + b"]}")
+    second = one(b'{"id": "x", "ts": 1700000000, "v": [' + b + b"]}")
+    assert isinstance(first, Packet) and isinstance(second, Packet)
+    assert first.digest == second.digest
+
+
+def test_a_deep_packet_in_an_array_is_dead_lettered_with_its_message() -> None:
+    """Too deep to be written again on its own, it carries the array it came in."""
+    body = b'[{"id": "a", "ts": 1}, {"id": "b", "ts": 1, "d": ' + b"[" * 600 + b"]" * 600 + b"}]"
+    first, second = PARSER.parse_message(body)
+    assert isinstance(first, Packet)
+    assert isinstance(second, Rejection)
+    assert (second.index, second.reason, second.raw) == (1, "too_deep", body)
+
+
+def test_time_values_are_quoted_short_however_deep() -> None:
+    nested = b'{"a":' * 200 + b"1" + b"}" * 200
+    rejected = one(b'{"id": "x", "ts": ' + nested + b"}")
+    assert isinstance(rejected, Rejection)
+    assert rejected.reason == "bad_time"
+    assert "(a JSON object)" in rejected.detail
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+fields = st.sampled_from(["id", "ts", "observationDateTime", "@session", "x"])
+session_docs = st.dictionaries(
+    st.sampled_from(["state", "start", "end", "info", "error"]),
+    st.sampled_from(["open", "closed", "waiting"]) | json_values,
+    max_size=5,
+)
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(st.dictionaries(fields, json_values | session_docs, max_size=6), st.integers(0, 1100))
+def test_parsing_never_raises_and_every_refusal_has_a_reason(
+    doc: dict[str, Any], depth: int
+) -> None:
+    body = orjson.dumps(doc)
+    if depth:  # the same document nested inside `depth` arrays, as one field
+        body = body[:-1] + (b"," if doc else b"") + b'"d":' + b"[" * depth + b"]" * depth + b"}"
+    for message in (body, b"[" + body + b"," + body + b"]", body + b"\n" + body):
+        for item in PARSER.parse_message(message, ndjson=b"\n" in message):
+            assert isinstance(item, (Packet, Rejection))
+            if isinstance(item, Rejection):
+                assert item.reason in REJECT_REASONS and item.detail and item.raw
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=64))
+def test_any_bytes_parse_to_packets_or_reasons(body: bytes) -> None:
+    for ndjson in (False, True):
+        for item in PARSER.parse_message(body, ndjson=ndjson):
+            assert isinstance(item, Packet) or item.reason in REJECT_REASONS

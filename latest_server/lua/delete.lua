@@ -3,7 +3,7 @@
 -- versioned deletes; the tombstone is kept until the next write replaces it, not only 60 s).
 -- History is untouched: a delete is not a packet.
 --
--- KEYS[1] lv:{k}:latest  hash: v (version), doc, id, s
+-- KEYS[1] lv:{k}:latest  hash: v (version), doc, id, s, ev
 -- ARGV[1] the version of the delete ('' for none: the tombstone takes current + 1)
 -- ARGV[2] "1" for external_gte (>=), "0" for external (>)
 -- returns {result, version, current}
@@ -26,7 +26,7 @@ else
     return {'conflict', current, current}
   end
 end
-redis.call('HDEL', KEYS[1], 'doc', 'id', 's')
+redis.call('HDEL', KEYS[1], 'doc', 'id', 's', 'ev')
 redis.call('HSET', KEYS[1], 'v', version)
 if state[2] then
   return {'deleted', version, current or ''}

@@ -3,19 +3,24 @@
 -- the others. One call carries many packets (KEYS and ARGV in fixed strides), so a batch costs
 -- one command instead of one per packet.
 --
--- Per packet i (KEYS from 4*(i-1)+1, ARGV from 7*(i-1)+1):
--- KEYS[1] lv:{k}:latest  hash: v (version = ts µs), doc, id, s (seq of its history entry)
+-- Per packet i (KEYS from 4*(i-1)+1, ARGV from 8*(i-1)+1):
+-- KEYS[1] lv:{k}:latest  hash: v (version = ts µs), doc, id, s (seq of its history entry),
+--                         ev (the version as an Elasticsearch request gave it, or '')
 -- KEYS[2] lv:{k}:h       stream: entry id <seq>-0, fields t (ts µs), d (doc)
--- KEYS[3] lv:{k}:i       sorted set: score ts, member <seq as 16 digits><sha1(doc) hex>
---                         (dedup + time index; ties sort by seq)
+-- KEYS[3] lv:{k}:i       sorted set: score ts, member <seq as 16 digits><digest hex>
+--                         (dedup + time index; ties sort by seq; digest: packets.digest)
 -- KEYS[4] lv:{k}:meta    hash: e (epoch), s (last seq), b (the last seq before the epoch began)
--- ARGV[1] variable id   ARGV[2] ts (µs, integer)   ARGV[3] doc (JSON)   ARGV[4] sha1 hex of doc
+-- ARGV[1] variable id   ARGV[2] ts (µs, integer)   ARGV[3] doc (JSON)   ARGV[4] digest hex of doc
 -- ARGV[5] "1" for external_gte (>=), "0" for external (>), "c" for create (only when no
 --         document is there)   ARGV[6] feed channel lv:{k}:feed
--- ARGV[7] the version when it is not the ts (an Elasticsearch request's `version`), else ""
+-- ARGV[7] the version when it is not the ts (an Elasticsearch request's `version`, on the
+--         scale every path compares), else ""   ARGV[8] that version as the request gave it
+--         when it differs (epoch ms, say), else ""
 -- returns, per packet, {applied, seq, epoch, current, existed, entry}
 --   applied 1 when the document became the latest, 0 when it was stale (or a redelivery);
---   seq 0 when the same (ts, doc) is already in the hot history (a redelivery: nothing is written);
+--   seq 0 when the same (ts, digest) is already in the hot history (a redelivery: no history
+--   entry is written; it becomes the latest only when its version is now newer than the
+--   latest's, as when its first copy came with an older Elasticsearch `version`);
 --   current the version before this write ('' if none); existed 1 if a document was there (a
 --   deleted document leaves a tombstone: the hash keeps only v); entry the seq of the history
 --   entry holding this packet (the earlier one for a redelivery, 0 if unknown).
@@ -30,20 +35,27 @@ local function write(K, A)
   local current = state[1]
   local existed = 0
   if state[2] then existed = 1 end
+  local cn = current and tonumber(current)
 
-  -- (ts, sha1(doc)) already in history? Only entries with exactly this ts need a look.
+  -- (ts, digest) already in history? Only entries with exactly this ts need a look. A packet
+  -- found there is not appended again, but it still takes part in the compare-and-set: its
+  -- first copy may have been refused (an Elasticsearch write with an older `version`), and
+  -- this one may be owed the latest document.
   local entry = nil
   local same_ts = redis.call('ZRANGEBYSCORE', K[3], ts, ts)
   for i = 1, #same_ts do
     if string.sub(same_ts[i], 17) == digest then
       entry = tonumber(string.sub(same_ts[i], 1, 16))
-      if not explicit then
-        local e = redis.call('HGET', K[4], 'e')
-        return {0, 0, e or '0', current or '', existed, entry}
-      end
+      break
     end
   end
-  -- With an explicit version a redelivery still takes part in the compare-and-set below.
+  if entry and not explicit and cn and vn <= cn then
+    -- A copy of it had its compare-and-set at this version already (a redelivery), and the
+    -- latest version has not gone below it since: not newer, it is owed nothing, even in
+    -- external_gte, where it must not undo a tie that a later packet won.
+    local e = redis.call('HGET', K[4], 'e')
+    return {0, 0, e or '0', current or '', existed, entry}
+  end
 
   local seq, sq = 0, nil
   local epoch
@@ -71,7 +83,6 @@ local function write(K, A)
   end
 
   local applied = 0
-  local cn = current and tonumber(current)
   if A[5] == 'c' then
     if existed == 0 then applied = 1 end
   elseif not cn or vn > cn or (A[5] == '1' and vn == cn) then
@@ -79,9 +90,9 @@ local function write(K, A)
   end
   if applied == 1 then
     if existed == 1 then  -- the id is there already (it is the one the key was made from)
-      redis.call('HSET', K[1], 'v', version, 'doc', A[3], 's', sq or entry)
+      redis.call('HSET', K[1], 'v', version, 'doc', A[3], 's', sq or entry, 'ev', A[8])
     else
-      redis.call('HSET', K[1], 'v', version, 'doc', A[3], 'id', A[1], 's', sq or entry)
+      redis.call('HSET', K[1], 'v', version, 'doc', A[3], 'id', A[1], 's', sq or entry, 'ev', A[8])
     end
   end
 
@@ -95,7 +106,7 @@ local results = {}
 local k, a = {}, {}
 for i = 0, #KEYS / 4 - 1 do
   for j = 1, 4 do k[j] = KEYS[4 * i + j] end
-  for j = 1, 7 do a[j] = ARGV[7 * i + j] end
+  for j = 1, 8 do a[j] = ARGV[8 * i + j] end
   results[i + 1] = write(k, a)
 end
 return results

@@ -36,6 +36,13 @@ class LatestDoc:
     version: int  # µs since the epoch
     doc: bytes  # JSON
     seq: int = 0  # the history seq of the write that made it the latest (0: unknown)
+    # The version as an Elasticsearch request gave it, when not ``version`` (Packet.es_version)
+    es_version: int | None = None
+
+    @property
+    def shown_version(self) -> int:
+        """The version Elasticsearch reads show: the one the document was written with."""
+        return self.version if self.es_version is None else self.es_version
 
 
 class LatestStore(Protocol):

@@ -92,9 +92,10 @@ class RedisLatestStore:
             ts = b"%d" % p.ts_us
             mode = gte if p.version_type is None else MODES[p.version_type]
             version = b"" if p.version is None else b"%d" % p.version
+            shown = b"" if p.es_version is None else b"%d" % p.es_version
             digest = p.digest.encode()
             args.append(
-                b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n%b$%d\r\n%b\r\n"
+                b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n%b$%d\r\n%b\r\n$%d\r\n%b\r\n"
                 % (
                     _packed(p.variable_id),
                     len(ts),
@@ -108,12 +109,14 @@ class RedisLatestStore:
                     feed,
                     len(version),
                     version,
+                    len(shown),
+                    shown,
                 )
             )
-        # write.lua's strides: four KEYS and seven ARGV per packet
+        # write.lua's strides: four KEYS and eight ARGV per packet
         count = b"%d" % (4 * len(chunk))
         head = b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
-            3 + 11 * len(chunk),
+            3 + 12 * len(chunk),
             len(sha),
             sha.encode(),
             len(count),
@@ -151,14 +154,22 @@ class RedisLatestStore:
     async def read_keys(self, variable_keys: Sequence[str]) -> list[LatestDoc | None]:
         pipe = self.redis.pipeline(transaction=False)
         for key in variable_keys:
-            pipe.hmget(keys.latest(key), "v", "doc", "id", "s")
+            pipe.hmget(keys.latest(key), "v", "doc", "id", "s", "ev")
         replies = await pipe.execute()
         found: list[LatestDoc | None] = []
-        for version, doc, variable_id, seq in replies:
+        for version, doc, variable_id, seq, shown in replies:
             if version is None or doc is None:
                 found.append(None)
             else:
-                found.append(LatestDoc(variable_id.decode(), int(version), doc, int(seq or 0)))
+                found.append(
+                    LatestDoc(
+                        variable_id.decode(),
+                        int(version),
+                        doc,
+                        int(seq or 0),
+                        int(shown) if shown else None,
+                    )
+                )
         return found
 
     @redis_bounded

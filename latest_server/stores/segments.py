@@ -25,11 +25,13 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 import pyarrow.parquet as pq
 
+from latest_server.packets import stored_digest
+
 SCHEMA = pa.schema(
     [
         pa.field("ts", pa.int64(), nullable=False),
         pa.field("seq", pa.int64(), nullable=False),
-        pa.field("hash", pa.binary(20), nullable=False),  # sha1(doc): with ts, the entry's identity
+        pa.field("hash", pa.binary(20), nullable=False),  # packets.digest: the identity, with ts
         pa.field("doc", pa.binary(), nullable=False),
     ]
 )
@@ -128,17 +130,19 @@ def deduplicate(table: pa.Table) -> pa.Table:
             keep[:] = False
             keep[first] = True
     # Equal content implies equal ts, so only runs of tied ts among the rows kept so far need
-    # their hashes compared.
+    # their identities compared: the digest of each one's document, worked out again from the
+    # document rather than taken from the hash column, which objects written before digests
+    # came from the canonical form (packets.canonical) hold as sha1 of the bytes.
     ts = table.column("ts").to_numpy()
     kept = np.nonzero(keep)[0]
     kept_ts = ts[kept]
     tied = np.nonzero(kept_ts[1:] == kept_ts[:-1])[0]
     if len(tied):
         rows = kept[np.unique(np.concatenate([tied, tied + 1]))]  # in (ts, seq) order
-        hashes = table.column("hash").take(pa.array(rows)).to_pylist()
+        docs = table.column("doc").take(pa.array(rows)).to_pylist()
         seen: set[tuple[int, bytes]] = set()
-        for i, digest in zip(rows.tolist(), hashes, strict=True):
-            identity = (int(ts[i]), digest)
+        for i, doc in zip(rows.tolist(), docs, strict=True):
+            identity = (int(ts[i]), stored_digest(doc))
             if identity in seen:
                 keep[i] = False  # a later seq of the same packet
             else:

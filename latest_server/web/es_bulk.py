@@ -107,7 +107,11 @@ def parse(data: bytes, default_index: str | None) -> list[WriteOp]:
         if index is None:
             missing_index.append(len(ops))
             index = ""
+        elif type(index) is not str:
+            index = _simple(index, "_index", number)
         doc_id = meta.get("_id")
+        if doc_id is not None and type(doc_id) is not str:
+            doc_id = _simple(doc_id, "_id", number)
         source: bytes | None = None
         if op != "delete":
             while position < count and (not lines[position] or lines[position].isspace()):
@@ -126,11 +130,22 @@ def parse(data: bytes, default_index: str | None) -> list[WriteOp]:
                 raise ValidationFailed("id is missing")
         except EsError as exc:
             error = exc
-        doc_id = None if doc_id is None else str(doc_id)
-        ops.append(WriteOp(op, str(index), doc_id, None, versioning, error, source))
+        ops.append(WriteOp(op, index, doc_id, None, versioning, error, source))
     if missing_index:
         raise ValidationFailed(*("index is missing" for _ in missing_index))
     return ops
+
+
+def _simple(value: Any, name: str, number: int) -> str:
+    """A metadata value that must be a string: a number or boolean is taken as its text (as
+    Elasticsearch reads it); an object or array fails the request, never written out."""
+    if isinstance(value, (dict, list)):
+        found = "START_OBJECT" if isinstance(value, dict) else "START_ARRAY"
+        raise IllegalArgument(
+            f"Malformed action/metadata line [{number}], expected a simple value for field "
+            f"[{name}] but found [{found}]"
+        )
+    return orjson.dumps(value).decode() if isinstance(value, bool) else str(value)
 
 
 def _versioning(op: str, meta: dict[str, Any]) -> es_http.Versioning:
@@ -139,7 +154,7 @@ def _versioning(op: str, meta: dict[str, Any]) -> es_http.Versioning:
     if (
         version_type == "external"
         and type(version) is int
-        and 0 <= version <= es_http.MAX_VERSION
+        and 0 <= version <= es_http.LONG_MAX
         and op == "index"
         and FORBIDDEN.isdisjoint(meta)
     ):
@@ -151,7 +166,7 @@ def _versioning(op: str, meta: dict[str, Any]) -> es_http.Versioning:
         if version is not None or version_type is not None:
             raise ValidationFailed("Update requests do not support versioning")
         return es_http.Versioning(None, None)
-    op_type = str(meta.get("op_type", op)).lower()
+    op_type = es_http.text(meta.get("op_type", op)).lower()
     if op == "delete":
         op_type = "index"
     return es_http.versioning(version, version_type, "create" if op == "create" else op_type)

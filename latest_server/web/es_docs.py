@@ -118,7 +118,7 @@ def _found(
     body: dict[str, Any] = {
         "_index": index,
         "_id": doc_id,
-        "_version": doc.version,
+        "_version": doc.shown_version,
         "_seq_no": doc.seq,
         "_primary_term": 1,
         "found": True,
@@ -176,7 +176,7 @@ async def mget(ctx: Context, request: Request, index: str | None) -> Response:
                 problems.append(f"index is missing for doc {position}")
             if doc_id is None or doc_id == "":
                 problems.append(f"id is missing for doc {position}")
-            requests.append((index or "", str(doc_id), defaults))
+            requests.append((index or "", _simple(doc_id, "ids"), defaults))
     else:
         docs = body.get("docs")
         if docs is not None and not isinstance(docs, list):
@@ -190,7 +190,7 @@ async def mget(ctx: Context, request: Request, index: str | None) -> Response:
             if doc_id is None or doc_id == "":
                 problems.append(f"id is missing for doc {position}")
             source = es_http.source_filter({}, item.get("_source"), defaults)
-            requests.append((str(doc_index or ""), str(doc_id), source))
+            requests.append((_simple(doc_index or "", "_index"), _simple(doc_id, "_id"), source))
     if not requests:
         raise ValidationFailed("no documents to get")
     if problems:
@@ -212,3 +212,11 @@ async def mget(ctx: Context, request: Request, index: str | None) -> Response:
         else:
             answers.append(_found(doc_index, doc_id, doc, source, raw))
     return respond(request, {"docs": answers})
+
+
+def _simple(value: Any, name: str) -> str:
+    """An id or index name of an ``_mget`` body; an object or array is a parse error (it is
+    never written out: it may nest deeper than ``str`` can recurse)."""
+    if isinstance(value, (dict, list)):
+        raise ParseError(f"[{name}] must hold strings, found [{es_http.text(value)}]")
+    return es_http.text(value)

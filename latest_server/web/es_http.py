@@ -28,7 +28,7 @@ from latest_server.web.ingest import read_body
 
 PRODUCT_HEADER = {"X-Elastic-Product": "Elasticsearch"}
 JSON = "application/json"
-# Lua numbers are doubles: versions stay exact up to 2**53, far above epoch µs (year 2255).
+# Lua numbers are doubles: versions stay exact up to 2**53 (epoch µs until the year 2255).
 MAX_VERSION = 2**53
 LONG_MAX = 2**63 - 1
 VERSION_TYPES = ("internal", "external", "external_gt", "external_gte")
@@ -129,27 +129,42 @@ class Versioning(NamedTuple):  # one per _bulk line: a tuple builds faster than 
     version_type: str | None  # "external", "external_gte", "create"; None: the server default
 
 
+def text(value: Any) -> str:
+    """A parameter's value as text for a check or a message: an object or array is named, not
+    written out (a JSON body may nest it deeper than ``str`` can recurse)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (dict, list)):
+        return "START_OBJECT" if isinstance(value, dict) else "START_ARRAY"
+    return orjson.dumps(value).decode() if isinstance(value, bool) else str(value)
+
+
 def parse_long(value: Any, name: str = "version") -> int:
-    if isinstance(value, bool):
-        raise IllegalArgument(f"Failed to parse long parameter [{name}] with value [{value}]")
-    if isinstance(value, int):
+    number: int | None = None
+    if type(value) is int:
         number = value
-    else:
-        text = str(value).strip()
-        if not text.lstrip("-").isdigit():
-            raise IllegalArgument(f"Failed to parse long parameter [{name}] with value [{value}]")
-        number = int(text)
-    if not -LONG_MAX - 1 <= number <= LONG_MAX:
-        raise IllegalArgument(f"Failed to parse long parameter [{name}] with value [{value}]")
+    elif isinstance(value, str):
+        digits = value.strip()
+        unsigned = digits[1:] if digits.startswith("-") else digits
+        # ASCII digits only: int() also takes other scripts' digits and refuses some that
+        # isdigit() calls digits (superscripts), and more than 4 300 of them; a long has 19
+        # (64 leave room for leading zeros)
+        if unsigned.isascii() and unsigned.isdecimal() and len(unsigned) <= 64:
+            number = int(digits)
+    if number is None or not -LONG_MAX - 1 <= number <= LONG_MAX:
+        raise IllegalArgument(
+            f"Failed to parse long parameter [{name}] with value [{text(value)[:64]}]"
+        )
     return number
 
 
 def versioning(version: Any, version_type: Any, op_type: str) -> Versioning:
     """Validate ``version``/``version_type``/``op_type`` as Elasticsearch does (400s with its
-    messages). Our deviation: versions above 2**53 are refused (they are not exact in Lua)."""
-    kind = "internal" if version_type is None else str(version_type).lower()
+    messages). Our deviation, versions past 2**53 refused (not exact in Lua), is the writer's:
+    it depends on the version's scale (es_versions)."""
+    kind = "internal" if version_type is None else text(version_type).lower()
     if kind not in VERSION_TYPES:
-        raise IllegalArgument(f"No version type match [{version_type}]")
+        raise IllegalArgument(f"No version type match [{text(version_type)[:64]}]")
     number = None if version is None else parse_long(version)
     if op_type == "create":
         if number is not None or kind != "internal":
@@ -171,12 +186,7 @@ def versioning(version: Any, version_type: Any, op_type: str) -> Versioning:
         raise ValidationFailed(
             f"illegal version value [{number}] for version type [{kind.upper()}]"
         )
-    if number > MAX_VERSION:
-        raise IllegalArgument(
-            f"version [{number}] is above {MAX_VERSION}, the largest version latest-server keeps "
-            "exactly (epoch milliseconds, microseconds and nanoseconds until 2255 fit)"
-        )
-    return Versioning(number, kind)
+    return Versioning(number, kind)  # its scale, and the 2**53 bound, are es_versions
 
 
 def refuse_seq_no(params: Mapping[str, Any]) -> None:
@@ -208,7 +218,7 @@ def _names(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return tuple(part.strip() for part in value.split(",") if part.strip())
     if isinstance(value, list):
-        return tuple(str(part) for part in value)
+        return tuple(text(part) for part in value)
     return ()
 
 

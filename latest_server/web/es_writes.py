@@ -9,14 +9,14 @@ From an ES document to a ``Packet``:
   Reads by either form find it (``candidate_keys``). The index is the key's namespace.
 * history time: the packet's time field when it has a usable one; else the request's
   ``version`` read as an epoch time (unit by magnitude, like ingest); else the arrival time.
-* version: the request's ``version`` when given; else the history time (``version_type``
-  internal = the server's LATEST_VERSION_TYPE over packet times: a later time wins).
+* version: the request's ``version`` when given, on the scale of LATEST_ES_VERSION_SCALE
+  (es_versions: epoch times compared in µs, like every other path); else the history time
+  (``version_type`` internal = the server's LATEST_VERSION_TYPE over packet times).
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import re
 import time
@@ -29,7 +29,15 @@ import orjson
 from latest_server import keys
 from latest_server.errors import PacketRejected
 from latest_server.ingestor import Ingestor
-from latest_server.packets import MAX_ID_LENGTH, MAX_TS_US, Packet, PacketParser, epoch_to_us
+from latest_server.packets import (
+    MAX_ID_LENGTH,
+    MAX_TS_US,
+    Packet,
+    PacketParser,
+    digest,
+    dump,
+    epoch_to_us,
+)
 from latest_server.settings import Settings
 from latest_server.stores.base import LatestDoc, LatestStore, WriteOutcome
 from latest_server.web.es_errors import (
@@ -40,8 +48,9 @@ from latest_server.web.es_errors import (
     ValidationFailed,
     VersionConflict,
 )
-from latest_server.web.es_http import Versioning
+from latest_server.web.es_http import MAX_VERSION, Versioning
 from latest_server.web.es_indices import Indices, check_name
+from latest_server.web.es_versions import VersionScale
 
 SHARDS = {"total": 1, "successful": 1, "failed": 0}
 MAX_ES_ID_BYTES = 512
@@ -119,6 +128,7 @@ class Writer:
         # (index, _id or None, id field) → (_id, variable id, key): see _resolve
         self.resolved: dict[tuple[str, str | None, str | None], tuple[str, str, str]] = {}
         self.default_gte = settings.version_type == "external_gte"
+        self.versions = VersionScale(settings.es_version_scale, settings.time_unit)
 
     async def run(self, ops: Sequence[WriteOp]) -> list[ItemResult]:
         """Execute ``ops`` in request order: each run of index/create goes to the store as one
@@ -211,30 +221,32 @@ class Writer:
             raise DocumentParsing(
                 f"[1:1] failed to parse: the document must be a JSON object, not {kind}"
             )
+        raw = dump(source)  # too_deep past packets.MAX_DEPTH: a failed item, not a 500
         value = self._lookup(source, self.parser.id_path)
         text = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
         found = self.resolved.get((op.index, op.doc_id, text))
         if found is None:
             found = self._resolve(op.index, op.doc_id, text)
         op.doc_id, variable_id, key = found
-        raw = orjson.dumps(source)
         if len(raw) > self.max_packet_bytes:
             raise IllegalArgument(
                 f"document is {len(raw)} bytes, the limit is {self.max_packet_bytes} "
                 "(LATEST_MAX_PACKET_BYTES)"
             )
-        version, version_type = op.versioning
+        sent, version_type = op.versioning
+        version = sent if sent is None else self.versions.compared(sent)
         # Positional: a dataclass __init__ called with keywords costs more, once per document.
         return Packet(
             variable_id,
             key,
-            self._time(source, version),
+            self._time(source, sent),
             raw,
-            hashlib.sha1(raw).hexdigest(),
+            digest(source, raw),
             None,
             None,
             version,
             version_type,
+            None if sent == version else sent,
         )
 
     def _resolve(self, index: str, doc_id: str | None, text: str | None) -> tuple[str, str, str]:
@@ -298,7 +310,7 @@ class Writer:
         return {
             "_index": op.index,
             "_id": op.doc_id,
-            "_version": packet.latest_version,
+            "_version": packet.latest_version if packet.es_version is None else packet.es_version,
             "result": "created",
             "_shards": SHARDS,
             "_seq_no": 0,
@@ -312,11 +324,15 @@ class Writer:
         if not outcome.applied:
             version = packet.latest_version
             current = outcome.current if outcome.current is not None else version
+            gte = packet.version_type == "external_gte" or (
+                packet.version_type is None and self.default_gte
+            )
+            sent = op.versioning.version
+            if sent is not None:  # both in the scale the client sent
+                version, current = sent, self.versions.shown(current, sent, gte)
             if packet.version_type == "create":
                 detail = f"document already exists (current version [{current}])"
-            elif packet.version_type == "external_gte" or (
-                packet.version_type is None and self.default_gte
-            ):
+            elif gte:
                 detail = f"current version [{current}] is higher than the one provided [{version}]"
             else:
                 detail = (
@@ -347,23 +363,25 @@ class Writer:
         assert op.doc_id is not None
         check_name(op.index)
         check_id(op.doc_id)
+        sent, version_type = op.versioning
+        kind = version_type or "external"
+        version = sent if sent is None else self.versions.compared(sent)
         key, _ = await self.find(op.index, op.doc_id)
-        versioning = op.versioning
-        kind = versioning.version_type or "external"
-        outcome = await self.ingestor.delete(op.doc_id, key, versioning.version, kind)
+        outcome = await self.ingestor.delete(op.doc_id, key, version, kind)
         if outcome.result == "conflict":
+            current = outcome.current if outcome.current is not None else outcome.version
+            if sent is not None:  # a versioned delete: the current version in its scale
+                current = self.versions.shown(current, sent, kind == "external_gte")
             detail = (
-                f"current version [{outcome.current}] is higher than the one provided "
-                f"[{versioning.version}]"
+                f"current version [{current}] is higher than the one provided [{sent}]"
                 if kind == "external_gte"
-                else f"current version [{outcome.current}] is higher or equal to the one "
-                f"provided [{versioning.version}]"
+                else f"current version [{current}] is higher or equal to the one provided [{sent}]"
             )
             return failure(op, VersionConflict(op.index, op.doc_id, detail))
         body = {
             "_index": op.index,
             "_id": op.doc_id,
-            "_version": outcome.version,
+            "_version": outcome.version if sent is None else sent,
             "result": outcome.result,
             "_shards": SHARDS,
             "_seq_no": 0,
@@ -408,7 +426,7 @@ class Writer:
                     {
                         "_index": op.index,
                         "_id": op.doc_id,
-                        "_version": current.version,
+                        "_version": current.shown_version,
                         "result": "noop",
                         "_shards": {"total": 0, "successful": 0, "failed": 0},
                         "_seq_no": current.seq,
@@ -421,14 +439,15 @@ class Writer:
             self._doc_time(new) is None or packet.latest_version < current.version
         ):
             # Without a time of its own (or with an older one) the update takes the next
-            # version, as an Elasticsearch update does.
+            # version, as an Elasticsearch update does; at 2**53, the largest version kept
+            # exactly, it keeps that one (external_gte: an equal version wins).
             packet = Packet(
                 packet.variable_id,
                 packet.key,
                 packet.ts_us,
                 packet.raw,
                 packet.digest,
-                version=current.version + 1,
+                version=min(current.version + 1, MAX_VERSION),
                 version_type="external_gte",
             )
         batch = await self.ingestor.write_batch([packet])

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterator
 
 import hiredis
@@ -90,6 +91,29 @@ async def test_redelivery_neither_duplicates_history_nor_takes_a_seq(redis: Redi
     outcomes = await store.write_batch([first, second, first, packet("a", 1_700_000_003)])
     assert [(o.applied, o.seq) for o in outcomes] == [(False, 0), (False, 0), (False, 0), (True, 3)]
     assert [seq for seq, _, _ in await history(redis, "a")] == [1, 2, 3]
+
+
+async def test_a_refused_write_never_blocks_a_later_one(redis: Redis) -> None:
+    """A packet refused by the compare-and-set (an Elasticsearch write whose `version` is
+    older) is in history; the same packet sent again with a version that wins must become the
+    latest document, not be taken for a redelivery."""
+    store = await RedisLatestStore.open(redis)
+    await store.write_batch([packet("a", 1_700_000_005, n=0)])
+    late = packet("a", 1_700_000_009, n=1)
+    refused = dataclasses.replace(late, version=1_700_000_001_000_000, version_type="external")
+    [outcome] = await store.write_batch([refused])
+    assert (outcome.applied, outcome.seq, outcome.current) == (False, 2, 1_700_000_005_000_000)
+    [again] = await store.write_batch([late])
+    assert (again.applied, again.seq, again.entry) == (True, 0, 2)  # no second history entry
+    assert (await latest_doc(redis, "a"))["n"] == 1
+    found = await store.get("a")
+    assert found is not None and found.version == 1_700_000_009_000_000
+    assert [seq for seq, _, _ in await history(redis, "a")] == [1, 2]
+    # and a true redelivery of it is still one: not applied, no new entry, in both modes
+    for mode in ("external", "external_gte"):
+        gte = await RedisLatestStore.open(redis, version_type=mode)
+        [redelivered] = await gte.write_batch([late])
+        assert (redelivered.applied, redelivered.seq, redelivered.entry) == (False, 0, 2)
 
 
 async def test_latest_hash_holds_id_and_seq_after_updates_and_a_delete(redis: Redis) -> None:
@@ -182,9 +206,13 @@ def test_write_calls_are_packed_as_hiredis_packs_their_arguments() -> None:
     plain = packet("city/aqm-1", 1_700_000_000, pm25=7)
     accented = packet("capteur/é-ü ☃", 1_700_000_001, note="ünïcode ✓")
     chunk = [plain, accented, plain]
-    for version_type, version in [("external", 1_700_000_000_123), ("create", None)]:
+    for version_type, version, shown in [
+        ("external", 1_700_000_000_123_000, 1_700_000_000_123),
+        ("create", None, None),
+    ]:
         es_packet = packet("es/1", 1_700_000_002)
         es_packet.version, es_packet.version_type = version, version_type
+        es_packet.es_version = shown
         chunk.append(es_packet)
     for gte in (b"0", b"1"):
         expected = ["EVALSHA", "f" * 40, 4 * len(chunk)]
@@ -193,7 +221,9 @@ def test_write_calls_are_packed_as_hiredis_packs_their_arguments() -> None:
             expected += keys.write_keys(p.key)
             mode = gte if p.version_type is None else MODES[p.version_type]
             version = b"" if p.version is None else p.version
+            shown = b"" if p.es_version is None else p.es_version
             args += [p.variable_id, p.ts_us, p.raw, p.digest, mode, keys.feed(p.key), version]
+            args.append(shown)
         packed = RedisLatestStore._command("f" * 40, gte, chunk)
         assert packed == hiredis.pack_command(tuple(expected + args))
 

@@ -1,0 +1,58 @@
+"""The scale of an Elasticsearch request's ``version`` (LATEST_ES_VERSION_SCALE).
+
+``/ingest`` and AMQP version a packet by its time in µs; Logstash (the ``logstash/`` pipelines)
+and most clients keeping "the latest document per resource" send the packet time in epoch
+milliseconds. Compared as given, those two never meet: an ES write after an AMQP one is a 409,
+and an AMQP packet always beats an ES write however old it is. With ``epoch`` (the default) a
+request's version is read as an epoch time, its unit found as a time field's (by magnitude, or
+LATEST_TIME_UNIT), and compared in µs with every other path. With ``raw`` it is compared as
+given, for versions that are counters.
+
+The client sees its own scale: a write answers the ``_version`` it sent, a conflict names the
+current version in the unit of the one provided, and reads show the version a document was
+written with (``Packet.es_version``).
+"""
+
+from __future__ import annotations
+
+from latest_server.packets import UNIT_TO_US, epoch_to_us, epoch_unit
+from latest_server.web.es_errors import IllegalArgument
+from latest_server.web.es_http import MAX_VERSION
+
+
+class VersionScale:
+    def __init__(self, scale: str, time_unit: str) -> None:
+        self.epoch = scale == "epoch"
+        self.time_unit = time_unit
+
+    def compared(self, version: int) -> int:
+        """``version`` (>= 0) as every path compares it; an IllegalArgument past 2**53, which
+        Redis' doubles keep exactly (epoch µs until the year 2255)."""
+        if not self.epoch:
+            if version > MAX_VERSION:
+                raise IllegalArgument(
+                    f"version [{version}] is above {MAX_VERSION}, the largest version "
+                    "latest-server keeps exactly"
+                )
+            return version
+        found = epoch_to_us(version, self.time_unit)
+        if found > MAX_VERSION:
+            unit = epoch_unit(version, self.time_unit)
+            raise IllegalArgument(
+                f"version [{version}], an epoch time in {unit}, is after the year 2255 "
+                f"({MAX_VERSION} µs), the latest version latest-server keeps exactly "
+                "(LATEST_ES_VERSION_SCALE=raw compares versions as given)"
+            )
+        return found
+
+    def shown(self, current: int, provided: int, gte: bool) -> int:
+        """``current`` (as compared) in the scale of ``provided``, so that a conflict reads
+        true in the client's numbers: the largest version in that scale which ``current``
+        refuses (``external``: not newer), or with ``gte`` the smallest that it does not."""
+        if not self.epoch:
+            return current
+        unit = epoch_unit(provided, self.time_unit)
+        if unit == "ns":  # the µs kept stand for a thousand ns
+            return current * 1000 + (0 if gte else 999)
+        factor = int(UNIT_TO_US[unit])
+        return -(-current // factor) if gte else current // factor
