@@ -189,6 +189,14 @@ def iso_to_us(text: str, default_tz: ZoneInfo | None = None) -> int:
     return (moment - EPOCH) // ONE_US
 
 
+def _unreadable(index: int, raw: bytes, exc: orjson.JSONDecodeError, what: str) -> Rejection:
+    """A body or line orjson cannot read: ``too_deep`` past the nesting it reads (1024 levels),
+    else ``not_json``, with where it stopped."""
+    if str(exc).startswith("depth limit exceeded"):
+        return Rejection(index, "too_deep", f"{what} is nested deeper than JSON readers take", raw)
+    return Rejection(index, "not_json", f"{what} is not valid JSON: {exc}", raw)
+
+
 class PacketParser:
     """Parses messages with the id/time rules of one ``Settings``. Pure: no I/O."""
 
@@ -209,9 +217,9 @@ class PacketParser:
         if not ndjson:
             try:
                 decoded = orjson.loads(body)
-            except orjson.JSONDecodeError:
+            except orjson.JSONDecodeError as exc:
                 if b"\n" not in body.strip():
-                    yield Rejection(0, "not_json", "body is not valid JSON", body)
+                    yield _unreadable(0, body, exc, "body")
                     return
             else:
                 if isinstance(decoded, list):
@@ -223,8 +231,8 @@ class PacketParser:
         for index, line in enumerate(line for line in body.splitlines() if line.strip()):
             try:
                 decoded = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                yield Rejection(index, "not_json", "line is not valid JSON", line)
+            except orjson.JSONDecodeError as exc:
+                yield _unreadable(index, line, exc, "line")
                 continue
             yield self.parse_document(index, decoded, line)
 
