@@ -1,7 +1,7 @@
 """Elasticsearch-compatible ``_bulk`` throughput against ``POST /ingest``, in one run.
 
-One ``latest-server serve`` subprocess (Redis db 14, flushed before each phase and at the end)
-receives the same versioned documents twice:
+One ``latest-server serve`` subprocess (Redis db 14 or ``--redis-url``, flushed before each
+phase and at the end) receives the same versioned documents twice:
 
 * ``POST /ingest``: NDJSON bodies of ``--chunk`` documents, one after another (httpx), each
   serialized with orjson in the timed loop, as ``helpers.bulk`` serializes its chunks;
@@ -121,9 +121,10 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=500)
     parser.add_argument("--late", type=float, default=0.1)
     parser.add_argument("--rounds", type=int, default=3, help="runs of each phase, alternating")
+    parser.add_argument("--redis-url", default=REDIS_URL, help="a database this run may flush")
     args = parser.parse_args()
 
-    redis = Redis.from_url(REDIS_URL)
+    redis = Redis.from_url(args.redis_url)
     redis.flushdb()
     docs = make_documents(args.docs, args.variables, args.late)
     actions = make_actions(docs)
@@ -137,7 +138,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as data_dir:
             env = dict(
                 os.environ,
-                REDIS_URL=REDIS_URL,
+                REDIS_URL=args.redis_url,
                 LATEST_PORT=str(port),
                 LATEST_ES_PORT=str(es_port),
                 LATEST_DATA_DIR=data_dir,
