@@ -4,8 +4,8 @@ samples, batched the same way (the same samples per message), in the same run.
     python bench/client.py [--samples N] [--rounds R] [--amqp-url URL]
 
 Needs RabbitMQ. Each run publishes to a private exchange bound to an exclusive queue (deleted at
-the end). CPU time is the process's (every thread: the sync Session's flusher and its transport's
-event loop thread included). A small warm-up round of each comes first (so the one-time import of
+the end). CPU time is the process's (every thread: the sync Session's flusher, which runs its
+pika connection, included). A small warm-up round of each comes first (so the one-time import of
 the sync transport and the first growth of the heap are charged to nobody), then R rounds, each
 measuring the three in a rotating order; the medians are reported. The last line is the ratio of
 the medians Session.sample / bare publish (target: at most 1.3).

@@ -18,9 +18,9 @@ from typing import Any
 import orjson
 import pytest
 
-from ingest_client import AsyncSession, FlushFailed, Session
+from ingest_client import AsyncSession, FlushFailed, Session, TransportError
 from ingest_client.batcher import Batcher
-from ingest_client.transports import memory, open_transport
+from ingest_client.transports import memory, open_async_transport, open_transport
 from tests.client.capture import CaptureServer
 from tests.client.conftest import read_all, relayed_amqp_url
 from tests.client.relay import Relay
@@ -107,6 +107,58 @@ async def test_an_async_session_whose_broker_is_gone_closes_within_the_bound(
     url = relayed_amqp_url(amqp_relay)
     session_id, failed, took = await async_run(url, amqp_relay, outage, exchange=exchange)
     check_unsent(session_id, failed, took, await read_all(queue))
+
+
+# --- each publish of an amqp:// transport is bounded by its timeout ---
+# (close_timeout above gives up on a flusher whose publish hangs: these look at the transport)
+
+TIMEOUT = 1.0
+
+
+def timed(publish: Any) -> tuple[str, float]:
+    """Publish, expecting the bounded failure; its message and how long it took."""
+    started = time.monotonic()
+    with pytest.raises(TransportError) as failed:
+        publish()
+    return str(failed.value), time.monotonic() - started
+
+
+def test_a_sync_amqp_publish_to_a_frozen_broker_fails_within_its_timeout(
+    amqp_target: tuple[str, Any], amqp_relay: Relay
+) -> None:
+    exchange, _queue = amqp_target
+    transport = open_transport(relayed_amqp_url(amqp_relay), exchange=exchange, timeout=TIMEOUT)
+    try:
+        transport.publish(b"[]")  # connected, confirming
+        amqp_relay.freeze()
+        why, took = timed(lambda: transport.publish(b"[]"))  # waiting for the confirm
+        assert took < TIMEOUT + SLACK and "within 1.0s" in why
+        why, took = timed(lambda: transport.publish(b"[]"))  # a new connection's handshake
+        assert took < TIMEOUT + SLACK and "Timeout" in why
+        amqp_relay.frozen.clear()  # the broker answers again: a fresh connection publishes
+        transport.publish(b"[]")
+    finally:
+        transport.close()
+
+
+async def test_an_async_amqp_publish_to_a_frozen_broker_fails_within_its_timeout(
+    amqp_target: tuple[str, Any], amqp_relay: Relay
+) -> None:
+    exchange, _queue = amqp_target
+    url = relayed_amqp_url(amqp_relay)
+    transport = open_async_transport(url, exchange=exchange, timeout=TIMEOUT)
+    try:
+        await transport.publish(b"[]")
+        amqp_relay.freeze()
+        for _ in range(2):  # waiting for the confirm, then a new connection's handshake
+            started = time.monotonic()
+            with pytest.raises(TransportError):
+                await transport.publish(b"[]")
+            assert time.monotonic() - started < TIMEOUT + SLACK
+        amqp_relay.frozen.clear()
+        await transport.publish(b"[]")
+    finally:
+        await transport.close()
 
 
 @pytest.fixture
