@@ -24,6 +24,7 @@ from redis.exceptions import ResponseError
 
 from latest_server import keys
 from latest_server.consumer import Consumer
+from latest_server.packets import Packet, PacketParser
 from latest_server.resources import Resources
 from latest_server.settings import Settings
 from tests.conftest import ServerThread, publish, wait_for
@@ -243,3 +244,17 @@ async def test_a_poison_batch_is_retried_with_backoff_and_never_ends_the_consume
         await redis.delete(keys.history(keys.key_for("urn:poison:a")))
         await wait_for(lambda: consumer.processed == 1, within=15)
     await redis.aclose()
+
+
+async def test_an_offload_job_runs_while_redis_refuses_writes_for_memory(
+    own_resources: tuple[Settings, Resources], own_redis: str
+) -> None:
+    """Taking the job lock (SET NX, INCR) and handing history over (SADD) are writes that Redis
+    refuses at maxmemory; without them the job that frees memory could never start."""
+    settings, resources = own_resources
+    body = b"\n".join(packet("urn:job:a", s) for s in range(50))
+    parsed = PacketParser(settings).parse_message(body, ndjson=True)
+    await resources.ingestor.write_batch([p for p in parsed if isinstance(p, Packet)])
+    await asyncio.to_thread(out_of_memory, own_redis)
+    report = await resources.offloader.run_job(everything=True)
+    assert report is not None and report.entries == 50, report
