@@ -6,9 +6,11 @@ message and a second task per delivery: on the ingest hot path that was a quarte
 consumer's time. The consumer registers itself again whenever the robust channel reopens.
 
 A batch is acknowledged with one ``multiple=True`` ack after Redis answered. While Redis is
-unreachable nothing is acknowledged; the batch is retried with backoff and RabbitMQ keeps the
-messages. Rejected packets are published to the dead-letter exchange (with publisher confirms)
-with an ``x-latest-error`` header before the batch is acknowledged, so nothing is ever dropped.
+unreachable, or refuses writes (out of memory, a read-only replica, ...), nothing is acknowledged;
+the batch is retried with backoff and RabbitMQ keeps the messages. So is a batch that fails for
+any other reason (a bug): logged, never acknowledged, never the end of the consumer. Rejected
+packets are published to the dead-letter exchange (with publisher confirms) with an
+``x-latest-error`` header before the batch is acknowledged, so nothing is ever dropped.
 """
 
 from __future__ import annotations
@@ -205,24 +207,59 @@ class Consumer:
         self.processed += len(live)
 
     async def _write(self, packets: list[Packet]) -> BatchResult | None:
+        """The batch written, retried with backoff for as long as it fails; None when stopping
+        gave up on it (nothing acknowledged: RabbitMQ redelivers it).
+
+        Redis unavailable, or refusing writes for now (out of memory, read-only, ...: the
+        condition is logged once, where it enters the error tree), is waited out. Any other
+        error (a script error, WRONGTYPE: a bug) is logged with its traceback once, then one line
+        per attempt: it must not end the consumer, and it must not spin either."""
         backoff = BACKOFF_START
         give_up_at: float | None = None
+        failures = 0
         while True:
             try:
-                return await self.ingestor.write_batch(packets)
-            except StoreUnavailable as exc:
+                written = await self.ingestor.write_batch(packets)
+            except Exception as exc:  # the consumer outlives every error; see above
+                failures += 1
+                unavailable = isinstance(exc, StoreUnavailable)
                 if self.stopping.is_set():
                     give_up_at = give_up_at or time.monotonic() + self.stop_grace
                     if time.monotonic() > give_up_at:
                         log.error(
-                            "stopping with Redis unavailable; %d packets left unacked", len(packets)
+                            "stopping with a batch not written (%s); %d packets left unacked",
+                            exc,
+                            len(packets),
                         )
                         return None
-                log.warning(
-                    "Redis unavailable (%s); retrying in %.1fs, nothing acked", exc, backoff
-                )
+                if unavailable:
+                    # Once per outage: the condition itself is logged where it is detected.
+                    level = logging.WARNING if failures == 1 else logging.DEBUG
+                    log.log(
+                        level,
+                        "Redis unavailable (%s); retrying in %.1fs, nothing acked",
+                        exc,
+                        backoff,
+                    )
+                else:
+                    log.error(
+                        "a batch of %d packets failed to write (%s: %s); nothing acked, "
+                        "attempt %d, retrying in %.1fs",
+                        len(packets),
+                        type(exc).__name__,
+                        exc,
+                        failures,
+                        backoff,
+                        exc_info=failures == 1,
+                    )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            if failures:
+                log.info(
+                    "batch of %d packets written after %d failed attempts", len(packets), failures
+                )
+            return written
 
     async def _dead_letter(self, message: DeliveredMessage, rejection: Rejection) -> None:
         assert self.dead_letters is not None

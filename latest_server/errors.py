@@ -71,6 +71,17 @@ class StoreUnavailable(LatestError):
     reason = "store_unavailable"
 
 
+class StoreRefused(StoreUnavailable):
+    """Redis is reachable but refuses commands for now: out of memory, a read-only replica after a
+    failover, a script running, failed persistence, loading (``condition`` is Redis' error code,
+    "OOM", "READONLY", ...). It passes by itself or by what the server does (offload frees memory),
+    so it is retried as unavailability is: nothing acknowledged, nothing lost."""
+
+    def __init__(self, condition: str, message: str = "") -> None:
+        super().__init__(message or f"Redis refused the command ({condition})")
+        self.condition = condition
+
+
 class UnsafeRedisConfig(LatestError):
     """Redis would silently lose data (an evicting maxmemory-policy)."""
 

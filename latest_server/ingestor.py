@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from latest_server.errors import StoreRefused
 from latest_server.offload import OffloadTrigger
 from latest_server.packets import Packet
 from latest_server.sessions import Refusal, SessionStore
@@ -57,7 +58,14 @@ class Ingestor:
                 written += 1
                 yield packet
 
-        outcomes = await self.latest.write_batch(take())
+        try:
+            outcomes = await self.latest.write_batch(take())
+        except StoreRefused as exc:
+            # Out of memory, only an offload job frees memory: it must be started by the writes
+            # Redis refuses too, or a server that reached maxmemory would never recover.
+            if exc.condition == "OOM" and self.offload is not None:
+                self.offload.poke()
+            raise
         result = BatchResult(outcomes=outcomes)
         if self.sessions is not None:
             if tracked:

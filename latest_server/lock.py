@@ -1,5 +1,6 @@
-"""A Redis lock for jobs: ``SET NX PX`` with a random token, a fencing number, a heartbeat that
-extends it while the job runs, and compare-and-delete release (Lua).
+"""A Redis lock for jobs: ``SET NX PX`` (in a script Redis runs even when out of memory) with a
+random token, a fencing number, a heartbeat that extends it while the job runs, and
+compare-and-delete release (Lua).
 
 redis-py's ``Lock`` does not fit as is: no expiry by default, no renewal, one token shared across
 asyncio tasks, no fencing number. The lock only prevents duplicate work; correctness comes from
@@ -14,8 +15,9 @@ import logging
 import secrets
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
-from latest_server.redis_client import REDIS_DOWN, Scripts
+from latest_server.redis_client import REDIS_DOWN, Scripts, store_error
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +43,15 @@ class JobLock:
     async def acquire(self) -> bool:
         """Try once; True when held. The fencing number orders every holder ever."""
         token = secrets.token_hex(16)
-        if not await self.redis.set(self.name, token, nx=True, px=self.ttl_ms):
+        fence = int(
+            await self.scripts.call(
+                self.redis, "lock_acquire", [self.name, self.fence_key], [token, self.ttl_ms]
+            )
+        )
+        if not fence:
             return False
         self.token = token
-        self.fence = int(await self.redis.incr(self.fence_key))
+        self.fence = fence
         self.lost.clear()
         self._heartbeat = asyncio.create_task(self._beat(), name=f"heartbeat {self.name}")
         return True
@@ -61,7 +68,9 @@ class JobLock:
                 extended = await self.scripts.call(
                     self.redis, "lock_extend", [self.name], [self.token, self.ttl_ms]
                 )
-            except REDIS_DOWN as exc:  # redis-py's errors: the builtin ConnectionError is not one
+            except (*REDIS_DOWN, ResponseError) as exc:  # not the builtin ConnectionError
+                if store_error(exc) is None:
+                    raise
                 log.warning("could not extend %s: %s", self.name, exc)
                 continue
             if not extended:

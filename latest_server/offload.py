@@ -29,7 +29,7 @@ from latest_server import keys
 from latest_server.errors import StoreUnavailable
 from latest_server.lock import JobLock, LockLost
 from latest_server.packets import stored_digest
-from latest_server.redis_client import Scripts
+from latest_server.redis_client import Scripts, redis_bounded
 from latest_server.stores import segments
 from latest_server.stores.base import ObjectStore
 
@@ -73,6 +73,7 @@ class Offloader:
         self.max_bytes = max_bytes
         self.lock_ttl = lock_ttl
 
+    @redis_bounded
     async def memory_ratio(self) -> float | None:
         """used_memory / maxmemory (or LATEST_OFFLOAD_MAX_BYTES); None when there is no limit.
 
@@ -94,6 +95,7 @@ class Offloader:
             self.redis, self.scripts, keys.OFFLOAD_LOCK, keys.OFFLOAD_FENCE, ttl=self.lock_ttl
         )
 
+    @redis_bounded  # Redis refusing commands (read-only, ...) is StoreUnavailable, one line
     async def run_job(
         self, *, everything: bool = False, progress: Progress | None = None
     ) -> JobReport | None:

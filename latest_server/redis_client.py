@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
@@ -13,12 +14,21 @@ import hiredis
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from latest_server import lua
-from latest_server.errors import StoreUnavailable, UnsafeRedisConfig
+from latest_server.errors import StoreRefused, StoreUnavailable, UnsafeRedisConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -30,6 +40,7 @@ SCRIPTS = (
     "read_seq",  # seq ranges for websocket subscribers
     "transfer",
     "finish",
+    "lock_acquire",
     "lock_extend",
     "lock_release",
     "append",  # the Elasticsearch latest backend: history + feed only
@@ -41,20 +52,95 @@ POOL_TIMEOUT = 20.0  # seconds a command waits for a free connection
 # Redis could not be reached, or went away mid-command (redis-py wraps socket errors in these).
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 
+# Error replies of a Redis that is reachable but cannot take commands for now, by their code, with
+# what the operator is told (once per episode). Each passes by itself, or by what the server does
+# (offload frees memory): they are unavailability, retried, never a failed write.
+REFUSALS = {
+    "OOM": "Redis is out of memory (used_memory > maxmemory, policy noeviction): writes wait "
+    "(503, AMQP messages stay queued); offload frees memory: check that it runs (OBJECTS_URL "
+    "reachable, LATEST_OFFLOAD_RATIO below 1) or raise maxmemory",
+    "READONLY": "Redis is a read-only replica (after a failover?): writes wait; point REDIS_URL "
+    "at the primary",
+    "BUSY": "Redis is busy running a script: commands wait until it ends (SCRIPT KILL ends it)",
+    "LOADING": "Redis is loading its data set: commands wait until it is loaded",
+    "MISCONF": "Redis refuses writes because it cannot persist (stop-writes-on-bgsave-error): "
+    "writes wait; check Redis' disk and its log",
+    "TRYAGAIN": "Redis Cluster is moving a slot: commands wait",
+    "CLUSTERDOWN": "Redis Cluster is down: commands wait",
+    "MASTERDOWN": "Redis' replica lost its primary (replica-serve-stale-data no): commands wait",
+    "NOREPLICAS": "Redis has fewer replicas than min-replicas-to-write: writes wait",
+}
+# redis-py turns some codes into classes of their own (and drops the code from the message).
+REFUSAL_CLASSES: tuple[tuple[type[Exception], str], ...] = (
+    (OutOfMemoryError, "OOM"),
+    (ReadOnlyError, "READONLY"),
+    (BusyLoadingError, "LOADING"),
+    (TryAgainError, "TRYAGAIN"),
+    (MasterDownError, "MASTERDOWN"),
+    (ClusterDownError, "CLUSTERDOWN"),
+)
+EPISODE_QUIET = 60.0  # seconds without a condition after which its next occurrence is logged again
+
+
+def refusal(exc: BaseException) -> str | None:
+    """The code of an error reply that says "not now" (REFUSALS), else None."""
+    for cls, code in REFUSAL_CLASSES:
+        if isinstance(exc, cls):
+            return code
+    if isinstance(exc, ResponseError):
+        code = str(exc).partition(" ")[0]
+        return code if code in REFUSALS else None
+    return None
+
+
+class _Episodes:
+    """Logs a condition when it starts, not on every command it refuses: a consumer retrying a
+    batch, or a producer retrying its 503s, would otherwise log it many times a second."""
+
+    def __init__(self) -> None:
+        self.last_seen: dict[str, float] = {}
+
+    def note(self, code: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        last = self.last_seen.get(code)
+        self.last_seen[code] = now
+        if last is None or now - last > EPISODE_QUIET:
+            log.warning("%s (%s: %s)", REFUSALS[code], code, exc)
+
+
+EPISODES = _Episodes()
+
+
+def store_error(exc: BaseException) -> StoreUnavailable | None:
+    """``exc`` as the error tree says it when Redis is out of reach or refuses commands for now
+    (StoreRefused, logged once per episode), else None: an error reply that is a bug (a script
+    error, WRONGTYPE) stays what it is."""
+    code = refusal(exc)
+    if code is not None:
+        EPISODES.note(code, exc)
+        return StoreRefused(code, f"Redis refused the command ({code}): {exc}")
+    if isinstance(exc, REDIS_DOWN):
+        return StoreUnavailable(f"Redis is unavailable: {exc}")
+    return None
+
 
 def redis_bounded(
     function: Callable[P, Awaitable[T]],
 ) -> Callable[P, Coroutine[Any, Any, T]]:
-    """``function``, with Redis out of reach raised as StoreUnavailable (a 503 with Retry-After
-    at the web edge, a nack on AMQP): the one place where redis-py's errors enter the error
-    tree, for every store method a route or a consumer calls. Other errors stay as they are."""
+    """``function``, with Redis out of reach, or refusing commands for now (out of memory,
+    read-only, busy, ...), raised as StoreUnavailable (a 503 with Retry-After at the web edge, a
+    nack on AMQP): the one place where redis-py's errors enter the error tree, for every store
+    method a route or a consumer calls. Other errors stay as they are."""
 
     @functools.wraps(function)
     async def call(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await function(*args, **kwargs)
-        except REDIS_DOWN as exc:
-            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        except (*REDIS_DOWN, ResponseError) as exc:
+            error = store_error(exc)
+            if error is None:
+                raise
+            raise error from exc
 
     return call
 

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- transfer.lua: hand a variable's live history to a job. RENAME is atomic: new writes start a
 -- fresh live stream (the seq counter in lv:{k}:meta carries on), readers find the job copy
 -- through the jobs set.
@@ -7,6 +8,8 @@
 -- ARGV[1] the job's lock token   ARGV[2] job id
 -- returns the number of entries handed over, 0 if there was no live history, -1 if the lock is
 -- no longer ours (the job must stop)
+-- allow-oom: a job moves history out of Redis when it is out of memory; the jobs set (SADD)
+-- holds one short member per running job.
 if redis.call('GET', KEYS[6]) ~= ARGV[1] then return -1 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('SADD', KEYS[5], ARGV[2])

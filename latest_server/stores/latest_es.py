@@ -28,7 +28,7 @@ from redis.exceptions import NoScriptError
 from latest_server import keys
 from latest_server.errors import StoreUnavailable
 from latest_server.packets import Packet
-from latest_server.redis_client import Scripts, load_scripts
+from latest_server.redis_client import Scripts, load_scripts, redis_bounded
 from latest_server.settings import Settings
 from latest_server.stores.base import DeleteOutcome, LatestDoc, WriteOutcome
 from latest_server.stores.latest_redis import UNAVAILABLE
@@ -129,6 +129,7 @@ class ElasticsearchLatestStore:
             )
         return outcomes
 
+    @redis_bounded  # Redis refusing writes for now (out of memory, read-only) is unavailability
     async def _append(self, packets: Sequence[Packet]) -> list[tuple[int, int]]:
         """History entries and feed messages, one pipelined round trip (lua/append.lua)."""
 

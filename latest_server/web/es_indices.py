@@ -3,7 +3,8 @@
 An index exists once it was created (``PUT /{index}``) or written to (Elasticsearch's automatic
 index creation); the main index (LATEST_ES_INDEX) always exists. Reads of any other index answer
 ``index_not_found_exception``, as Elasticsearch does. The names live in one Redis set, cached per
-process (indices are never deleted here, so a cached name stays true).
+process (indices are never deleted here, so a cached name stays true). Redis out of reach, or
+refusing writes for now (out of memory), is StoreUnavailable (redis_client.redis_bounded).
 
 The main index shares its namespace with ``/ingest`` and ``/latest``; every other index is a
 namespace of its own (keys.key_for), so the same id in two indices is two variables.
@@ -17,6 +18,7 @@ from redis.asyncio import Redis
 
 from latest_server import keys
 from latest_server.errors import StoreUnavailable
+from latest_server.redis_client import redis_bounded
 from latest_server.stores.latest_redis import UNAVAILABLE
 from latest_server.web.es_errors import InvalidIndexName
 
@@ -50,6 +52,7 @@ class Indices:
     def namespace(self, index: str) -> str:
         return "" if index == self.main else index
 
+    @redis_bounded
     async def exists(self, index: str) -> bool:
         if index in self.known:
             return True
@@ -61,6 +64,7 @@ class Indices:
             self.known.add(index)
         return found
 
+    @redis_bounded
     async def ensure(self, indices: Iterable[str]) -> None:
         """Create (register) the indices a write names, once per process."""
         new = set(indices) - self.known
@@ -72,6 +76,7 @@ class Indices:
             raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
         self.known |= new
 
+    @redis_bounded
     async def create(self, index: str) -> bool:
         """True if it was created now, False if it already existed."""
         if index == self.main:
@@ -83,6 +88,7 @@ class Indices:
         self.known.add(index)
         return added == 1
 
+    @redis_bounded
     async def count(self) -> int:
         try:
             return 1 + int(await self.redis.scard(keys.ES_INDICES))  # type: ignore[misc]
