@@ -13,9 +13,10 @@ Nothing a client sends makes the server hold more for it than its queue's limit:
 (pong, error, subscribed, session frames...) count against the same limit as entries. Entries
 can be read again from the stores, control frames cannot: a control frame that finds the queue
 full first drops the queued entries (their streams catch up, as above), and a client whose
-control frames alone fill its queue is closed with 4008, as a stalled one is. A socket whose
-close frame cannot be written (the client reads nothing) is dropped after
-LATEST_WS_SEND_TIMEOUT. A process holds at most LATEST_WS_MAX_CONNECTIONS sockets: the next
+control frames alone fill its queue is closed with 4008, as a stalled one is. Until the close
+frame is taken the socket still reads (and drops) what the client sends; a socket whose close
+frame cannot be written (the client reads nothing) is dropped after SLOW_CLOSE_WAIT, and at
+once when the server shuts down. A process holds at most LATEST_WS_MAX_CONNECTIONS sockets: the next
 upgrade is answered 503 with Retry-After.
 
 Sockets may also watch sessions: the current state first (``snapshot``), then every change the
@@ -45,7 +46,7 @@ from latest_server.resources import Resources
 from latest_server.settings import Settings
 from latest_server.stores.ranges import RangeReader
 from latest_server.web.errors import json_error
-from latest_server.web.ws_direct import DirectWriter, abort, header
+from latest_server.web.ws_direct import DirectWriter, abort, header, stuck
 from latest_server.web.ws_stream import Stream, stop_tasks
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 CLOSE_SLOW = 4008  # "slow: resume with since" (Centrifugo uses 3008)
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN = 1013
+CLOSE_SERVER_SHUTDOWN = 1012  # "service restart": what uvicorn's shutdown sends
 MAX_ID_LENGTH = 1024
 CATCHUPS = 16  # concurrent catch-ups per process
 PROBE_BATCH = 200  # variables per round trip of the tail probe
@@ -259,6 +261,7 @@ class Socket:
         self.session_events: dict[str, int] = {}  # session id → frames queued
         self.queue: deque[_Item] = deque()
         self.queued = 0  # bytes
+        self.most = 0  # the most bytes ever queued: what the limit bounds
         self.limit = self.settings.ws_queue_bytes
         self.ready = asyncio.Event()  # items are queued
         self.space = asyncio.Event()  # below half the limit
@@ -348,6 +351,8 @@ class Socket:
     def _queued(self, size: int) -> None:
         """``size`` bytes were queued: count them and wake the sender."""
         self.queued += size
+        if self.queued > self.most:
+            self.most = self.queued
         if self.queued > self.limit // 2:
             self.space.clear()
         self.ready.set()
@@ -683,10 +688,12 @@ async def _serve(hub: Hub, ws: WebSocket, send: Send) -> None:
     socket = Socket(hub, ws, send)
     hub.sockets.add(socket)
     sender = socket.sender = asyncio.create_task(socket.send_loop(), name="ws-send")
+    gone: int | None = None  # the code of the disconnect received
     try:
         while not socket.closed:
             message = await ws.receive()
             if message["type"] == "websocket.disconnect":
+                gone = message.get("code")
                 break
             text = message.get("text")
             if text is None:
@@ -698,6 +705,41 @@ async def _serve(hub: Hub, ws: WebSocket, send: Send) -> None:
     finally:
         hub.sockets.discard(socket)
         if socket.closer is not None:
-            await asyncio.wait([socket.closer])
+            gone = await _discard_until(ws, socket.closer) or gone
         await socket.close(None, "")
         await stop_tasks([sender])
+        if gone == CLOSE_SERVER_SHUTDOWN and stuck(ws.scope):
+            # uvicorn's shutdown wrote its close frame and closes the transport, which happens
+            # once its buffer is written: from a client that reads nothing, never, and the
+            # shutdown waits for every connection. Dropped now.
+            abort(ws.scope)
+
+
+async def _discard_until(ws: WebSocket, closer: asyncio.Task[None]) -> int | None:
+    """Read and drop what the client sends until ``closer`` (a 4008 close) is done; the code of
+    a disconnect that came first. The close frame waits for the client to read; a client still
+    writing to us (a burst of requests, a blocking ``send``) reads only once its write is taken.
+    Left unread, its write and our close frame waited for each other until SLOW_CLOSE_WAIT
+    dropped the connection, and the client never learnt it had to resume with since. (Once the
+    close frame is written the server drops what the client sends itself.) The server's
+    shutdown does not wait for the close frame: it sends its own."""
+
+    async def discard() -> int | None:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    code: int | None = message.get("code")
+                    return code
+        return None
+
+    reader = asyncio.create_task(discard(), name="ws-discard")
+    try:
+        await asyncio.wait([closer, reader], return_when=asyncio.FIRST_COMPLETED)
+        if reader.done() and reader.result() == CLOSE_SERVER_SHUTDOWN:
+            await stop_tasks([closer])
+            return CLOSE_SERVER_SHUTDOWN
+        await asyncio.wait([closer])
+        return None
+    finally:
+        await stop_tasks([reader])
