@@ -81,9 +81,9 @@ def listener(
 
 def send_and_wait(port: int, data: bytes, within: float = 10) -> tuple[bytes, float]:
     """Send ``data``, then read until the server closes; what it answered and when it closed."""
+    started = time.monotonic()  # before the connection: the header timeout starts with it
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.settimeout(within)
-        started = time.monotonic()
         if data:
             sock.sendall(data)
         answer = b""
