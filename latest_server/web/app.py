@@ -12,11 +12,13 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from latest_server.resources import Resources
 from latest_server.settings import Settings
-from latest_server.web import errors, es, history, ingest, latest, metrics, ws, ws_direct
+from latest_server.web import errors, es, history, ingest, latest, metrics
 from latest_server.web import sessions as session_routes
 from latest_server.web.http_timeouts import BodyTimeout, header_timeout_protocol
 from latest_server.web.params import strict
 from latest_server.web.paths import Mount, param
+from latest_server.web.ws import direct as ws_direct
+from latest_server.web.ws import hub as ws
 
 
 def create_app(settings: Settings, *, resources: Resources | None = None) -> Starlette:

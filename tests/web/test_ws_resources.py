@@ -19,7 +19,7 @@ from websockets.frames import Opcode
 from websockets.uri import parse_uri
 
 from latest_server.settings import Settings
-from latest_server.web.ws import CLOSE_SLOW, Hub
+from latest_server.web.ws.hub import CLOSE_SLOW, Hub
 from tests.conftest import ServerThread, wait_for
 
 T = TypeVar("T")

@@ -45,8 +45,8 @@ from latest_server.resources import Resources
 from latest_server.settings import Settings
 from latest_server.stores.ranges import RangeReader
 from latest_server.web.errors import json_error
-from latest_server.web.ws_direct import DirectWriter, abort, header
-from latest_server.web.ws_stream import Stream, stop_tasks
+from latest_server.web.ws.direct import DirectWriter, abort, header
+from latest_server.web.ws.subscription import Stream, stop_tasks
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from latest_server.errors import StoreUnavailable
 from latest_server.stores.ranges import Entry, Position, Range
 
 if TYPE_CHECKING:
-    from latest_server.web.ws import Hub, Socket
+    from latest_server.web.ws.hub import Hub, Socket
 
 log = logging.getLogger(__name__)
 
