@@ -18,7 +18,8 @@ from latest_server.web.http_timeouts import BodyTimeout, header_timeout_protocol
 from latest_server.web.params import strict
 from latest_server.web.paths import Mount, param
 from latest_server.web.ws import direct as ws_direct
-from latest_server.web.ws import hub as ws
+from latest_server.web.ws.endpoint import WebsocketEndpoint
+from latest_server.web.ws.hub import Hub
 
 
 def create_app(settings: Settings, *, resources: Resources | None = None) -> Starlette:
@@ -33,7 +34,7 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Sta
                 stack.push_async_callback(app.state.resources.close)
             else:
                 app.state.resources = resources
-            app.state.hub = ws.Hub(app.state.resources, settings)
+            app.state.hub = Hub(app.state.resources, settings)
             app.state.hub.start()
             stack.push_async_callback(app.state.hub.close)
             yield
@@ -58,7 +59,7 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Sta
         Route(
             "/sessions/" + param("session_id"), strict(session_routes.get_session), methods=["GET"]
         ),
-        WebSocketRoute("/ws", ws.WebsocketEndpoint()),
+        WebSocketRoute("/ws", WebsocketEndpoint()),
         Route("/healthz", strict(metrics.healthz), methods=["GET"]),
         Route("/readyz", strict(metrics.readyz), methods=["GET"]),
     ]
