@@ -10,7 +10,7 @@ order) and a mode:
 - ``switching``: the feed is subscribed and confirmed; live entries are buffered (bounded) while
   the stores are read up to the top and past the highest buffered seq; then, without yielding to
   the event loop, the buffer's entries above S are queued if they continue S exactly, and the
-  mode becomes ``live``. Otherwise read again.
+  mode becomes ``live``. Otherwise read again. (That decision is ``splice``, in splice.py.)
 - ``live``: a feed entry is queued iff its seq is S + 1; at or below S it is an overlap and
   dropped; above S + 1 means pub/sub lost something, and the subscription switches again (refilling
   the hole from the stores). Another epoch means Redis lost its data: ``reset``.
@@ -40,6 +40,7 @@ from latest_server.errors import StoreUnavailable
 from latest_server.feed import LiveFeed
 from latest_server.stores.ranges import Position, Range, RangeReader
 from latest_server.web.ws.protocol import FrameCache, entry
+from latest_server.web.ws.splice import Buffered, read_to, splice
 from latest_server.web.ws.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class Subscription:
         self.epoch: int | None = since[0] if since else None
         self.seq: int | None = since[1] if since else None  # None: the epoch's beginning
         self.mode: Mode = "catchup"
-        self.buffer: list[tuple[int, int, int, bytes]] | None = None
+        self.buffer: list[Buffered] | None = None
         self.wake = asyncio.Event()
         self.probe_top = 0  # the top seen by the previous tail probe
         self.task: asyncio.Task[None] | None = None
@@ -223,8 +224,7 @@ class Subscription:
                 self._go_live()  # nothing stored yet: the first entry will start the epoch
                 return
             assert self.epoch is not None and self.seq is not None
-            buffered = self.buffer or []
-            high = max([position.top, *(b[1] for b in buffered if b[0] == self.epoch)])
+            high = read_to(position.top, self.epoch, self.buffer or [])
             if high - self.seq > BUFFER_LIMIT:
                 self.mode = "catchup"  # too far behind to switch in one read
                 self.buffer = None
@@ -241,19 +241,14 @@ class Subscription:
                     return  # the socket overflowed: we are in catchup now
                 self.seq = last
             self.seq = max(self.seq, high)
-            rest = sorted(
-                {
-                    b[1]: b for b in self.buffer or [] if b[0] == self.epoch and b[1] > self.seq
-                }.items()
-            )
-            if any(b[0] != self.epoch for b in self.buffer or []):
-                continue  # an entry of another epoch arrived: read the position again
-            if all(seq == self.seq + n for n, (seq, _) in enumerate(rest, start=1)):
-                for seq, (epoch, _, ts, doc) in rest:
-                    if not self._send_live(epoch, seq, ts, doc):
-                        return
-                self._go_live()
-                return
+            spliced = splice(self.epoch, self.seq, self.buffer or [])
+            if spliced is None:
+                continue  # another epoch, or a hole: read the position again
+            for epoch, seq, ts, doc in spliced:
+                if not self._send_live(epoch, seq, ts, doc):
+                    return
+            self._go_live()
+            return
 
     def _read_again(self) -> None:
         if not self.closed:
