@@ -143,20 +143,54 @@ async def test_a_client_that_floods_requests_and_never_reads_is_closed_with_4008
     running = http_server(settings, ws_queue_bytes=limit)
     hub = hub_of(running)
     raw = await asyncio.to_thread(RawClient, ws_url(running))
-    most = 0
     try:
+        await wait_for(lambda: hub.sockets, within=10)
+        (served,) = hub.sockets
         # The kernel's buffers take a few MB of replies before the server's queue sees any:
-        # at most 1000 × 1000 requests, some 15 to 130 MB of replies.
+        # at most 1000 × 1000 requests, some 15 to 130 MB of replies. Once closing, the server
+        # still reads what the client sends (here a blocking write), so the client gets to read.
         for _ in range(1000):
             await asyncio.to_thread(raw.send_text, request_frame, 1000)
-            sockets = list(hub.sockets)
-            most = max([most, *(s.queued for s in sockets)])
-            if not sockets:
+            if not hub.sockets:
                 break
         else:
-            pytest.fail(f"the socket was not closed: {most} bytes queued")
-        assert most <= limit + 1024  # at most the limit and one reply
+            pytest.fail(f"the socket was not closed: {served.queued} bytes queued")
+        # its replies filled the queue to its limit, never past it by more than one reply
+        assert limit - 1024 < served.most <= limit + 1024
         assert await asyncio.to_thread(raw.close_code, 20) == CLOSE_SLOW
+    finally:
+        raw.sock.close()
+
+
+@pytest.mark.parametrize("closing", [True, False], ids=["closing-4008", "not-yet-slow"])
+async def test_shutdown_is_prompt_with_a_client_that_reads_nothing(
+    settings: Settings, http_server: Callable[..., ServerThread], closing: bool
+) -> None:
+    """A client whose replies fill its connection, its queue full (being closed with 4008) or
+    not yet. Before, the shutdown waited for the 4008 close frame (30 s), or for ever: the
+    transport closes once its buffer is written, which from such a client is never."""
+    if closing:
+        running = http_server(settings, ws_queue_bytes=65_536)
+    else:
+        running = http_server(settings, ws_queue_bytes=1 << 30, ws_send_timeout=300.0)
+    hub = hub_of(running)
+    raw = await asyncio.to_thread(RawClient, ws_url(running))
+    try:
+        await wait_for(lambda: hub.sockets, within=10)
+        (served,) = hub.sockets
+        assert served.direct is not None
+        for _ in range(1000):
+            await asyncio.to_thread(raw.send_text, b'{"op": "ping"}', 1000)
+            if (not hub.sockets) if closing else served.queued > 65_536:
+                break
+        else:
+            pytest.fail("the client's replies never filled its connection")
+        assert not served.direct.open()
+        started = time.monotonic()
+        running.server.should_exit = True
+        await asyncio.to_thread(running.thread.join, 20)
+        assert not running.thread.is_alive()
+        assert time.monotonic() - started < 5
     finally:
         raw.sock.close()
 

@@ -111,3 +111,15 @@ def abort(scope: Scope) -> None:
     transport = getattr(protocol, "transport", None)
     if isinstance(protocol, WebSocketsSansIOProtocol) and transport is not None:
         transport.abort()
+
+
+def stuck(scope: Scope) -> bool:
+    """Whether the connection of ``scope`` cannot take what is written to it now: its client
+    does not read (uvicorn's flow control). False under another server."""
+    protocol = getattr(scope.get(SCOPE_KEY), "__self__", None)
+    writable = getattr(protocol, "writable", None)
+    return (
+        isinstance(protocol, WebSocketsSansIOProtocol)
+        and isinstance(writable, asyncio.Event)
+        and not writable.is_set()
+    )

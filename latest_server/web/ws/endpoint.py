@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -16,8 +17,9 @@ from latest_server import keys
 from latest_server.errors import PacketRejected, StoreUnavailable
 from latest_server.web.errors import json_error
 from latest_server.web.ws import protocol
+from latest_server.web.ws.direct import abort, stuck
 from latest_server.web.ws.hub import Hub
-from latest_server.web.ws.protocol import CLOSE_TRY_AGAIN
+from latest_server.web.ws.protocol import CLOSE_SERVER_SHUTDOWN, CLOSE_TRY_AGAIN
 from latest_server.web.ws.socket import Socket
 from latest_server.web.ws.tasks import stop_tasks
 
@@ -63,10 +65,12 @@ async def _serve(hub: Hub, ws: WebSocket, send: Send) -> None:
     socket = Socket(hub, hub.settings, ws, send)
     hub.sockets.add(socket)
     sender = socket.sender = asyncio.create_task(socket.send_loop(), name="ws-send")
+    gone: int | None = None  # the code of the disconnect received
     try:
         while not socket.closed:
             message = await ws.receive()
             if message["type"] == "websocket.disconnect":
+                gone = message.get("code")
                 break
             text = message.get("text")
             if text is None:
@@ -78,9 +82,44 @@ async def _serve(hub: Hub, ws: WebSocket, send: Send) -> None:
     finally:
         hub.sockets.discard(socket)
         if socket.closer is not None:
-            await asyncio.wait([socket.closer])
+            gone = await _discard_until(ws, socket.closer) or gone
         await socket.close(None, "")
         await stop_tasks([sender])
+        if gone == CLOSE_SERVER_SHUTDOWN and stuck(ws.scope):
+            # uvicorn's shutdown wrote its close frame and closes the transport, which happens
+            # once its buffer is written: from a client that reads nothing, never, and the
+            # shutdown waits for every connection. Dropped now.
+            abort(ws.scope)
+
+
+async def _discard_until(ws: WebSocket, closer: asyncio.Task[None]) -> int | None:
+    """Read and drop what the client sends until ``closer`` (a 4008 close) is done; the code of
+    a disconnect that came first. The close frame waits for the client to read; a client still
+    writing to us (a burst of requests, a blocking ``send``) reads only once its write is taken.
+    Left unread, its write and our close frame waited for each other until SLOW_CLOSE_WAIT
+    dropped the connection, and the client never learnt it had to resume with since. (Once the
+    close frame is written the server drops what the client sends itself.) The server's
+    shutdown does not wait for the close frame: it sends its own."""
+
+    async def discard() -> int | None:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    code: int | None = message.get("code")
+                    return code
+        return None
+
+    reader = asyncio.create_task(discard(), name="ws-discard")
+    try:
+        await asyncio.wait([closer, reader], return_when=asyncio.FIRST_COMPLETED)
+        if reader.done() and reader.result() == CLOSE_SERVER_SHUTDOWN:
+            await stop_tasks([closer])
+            return CLOSE_SERVER_SHUTDOWN
+        await asyncio.wait([closer])
+        return None
+    finally:
+        await stop_tasks([reader])
 
 
 async def handle(hub: Hub, socket: Socket, text: str) -> None:

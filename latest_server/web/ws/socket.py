@@ -11,9 +11,10 @@ Nothing a client sends makes the server hold more for it than its queue's limit:
 (pong, error, subscribed, session frames...) count against the same limit as entries. Entries
 can be read again from the stores, control frames cannot: a control frame that finds the queue
 full first drops the queued entries (their subscriptions catch up, as above), and a client whose
-control frames alone fill its queue is closed with 4008, as a stalled one is. A socket whose
-close frame cannot be written (the client reads nothing) is dropped after
-LATEST_WS_SEND_TIMEOUT.
+control frames alone fill its queue is closed with 4008, as a stalled one is. Until the close
+frame is taken the endpoint still reads (and drops) what the client sends; a socket whose close
+frame cannot be written (the client reads nothing) is dropped after SLOW_CLOSE_WAIT, and at
+once when the server shuts down.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class Socket:
         self.session_events: dict[str, int] = {}  # session id → frames queued
         self.queue: deque[_Item] = deque()
         self.queued = 0  # bytes
+        self.most = 0  # the most bytes ever queued: what the limit bounds
         self.limit = self.settings.ws_queue_bytes
         self.ready = asyncio.Event()  # items are queued
         self.space = asyncio.Event()  # below half the limit
@@ -167,6 +169,8 @@ class Socket:
     def _queued(self, size: int) -> None:
         """``size`` bytes were queued: count them and wake the sender."""
         self.queued += size
+        if self.queued > self.most:
+            self.most = self.queued
         if self.queued > self.limit // 2:
             self.space.clear()
         self.ready.set()
