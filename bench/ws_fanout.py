@@ -16,8 +16,8 @@ subscribers) while a producer writes ``--rate`` entries/s for ``--seconds`` thro
   ``{"type": "entry", "id", "epoch", "seq", "ts", "doc"}`` frame, to every subscriber of its
   variable with ``await websocket.send_text``: what the product does minus Redis, history and the
   gap-free logic. (One difference in how frames leave: ours writes them to uvicorn's transport
-  itself, all a socket gets in one event-loop turn in one write, see latest_server/web/
-  ws_direct.py; the reference sends each through ASGI, as a plain Starlette app does.)
+  itself, all a socket gets in one event-loop turn in one write, see latest_server/web/ws/
+  direct.py; the reference sends each through ASGI, as a plain Starlette app does.)
 
 The same clients, producer pacing and duration are used for both, one after the other in the
 same invocation, alternating bare, ours, bare, ours... for ``--rounds`` rounds (fresh connections

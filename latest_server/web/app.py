@@ -12,11 +12,14 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from latest_server.resources import Resources
 from latest_server.settings import Settings
-from latest_server.web import errors, es, history, ingest, latest, metrics, ws, ws_direct
+from latest_server.web import errors, es, history, ingest, latest, metrics
 from latest_server.web import sessions as session_routes
 from latest_server.web.http_timeouts import BodyTimeout, header_timeout_protocol
 from latest_server.web.params import strict
 from latest_server.web.paths import Mount, param
+from latest_server.web.ws import direct as ws_direct
+from latest_server.web.ws.endpoint import WebsocketEndpoint
+from latest_server.web.ws.hub import Hub
 
 
 def create_app(settings: Settings, *, resources: Resources | None = None) -> Starlette:
@@ -31,7 +34,7 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Sta
                 stack.push_async_callback(app.state.resources.close)
             else:
                 app.state.resources = resources
-            app.state.hub = ws.Hub(app.state.resources, settings)
+            app.state.hub = Hub(app.state.resources, settings)
             app.state.hub.start()
             stack.push_async_callback(app.state.hub.close)
             yield
@@ -56,7 +59,7 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Sta
         Route(
             "/sessions/" + param("session_id"), strict(session_routes.get_session), methods=["GET"]
         ),
-        WebSocketRoute("/ws", ws.WebsocketEndpoint()),
+        WebSocketRoute("/ws", WebsocketEndpoint()),
         Route("/healthz", strict(metrics.healthz), methods=["GET"]),
         Route("/readyz", strict(metrics.readyz), methods=["GET"]),
     ]

@@ -18,8 +18,8 @@ from latest_server import keys
 from latest_server.packets import Packet, PacketParser
 from latest_server.resources import Resources
 from latest_server.settings import Settings
-from latest_server.web import ws_direct
-from latest_server.web.ws import Hub
+from latest_server.web.ws import direct as ws_direct
+from latest_server.web.ws.hub import Hub
 from tests.conftest import ServerThread
 
 PARSER = PacketParser(Settings())

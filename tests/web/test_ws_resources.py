@@ -19,7 +19,8 @@ from websockets.frames import Opcode
 from websockets.uri import parse_uri
 
 from latest_server.settings import Settings
-from latest_server.web.ws import CLOSE_SLOW, Hub
+from latest_server.web.ws.hub import Hub
+from latest_server.web.ws.protocol import CLOSE_SLOW
 from tests.conftest import ServerThread, wait_for
 
 T = TypeVar("T")

@@ -10,13 +10,16 @@ order) and a mode:
 - ``switching``: the feed is subscribed and confirmed; live entries are buffered (bounded) while
   the stores are read up to the top and past the highest buffered seq; then, without yielding to
   the event loop, the buffer's entries above S are queued if they continue S exactly, and the
-  mode becomes ``live``. Otherwise read again.
+  mode becomes ``live``. Otherwise read again. (That decision is ``splice``, in splice.py.)
 - ``live``: a feed entry is queued iff its seq is S + 1; at or below S it is an overlap and
-  dropped; above S + 1 means pub/sub lost something, and the stream switches again (refilling
+  dropped; above S + 1 means pub/sub lost something, and the subscription switches again (refilling
   the hole from the stores). Another epoch means Redis lost its data: ``reset``.
 
-A socket that cannot take more (its queue is full) rolls every stream back to what it had
+A socket that cannot take more (its queue is full) rolls every subscription back to what it had
 really queued and puts it in ``catchup``: the stores are that client's buffer.
+
+A subscription knows its socket only as an ``Outbox`` (what it queues frames on) and gets the
+live feed, the range reader, the frame cache and the catch-up cap it uses as arguments.
 
 Closing is final: ``closed`` is set once and never cleared, whatever mode the task was in when
 it was cancelled (waiting for a variable to exist, catching up, waiting out a store outage), and
@@ -28,17 +31,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import orjson
 from redis.exceptions import RedisError
 
 from latest_server.errors import StoreUnavailable
-from latest_server.stores.ranges import Entry, Position, Range
-
-if TYPE_CHECKING:
-    from latest_server.web.ws import Hub, Socket
+from latest_server.feed import LiveFeed
+from latest_server.stores.ranges import Position, Range, RangeReader
+from latest_server.web.ws.protocol import FrameCache, entry
+from latest_server.web.ws.splice import Buffered, read_to, splice
+from latest_server.web.ws.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -48,44 +51,45 @@ SWITCH_AT = 512  # entries behind the top below which catching up ends and switc
 BUFFER_LIMIT = 20_000  # live entries buffered while switching; past it, catch up again
 CHUNK_BYTES = 65_536  # about this much per backlog frame (a burst, as RTA sends)
 RETRY_MIN, RETRY_MAX = 0.1, 5.0  # seconds between reads while a store is unavailable
-CANCEL_AGAIN = 0.1  # seconds a cancelled task has to end before it is cancelled again
 
 
-async def stop_tasks(tasks: Iterable[asyncio.Task[Any]]) -> None:
-    """Cancel ``tasks`` and wait until every one has ended.
+class Outbox(Protocol):
+    """What a subscription needs of its socket: somewhere to queue its frames."""
 
-    One cancellation is not always enough: on Python 3.11, ``asyncio.wait_for`` swallows a
-    cancellation that arrives as the future it waits for finishes (it returns the result
-    instead; fixed in 3.12), and redis-py wraps every command of a client with a socket timeout
-    in one. A stream cancelled at that moment went on, subscribed its channel again and waited
-    for entries forever; its socket's close waited for it, and so did the server's shutdown. So
-    a task still running after ``CANCEL_AGAIN`` is cancelled again (the streams also stop at
-    their next step once ``closed``)."""
-    current = asyncio.current_task()
-    pending = {task for task in tasks if task is not current and not task.done()}
-    while pending:
-        for task in pending:
-            task.cancel()
-        done, pending = await asyncio.wait(pending, timeout=CANCEL_AGAIN)
-        for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                log.error("a websocket task failed", exc_info=task.exception())
+    def control(self, message: dict[str, Any]) -> None:
+        """Queue a protocol frame (live, reset, error...): always taken."""
+
+    def offer(self, frame: bytes, subscription: Subscription, last: int) -> bool:
+        """Queue entries ending at seq ``last`` without waiting; False if the queue was full
+        (the subscription has been rolled back to catch up)."""
+
+    async def put(self, frame: bytes, subscription: Subscription, last: int) -> bool:
+        """Queue a backlog page once there is room; False if rolled back meanwhile."""
 
 
-class Stream:
+class Subscription:
+    """One variable on one socket, from its start (``since``, ``from``, ``latest`` or the
+    beginning) to live."""
+
     def __init__(
         self,
-        hub: Hub,
-        socket: Socket,
+        outbox: Outbox,
         variable_id: str,
         key: str,
         *,
+        feed: LiveFeed,
+        ranges: RangeReader,
+        frames: FrameCache,
+        catchups: asyncio.Semaphore,
         since: tuple[int, int] | None = None,
         from_us: int | None = None,
         latest: bool = False,
     ) -> None:
-        self.hub = hub
-        self.socket = socket
+        self.outbox = outbox
+        self.feed = feed
+        self.ranges = ranges
+        self.frames = frames
+        self.catchups = catchups  # the process's cap on concurrent catch-up reads
         self.id = variable_id
         self.key = key
         self.from_us = from_us
@@ -93,22 +97,22 @@ class Stream:
         self.epoch: int | None = since[0] if since else None
         self.seq: int | None = since[1] if since else None  # None: the epoch's beginning
         self.mode: Mode = "catchup"
-        self.buffer: list[tuple[int, int, int, bytes]] | None = None
+        self.buffer: list[Buffered] | None = None
         self.wake = asyncio.Event()
         self.probe_top = 0  # the top seen by the previous tail probe
         self.task: asyncio.Task[None] | None = None
-        self.closed = False  # final: no mode change brings the stream back
+        self.closed = False  # final: no mode change brings the subscription back
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"ws-stream-{self.key[:8]}")
 
     def stop(self) -> asyncio.Task[None] | None:
-        """Close the stream at once and cancel its task; returns the task, for ``stop_tasks``
-        to wait for (a socket stops all its streams first, then waits for all at once)."""
+        """Close the subscription at once and cancel its task; returns the task, for ``stop_tasks``
+        to wait for (a socket stops all its subscriptions first, then waits for all at once)."""
         self.closed = True
         self.mode = "closed"
         self.wake.set()
-        self.hub.feed.unsubscribe(self.key, self)
+        self.feed.unsubscribe(self.key, self)
         if self.task is not None:
             self.task.cancel()
         return self.task
@@ -118,7 +122,7 @@ class Stream:
         if task is not None:
             await stop_tasks([task])
 
-    # --- the stream's task ------------------------------------------------------------------
+    # --- the subscription's task -------------------------------------------------------------
 
     async def _run(self) -> None:
         delay = RETRY_MIN
@@ -147,23 +151,23 @@ class Stream:
             raise
         except Exception as exc:  # a bug: tell the client, which may resume with since
             log.exception("subscription of %s failed", self.id)
-            self.socket.control(
+            self.outbox.control(
                 {"type": "error", "id": self.id, "reason": "unavailable", "message": str(exc)}
             )
             self.closed = True
             self.mode = "closed"
         finally:
-            # A subscription made after the stream was closed (its task went on past a lost
+            # A feed subscription made after this one was closed (its task went on past a lost
             # cancellation) must not outlive it.
-            self.hub.feed.unsubscribe(self.key, self)
+            self.feed.unsubscribe(self.key, self)
 
     async def _start_latest(self) -> None:
-        position, entry = await self.hub.ranges.latest(self.key)
+        position, found = await self.ranges.latest(self.key)
         self.epoch = position.epoch
         self.seq = position.top
-        if entry is not None and position.epoch is not None:
-            self.socket.control(
-                {"type": "backlog", "id": self.id, "entries": [_entry(position.epoch, entry)]}
+        if found is not None and position.epoch is not None:
+            self.outbox.control(
+                {"type": "backlog", "id": self.id, "entries": [entry(position.epoch, found)]}
             )
         # nothing between the latest document and the top is wanted: go straight to live
         self.mode = "switching"
@@ -178,7 +182,7 @@ class Stream:
             self.seq = position.base if self.seq is None else self.seq
         elif position.epoch != self.epoch:
             # Another epoch: Redis lost its counters. Seqs of the old epoch mean nothing now.
-            self.socket.control(
+            self.outbox.control(
                 {"type": "reset", "id": self.id, "epoch": position.epoch, "lost": None}
             )
             self.epoch = position.epoch
@@ -190,7 +194,7 @@ class Stream:
     async def _catch_up(self) -> None:
         log.debug("%s catches up from %s:%s", self.id, self.epoch, self.seq)
         while self.mode == "catchup":
-            (position,) = await self.hub.ranges.positions([self.key])
+            (position,) = await self.ranges.positions([self.key])
             if not self._adopt(position):
                 return
             assert self.epoch is not None and self.seq is not None
@@ -199,12 +203,12 @@ class Stream:
             high = min(self.seq + PAGE, position.top)
             # Only the store read takes a catch-up slot: waiting for a slow socket must not
             # hold one.
-            async with self.hub.catchups:
-                found = await self.hub.ranges.read_range(self.key, self.epoch, self.seq, high)
+            async with self.catchups:
+                found = await self.ranges.read_range(self.key, self.epoch, self.seq, high)
             if found.position.epoch != self.epoch or self.mode != "catchup":
                 continue
             for frame, last in self._pages(found, high):
-                if not await self.socket.put(frame, self, last):
+                if not await self.outbox.put(frame, self, last):
                     break  # the socket overflowed and rolled us back: read again
                 self.seq = last
 
@@ -213,20 +217,19 @@ class Stream:
         if self.buffer is None:
             self.buffer = []
         self.mode = "switching"
-        await self.hub.feed.subscribe(self.key, self)
+        await self.feed.subscribe(self.key, self)
         while self.mode == "switching" and not self.closed:
-            (position,) = await self.hub.ranges.positions([self.key])
+            (position,) = await self.ranges.positions([self.key])
             if not self._adopt(position):
                 self._go_live()  # nothing stored yet: the first entry will start the epoch
                 return
             assert self.epoch is not None and self.seq is not None
-            buffered = self.buffer or []
-            high = max([position.top, *(b[1] for b in buffered if b[0] == self.epoch)])
+            high = read_to(position.top, self.epoch, self.buffer or [])
             if high - self.seq > BUFFER_LIMIT:
                 self.mode = "catchup"  # too far behind to switch in one read
                 self.buffer = None
                 return
-            found = await self.hub.ranges.read_range(self.key, self.epoch, self.seq, high)
+            found = await self.ranges.read_range(self.key, self.epoch, self.seq, high)
             if self.mode != "switching":
                 return  # overflowed while reading: catch up instead
             if found.position.epoch != self.epoch:
@@ -234,23 +237,18 @@ class Stream:
             # From here to _go_live nothing yields to the event loop: no live entry can slip
             # in between the stored entries and the buffered ones.
             for frame, last in self._pages(found, high):
-                if not self.socket.offer(frame, self, last):
+                if not self.outbox.offer(frame, self, last):
                     return  # the socket overflowed: we are in catchup now
                 self.seq = last
             self.seq = max(self.seq, high)
-            rest = sorted(
-                {
-                    b[1]: b for b in self.buffer or [] if b[0] == self.epoch and b[1] > self.seq
-                }.items()
-            )
-            if any(b[0] != self.epoch for b in self.buffer or []):
-                continue  # an entry of another epoch arrived: read the position again
-            if all(seq == self.seq + n for n, (seq, _) in enumerate(rest, start=1)):
-                for seq, (epoch, _, ts, doc) in rest:
-                    if not self._send_live(epoch, seq, ts, doc):
-                        return
-                self._go_live()
-                return
+            spliced = splice(self.epoch, self.seq, self.buffer or [])
+            if spliced is None:
+                continue  # another epoch, or a hole: read the position again
+            for epoch, seq, ts, doc in spliced:
+                if not self._send_live(epoch, seq, ts, doc):
+                    return
+            self._go_live()
+            return
 
     def _read_again(self) -> None:
         if not self.closed:
@@ -263,7 +261,7 @@ class Stream:
         log.debug("%s is live at %s:%s", self.id, self.epoch, self.seq)
         self.buffer = None
         self.mode = "live"
-        self.socket.control({"type": "live", "id": self.id, "epoch": self.epoch, "seq": self.seq})
+        self.outbox.control({"type": "live", "id": self.id, "epoch": self.epoch, "seq": self.seq})
 
     def _pages(self, found: Range, high: int) -> list[tuple[bytes, int]]:
         """Backlog frames of about CHUNK_BYTES, each with the seq it ends at; a lost range is
@@ -283,16 +281,16 @@ class Stream:
                 pages.append((orjson.dumps(frame), end))
             chunk, size = [], 0
 
-        for entry in found.entries:
-            while gap is not None and gap[0] < entry.seq:
+        for stored in found.entries:
+            while gap is not None and gap[0] < stored.seq:
                 flush(gap[0] - 1)
                 pages.append((self._lost_frame(gap), gap[1]))
                 gap = next(lost, None)
-            last = entry.seq
-            if self.from_us is not None and entry.ts < self.from_us:
+            last = stored.seq
+            if self.from_us is not None and stored.ts < self.from_us:
                 continue  # before the asked time: skipped, but it counts for contiguity
-            chunk.append(_entry(self.epoch, entry))
-            size += len(entry.doc) + 64
+            chunk.append(entry(self.epoch, stored))
+            size += len(stored.doc) + 64
             if size >= CHUNK_BYTES:
                 flush(last)
         flush(last)
@@ -358,7 +356,7 @@ class Stream:
         if self.from_us is not None and ts < self.from_us:
             self.seq = seq
             return True
-        if not self.socket.offer(self.hub.entry_frame(self.id, epoch, seq, ts, doc), self, seq):
+        if not self.outbox.offer(self.frames.entry(self.id, epoch, seq, ts, doc), self, seq):
             return False
         self.seq = seq
         return True
@@ -368,7 +366,3 @@ class Stream:
             return
         self.mode = mode
         self.wake.set()
-
-
-def _entry(epoch: int, entry: Entry) -> dict[str, Any]:
-    return {"epoch": epoch, "seq": entry.seq, "ts": entry.ts, "doc": orjson.Fragment(entry.doc)}
