@@ -47,9 +47,9 @@ from ingest_client.batcher import (
     AsyncBatcher,
     Batcher,
     _Core,
-    encode,
 )
 from ingest_client.errors import FlushFailed, Terminated
+from ingest_client.messages import encode
 from ingest_client.transports import open_async_transport, open_transport
 from ingest_client.transports.base import DEFAULT_EXCHANGE, DEFAULT_ROUTING_KEY, DEFAULT_TIMEOUT
 

@@ -10,8 +10,9 @@ import uuid
 import orjson
 import pytest
 
-from ingest_client.batcher import Batcher, encode, min_interval_from_env
+from ingest_client.batcher import Batcher, min_interval_from_env
 from ingest_client.errors import BufferFull, FlushFailed
+from ingest_client.messages import encode
 from ingest_client.transports import memory, open_transport
 
 
