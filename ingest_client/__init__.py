@@ -8,6 +8,7 @@ from __future__ import annotations
 from ingest_client import errors
 from ingest_client.errors import BufferFull, ClientError, FlushFailed, Terminated, TransportError
 from ingest_client.handler import IngestHandler
+from ingest_client.options import ProducerOptions
 from ingest_client.session import AsyncSession, Session
 from ingest_client.subscribe import Entry, Reset, SubscriptionError, subscribe
 
@@ -18,6 +19,7 @@ __all__ = [
     "Entry",
     "FlushFailed",
     "IngestHandler",
+    "ProducerOptions",
     "Reset",
     "Session",
     "SubscriptionError",

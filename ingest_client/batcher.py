@@ -11,7 +11,7 @@ those pieces into messages of at most ``max_message_bytes``. When messages are p
 not change. A message that fails is retried with backoff for ``retry_for`` seconds; a confirmed
 message is never sent again. Messages still unconfirmed after that stay queued for the next
 flush, so nothing is dropped; the buffer (packets not yet taken by a flush, encoded early or
-not) is bounded (``max_items``): ``add`` blocks up to ``block_timeout`` for room, then raises
+not) is bounded (``max_buffer``): ``add`` blocks up to ``block_timeout`` for room, then raises
 ``BufferFull``. ``close`` flushes what is left (the interval still holds) and raises
 ``FlushFailed`` if that cannot be published.
 
@@ -29,29 +29,22 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from ingest_client.errors import BufferFull, FlushFailed, TransportError
 from ingest_client.messages import encode, pack
+from ingest_client.options import ProducerOptions
 from ingest_client.transports.base import AsyncTransport, Transport
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MIN_INTERVAL = 1.0
-DEFAULT_MAX_ITEMS = 100_000
-DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
-DEFAULT_BLOCK_TIMEOUT = 10.0
-DEFAULT_RETRY_FOR = 30.0
-DEFAULT_CLOSE_TIMEOUT = 30.0
 BACKOFF_START = 0.05
 BACKOFF_MAX = 2.0
-POLL = 0.02  # how often an idle flusher looks at the buffer
 SPILL = 8192  # buffered packets that the next add encodes ahead of the flush (~a message)
 
 # Called with every run of packets taken from the buffer (encoded early or at a flush), in
@@ -60,20 +53,6 @@ Note = Callable[[list[dict[str, Any]]], None]
 # Called at each flush, after the last Note of its packets; returns packets to append to it
 # (the session's time-range update rides along this way).
 Extra = Callable[[], list[dict[str, Any]]]
-
-
-def min_interval_from_env(environ: Mapping[str, str] | None = None) -> float:
-    """LATEST_MIN_INTERVAL in seconds (default 1.0); the client reads its own settings."""
-    raw = (os.environ if environ is None else environ).get("LATEST_MIN_INTERVAL")
-    if raw is None or not raw.strip():
-        return DEFAULT_MIN_INTERVAL
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"LATEST_MIN_INTERVAL must be a number of seconds, got {raw!r}") from None
-    if not value >= 0 or math.isinf(value):
-        raise ValueError(f"LATEST_MIN_INTERVAL must be >= 0, got {raw!r}")
-    return value
 
 
 def _transport_error(failure: Exception) -> TransportError:
@@ -87,45 +66,34 @@ def _transport_error(failure: Exception) -> TransportError:
     return error
 
 
-class _Core:
-    """What the sync and async batchers share: settings, the buffer, the unconfirmed queue."""
+class Buffer:
+    """Packets handed over and not yet confirmed, and the rules for sending them."""
 
     def __init__(
-        self,
-        *,
-        min_interval: float | None,
-        max_items: int,
-        max_message_bytes: int,
-        block_timeout: float,
-        retry_for: float,
-        close_timeout: float,
-        note: Note | None,
-        extra: Extra | None,
+        self, options: ProducerOptions, *, note: Note | None = None, extra: Extra | None = None
     ) -> None:
-        if not close_timeout >= 0:
-            raise ValueError(f"close_timeout must be >= 0 seconds, got {close_timeout!r}")
-        self.min_interval = min_interval_from_env() if min_interval is None else min_interval
-        self.max_items = max_items
-        self.max_message_bytes = max_message_bytes
-        self.block_timeout = block_timeout
-        self.retry_for = retry_for
-        self.close_timeout = close_timeout
+        self.min_interval = options.resolved_min_interval()
+        self.max_buffer = options.max_buffer
+        self.max_message_bytes = options.max_message_bytes
+        self.block_timeout = options.block_timeout
+        self.retry_for = options.retry_for
+        self.close_timeout = options.close_timeout
         self.note = note
         self.extra = extra
         # Producers append to ``items`` without a lock or any other check while it is shorter
         # than ``limit``; at ``limit``, ``add`` takes the lock to encode it ahead of the flush
         # and checks the bound. ``limit`` is SPILL, less near the bound, so that appends below
-        # it never pass ``max_items``.
+        # it never pass ``max_buffer``.
         self.items: list[dict[str, Any]] = []
-        self.spill_at = min(SPILL, max_items)
+        self.spill_at = min(SPILL, self.max_buffer)
         self.limit = self.spill_at
         self.on_limit: Callable[[int], None] | None = None  # told each new limit
         self.encoded: list[bytes] = []  # JSON arrays of packets taken early, not yet flushed
-        self.encoded_items = 0  # packets in ``encoded``: they count against ``max_items``
+        self.encoded_items = 0  # packets in ``encoded``: they count against ``max_buffer``
         self.taken = 0  # packets ever taken from ``items`` (early or by a flush)
         self.lock = threading.Lock()  # held by whoever takes from ``items``
         self.pending: list[bytes] = []  # encoded, not yet confirmed, in order
-        self.last_flush = -math.inf  # monotonic start of the last flush
+        self.last_flush = -math.inf  # monotonic end of the last flush
         self.flushes = 0
         self.messages_sent = 0
         self.error: BaseException | None = None
@@ -142,6 +110,12 @@ class _Core:
         with self.lock:
             return self.taken + len(self.items)
 
+    def add_last(self, item: dict[str, Any]) -> None:
+        """Add the session's final document, past the bound: it must go out."""
+        self.items.append(item)
+
+    # -- buffering ------------------------------------------------------------------------
+
     def _cut(self) -> list[dict[str, Any]]:
         """Take everything in ``items`` (with the lock held). The list is never replaced:
         producers append to its end while a taker removes a prefix (each a single atomic
@@ -157,7 +131,7 @@ class _Core:
 
     def _set_limit(self) -> None:
         """With the lock held, after ``encoded_items`` changed."""
-        limit = max(0, min(self.spill_at, self.max_items - self.encoded_items))
+        limit = max(0, min(self.spill_at, self.max_buffer - self.encoded_items))
         if limit != self.limit:
             self.limit = limit
             if self.on_limit is not None:
@@ -173,7 +147,7 @@ class _Core:
                 self.encoded += arrays
                 self.encoded_items += count
                 self._set_limit()
-            if len(items) + self.encoded_items < self.max_items:
+            if len(items) + self.encoded_items < self.max_buffer:
                 items.append(item)
                 return True
             return False
@@ -199,6 +173,17 @@ class _Core:
     def _buffered(self) -> bool:
         return bool(self.items or self.encoded)
 
+    # -- flushing -------------------------------------------------------------------------
+
+    def _until_next_flush(self) -> float:
+        """Seconds before the next flush may start: the interval counts from the end of the
+        last one, so the receiver sees flushes at least min_interval apart."""
+        return self.last_flush + self.min_interval - time.monotonic()
+
+    def _idle(self) -> bool:
+        """Nothing to flush, and not closing: the flusher looks again in a moment."""
+        return not (self._buffered() or self.pending or self.closing)
+
     def _take(self) -> None:
         """Move everything buffered into ``pending``, as messages."""
         with self.lock:
@@ -212,8 +197,17 @@ class _Core:
         if early:
             self.pending += pack(early, self.max_message_bytes)
 
-    def _retry_deadline(self, started: float) -> float:
-        return min(started + self.retry_for, self.close_deadline)
+    def _stage_first(self, document: dict[str, Any]) -> None:
+        """The session document, published (and confirmed) before the flusher starts."""
+        self.pending = encode([document], self.max_message_bytes)
+        self.flushes += 1
+
+    def _first_failed(self) -> FlushFailed:
+        return FlushFailed(
+            f"could not publish the session document: {self.error}", unsent=self.unsent()
+        )
+
+    # -- publishing -----------------------------------------------------------------------
 
     def _may_publish(self) -> bool:
         if not self.pending or self.abandoned:
@@ -223,15 +217,16 @@ class _Core:
             return False
         return True
 
-    def _stop_retrying(self, exc: TransportError, started: float) -> float:
-        """0 if the failed message is not to be retried now, else how long retrying may go on."""
-        deadline = self._retry_deadline(started)
-        left = deadline - time.monotonic()
-        if not exc.transient or left <= 0:
-            self.out_of_time = left <= 0 and deadline == self.close_deadline
-            log.error("publishing failed, %d message(s) kept: %s", len(self.pending), exc)
-            return 0.0
-        return left
+    def _confirmed(self) -> None:
+        """The first pending message was confirmed: it is never sent again."""
+        self.pending.pop(0)
+        self.messages_sent += 1
+        self.error = None
+
+    def _retry(self) -> Retry:
+        return Retry(self)
+
+    # -- the end --------------------------------------------------------------------------
 
     def unsent(self) -> list[dict[str, Any]]:
         """Every packet not confirmed: those JSON cannot encode, then in order the messages
@@ -241,6 +236,12 @@ class _Core:
             items = list(self.items)
         decoded = [packet for array in arrays for packet in orjson.loads(array)]
         return [*self.unencodable, *decoded, *items]
+
+    def _left_over(self, gave_up: bool) -> FlushFailed | None:
+        """After close: the error to raise if anything was not confirmed, else None."""
+        if gave_up or self.pending or self._buffered() or self.unencodable:
+            return self._flush_failed(gave_up)
+        return None
 
     def _flush_failed(self, gave_up: bool) -> FlushFailed:
         unsent = self.unsent()
@@ -254,7 +255,7 @@ class _Core:
 
     def _full_error(self) -> BufferFull:
         return BufferFull(
-            f"{self.max_items} packets buffered for {self.block_timeout}s: "
+            f"{self.max_buffer} packets buffered for {self.block_timeout}s: "
             f"the transport cannot keep up ({self.error or 'no error yet'})"
         )
 
@@ -266,32 +267,50 @@ class _Core:
         )
 
 
-class Batcher(_Core):
-    """The sync batcher: ``add`` from any thread; one flusher thread publishes."""
+class Retry:
+    """The retries of one publishing run: exponential backoff, for ``retry_for`` seconds from
+    its start and never past the close deadline; a failure that is not transient stops it."""
+
+    def __init__(self, buffer: Buffer) -> None:
+        self.buffer = buffer
+        self.started = time.monotonic()
+        self.backoff = BACKOFF_START
+
+    def pause(self, failure: Exception) -> float:
+        """After ``failure``: seconds to wait before publishing again, 0 to stop for now (what
+        is pending waits for the next flush, or close reports it)."""
+        buffer = self.buffer
+        exc = _transport_error(failure)
+        buffer.error = exc
+        deadline = min(self.started + buffer.retry_for, buffer.close_deadline)
+        left = deadline - time.monotonic()
+        if not exc.transient or left <= 0:
+            buffer.out_of_time = left <= 0 and deadline == buffer.close_deadline
+            log.error("publishing failed, %d message(s) kept: %s", len(buffer.pending), exc)
+            return 0.0
+        pause = min(self.backoff, left)
+        log.warning("publishing failed (%s); retrying in %.2fs", exc, self.backoff)
+        self.backoff = min(self.backoff * 2, BACKOFF_MAX)
+        return pause
+
+
+POLL = 0.02  # how often an idle flusher looks at the buffer
+
+
+class Batcher(Buffer):
+    """The sync batcher: ``add`` from any thread; one flusher thread publishes. Options as
+    ``ProducerOptions`` (``options=``, keywords override it)."""
 
     def __init__(
         self,
         transport: Transport,
+        options: ProducerOptions | None = None,
         *,
-        min_interval: float | None = None,
-        max_items: int = DEFAULT_MAX_ITEMS,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        block_timeout: float = DEFAULT_BLOCK_TIMEOUT,
-        retry_for: float = DEFAULT_RETRY_FOR,
-        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         note: Note | None = None,
         extra: Extra | None = None,
+        **overrides: Any,
     ) -> None:
-        super().__init__(
-            min_interval=min_interval,
-            max_items=max_items,
-            max_message_bytes=max_message_bytes,
-            block_timeout=block_timeout,
-            retry_for=retry_for,
-            close_timeout=close_timeout,
-            note=note,
-            extra=extra,
-        )
+        super().__init__(ProducerOptions.of(options, overrides), note=note, extra=extra)
         self.transport = transport
         self.wake = threading.Event()  # set by close() only
         # Producers blocked on a full buffer sleep until the flusher has taken it (no polling:
@@ -301,6 +320,17 @@ class Batcher(_Core):
         self.thread = threading.Thread(target=self._run, name="ingest-client-flusher", daemon=True)
         self.end_lock = threading.Lock()  # orders the flusher's end against close() giving up
         self.ended = False
+
+    def open(self, document: dict[str, Any]) -> None:
+        """Publish ``document`` (the session's first) and start the flusher; if it is not
+        confirmed, close the transport and raise FlushFailed."""
+        self._stage_first(document)
+        self._publish_pending()
+        self.last_flush = time.monotonic()
+        if self.pending:
+            self.transport.close()
+            raise self._first_failed()
+        self.start()
 
     def start(self) -> None:
         self.thread.start()
@@ -328,10 +358,6 @@ class Batcher(_Core):
                 if self.takes == takes:
                     cond.wait(left)
 
-    def add_last(self, item: dict[str, Any]) -> None:
-        """Add the session's final document, past the bound: it must go out."""
-        self.items.append(item)
-
     def _run(self) -> None:
         try:
             self._flush_until_closed()
@@ -346,10 +372,10 @@ class Batcher(_Core):
         # Producers do not signal: the flusher looks at the buffer once the interval is over,
         # then every POLL until something is there (a wake-up costs nothing on the hot path).
         while not self.abandoned:
-            wait = self.last_flush + self.min_interval - time.monotonic()
+            wait = self._until_next_flush()
             if wait > 0:
                 time.sleep(wait)
-            while not (self._buffered() or self.pending or self.closing):
+            while self._idle():
                 self.wake.wait(POLL)
             self.wake.clear()
             closing = self.closing
@@ -360,35 +386,26 @@ class Batcher(_Core):
             if self.pending:
                 self.flushes += 1
                 self._publish_pending()
-                # The interval counts from the end of a flush: the receiver sees the next flush
-                # at least min_interval after the last message of this one.
                 self.last_flush = time.monotonic()
                 # still pending: retried at the next interval (or, closing, close() raises)
             if closing:
                 return
 
     def _publish_pending(self) -> None:
-        started = time.monotonic()
-        backoff = BACKOFF_START
+        retry = self._retry()
         while self._may_publish():
             try:
                 self.transport.publish(self.pending[0])
             except Exception as failure:
-                exc = _transport_error(failure)
-                self.error = exc
-                left = self._stop_retrying(exc, started)
-                if not left:
+                pause = retry.pause(failure)
+                if not pause:
                     return
-                log.warning("publishing failed (%s); retrying in %.2fs", exc, backoff)
-                time.sleep(min(backoff, left))
-                backoff = min(backoff * 2, BACKOFF_MAX)
+                time.sleep(pause)
                 continue
             with self.end_lock:  # close() lists what is unsent under this lock
                 if self.abandoned:
                     return  # counted as unsent by close(): leave it there
-                self.pending.pop(0)
-            self.messages_sent += 1
-            self.error = None
+                self._confirmed()
 
     def close(self, timeout: float | None = None) -> None:
         """Flush everything (respecting the interval) and stop, within ``timeout`` seconds
@@ -405,9 +422,9 @@ class Batcher(_Core):
             self._give_up()
             self._interrupted()
             raise
-        gave_up = self._give_up()
-        if gave_up or self.pending or self._buffered() or self.unencodable:
-            raise self._flush_failed(gave_up)
+        failed = self._left_over(self._give_up())
+        if failed is not None:
+            raise failed
 
     def _give_up(self) -> bool:
         """After waiting for the flusher: True if it still runs (it is told to stop)."""
@@ -429,35 +446,33 @@ class Batcher(_Core):
             log.warning("closing the transport failed: %s", exc)
 
 
-class AsyncBatcher(_Core):
+class AsyncBatcher(Buffer):
     """The asyncio batcher: ``add`` / ``add_nowait`` from the event loop; one flusher task."""
 
     def __init__(
         self,
         transport: AsyncTransport,
+        options: ProducerOptions | None = None,
         *,
-        min_interval: float | None = None,
-        max_items: int = DEFAULT_MAX_ITEMS,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        block_timeout: float = DEFAULT_BLOCK_TIMEOUT,
-        retry_for: float = DEFAULT_RETRY_FOR,
-        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         note: Note | None = None,
         extra: Extra | None = None,
+        **overrides: Any,
     ) -> None:
-        super().__init__(
-            min_interval=min_interval,
-            max_items=max_items,
-            max_message_bytes=max_message_bytes,
-            block_timeout=block_timeout,
-            retry_for=retry_for,
-            close_timeout=close_timeout,
-            note=note,
-            extra=extra,
-        )
+        super().__init__(ProducerOptions.of(options, overrides), note=note, extra=extra)
         self.transport = transport
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+
+    async def open(self, document: dict[str, Any]) -> None:
+        """Publish ``document`` (the session's first) and start the flusher; if it is not
+        confirmed, close the transport and raise FlushFailed."""
+        self._stage_first(document)
+        await self._publish_pending()
+        self.last_flush = time.monotonic()
+        if self.pending:
+            await self.transport.close()
+            raise self._first_failed()
+        self.start()
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name="ingest-client-flusher")
@@ -484,16 +499,12 @@ class AsyncBatcher(_Core):
             if time.monotonic() > deadline:
                 raise self._full_error()
 
-    def add_last(self, item: dict[str, Any]) -> None:
-        """Add the session's final document, past the bound: it must go out."""
-        self.items.append(item)
-
     async def _run(self) -> None:
         while True:
-            wait = self.last_flush + self.min_interval - time.monotonic()
+            wait = self._until_next_flush()
             if wait > 0:
                 await asyncio.sleep(wait)
-            while not (self._buffered() or self.pending or self.closing):
+            while self._idle():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), POLL)
             self.wake.clear()
@@ -502,32 +513,23 @@ class AsyncBatcher(_Core):
             if self.pending:
                 self.flushes += 1
                 await self._publish_pending()
-                # The interval counts from the end of a flush: the receiver sees the next flush
-                # at least min_interval after the last message of this one.
                 self.last_flush = time.monotonic()
                 # still pending: retried at the next interval (or, closing, close() raises)
             if closing:
                 return
 
     async def _publish_pending(self) -> None:
-        started = time.monotonic()
-        backoff = BACKOFF_START
+        retry = self._retry()
         while self._may_publish():
             try:
                 await self.transport.publish(self.pending[0])
             except Exception as failure:
-                exc = _transport_error(failure)
-                self.error = exc
-                left = self._stop_retrying(exc, started)
-                if not left:
+                pause = retry.pause(failure)
+                if not pause:
                     return
-                log.warning("publishing failed (%s); retrying in %.2fs", exc, backoff)
-                await asyncio.sleep(min(backoff, left))
-                backoff = min(backoff * 2, BACKOFF_MAX)
+                await asyncio.sleep(pause)
                 continue
-            self.pending.pop(0)
-            self.messages_sent += 1
-            self.error = None
+            self._confirmed()
 
     async def close(self) -> None:
         """Flush everything and stop within ``close_timeout`` seconds; raise FlushFailed,
@@ -551,5 +553,6 @@ class AsyncBatcher(_Core):
                 task.cancel()
                 self._interrupted()
                 raise
-        if gave_up or self.pending or self._buffered() or self.unencodable:
-            raise self._flush_failed(gave_up)
+        failed = self._left_over(gave_up)
+        if failed is not None:
+            raise failed

@@ -24,11 +24,15 @@ producer can always be stopped.
 On the wire a sample is ``{"id": <variable>, "ts": <epoch s>, "value": …, "@session": <id>}``
 (plus any extra fields) and a session document is ``{"id": <session id>, "ts": <now>,
 "@session": {"state": …, "start": …, "end": …, "info": {…}, "error": …}}``.
+
+Both sessions take the same settings, ``ProducerOptions`` (options.py), as keyword arguments or
+as ``options=``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import threading
 import time
@@ -38,20 +42,10 @@ from datetime import datetime
 from types import FrameType, TracebackType
 from typing import Any
 
-from ingest_client.batcher import (
-    DEFAULT_BLOCK_TIMEOUT,
-    DEFAULT_CLOSE_TIMEOUT,
-    DEFAULT_MAX_ITEMS,
-    DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_RETRY_FOR,
-    AsyncBatcher,
-    Batcher,
-    _Core,
-)
-from ingest_client.errors import FlushFailed, Terminated
-from ingest_client.messages import encode
+from ingest_client.batcher import AsyncBatcher, Batcher, Buffer
+from ingest_client.errors import Terminated
+from ingest_client.options import ProducerOptions
 from ingest_client.transports import open_async_transport, open_transport
-from ingest_client.transports.base import DEFAULT_EXCHANGE, DEFAULT_ROUTING_KEY, DEFAULT_TIMEOUT
 
 SESSION_FIELD = "@session"  # the server's reserved field (latest_server.packets.SESSION_FIELD)
 URL_VARIABLE = "LATEST_URL"
@@ -60,8 +54,6 @@ _now = time.time
 
 
 def _url(url: str | None) -> str:
-    import os
-
     found = url or os.environ.get(URL_VARIABLE)
     if not found:
         raise ValueError(f"give url= or set {URL_VARIABLE} (amqp://…, http://…)")
@@ -87,52 +79,27 @@ def end_state(exc_type: type[BaseException] | None, exc: BaseException | None) -
     return "failed"
 
 
-class _Base:
-    _core: _Core  # the session's batcher
+class Producer:
+    """A session's bookkeeping; the subclasses add the transport, the batcher and the block."""
 
-    def __init__(
-        self,
-        session_id: str | None,
-        *,
-        url: str | None,
-        waiting: bool,
-        info: Mapping[str, Any] | None,
-        min_interval: float | None,
-        max_buffer: int,
-        max_message_bytes: int,
-        block_timeout: float,
-        retry_for: float,
-        close_timeout: float,
-        id_field: str,
-        time_field: str,
-        exchange: str,
-        routing_key: str,
-        timeout: float,
-        handle_sigterm: bool,
-    ) -> None:
+    _buffer: Buffer  # the session's batcher
+    _block = "with"  # what to use the session inside, for the error outside it
+
+    def __init__(self, session_id: str | None, url: str | None, options: ProducerOptions) -> None:
         self.id = session_id or uuid.uuid4().hex
         self.url = _url(url)
-        self.info = dict(info) if info else None
+        self.options = options
+        self.info = dict(options.info) if options.info else None
         self._state = "new"
-        self.waiting = waiting
-        self.id_field = id_field
-        self.time_field = time_field
+        self.waiting = options.waiting
+        self.id_field = options.id_field
+        self.time_field = options.time_field
         self.transport_options = {
-            "exchange": exchange,
-            "routing_key": routing_key,
-            "timeout": timeout,
+            "exchange": options.exchange,
+            "routing_key": options.routing_key,
+            "timeout": options.timeout,
         }
-        self.batch_options: dict[str, Any] = {
-            "min_interval": min_interval,
-            "max_items": max_buffer,
-            "max_message_bytes": max_message_bytes,
-            "block_timeout": block_timeout,
-            "retry_for": retry_for,
-            "close_timeout": close_timeout,
-            "note": self._note,
-            "extra": self._range_update,
-        }
-        self.handle_sigterm = handle_sigterm
+        self.handle_sigterm = options.handle_sigterm
         self.first_ts: Any = None
         self.last_ts: Any = None  # of the last sample taken since the last flush, if any
         self._others = 0  # packets added that are not samples (send, start, the end document)
@@ -155,7 +122,7 @@ class _Base:
     def samples(self) -> int:
         """Samples buffered so far."""
         with self._others_lock:
-            return self._core.added() - self._others
+            return self._buffer.added() - self._others
 
     def _added_other(self) -> None:
         with self._others_lock:
@@ -221,8 +188,20 @@ class _Base:
             packet.update(fields)
         return packet
 
+    def _not_open(self) -> None:
+        if self.state == "waiting":
+            self.start()
+        else:
+            raise RuntimeError(
+                f"session {self.id!r} is {self.state}: use it inside '{self._block}'"
+            )
 
-class Session(_Base):
+    def start(self) -> None:
+        """Waiting → open (the first sample does it too)."""
+        raise NotImplementedError
+
+
+class Session(Producer):
     """A producer run (sync). Thread-safe: ``sample`` may be called from any thread."""
 
     def __init__(
@@ -230,42 +209,15 @@ class Session(_Base):
         session_id: str | None = None,
         *,
         url: str | None = None,
-        waiting: bool = False,
-        info: Mapping[str, Any] | None = None,
-        min_interval: float | None = None,
-        max_buffer: int = DEFAULT_MAX_ITEMS,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        block_timeout: float = DEFAULT_BLOCK_TIMEOUT,
-        retry_for: float = DEFAULT_RETRY_FOR,
-        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
-        id_field: str = "id",
-        time_field: str = "ts",
-        exchange: str = DEFAULT_EXCHANGE,
-        routing_key: str = DEFAULT_ROUTING_KEY,
-        timeout: float = DEFAULT_TIMEOUT,
-        handle_sigterm: bool = True,
+        options: ProducerOptions | None = None,
+        **overrides: Any,
     ) -> None:
         self._set_open: Callable[[bool], None] = _ignore  # until _bind_sample
-        super().__init__(
-            session_id,
-            url=url,
-            waiting=waiting,
-            info=info,
-            min_interval=min_interval,
-            max_buffer=max_buffer,
-            max_message_bytes=max_message_bytes,
-            block_timeout=block_timeout,
-            retry_for=retry_for,
-            close_timeout=close_timeout,
-            id_field=id_field,
-            time_field=time_field,
-            exchange=exchange,
-            routing_key=routing_key,
-            timeout=timeout,
-            handle_sigterm=handle_sigterm,
-        )
+        super().__init__(session_id, url, ProducerOptions.of(options, overrides))
         self.transport = open_transport(self.url, **self.transport_options)
-        self.batcher = self._core = Batcher(self.transport, **self.batch_options)
+        self.batcher = self._buffer = Batcher(
+            self.transport, self.options, note=self._note, extra=self._range_update
+        )
         self._previous_sigterm: Any = None
         self._add = self.batcher.add
         # The hot path as a closure over locals: no attribute look-up per sample (a method with
@@ -279,7 +231,7 @@ class Session(_Base):
         id_field, time_field, session_id, now = self.id_field, self.time_field, self.id, _now
         batcher = self.batcher
         items, limit, add = batcher.items, batcher.limit, batcher.add
-        append = items.append  # the list is never replaced (see Batcher._cut)
+        append = items.append  # the list is never replaced (see Buffer._cut)
         is_open = self.state == "open"
 
         def set_open(value: bool) -> None:
@@ -314,18 +266,7 @@ class Session(_Base):
         return sample
 
     def __enter__(self) -> Session:
-        batcher = self.batcher
-        batcher.pending = encode([self._opening()], batcher.max_message_bytes)
-        batcher.flushes += 1
-        batcher._publish_pending()
-        batcher.last_flush = time.monotonic()
-        if batcher.pending:
-            self.transport.close()
-            raise FlushFailed(
-                f"could not publish the session document: {batcher.error}",
-                unsent=batcher.unsent(),
-            )
-        batcher.start()
+        self.batcher.open(self._opening())
         if self._may_handle_sigterm():
             self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
         return self
@@ -358,12 +299,6 @@ class Session(_Base):
         self._add({**packet, SESSION_FIELD: self.id})
         self._added_other()
 
-    def _not_open(self) -> None:
-        if self.state == "waiting":
-            self.start()
-        else:
-            raise RuntimeError(f"session {self.id!r} is {self.state}: use it inside 'with'")
-
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
@@ -392,51 +327,26 @@ def _ignore(value: bool) -> None:
     pass
 
 
-class AsyncSession(_Base):
+class AsyncSession(Producer):
     """A producer run (asyncio). ``await session.sample(...)``."""
+
+    _block = "async with"
 
     def __init__(
         self,
         session_id: str | None = None,
         *,
         url: str | None = None,
-        waiting: bool = False,
-        info: Mapping[str, Any] | None = None,
-        min_interval: float | None = None,
-        max_buffer: int = DEFAULT_MAX_ITEMS,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        block_timeout: float = DEFAULT_BLOCK_TIMEOUT,
-        retry_for: float = DEFAULT_RETRY_FOR,
-        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
-        id_field: str = "id",
-        time_field: str = "ts",
-        exchange: str = DEFAULT_EXCHANGE,
-        routing_key: str = DEFAULT_ROUTING_KEY,
-        timeout: float = DEFAULT_TIMEOUT,
-        handle_sigterm: bool = True,
+        options: ProducerOptions | None = None,
+        **overrides: Any,
     ) -> None:
-        super().__init__(
-            session_id,
-            url=url,
-            waiting=waiting,
-            info=info,
-            min_interval=min_interval,
-            max_buffer=max_buffer,
-            max_message_bytes=max_message_bytes,
-            block_timeout=block_timeout,
-            retry_for=retry_for,
-            close_timeout=close_timeout,
-            id_field=id_field,
-            time_field=time_field,
-            exchange=exchange,
-            routing_key=routing_key,
-            timeout=timeout,
-            handle_sigterm=handle_sigterm,
-        )
+        super().__init__(session_id, url, ProducerOptions.of(options, overrides))
         self.transport = open_async_transport(self.url, **self.transport_options)
-        self.batcher = self._core = AsyncBatcher(self.transport, **self.batch_options)
+        self.batcher = self._buffer = AsyncBatcher(
+            self.transport, self.options, note=self._note, extra=self._range_update
+        )
         self.terminated = False
-        self._items = self.batcher.items  # never replaced (see Batcher._cut)
+        self._items = self.batcher.items  # never replaced (see Buffer._cut)
         self._limit = self.batcher.limit
         self.batcher.on_limit = self._set_limit
         self._open = self.state == "open"
@@ -444,18 +354,7 @@ class AsyncSession(_Base):
         self._sigterm_installed = False
 
     async def __aenter__(self) -> AsyncSession:
-        batcher = self.batcher
-        batcher.pending = encode([self._opening()], batcher.max_message_bytes)
-        batcher.flushes += 1
-        await batcher._publish_pending()
-        batcher.last_flush = time.monotonic()
-        if batcher.pending:
-            await self.transport.close()
-            raise FlushFailed(
-                f"could not publish the session document: {batcher.error}",
-                unsent=batcher.unsent(),
-            )
-        batcher.start()
+        await self.batcher.open(self._opening())
         self._task = asyncio.current_task()
         if self._may_handle_sigterm():
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._terminate)
@@ -507,12 +406,6 @@ class AsyncSession(_Base):
             self._not_open()
         await self.batcher.add({**packet, SESSION_FIELD: self.id})
         self._added_other()
-
-    def _not_open(self) -> None:
-        if self.state == "waiting":
-            self.start()
-        else:
-            raise RuntimeError(f"session {self.id!r} is {self.state}: use it inside 'async with'")
 
     async def __aexit__(
         self,
