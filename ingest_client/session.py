@@ -42,7 +42,8 @@ from datetime import datetime
 from types import FrameType, TracebackType
 from typing import Any
 
-from ingest_client.batcher import AsyncBatcher, Batcher, Buffer
+from ingest_client.batcher import AsyncBatcher, Batcher
+from ingest_client.buffer import Buffer
 from ingest_client.errors import Terminated
 from ingest_client.options import ProducerOptions
 from ingest_client.transports import open_async_transport, open_transport
