@@ -80,11 +80,7 @@ class Batcher(Buffer):
         self.thread.start()
 
     def add(self, item: dict[str, Any], block: bool = True) -> None:
-        items = self.items
-        if len(items) < self.limit:  # the bound is approximate across producer threads
-            items.append(item)
-            return
-        if self._offer(item):
+        if self._add_now(item):
             return
         if not block:
             raise self._full_error()
@@ -222,18 +218,11 @@ class AsyncBatcher(Buffer):
         self.task = asyncio.create_task(self._run(), name="ingest-client-flusher")
 
     def add_nowait(self, item: dict[str, Any]) -> None:
-        items = self.items
-        if len(items) < self.limit:
-            items.append(item)
-        elif not self._offer(item):
+        if not self._add_now(item):
             raise self._full_error()
 
     async def add(self, item: dict[str, Any]) -> None:
-        items = self.items
-        if len(items) < self.limit:
-            items.append(item)
-            return
-        if self._offer(item):
+        if self._add_now(item):
             return
         deadline = time.monotonic() + self.block_timeout
         while True:

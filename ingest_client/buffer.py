@@ -115,6 +115,15 @@ class Buffer:
             if self.on_limit is not None:
                 self.on_limit(limit)
 
+    def _add_now(self, item: dict[str, Any]) -> bool:
+        """Append ``item`` if there is room without waiting; False: the buffer is full. (The
+        sessions' hot paths append below ``limit`` themselves and call ``add`` only at it.)"""
+        items = self.items
+        if len(items) < self.limit:  # the bound is approximate across producer threads
+            items.append(item)
+            return True
+        return self._offer(item)
+
     def _offer(self, item: dict[str, Any]) -> bool:
         """``add`` at ``limit``: encode what is buffered (while it is still in the CPU's cache),
         then append ``item`` if the bound allows it."""
