@@ -6,9 +6,11 @@ It depends on nothing from ``latest_server`` (an import-linter contract checks i
 from __future__ import annotations
 
 from ingest_client import errors
+from ingest_client.async_session import AsyncSession
 from ingest_client.errors import BufferFull, ClientError, FlushFailed, Terminated, TransportError
 from ingest_client.handler import IngestHandler
-from ingest_client.session import AsyncSession, Session
+from ingest_client.options import ProducerOptions
+from ingest_client.session import Session
 from ingest_client.subscribe import Entry, Reset, SubscriptionError, subscribe
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "Entry",
     "FlushFailed",
     "IngestHandler",
+    "ProducerOptions",
     "Reset",
     "Session",
     "SubscriptionError",

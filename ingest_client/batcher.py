@@ -11,7 +11,7 @@ those pieces into messages of at most ``max_message_bytes``. When messages are p
 not change. A message that fails is retried with backoff for ``retry_for`` seconds; a confirmed
 message is never sent again. Messages still unconfirmed after that stay queued for the next
 flush, so nothing is dropped; the buffer (packets not yet taken by a flush, encoded early or
-not) is bounded (``max_items``): ``add`` blocks up to ``block_timeout`` for room, then raises
+not) is bounded (``max_buffer``): ``add`` blocks up to ``block_timeout`` for room, then raises
 ``BufferFull``. ``close`` flushes what is left (the interval still holds) and raises
 ``FlushFailed`` if that cannot be published.
 
@@ -28,321 +28,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import os
 import threading
 import time
-from collections.abc import Callable, Mapping
 from typing import Any
 
-import orjson
-
-from ingest_client.errors import BufferFull, FlushFailed, TransportError
+from ingest_client.buffer import Buffer, Extra, Note
+from ingest_client.options import ProducerOptions
 from ingest_client.transports.base import AsyncTransport, Transport
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MIN_INTERVAL = 1.0
-DEFAULT_MAX_ITEMS = 100_000
-DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
-DEFAULT_BLOCK_TIMEOUT = 10.0
-DEFAULT_RETRY_FOR = 30.0
-DEFAULT_CLOSE_TIMEOUT = 30.0
-BACKOFF_START = 0.05
-BACKOFF_MAX = 2.0
 POLL = 0.02  # how often an idle flusher looks at the buffer
-PROBE = 64  # packets encoded to estimate the size of a batch
-SPILL = 8192  # buffered packets that the next add encodes ahead of the flush (~a message)
-
-# Called with every run of packets taken from the buffer (encoded early or at a flush), in
-# order, under the batcher's lock; the session tracks the time range of its samples this way.
-Note = Callable[[list[dict[str, Any]]], None]
-# Called at each flush, after the last Note of its packets; returns packets to append to it
-# (the session's time-range update rides along this way).
-Extra = Callable[[], list[dict[str, Any]]]
 
 
-def min_interval_from_env(environ: Mapping[str, str] | None = None) -> float:
-    """LATEST_MIN_INTERVAL in seconds (default 1.0); the client reads its own settings."""
-    raw = (os.environ if environ is None else environ).get("LATEST_MIN_INTERVAL")
-    if raw is None or not raw.strip():
-        return DEFAULT_MIN_INTERVAL
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"LATEST_MIN_INTERVAL must be a number of seconds, got {raw!r}") from None
-    if not value >= 0 or math.isinf(value):
-        raise ValueError(f"LATEST_MIN_INTERVAL must be >= 0, got {raw!r}")
-    return value
-
-
-def encode(items: list[dict[str, Any]], limit: int) -> list[bytes]:
-    """JSON arrays of ``items``, in order, each at most ``limit`` bytes (one item larger than
-    that goes alone: the server will say what it thinks of it)."""
-    if len(items) > PROBE:
-        # Estimate the size from a prefix, so a large batch is not encoded twice.
-        estimate = len(orjson.dumps(items[:PROBE])) * len(items) / PROBE
-        if estimate > limit * 1.2:
-            size = max(1, math.floor(len(items) * limit * 0.8 / estimate))
-            return _chunks(items, size, limit)
-    blob = orjson.dumps(items)
-    if len(blob) <= limit or len(items) == 1:
-        return [blob]
-    parts = math.ceil(len(blob) / (limit * 0.9))
-    return _chunks(items, max(1, math.ceil(len(items) / parts)), limit)
-
-
-def _chunks(items: list[dict[str, Any]], size: int, limit: int) -> list[bytes]:
-    messages: list[bytes] = []
-    for start in range(0, len(items), size):
-        messages += encode(items[start : start + size], limit)
-    return messages
-
-
-def pack(arrays: list[bytes], limit: int) -> list[bytes]:
-    """Non-empty JSON arrays merged, in order, into as few arrays of at most ``limit`` bytes as
-    a greedy pass gives (an array already over the limit stays alone)."""
-    messages: list[bytes] = []
-    run: list[bytes] = []
-    size = 0
-    for array in arrays:
-        if run and size + len(array) - 1 > limit:  # joined: one comma for two brackets
-            messages.append(_join(run))
-            run = []
-        size = size + len(array) - 1 if run else len(array)
-        run.append(array)
-    if run:
-        messages.append(_join(run))
-    return messages
-
-
-def _join(arrays: list[bytes]) -> bytes:
-    if len(arrays) == 1:
-        return arrays[0]
-    # One copy: the first keeps its "[", the last its "]", commas go between the bodies.
-    last = len(arrays) - 1
-    return b",".join(
-        memoryview(a)[(0 if i == 0 else 1) : (None if i == last else -1)]
-        for i, a in enumerate(arrays)
-    )
-
-
-def _transport_error(failure: Exception) -> TransportError:
-    """A transport raises TransportError; anything else is a bug in it, which must not end the
-    flusher (and with it every later flush): it counts as a failure not worth retrying now."""
-    if isinstance(failure, TransportError):
-        return failure
-    log.exception("the transport raised %r", failure)
-    error = TransportError(f"the transport failed: {failure!r}", transient=False)
-    error.__cause__ = failure
-    return error
-
-
-class _Core:
-    """What the sync and async batchers share: settings, the buffer, the unconfirmed queue."""
-
-    def __init__(
-        self,
-        *,
-        min_interval: float | None,
-        max_items: int,
-        max_message_bytes: int,
-        block_timeout: float,
-        retry_for: float,
-        close_timeout: float,
-        note: Note | None,
-        extra: Extra | None,
-    ) -> None:
-        if not close_timeout >= 0:
-            raise ValueError(f"close_timeout must be >= 0 seconds, got {close_timeout!r}")
-        self.min_interval = min_interval_from_env() if min_interval is None else min_interval
-        self.max_items = max_items
-        self.max_message_bytes = max_message_bytes
-        self.block_timeout = block_timeout
-        self.retry_for = retry_for
-        self.close_timeout = close_timeout
-        self.note = note
-        self.extra = extra
-        # Producers append to ``items`` without a lock or any other check while it is shorter
-        # than ``limit``; at ``limit``, ``add`` takes the lock to encode it ahead of the flush
-        # and checks the bound. ``limit`` is SPILL, less near the bound, so that appends below
-        # it never pass ``max_items``.
-        self.items: list[dict[str, Any]] = []
-        self.spill_at = min(SPILL, max_items)
-        self.limit = self.spill_at
-        self.on_limit: Callable[[int], None] | None = None  # told each new limit
-        self.encoded: list[bytes] = []  # JSON arrays of packets taken early, not yet flushed
-        self.encoded_items = 0  # packets in ``encoded``: they count against ``max_items``
-        self.taken = 0  # packets ever taken from ``items`` (early or by a flush)
-        self.lock = threading.Lock()  # held by whoever takes from ``items``
-        self.pending: list[bytes] = []  # encoded, not yet confirmed, in order
-        self.last_flush = -math.inf  # monotonic start of the last flush
-        self.flushes = 0
-        self.messages_sent = 0
-        self.error: BaseException | None = None
-        self.closing = False
-        self.close_deadline = math.inf  # monotonic; set by close()
-        # close() gave up on the flusher (its deadline passed, or a signal interrupted it): the
-        # flusher publishes nothing more, and closes the transport once its last call returns.
-        self.abandoned = False
-        self.unencodable: list[dict[str, Any]] = []  # packets set aside by _encode
-        self.out_of_time = False  # the final flush stopped at the close deadline
-
-    def added(self) -> int:
-        """Packets added so far (flushed or still buffered)."""
-        with self.lock:
-            return self.taken + len(self.items)
-
-    def _cut(self) -> list[dict[str, Any]]:
-        """Take everything in ``items`` (with the lock held). The list is never replaced:
-        producers append to its end while a taker removes a prefix (each a single atomic
-        operation under the GIL), so appending needs no lock."""
-        items = self.items
-        n = len(items)
-        batch = items[:n]
-        del items[:n]
-        self.taken += n
-        if self.note is not None:
-            self.note(batch)
-        return batch
-
-    def _set_limit(self) -> None:
-        """With the lock held, after ``encoded_items`` changed."""
-        limit = max(0, min(self.spill_at, self.max_items - self.encoded_items))
-        if limit != self.limit:
-            self.limit = limit
-            if self.on_limit is not None:
-                self.on_limit(limit)
-
-    def _offer(self, item: dict[str, Any]) -> bool:
-        """``add`` at ``limit``: encode what is buffered (while it is still in the CPU's cache),
-        then append ``item`` if the bound allows it."""
-        with self.lock:
-            items = self.items
-            if items:
-                arrays, count = self._encode(self._cut())
-                self.encoded += arrays
-                self.encoded_items += count
-                self._set_limit()
-            if len(items) + self.encoded_items < self.max_items:
-                items.append(item)
-                return True
-            return False
-
-    def _encode(self, batch: list[dict[str, Any]]) -> tuple[list[bytes], int]:
-        """``encode``, and the number of packets encoded. A packet JSON cannot hold (a value
-        of a type orjson does not know, a cycle) is set aside, logged, and reported by
-        ``close``: it must neither take the rest of its batch down nor stop the flusher."""
-        try:
-            return encode(batch, self.max_message_bytes), len(batch)
-        except TypeError:  # orjson.JSONEncodeError
-            good: list[dict[str, Any]] = []
-            for item in batch:
-                try:
-                    orjson.dumps(item)
-                except TypeError as exc:
-                    log.error("a packet cannot be encoded as JSON and is not sent: %s", exc)
-                    self.unencodable.append(item)
-                else:
-                    good.append(item)
-            return (encode(good, self.max_message_bytes) if good else []), len(good)
-
-    def _buffered(self) -> bool:
-        return bool(self.items or self.encoded)
-
-    def _take(self) -> None:
-        """Move everything buffered into ``pending``, as messages."""
-        with self.lock:
-            early, self.encoded, self.encoded_items = self.encoded, [], 0
-            self._set_limit()
-            batch = self._cut() if self.items else []
-            if self.extra is not None:
-                batch += self.extra()
-        if batch:
-            early += self._encode(batch)[0]
-        if early:
-            self.pending += pack(early, self.max_message_bytes)
-
-    def _retry_deadline(self, started: float) -> float:
-        return min(started + self.retry_for, self.close_deadline)
-
-    def _may_publish(self) -> bool:
-        if not self.pending or self.abandoned:
-            return False
-        if time.monotonic() >= self.close_deadline:
-            self.out_of_time = True
-            return False
-        return True
-
-    def _stop_retrying(self, exc: TransportError, started: float) -> float:
-        """0 if the failed message is not to be retried now, else how long retrying may go on."""
-        deadline = self._retry_deadline(started)
-        left = deadline - time.monotonic()
-        if not exc.transient or left <= 0:
-            self.out_of_time = left <= 0 and deadline == self.close_deadline
-            log.error("publishing failed, %d message(s) kept: %s", len(self.pending), exc)
-            return 0.0
-        return left
-
-    def unsent(self) -> list[dict[str, Any]]:
-        """Every packet not confirmed: those JSON cannot encode, then in order the messages
-        waiting to be (re)published and what is still buffered."""
-        with self.lock:
-            arrays = [*self.pending, *self.encoded]
-            items = list(self.items)
-        decoded = [packet for array in arrays for packet in orjson.loads(array)]
-        return [*self.unencodable, *decoded, *items]
-
-    def _flush_failed(self, gave_up: bool) -> FlushFailed:
-        unsent = self.unsent()
-        late = gave_up or self.out_of_time
-        why = f"no confirmation within close_timeout={self.close_timeout}s" if late else ""
-        bad = f"{len(self.unencodable)} cannot be encoded as JSON" if self.unencodable else ""
-        reasons = "; ".join(str(r) for r in (why, bad, self.error) if r) or "not flushed"
-        error = FlushFailed(f"{len(unsent)} packet(s) were not published: {reasons}", unsent=unsent)
-        error.__cause__ = self.error
-        return error
-
-    def _full_error(self) -> BufferFull:
-        return BufferFull(
-            f"{self.max_items} packets buffered for {self.block_timeout}s: "
-            f"the transport cannot keep up ({self.error or 'no error yet'})"
-        )
-
-    def _interrupted(self) -> None:
-        log.error(
-            "closing interrupted: %d packet(s) were not published (%s)",
-            len(self.unsent()),
-            self.error or "not flushed",
-        )
-
-
-class Batcher(_Core):
-    """The sync batcher: ``add`` from any thread; one flusher thread publishes."""
+class Batcher(Buffer):
+    """The sync batcher: ``add`` from any thread; one flusher thread publishes. Options as
+    ``ProducerOptions`` (``options=``, keywords override it)."""
 
     def __init__(
         self,
         transport: Transport,
+        options: ProducerOptions | None = None,
         *,
-        min_interval: float | None = None,
-        max_items: int = DEFAULT_MAX_ITEMS,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        block_timeout: float = DEFAULT_BLOCK_TIMEOUT,
-        retry_for: float = DEFAULT_RETRY_FOR,
-        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         note: Note | None = None,
         extra: Extra | None = None,
+        **overrides: Any,
     ) -> None:
-        super().__init__(
-            min_interval=min_interval,
-            max_items=max_items,
-            max_message_bytes=max_message_bytes,
-            block_timeout=block_timeout,
-            retry_for=retry_for,
-            close_timeout=close_timeout,
-            note=note,
-            extra=extra,
-        )
+        super().__init__(ProducerOptions.of(options, overrides), note=note, extra=extra)
         self.transport = transport
         self.wake = threading.Event()  # set by close() only
         # Producers blocked on a full buffer sleep until the flusher has taken it (no polling:
@@ -353,15 +65,22 @@ class Batcher(_Core):
         self.end_lock = threading.Lock()  # orders the flusher's end against close() giving up
         self.ended = False
 
+    def open(self, document: dict[str, Any]) -> None:
+        """Publish ``document`` (the session's first) and start the flusher; if it is not
+        confirmed, close the transport and raise FlushFailed."""
+        self._stage_first(document)
+        self._publish_pending()
+        self.last_flush = time.monotonic()
+        if self.pending:
+            self.transport.close()
+            raise self._first_failed()
+        self.start()
+
     def start(self) -> None:
         self.thread.start()
 
     def add(self, item: dict[str, Any], block: bool = True) -> None:
-        items = self.items
-        if len(items) < self.limit:  # the bound is approximate across producer threads
-            items.append(item)
-            return
-        if self._offer(item):
+        if self._add_now(item):
             return
         if not block:
             raise self._full_error()
@@ -379,10 +98,6 @@ class Batcher(_Core):
                 if self.takes == takes:
                     cond.wait(left)
 
-    def add_last(self, item: dict[str, Any]) -> None:
-        """Add the session's final document, past the bound: it must go out."""
-        self.items.append(item)
-
     def _run(self) -> None:
         try:
             self._flush_until_closed()
@@ -397,10 +112,10 @@ class Batcher(_Core):
         # Producers do not signal: the flusher looks at the buffer once the interval is over,
         # then every POLL until something is there (a wake-up costs nothing on the hot path).
         while not self.abandoned:
-            wait = self.last_flush + self.min_interval - time.monotonic()
+            wait = self._until_next_flush()
             if wait > 0:
                 time.sleep(wait)
-            while not (self._buffered() or self.pending or self.closing):
+            while self._idle():
                 self.wake.wait(POLL)
             self.wake.clear()
             closing = self.closing
@@ -411,35 +126,26 @@ class Batcher(_Core):
             if self.pending:
                 self.flushes += 1
                 self._publish_pending()
-                # The interval counts from the end of a flush: the receiver sees the next flush
-                # at least min_interval after the last message of this one.
                 self.last_flush = time.monotonic()
                 # still pending: retried at the next interval (or, closing, close() raises)
             if closing:
                 return
 
     def _publish_pending(self) -> None:
-        started = time.monotonic()
-        backoff = BACKOFF_START
+        retry = self._retry()
         while self._may_publish():
             try:
                 self.transport.publish(self.pending[0])
             except Exception as failure:
-                exc = _transport_error(failure)
-                self.error = exc
-                left = self._stop_retrying(exc, started)
-                if not left:
+                pause = retry.pause(failure)
+                if not pause:
                     return
-                log.warning("publishing failed (%s); retrying in %.2fs", exc, backoff)
-                time.sleep(min(backoff, left))
-                backoff = min(backoff * 2, BACKOFF_MAX)
+                time.sleep(pause)
                 continue
             with self.end_lock:  # close() lists what is unsent under this lock
                 if self.abandoned:
                     return  # counted as unsent by close(): leave it there
-                self.pending.pop(0)
-            self.messages_sent += 1
-            self.error = None
+                self._confirmed()
 
     def close(self, timeout: float | None = None) -> None:
         """Flush everything (respecting the interval) and stop, within ``timeout`` seconds
@@ -456,9 +162,9 @@ class Batcher(_Core):
             self._give_up()
             self._interrupted()
             raise
-        gave_up = self._give_up()
-        if gave_up or self.pending or self._buffered() or self.unencodable:
-            raise self._flush_failed(gave_up)
+        failed = self._left_over(self._give_up())
+        if failed is not None:
+            raise failed
 
     def _give_up(self) -> bool:
         """After waiting for the flusher: True if it still runs (it is told to stop)."""
@@ -480,52 +186,43 @@ class Batcher(_Core):
             log.warning("closing the transport failed: %s", exc)
 
 
-class AsyncBatcher(_Core):
+class AsyncBatcher(Buffer):
     """The asyncio batcher: ``add`` / ``add_nowait`` from the event loop; one flusher task."""
 
     def __init__(
         self,
         transport: AsyncTransport,
+        options: ProducerOptions | None = None,
         *,
-        min_interval: float | None = None,
-        max_items: int = DEFAULT_MAX_ITEMS,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        block_timeout: float = DEFAULT_BLOCK_TIMEOUT,
-        retry_for: float = DEFAULT_RETRY_FOR,
-        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         note: Note | None = None,
         extra: Extra | None = None,
+        **overrides: Any,
     ) -> None:
-        super().__init__(
-            min_interval=min_interval,
-            max_items=max_items,
-            max_message_bytes=max_message_bytes,
-            block_timeout=block_timeout,
-            retry_for=retry_for,
-            close_timeout=close_timeout,
-            note=note,
-            extra=extra,
-        )
+        super().__init__(ProducerOptions.of(options, overrides), note=note, extra=extra)
         self.transport = transport
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+
+    async def open(self, document: dict[str, Any]) -> None:
+        """Publish ``document`` (the session's first) and start the flusher; if it is not
+        confirmed, close the transport and raise FlushFailed."""
+        self._stage_first(document)
+        await self._publish_pending()
+        self.last_flush = time.monotonic()
+        if self.pending:
+            await self.transport.close()
+            raise self._first_failed()
+        self.start()
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name="ingest-client-flusher")
 
     def add_nowait(self, item: dict[str, Any]) -> None:
-        items = self.items
-        if len(items) < self.limit:
-            items.append(item)
-        elif not self._offer(item):
+        if not self._add_now(item):
             raise self._full_error()
 
     async def add(self, item: dict[str, Any]) -> None:
-        items = self.items
-        if len(items) < self.limit:
-            items.append(item)
-            return
-        if self._offer(item):
+        if self._add_now(item):
             return
         deadline = time.monotonic() + self.block_timeout
         while True:
@@ -535,16 +232,12 @@ class AsyncBatcher(_Core):
             if time.monotonic() > deadline:
                 raise self._full_error()
 
-    def add_last(self, item: dict[str, Any]) -> None:
-        """Add the session's final document, past the bound: it must go out."""
-        self.items.append(item)
-
     async def _run(self) -> None:
         while True:
-            wait = self.last_flush + self.min_interval - time.monotonic()
+            wait = self._until_next_flush()
             if wait > 0:
                 await asyncio.sleep(wait)
-            while not (self._buffered() or self.pending or self.closing):
+            while self._idle():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), POLL)
             self.wake.clear()
@@ -553,32 +246,23 @@ class AsyncBatcher(_Core):
             if self.pending:
                 self.flushes += 1
                 await self._publish_pending()
-                # The interval counts from the end of a flush: the receiver sees the next flush
-                # at least min_interval after the last message of this one.
                 self.last_flush = time.monotonic()
                 # still pending: retried at the next interval (or, closing, close() raises)
             if closing:
                 return
 
     async def _publish_pending(self) -> None:
-        started = time.monotonic()
-        backoff = BACKOFF_START
+        retry = self._retry()
         while self._may_publish():
             try:
                 await self.transport.publish(self.pending[0])
             except Exception as failure:
-                exc = _transport_error(failure)
-                self.error = exc
-                left = self._stop_retrying(exc, started)
-                if not left:
+                pause = retry.pause(failure)
+                if not pause:
                     return
-                log.warning("publishing failed (%s); retrying in %.2fs", exc, backoff)
-                await asyncio.sleep(min(backoff, left))
-                backoff = min(backoff * 2, BACKOFF_MAX)
+                await asyncio.sleep(pause)
                 continue
-            self.pending.pop(0)
-            self.messages_sent += 1
-            self.error = None
+            self._confirmed()
 
     async def close(self) -> None:
         """Flush everything and stop within ``close_timeout`` seconds; raise FlushFailed,
@@ -602,5 +286,6 @@ class AsyncBatcher(_Core):
                 task.cancel()
                 self._interrupted()
                 raise
-        if gave_up or self.pending or self._buffered() or self.unencodable:
-            raise self._flush_failed(gave_up)
+        failed = self._left_over(gave_up)
+        if failed is not None:
+            raise failed

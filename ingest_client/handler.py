@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ingest_client.session import AsyncSession, Session
+from ingest_client.async_session import AsyncSession
+from ingest_client.session import Session
 
 
 class IngestHandler(logging.Handler):

@@ -24,205 +24,26 @@ producer can always be stopped.
 On the wire a sample is ``{"id": <variable>, "ts": <epoch s>, "value": …, "@session": <id>}``
 (plus any extra fields) and a session document is ``{"id": <session id>, "ts": <now>,
 "@session": {"state": …, "start": …, "end": …, "info": {…}, "error": …}}``.
+
+Both sessions take the same settings, ``ProducerOptions`` (options.py), as keyword arguments or
+as ``options=``. ``AsyncSession`` is in async_session.py; what the two share is producer.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import signal
-import threading
-import time
-import uuid
 from collections.abc import Callable, Mapping
-from datetime import datetime
 from types import FrameType, TracebackType
 from typing import Any
 
-from ingest_client.batcher import (
-    DEFAULT_BLOCK_TIMEOUT,
-    DEFAULT_CLOSE_TIMEOUT,
-    DEFAULT_MAX_ITEMS,
-    DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_RETRY_FOR,
-    AsyncBatcher,
-    Batcher,
-    _Core,
-    encode,
-)
-from ingest_client.errors import FlushFailed, Terminated
-from ingest_client.transports import open_async_transport, open_transport
-from ingest_client.transports.base import DEFAULT_EXCHANGE, DEFAULT_ROUTING_KEY, DEFAULT_TIMEOUT
-
-SESSION_FIELD = "@session"  # the server's reserved field (latest_server.packets.SESSION_FIELD)
-URL_VARIABLE = "LATEST_URL"
-
-_now = time.time
+from ingest_client.batcher import Batcher
+from ingest_client.errors import Terminated
+from ingest_client.options import ProducerOptions
+from ingest_client.producer import SESSION_FIELD, Producer, end_state, now, wire_time
+from ingest_client.transports import open_transport
 
 
-def _url(url: str | None) -> str:
-    import os
-
-    found = url or os.environ.get(URL_VARIABLE)
-    if not found:
-        raise ValueError(f"give url= or set {URL_VARIABLE} (amqp://…, http://…)")
-    return found
-
-
-def _time(ts: Any) -> Any:
-    if ts is None:
-        return _now()
-    if isinstance(ts, datetime):
-        return ts.timestamp()
-    return ts
-
-
-def end_state(exc_type: type[BaseException] | None, exc: BaseException | None) -> str:
-    """The state a session ends in, given how its block was left."""
-    if exc_type is None:
-        return "closed"
-    if issubclass(exc_type, (KeyboardInterrupt, Terminated, asyncio.CancelledError)):
-        return "truncated"
-    if issubclass(exc_type, SystemExit) and isinstance(exc, SystemExit) and not exc.code:
-        return "closed"
-    return "failed"
-
-
-class _Base:
-    _core: _Core  # the session's batcher
-
-    def __init__(
-        self,
-        session_id: str | None,
-        *,
-        url: str | None,
-        waiting: bool,
-        info: Mapping[str, Any] | None,
-        min_interval: float | None,
-        max_buffer: int,
-        max_message_bytes: int,
-        block_timeout: float,
-        retry_for: float,
-        close_timeout: float,
-        id_field: str,
-        time_field: str,
-        exchange: str,
-        routing_key: str,
-        timeout: float,
-        handle_sigterm: bool,
-    ) -> None:
-        self.id = session_id or uuid.uuid4().hex
-        self.url = _url(url)
-        self.info = dict(info) if info else None
-        self._state = "new"
-        self.waiting = waiting
-        self.id_field = id_field
-        self.time_field = time_field
-        self.transport_options = {
-            "exchange": exchange,
-            "routing_key": routing_key,
-            "timeout": timeout,
-        }
-        self.batch_options: dict[str, Any] = {
-            "min_interval": min_interval,
-            "max_items": max_buffer,
-            "max_message_bytes": max_message_bytes,
-            "block_timeout": block_timeout,
-            "retry_for": retry_for,
-            "close_timeout": close_timeout,
-            "note": self._note,
-            "extra": self._range_update,
-        }
-        self.handle_sigterm = handle_sigterm
-        self.first_ts: Any = None
-        self.last_ts: Any = None  # of the last sample taken since the last flush, if any
-        self._others = 0  # packets added that are not samples (send, start, the end document)
-        self._others_lock = threading.Lock()
-
-    @property
-    def state(self) -> str:
-        """new, waiting, open, then closed, truncated or failed."""
-        return self._state
-
-    @state.setter
-    def state(self, state: str) -> None:
-        self._state = state
-        self._state_changed(state)
-
-    def _state_changed(self, state: str) -> None:
-        """The sessions keep an "open" flag where their ``sample`` reads it cheaply."""
-
-    @property
-    def samples(self) -> int:
-        """Samples buffered so far."""
-        with self._others_lock:
-            return self._core.added() - self._others
-
-    def _added_other(self) -> None:
-        with self._others_lock:
-            self._others += 1
-
-    def _may_handle_sigterm(self) -> bool:
-        """Only in the main thread, and only if nobody else handles SIGTERM."""
-        return (
-            self.handle_sigterm
-            and threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)
-        )
-
-    def _document(self, **session: Any) -> dict[str, Any]:
-        return {self.id_field: self.id, self.time_field: _now(), SESSION_FIELD: session}
-
-    def _opening(self) -> dict[str, Any]:
-        state = "waiting" if self.waiting else "open"
-        self.state = state
-        fields: dict[str, Any] = {"state": state}
-        if self.info:
-            fields["info"] = self.info
-        return self._document(**fields)
-
-    def _ending(self, state: str, exc: BaseException | None) -> dict[str, Any]:
-        self.state = state
-        fields: dict[str, Any] = {"state": state}
-        if state == "failed" and exc is not None:
-            fields["error"] = f"{type(exc).__name__}: {exc}"[:4096]
-        return self._document(**fields)
-
-    def _note(self, batch: list[dict[str, Any]]) -> None:
-        """Packets taken from the buffer (early or by a flush): keep the time range."""
-        for packet in reversed(batch):
-            if isinstance(packet.get(SESSION_FIELD), str):
-                self.last_ts = packet.get(self.time_field)
-                break
-        else:
-            return
-        if self.first_ts is None:
-            for packet in batch:
-                if isinstance(packet.get(SESSION_FIELD), str):
-                    self.first_ts = packet.get(self.time_field)
-                    break
-
-    def _range_update(self) -> list[dict[str, Any]]:
-        """The session update riding along with a flush that carries samples: the time range
-        sent so far (a sample's time as given; the server also widens the range from the
-        samples themselves)."""
-        last, self.last_ts = self.last_ts, None
-        if last is None:
-            return []
-        return [self._document(start=self.first_ts, end=last)]
-
-    def _packet(self, variable: str, value: Any, ts: Any, fields: dict[str, Any]) -> dict[str, Any]:
-        packet = {
-            self.id_field: variable,
-            self.time_field: _now() if ts is None else _time(ts),
-            "value": value,
-            SESSION_FIELD: self.id,
-        }
-        if fields:
-            packet.update(fields)
-        return packet
-
-
-class Session(_Base):
+class Session(Producer):
     """A producer run (sync). Thread-safe: ``sample`` may be called from any thread."""
 
     def __init__(
@@ -230,42 +51,15 @@ class Session(_Base):
         session_id: str | None = None,
         *,
         url: str | None = None,
-        waiting: bool = False,
-        info: Mapping[str, Any] | None = None,
-        min_interval: float | None = None,
-        max_buffer: int = DEFAULT_MAX_ITEMS,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        block_timeout: float = DEFAULT_BLOCK_TIMEOUT,
-        retry_for: float = DEFAULT_RETRY_FOR,
-        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
-        id_field: str = "id",
-        time_field: str = "ts",
-        exchange: str = DEFAULT_EXCHANGE,
-        routing_key: str = DEFAULT_ROUTING_KEY,
-        timeout: float = DEFAULT_TIMEOUT,
-        handle_sigterm: bool = True,
+        options: ProducerOptions | None = None,
+        **overrides: Any,
     ) -> None:
         self._set_open: Callable[[bool], None] = _ignore  # until _bind_sample
-        super().__init__(
-            session_id,
-            url=url,
-            waiting=waiting,
-            info=info,
-            min_interval=min_interval,
-            max_buffer=max_buffer,
-            max_message_bytes=max_message_bytes,
-            block_timeout=block_timeout,
-            retry_for=retry_for,
-            close_timeout=close_timeout,
-            id_field=id_field,
-            time_field=time_field,
-            exchange=exchange,
-            routing_key=routing_key,
-            timeout=timeout,
-            handle_sigterm=handle_sigterm,
-        )
+        super().__init__(session_id, url, ProducerOptions.of(options, overrides))
         self.transport = open_transport(self.url, **self.transport_options)
-        self.batcher = self._core = Batcher(self.transport, **self.batch_options)
+        self.batcher = self._buffer = Batcher(
+            self.transport, self.options, note=self._note, extra=self._range_update
+        )
         self._previous_sigterm: Any = None
         self._add = self.batcher.add
         # The hot path as a closure over locals: no attribute look-up per sample (a method with
@@ -276,10 +70,10 @@ class Session(_Base):
         self._set_open(state == "open")
 
     def _bind_sample(self) -> Callable[..., None]:
-        id_field, time_field, session_id, now = self.id_field, self.time_field, self.id, _now
+        id_field, time_field, session_id, clock = self.id_field, self.time_field, self.id, now
         batcher = self.batcher
         items, limit, add = batcher.items, batcher.limit, batcher.add
-        append = items.append  # the list is never replaced (see Batcher._cut)
+        append = items.append  # the list is never replaced (see Buffer._cut)
         is_open = self.state == "open"
 
         def set_open(value: bool) -> None:
@@ -295,7 +89,7 @@ class Session(_Base):
                 self._not_open()
             packet = {
                 id_field: variable,
-                time_field: now() if ts is None else _time(ts),
+                time_field: clock() if ts is None else wire_time(ts),
                 "value": value,
                 SESSION_FIELD: session_id,
             }
@@ -314,18 +108,7 @@ class Session(_Base):
         return sample
 
     def __enter__(self) -> Session:
-        batcher = self.batcher
-        batcher.pending = encode([self._opening()], batcher.max_message_bytes)
-        batcher.flushes += 1
-        batcher._publish_pending()
-        batcher.last_flush = time.monotonic()
-        if batcher.pending:
-            self.transport.close()
-            raise FlushFailed(
-                f"could not publish the session document: {batcher.error}",
-                unsent=batcher.unsent(),
-            )
-        batcher.start()
+        self.batcher.open(self._opening())
         if self._may_handle_sigterm():
             self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
         return self
@@ -358,12 +141,6 @@ class Session(_Base):
         self._add({**packet, SESSION_FIELD: self.id})
         self._added_other()
 
-    def _not_open(self) -> None:
-        if self.state == "waiting":
-            self.start()
-        else:
-            raise RuntimeError(f"session {self.id!r} is {self.state}: use it inside 'with'")
-
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
@@ -390,159 +167,3 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
 
 def _ignore(value: bool) -> None:
     pass
-
-
-class AsyncSession(_Base):
-    """A producer run (asyncio). ``await session.sample(...)``."""
-
-    def __init__(
-        self,
-        session_id: str | None = None,
-        *,
-        url: str | None = None,
-        waiting: bool = False,
-        info: Mapping[str, Any] | None = None,
-        min_interval: float | None = None,
-        max_buffer: int = DEFAULT_MAX_ITEMS,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        block_timeout: float = DEFAULT_BLOCK_TIMEOUT,
-        retry_for: float = DEFAULT_RETRY_FOR,
-        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
-        id_field: str = "id",
-        time_field: str = "ts",
-        exchange: str = DEFAULT_EXCHANGE,
-        routing_key: str = DEFAULT_ROUTING_KEY,
-        timeout: float = DEFAULT_TIMEOUT,
-        handle_sigterm: bool = True,
-    ) -> None:
-        super().__init__(
-            session_id,
-            url=url,
-            waiting=waiting,
-            info=info,
-            min_interval=min_interval,
-            max_buffer=max_buffer,
-            max_message_bytes=max_message_bytes,
-            block_timeout=block_timeout,
-            retry_for=retry_for,
-            close_timeout=close_timeout,
-            id_field=id_field,
-            time_field=time_field,
-            exchange=exchange,
-            routing_key=routing_key,
-            timeout=timeout,
-            handle_sigterm=handle_sigterm,
-        )
-        self.transport = open_async_transport(self.url, **self.transport_options)
-        self.batcher = self._core = AsyncBatcher(self.transport, **self.batch_options)
-        self.terminated = False
-        self._items = self.batcher.items  # never replaced (see Batcher._cut)
-        self._limit = self.batcher.limit
-        self.batcher.on_limit = self._set_limit
-        self._open = self.state == "open"
-        self._task: asyncio.Task[Any] | None = None
-        self._sigterm_installed = False
-
-    async def __aenter__(self) -> AsyncSession:
-        batcher = self.batcher
-        batcher.pending = encode([self._opening()], batcher.max_message_bytes)
-        batcher.flushes += 1
-        await batcher._publish_pending()
-        batcher.last_flush = time.monotonic()
-        if batcher.pending:
-            await self.transport.close()
-            raise FlushFailed(
-                f"could not publish the session document: {batcher.error}",
-                unsent=batcher.unsent(),
-            )
-        batcher.start()
-        self._task = asyncio.current_task()
-        if self._may_handle_sigterm():
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._terminate)
-            self._sigterm_installed = True
-        return self
-
-    def _terminate(self) -> None:
-        self.terminated = True
-        if self._task is not None:
-            self._task.cancel()
-
-    def _state_changed(self, state: str) -> None:
-        self._open = state == "open"
-
-    def _set_limit(self, limit: int) -> None:
-        self._limit = limit
-
-    def start(self) -> None:
-        if self.state == "waiting":
-            self.state = "open"
-            self.batcher.add_nowait(self._document(state="open"))
-            self._added_other()
-
-    async def sample(self, variable: str, value: Any, ts: Any = None, **fields: Any) -> None:
-        """Buffer one sample; waits while the buffer is full, then raises BufferFull."""
-        if not self._open:
-            self._not_open()
-        packet = {
-            self.id_field: variable,
-            self.time_field: _now() if ts is None else _time(ts),
-            "value": value,
-            SESSION_FIELD: self.id,
-        }
-        if fields:
-            packet.update(fields)
-        items = self._items
-        if len(items) < self._limit:
-            items.append(packet)
-        else:
-            await self.batcher.add(packet)
-
-    def sample_nowait(self, variable: str, value: Any, ts: Any = None, **fields: Any) -> None:
-        if self.state != "open":
-            self._not_open()
-        self.batcher.add_nowait(self._packet(variable, value, ts, fields))
-
-    async def send(self, packet: Mapping[str, Any]) -> None:
-        if self.state != "open":
-            self._not_open()
-        await self.batcher.add({**packet, SESSION_FIELD: self.id})
-        self._added_other()
-
-    def _not_open(self) -> None:
-        if self.state == "waiting":
-            self.start()
-        else:
-            raise RuntimeError(f"session {self.id!r} is {self.state}: use it inside 'async with'")
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            state = "truncated" if self.terminated else end_state(exc_type, exc)
-            self.batcher.add_last(self._ending(state, exc))
-            self._added_other()
-            # Bounded by close_timeout; a cancellation meanwhile (a second Ctrl+C, a SIGTERM)
-            # ends it at once.
-            await self.batcher.close()
-        except asyncio.CancelledError:
-            if not self.terminated:
-                raise
-            self._uncancel()
-            raise Terminated("SIGTERM while closing") from None
-        finally:
-            await self.transport.close()
-            if self._sigterm_installed:
-                asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
-                self._sigterm_installed = False
-        if self.terminated:
-            self._uncancel()
-            raise Terminated("SIGTERM")
-
-    def _uncancel(self) -> None:
-        """Withdraw the cancellations our SIGTERM handler requested (it raises Terminated)."""
-        if self._task is not None:
-            while self._task.cancelling():
-                self._task.uncancel()

@@ -10,8 +10,10 @@ import uuid
 import orjson
 import pytest
 
-from ingest_client.batcher import Batcher, encode, min_interval_from_env
+from ingest_client.batcher import Batcher
 from ingest_client.errors import BufferFull, FlushFailed
+from ingest_client.messages import encode
+from ingest_client.options import min_interval_from_env
 from ingest_client.transports import memory, open_transport
 
 
@@ -72,7 +74,7 @@ def test_a_full_buffer_blocks_then_raises_and_the_final_flush_failure_is_raised(
     name = url.removeprefix("memory://")
     memory.fail_next(name, 10**9)  # the receiver is down for good
     batcher = Batcher(
-        open_transport(url), min_interval=0.0, max_items=10, block_timeout=0.3, retry_for=1.0
+        open_transport(url), min_interval=0.0, max_buffer=10, block_timeout=0.3, retry_for=1.0
     )
     batcher.start()
     for i in range(10):
