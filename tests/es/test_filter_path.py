@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from latest_server.web.es_errors import IllegalArgument
-from latest_server.web.es_filter import MAX_MOVES, compile_filter, filter_path
-from latest_server.web.es_http import SourceFilter
+from latest_server.web.es.errors import IllegalArgument
+from latest_server.web.es.filtering import MAX_MOVES, compile_filter, filter_path
+from latest_server.web.es.http import SourceFilter
 
 LOGSTASH = ["errors", "items.*.error", "items.*.status"]
 

@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from latest_server.web.es_errors import IllegalArgument
+from latest_server.web.es.errors import IllegalArgument
 
 MAX_PARTS = 100  # segments over every pattern of one filter_path
 MAX_MOVES = 1024  # keys remembered per _Level: a response's keys repeat, a document's may not

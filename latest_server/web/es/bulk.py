@@ -16,15 +16,15 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from latest_server.web import es_http
-from latest_server.web.es_context import Context
-from latest_server.web.es_errors import (
+from latest_server.web.es import http as es_http
+from latest_server.web.es.context import Context
+from latest_server.web.es.errors import (
     EsError,
     IllegalArgument,
     ParseError,
     ValidationFailed,
 )
-from latest_server.web.es_writes import NO_VERSION, ItemResult, WriteOp
+from latest_server.web.es.writes import NO_VERSION, ItemResult, WriteOp
 
 OPS = ("index", "create", "update", "delete")
 METADATA = frozenset(

@@ -1,7 +1,7 @@
 """Query parameters a route does not know are refused, naming them: a misspelt ``form=`` that
 was silently ignored answered the whole history as if it were the range asked for. The routes
 of the REST API declare what they take in web/app.py; the Elasticsearch-compatible API checks
-its own (web/es.py), in Elasticsearch's words."""
+its own (web/es/routes.py), in Elasticsearch's words."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ the main app (LATEST_ES_PREFIX).
 
 Housekeeping answered here: ``GET|HEAD /`` (cluster info), ``GET /_license``, index templates,
 ILM policies, ``GET /_cluster/health``, ``GET /_nodes``, ``GET /_xpack``, ``HEAD|GET|PUT
-/{index}``, ``_refresh``. Documents: web/es_docs.py; ``_bulk``: web/es_bulk.py.
+/{index}``, ``_refresh``. Documents: web/es/docs.py; ``_bulk``: web/es/bulk.py.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from starlette.routing import Route
 
 from latest_server import __version__
 from latest_server.errors import LatestError
-from latest_server.web import es_bulk, es_docs, params
-from latest_server.web.es_context import Context
-from latest_server.web.es_errors import (
+from latest_server.web.es import bulk as es_bulk
+from latest_server.web.es import docs as es_docs
+from latest_server.web.es.context import Context
+from latest_server.web.es.errors import (
     AlreadyExists,
     EsError,
     IllegalArgument,
@@ -37,9 +38,10 @@ from latest_server.web.es_errors import (
     NoHandler,
     from_latest_error,
 )
-from latest_server.web.es_filter import compile_filter
-from latest_server.web.es_http import error_response, respond
-from latest_server.web.es_indices import check_name
+from latest_server.web.es.filtering import compile_filter
+from latest_server.web.es.http import error_response, respond
+from latest_server.web.es.indices import check_name
+from latest_server.web.http import params
 from latest_server.web.paths import param
 
 log = logging.getLogger(__name__)

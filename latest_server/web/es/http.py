@@ -16,15 +16,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from latest_server.web.encoding import BadEncoding, decode
-from latest_server.web.es_errors import (
+from latest_server.web.es.errors import (
     EsError,
     IllegalArgument,
     ParseError,
     TooLarge,
     ValidationFailed,
 )
-from latest_server.web.es_filter import filter_path
-from latest_server.web.ingest import read_body
+from latest_server.web.es.filtering import filter_path
+from latest_server.web.http.ingest import read_body
 
 PRODUCT_HEADER = {"X-Elastic-Product": "Elasticsearch"}
 JSON = "application/json"

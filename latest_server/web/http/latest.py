@@ -13,7 +13,7 @@ from latest_server.resources import Resources
 from latest_server.stores.base import LatestDoc
 from latest_server.web.encoding import decode
 from latest_server.web.errors import json_error
-from latest_server.web.ingest import read_body
+from latest_server.web.http.ingest import read_body
 
 MAX_IDS = 10_000
 

@@ -17,17 +17,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from latest_server.stores.base import LatestDoc
-from latest_server.web import es_http
-from latest_server.web.es_context import Context
-from latest_server.web.es_errors import (
+from latest_server.web.es import http as es_http
+from latest_server.web.es.context import Context
+from latest_server.web.es.errors import (
     IndexNotFound,
     ParseError,
     ResourceNotFound,
     ValidationFailed,
 )
-from latest_server.web.es_http import SourceFilter, respond
-from latest_server.web.es_indices import check_name
-from latest_server.web.es_writes import ItemResult, WriteOp, candidate_keys, check_id
+from latest_server.web.es.http import SourceFilter, respond
+from latest_server.web.es.indices import check_name
+from latest_server.web.es.writes import ItemResult, WriteOp, candidate_keys, check_id
 
 OP_TYPES = ("index", "create")
 
