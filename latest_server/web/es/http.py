@@ -15,7 +15,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from latest_server.web.encoding import BadEncoding, decode
+from latest_server.web._request import BadEncoding, decode
 from latest_server.web.es.errors import (
     EsError,
     IllegalArgument,
@@ -37,7 +37,7 @@ MAX_SOURCE_PATTERNS = 100
 
 
 async def body(request: Request, limit: int) -> bytes:
-    """The request body, decoded by its ``Content-Encoding`` (web/encoding.py: every gzip
+    """The request body, decoded by its ``Content-Encoding`` (web/_request.py: every gzip
     member, or a 400 ``parse_exception``); 413 past ``limit`` bytes, sent or decoded."""
     raw = await read_body(request, limit)
     if raw is not None:

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from latest_server.packets import Packet
 from latest_server.resources import Resources
-from latest_server.web.encoding import decode
+from latest_server.web._request import decode
 from latest_server.web.errors import json_error
 
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from latest_server.errors import BadRequest, NotFound
 from latest_server.resources import Resources
 from latest_server.stores.base import LatestDoc
-from latest_server.web.encoding import decode
+from latest_server.web._request import decode
 from latest_server.web.errors import json_error
 from latest_server.web.http.ingest import read_body
 
