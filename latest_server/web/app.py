@@ -13,12 +13,12 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from latest_server.resources import Resources
 from latest_server.settings import Settings
 from latest_server.web import errors, ws, ws_direct
+from latest_server.web._request import Mount, param
 from latest_server.web.es import routes as es
 from latest_server.web.http import health, history, ingest, latest
 from latest_server.web.http import sessions as session_routes
 from latest_server.web.http.params import strict
 from latest_server.web.http_timeouts import BodyTimeout, header_timeout_protocol
-from latest_server.web.paths import Mount, param
 
 
 def create_app(settings: Settings, *, resources: Resources | None = None) -> Starlette:

@@ -44,7 +44,7 @@ from latest_server.feed import LiveFeed
 from latest_server.resources import Resources
 from latest_server.settings import Settings
 from latest_server.stores.ranges import RangeReader
-from latest_server.web.errors import json_error
+from latest_server.web._request import json_error
 from latest_server.web.ws_direct import DirectWriter, abort, header
 from latest_server.web.ws_stream import Stream, stop_tasks
 

@@ -15,7 +15,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from latest_server.web._request import BadEncoding, decode
+from latest_server.web._request import BadEncoding, decode, read_body
 from latest_server.web.es.errors import (
     EsError,
     IllegalArgument,
@@ -24,7 +24,6 @@ from latest_server.web.es.errors import (
     ValidationFailed,
 )
 from latest_server.web.es.filtering import filter_path
-from latest_server.web.http.ingest import read_body
 
 PRODUCT_HEADER = {"X-Elastic-Product": "Elasticsearch"}
 JSON = "application/json"

@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from latest_server import __version__
 from latest_server.errors import LatestError
+from latest_server.web._request import param, suggestion, unknown
 from latest_server.web.es import bulk as es_bulk
 from latest_server.web.es import docs as es_docs
 from latest_server.web.es.context import Context
@@ -41,8 +42,6 @@ from latest_server.web.es.errors import (
 from latest_server.web.es.filtering import compile_filter
 from latest_server.web.es.http import error_response, respond
 from latest_server.web.es.indices import check_name
-from latest_server.web.http import params
-from latest_server.web.paths import param
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +314,7 @@ def check_params(request: Request, path: str, handler: Handler) -> None:
     """Elasticsearch's answer to a parameter its handler does not consume, before anything is
     read or written; a ``filter_path`` past its bound is refused here too, not after a write."""
     allowed = (*COMMON, *PARAMS.get(handler, ()))
-    names = params.unknown(request, allowed)
+    names = unknown(request, allowed)
     if names:
         listed = ", ".join(f"[{name}]{_did_you_mean(name, allowed)}" for name in names)
         plural = "s" if len(names) > 1 else ""
@@ -326,7 +325,7 @@ def check_params(request: Request, path: str, handler: Handler) -> None:
 
 
 def _did_you_mean(name: str, allowed: tuple[str, ...]) -> str:
-    close = params.suggestion(name, allowed)
+    close = suggestion(name, allowed)
     if not close:
         return ""
     if len(close) == 1:

@@ -11,25 +11,9 @@ from starlette.responses import Response
 
 from latest_server.packets import Packet
 from latest_server.resources import Resources
-from latest_server.web._request import decode
-from latest_server.web.errors import json_error
+from latest_server.web._request import decode, json_error, read_body
 
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
-
-
-async def read_body(request: Request, limit: int) -> bytes | None:
-    """The body, or None once it grows past ``limit`` bytes (we stop reading there)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return None
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def ingest(request: Request) -> Response:

@@ -11,9 +11,7 @@ from starlette.responses import Response
 from latest_server.errors import BadRequest, NotFound
 from latest_server.resources import Resources
 from latest_server.stores.base import LatestDoc
-from latest_server.web._request import decode
-from latest_server.web.errors import json_error
-from latest_server.web.http.ingest import read_body
+from latest_server.web._request import decode, json_error, read_body
 
 MAX_IDS = 10_000
 

@@ -5,25 +5,15 @@ its own (web/es/routes.py), in Elasticsearch's words."""
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from latest_server.errors import BadRequest
+from latest_server.web._request import suggestion, unknown
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-def unknown(request: Request, allowed: Collection[str]) -> list[str]:
-    """The request's parameters outside ``allowed``, sorted."""
-    return sorted({name for name in request.query_params if name not in allowed})
-
-
-def suggestion(name: str, allowed: Iterable[str]) -> list[str]:
-    """Known names close to a misspelt one (Elasticsearch's "did you mean")."""
-    return difflib.get_close_matches(name, sorted(allowed), n=3, cutoff=0.6)
 
 
 def strict(endpoint: Endpoint, *allowed: str) -> Endpoint:
