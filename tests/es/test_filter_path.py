@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 
 from latest_server.web.es.errors import IllegalArgument
-from latest_server.web.es.filtering import MAX_MOVES, compile_filter, filter_path
-from latest_server.web.es.http import SourceFilter
+from latest_server.web.es.filtering import MAX_MOVES, SourceFilter, compile_filter, filter_path
 
 LOGSTASH = ["errors", "items.*.error", "items.*.status"]
 

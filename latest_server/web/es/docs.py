@@ -4,7 +4,7 @@
 ``GET /{index}/_source/{id}``, ``GET|POST /_mget`` and ``/{index}/_mget``.
 
 Reads are real time. A document written with ``_id`` = id or ``_id`` = SHA-1 of the id is found
-by both (es_writes.candidate_keys).
+by both (writes.candidate_keys).
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from latest_server.stores.base import LatestDoc
+from latest_server.web.es import filtering
 from latest_server.web.es import http as es_http
+from latest_server.web.es import params as es_params
 from latest_server.web.es.context import Context
 from latest_server.web.es.errors import (
     IndexNotFound,
@@ -25,7 +27,8 @@ from latest_server.web.es.errors import (
     ResourceNotFound,
     ValidationFailed,
 )
-from latest_server.web.es.http import SourceFilter, respond
+from latest_server.web.es.filtering import SourceFilter
+from latest_server.web.es.http import respond
 from latest_server.web.es.indices import check_name
 from latest_server.web.es.writes import ItemResult, WriteOp, candidate_keys, check_id
 
@@ -59,9 +62,9 @@ async def write(
         raise ValidationFailed(f"op_type must be one of [index, create], got [{kind}]")
     if doc_id is None and kind == "create" and op_type == "create":
         raise ValidationFailed("an id must be provided if version type or value are set")
-    forced = es_http.check_refresh(params)
-    es_http.refuse_seq_no(params)
-    versioning = es_http.versioning(params.get("version"), params.get("version_type"), kind)
+    forced = es_params.check_refresh(params)
+    es_params.refuse_seq_no(params)
+    versioning = es_params.versioning(params.get("version"), params.get("version_type"), kind)
     if doc_id is not None:
         check_id(doc_id)
     check_name(index)
@@ -73,10 +76,10 @@ async def write(
 
 async def update(ctx: Context, request: Request, index: str, doc_id: str) -> Response:
     params = request.query_params
-    forced = es_http.check_refresh(params)
-    es_http.refuse_seq_no(params)
+    forced = es_params.check_refresh(params)
+    es_params.refuse_seq_no(params)
     body = es_http.json_body(await es_http.body(request, ctx.settings.max_body_bytes))
-    versioning = es_http.Versioning(None, None)
+    versioning = es_params.Versioning(None, None)
     if params.get("version") is not None or params.get("version_type") is not None:
         raise ValidationFailed(
             "can't provide version in update request, use version_type=internal instead"
@@ -87,9 +90,9 @@ async def update(ctx: Context, request: Request, index: str, doc_id: str) -> Res
 
 async def delete(ctx: Context, request: Request, index: str, doc_id: str) -> Response:
     params = request.query_params
-    forced = es_http.check_refresh(params)
-    es_http.refuse_seq_no(params)
-    versioning = es_http.versioning(params.get("version"), params.get("version_type"), "index")
+    forced = es_params.check_refresh(params)
+    es_params.refuse_seq_no(params)
+    versioning = es_params.versioning(params.get("version"), params.get("version_type"), "index")
     if not await ctx.indices.exists(index):
         raise IndexNotFound(index)
     [result] = await ctx.writer.run([WriteOp("delete", index, doc_id, None, versioning)])
@@ -135,7 +138,7 @@ def _found(
 async def get(ctx: Context, request: Request, index: str, doc_id: str) -> Response:
     if not await ctx.indices.exists(index):
         raise IndexNotFound(index)
-    source = es_http.source_filter(request.query_params)
+    source = filtering.source_filter(request.query_params)
     [doc] = await _read(ctx, [(index, doc_id)])
     if doc is None:
         return respond(request, {"_index": index, "_id": doc_id, "found": False}, 404)
@@ -145,7 +148,7 @@ async def get(ctx: Context, request: Request, index: str, doc_id: str) -> Respon
 async def get_source(ctx: Context, request: Request, index: str, doc_id: str) -> Response:
     if not await ctx.indices.exists(index):
         raise IndexNotFound(index)
-    source = es_http.source_filter(request.query_params)
+    source = filtering.source_filter(request.query_params)
     [doc] = await _read(ctx, [(index, doc_id)])
     if doc is None:
         reason = f"Document not found [{index}]/[{doc_id}]"
@@ -164,7 +167,7 @@ async def mget(ctx: Context, request: Request, index: str | None) -> Response:
         raise ValidationFailed("no documents to get")
     if not isinstance(body, dict):
         raise ParseError("request body must be a JSON object")
-    defaults = es_http.source_filter(params)
+    defaults = filtering.source_filter(params)
     requests: list[tuple[str, str, SourceFilter]] = []
     problems: list[str] = []
     if "ids" in body:
@@ -189,7 +192,7 @@ async def mget(ctx: Context, request: Request, index: str | None) -> Response:
                 problems.append(f"index is missing for doc {position}")
             if doc_id is None or doc_id == "":
                 problems.append(f"id is missing for doc {position}")
-            source = es_http.source_filter({}, item.get("_source"), defaults)
+            source = filtering.source_filter({}, item.get("_source"), defaults)
             requests.append((_simple(doc_index or "", "_index"), _simple(doc_id, "_id"), source))
     if not requests:
         raise ValidationFailed("no documents to get")
@@ -218,5 +221,5 @@ def _simple(value: Any, name: str) -> str:
     """An id or index name of an ``_mget`` body; an object or array is a parse error (it is
     never written out: it may nest deeper than ``str`` can recurse)."""
     if isinstance(value, (dict, list)):
-        raise ParseError(f"[{name}] must hold strings, found [{es_http.text(value)}]")
-    return es_http.text(value)
+        raise ParseError(f"[{name}] must hold strings, found [{es_params.text(value)}]")
+    return es_params.text(value)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from latest_server.packets import UNIT_TO_US, epoch_to_us, epoch_unit
 from latest_server.web.es.errors import IllegalArgument
-from latest_server.web.es.http import MAX_VERSION
+from latest_server.web.es.params import MAX_VERSION
 
 
 class VersionScale:

@@ -48,8 +48,8 @@ from latest_server.web.es.errors import (
     ValidationFailed,
     VersionConflict,
 )
-from latest_server.web.es.http import MAX_VERSION, Versioning
 from latest_server.web.es.indices import Indices, check_name
+from latest_server.web.es.params import MAX_VERSION, Versioning
 from latest_server.web.es.versions import VersionScale
 
 SHARDS = {"total": 1, "successful": 1, "failed": 0}
