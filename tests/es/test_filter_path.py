@@ -1,4 +1,4 @@
-"""``filter_path`` on response bodies (es_http.filter_path): Logstash's value on ``_bulk``
+"""``filter_path`` on response bodies (web/es/filtering.py): Logstash's value on ``_bulk``
 answers, ``*``/``?`` globs, ``**``, lists, and a filter used again with other keys."""
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from latest_server.web.es import http as es_http
 from latest_server.web.es import params as es_params
+from latest_server.web.es import wire
 from latest_server.web.es.context import Context
 from latest_server.web.es.errors import (
     EsError,
@@ -176,12 +176,12 @@ def _versioning(op: str, meta: dict[str, Any]) -> es_params.Versioning:
 async def bulk(ctx: Context, request: Request, index: str | None) -> Response:
     started = time.perf_counter()
     es_params.check_refresh(request.query_params)
-    data = await es_http.body(request, ctx.settings.max_body_bytes)
+    data = await wire.body(request, ctx.settings.max_body_bytes)
     ops = parse(data, index)
     results = await ctx.writer.run(ops)
     items, errors = answer(ops, results)
     took = int((time.perf_counter() - started) * 1000)
-    return es_http.respond(request, {"took": took, "errors": errors, "items": items})
+    return wire.respond(request, {"took": took, "errors": errors, "items": items})
 
 
 def answer(ops: list[WriteOp], results: list[ItemResult]) -> tuple[list[dict[str, Any]], bool]:

@@ -11,8 +11,8 @@ from starlette.responses import Response
 from latest_server import __version__
 from latest_server.web.es.context import Context
 from latest_server.web.es.errors import AlreadyExists, IndexNotFound
-from latest_server.web.es.http import respond
 from latest_server.web.es.indices import check_name
+from latest_server.web.es.wire import respond
 
 # The version we report. Logstash 8/9 plugins ship an 8.x index template and accept any 8.x;
 # elasticsearch-py 8 and 9 do not read it (es_compat.md §1.8, §2.2).

@@ -17,8 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from latest_server.stores.base import LatestDoc
-from latest_server.web.es import filtering
-from latest_server.web.es import http as es_http
+from latest_server.web.es import filtering, wire
 from latest_server.web.es import params as es_params
 from latest_server.web.es.context import Context
 from latest_server.web.es.errors import (
@@ -28,8 +27,8 @@ from latest_server.web.es.errors import (
     ValidationFailed,
 )
 from latest_server.web.es.filtering import SourceFilter
-from latest_server.web.es.http import respond
 from latest_server.web.es.indices import check_name
+from latest_server.web.es.wire import respond
 from latest_server.web.es.writes import ItemResult, WriteOp, candidate_keys, check_id
 
 OP_TYPES = ("index", "create")
@@ -68,7 +67,7 @@ async def write(
     if doc_id is not None:
         check_id(doc_id)
     check_name(index)
-    source = es_http.json_body(await es_http.body(request, ctx.settings.max_body_bytes))
+    source = wire.json_body(await wire.body(request, ctx.settings.max_body_bytes))
     op = WriteOp(kind, index, doc_id, source, versioning)
     [result] = await ctx.writer.run([op])
     return _item_response(request, result, forced)
@@ -78,7 +77,7 @@ async def update(ctx: Context, request: Request, index: str, doc_id: str) -> Res
     params = request.query_params
     forced = es_params.check_refresh(params)
     es_params.refuse_seq_no(params)
-    body = es_http.json_body(await es_http.body(request, ctx.settings.max_body_bytes))
+    body = wire.json_body(await wire.body(request, ctx.settings.max_body_bytes))
     versioning = es_params.Versioning(None, None)
     if params.get("version") is not None or params.get("version_type") is not None:
         raise ValidationFailed(
@@ -142,7 +141,7 @@ async def get(ctx: Context, request: Request, index: str, doc_id: str) -> Respon
     [doc] = await _read(ctx, [(index, doc_id)])
     if doc is None:
         return respond(request, {"_index": index, "_id": doc_id, "found": False}, 404)
-    return respond(request, _found(index, doc_id, doc, source, es_http.raw(request)))
+    return respond(request, _found(index, doc_id, doc, source, wire.raw(request)))
 
 
 async def get_source(ctx: Context, request: Request, index: str, doc_id: str) -> Response:
@@ -153,16 +152,14 @@ async def get_source(ctx: Context, request: Request, index: str, doc_id: str) ->
     if doc is None:
         reason = f"Document not found [{index}]/[{doc_id}]"
         raise ResourceNotFound(reason, index=index)
-    if source.whole and es_http.raw(request):
+    if source.whole and wire.raw(request):
         return respond(request, orjson.Fragment(doc.doc))
     return respond(request, source.apply(orjson.loads(doc.doc)))
 
 
 async def mget(ctx: Context, request: Request, index: str | None) -> Response:
     params = request.query_params
-    body = es_http.json_body(
-        await es_http.body(request, ctx.settings.max_body_bytes), required=False
-    )
+    body = wire.json_body(await wire.body(request, ctx.settings.max_body_bytes), required=False)
     if body is None:
         raise ValidationFailed("no documents to get")
     if not isinstance(body, dict):
@@ -201,7 +198,7 @@ async def mget(ctx: Context, request: Request, index: str | None) -> Response:
     exists = {name: await ctx.indices.exists(name) for name in {r[0] for r in requests}}
     readable = [(i, d) for i, d, _ in requests if exists[i]]
     found = iter(await _read(ctx, readable))
-    raw = es_http.raw(request)
+    raw = wire.raw(request)
     answers: list[dict[str, Any]] = []
     for doc_index, doc_id, source in requests:
         if not exists[doc_index]:

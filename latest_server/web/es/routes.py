@@ -37,7 +37,7 @@ from latest_server.web.es.errors import (
     from_latest_error,
 )
 from latest_server.web.es.filtering import compile_filter
-from latest_server.web.es.http import error_response
+from latest_server.web.es.wire import error_response
 
 log = logging.getLogger(__name__)
 
