@@ -112,6 +112,15 @@ async def read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
+async def read_decoded(request: Request, limit: int) -> bytes | None:
+    """The body as sent before compression (gzip: every member); None once it grows past
+    ``limit`` bytes, sent or decoded. Raises BadEncoding for a body it cannot decode."""
+    raw = await read_body(request, limit)
+    if raw is None:
+        return None
+    return decode(raw, request.headers.get("content-encoding"), limit)
+
+
 GZIP = ("gzip", "x-gzip")
 IDENTITY = ("", "identity")
 GZIP_WBITS = 16 + zlib.MAX_WBITS  # a gzip header and trailer around deflate data

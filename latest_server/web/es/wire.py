@@ -11,7 +11,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from latest_server.web._request import BadEncoding, decode, read_body
+from latest_server.web._request import BadEncoding, read_decoded
 from latest_server.web.es.errors import (
     EsError,
     ParseError,
@@ -26,12 +26,10 @@ JSON = "application/json"
 async def body(request: Request, limit: int) -> bytes:
     """The request body, decoded by its ``Content-Encoding`` (web/_request.py: every gzip
     member, or a 400 ``parse_exception``); 413 past ``limit`` bytes, sent or decoded."""
-    raw = await read_body(request, limit)
-    if raw is not None:
-        try:
-            raw = decode(raw, request.headers.get("content-encoding"), limit)
-        except BadEncoding as exc:
-            raise ParseError(exc.message) from None
+    try:
+        raw = await read_decoded(request, limit)
+    except BadEncoding as exc:
+        raise ParseError(exc.message) from None
     if raw is None:
         raise TooLarge(f"request body is larger than {limit} bytes (LATEST_MAX_BODY_BYTES)")
     return raw
