@@ -72,7 +72,7 @@ from latest_server.settings import Settings
 from latest_server.stores import segments
 from latest_server.stores.history import ALL
 from latest_server.stores.segments import Window
-from latest_server.web.history import _series
+from latest_server.web.http.history import _series
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 VARIABLE_ID = "bench/history/sensor-1"

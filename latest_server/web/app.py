@@ -12,11 +12,13 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from latest_server.resources import Resources
 from latest_server.settings import Settings
-from latest_server.web import errors, es, history, ingest, latest, metrics
-from latest_server.web import sessions as session_routes
+from latest_server.web import errors
+from latest_server.web._request import Mount, param
+from latest_server.web.es import routes as es
+from latest_server.web.http import health, history, ingest, latest
+from latest_server.web.http import sessions as session_routes
+from latest_server.web.http.params import strict
 from latest_server.web.http_timeouts import BodyTimeout, header_timeout_protocol
-from latest_server.web.params import strict
-from latest_server.web.paths import Mount, param
 from latest_server.web.ws import direct as ws_direct
 from latest_server.web.ws.endpoint import WebsocketEndpoint
 from latest_server.web.ws.hub import Hub
@@ -39,7 +41,7 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Sta
             stack.push_async_callback(app.state.hub.close)
             yield
 
-    # Each route names the query parameters it takes; any other is a 400 (web/params.py).
+    # Each route names the query parameters it takes; any other is a 400 (web/http/params.py).
     routes: list[BaseRoute] = [
         Route("/ingest", strict(ingest.ingest), methods=["POST"]),
         Route("/latest", strict(latest.list_latest, "id"), methods=["GET"]),
@@ -60,8 +62,8 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Sta
             "/sessions/" + param("session_id"), strict(session_routes.get_session), methods=["GET"]
         ),
         WebSocketRoute("/ws", WebsocketEndpoint()),
-        Route("/healthz", strict(metrics.healthz), methods=["GET"]),
-        Route("/readyz", strict(metrics.readyz), methods=["GET"]),
+        Route("/healthz", strict(health.healthz), methods=["GET"]),
+        Route("/readyz", strict(health.readyz), methods=["GET"]),
     ]
     if settings.es_prefix:  # the Elasticsearch-compatible API under a path, e.g. /es
         routes.append(Mount(settings.es_prefix, routes=es.ROUTES))

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -17,6 +14,7 @@ from latest_server.errors import (
     PacketRejected,
     StoreUnavailable,
 )
+from latest_server.web._request import json_error
 
 STATUS = {
     BadRequest: 400,
@@ -26,17 +24,6 @@ STATUS = {
     ConfigError: 500,
 }
 HTTP_TYPES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
-
-
-def error_body(type_: str, reason: str, **extra: Any) -> bytes:
-    return orjson.dumps({"error": {"type": type_, "reason": reason}, **extra})
-
-
-def json_error(status: int, type_: str, reason: str, **extra: Any) -> Response:
-    headers = {"Retry-After": "1"} if status == 503 else None
-    return Response(
-        error_body(type_, reason, **extra), status, headers=headers, media_type="application/json"
-    )
 
 
 async def latest_error(request: Request, exc: Exception) -> Response:

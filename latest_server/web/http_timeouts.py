@@ -25,7 +25,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from latest_server.web.errors import error_body
+from latest_server.web._request import error_body
 
 log = logging.getLogger(__name__)
 

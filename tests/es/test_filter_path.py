@@ -1,4 +1,4 @@
-"""``filter_path`` on response bodies (es_http.filter_path): Logstash's value on ``_bulk``
+"""``filter_path`` on response bodies (web/es/filtering.py): Logstash's value on ``_bulk``
 answers, ``*``/``?`` globs, ``**``, lists, and a filter used again with other keys."""
 
 from __future__ import annotations
@@ -7,9 +7,8 @@ from typing import Any
 
 import pytest
 
-from latest_server.web.es_errors import IllegalArgument
-from latest_server.web.es_filter import MAX_MOVES, compile_filter, filter_path
-from latest_server.web.es_http import SourceFilter
+from latest_server.web.es.errors import IllegalArgument
+from latest_server.web.es.filtering import MAX_MOVES, SourceFilter, compile_filter, filter_path
 
 LOGSTASH = ["errors", "items.*.error", "items.*.status"]
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from latest_server.settings import Settings
-from latest_server.web import es as es_api
+from latest_server.web.es import routes as es_api
 from tests.es.conftest import EsServerThread
 
 

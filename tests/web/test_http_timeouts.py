@@ -80,8 +80,10 @@ def listener(
 
 
 def send_and_wait(port: int, data: bytes, within: float = 10) -> tuple[bytes, float]:
-    """Send ``data``, then read until the server closes; what it answered and when it closed."""
-    started = time.monotonic()  # before the connection: the header timeout starts with it
+    """Send ``data``, then read until the server closes; what it answered and when it closed,
+    counted from before the connection: the server's clock starts when it accepts, which may
+    be before ``create_connection`` returns here."""
+    started = time.monotonic()
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.settimeout(within)
         if data:

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from latest_server.settings import Settings
-from latest_server.web import history
+from latest_server.web.http import history
 from tests.conftest import ServerThread
 
 T0 = 1_700_000_000

@@ -15,7 +15,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from latest_server import keys
 from latest_server.errors import PacketRejected, StoreUnavailable
-from latest_server.web.errors import json_error
+from latest_server.web._request import json_error
 from latest_server.web.ws import protocol
 from latest_server.web.ws.direct import abort, stuck
 from latest_server.web.ws.hub import Hub

@@ -16,15 +16,16 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from latest_server.web import es_http
-from latest_server.web.es_context import Context
-from latest_server.web.es_errors import (
+from latest_server.web.es import params as es_params
+from latest_server.web.es import wire
+from latest_server.web.es.context import Context
+from latest_server.web.es.errors import (
     EsError,
     IllegalArgument,
     ParseError,
     ValidationFailed,
 )
-from latest_server.web.es_writes import NO_VERSION, ItemResult, WriteOp
+from latest_server.web.es.writes import NO_VERSION, ItemResult, WriteOp
 
 OPS = ("index", "create", "update", "delete")
 METADATA = frozenset(
@@ -148,39 +149,39 @@ def _simple(value: Any, name: str, number: int) -> str:
     return orjson.dumps(value).decode() if isinstance(value, bool) else str(value)
 
 
-def _versioning(op: str, meta: dict[str, Any]) -> es_http.Versioning:
+def _versioning(op: str, meta: dict[str, Any]) -> es_params.Versioning:
     version = meta.get("version")
     version_type = meta.get("version_type")
     if (
         version_type == "external"
         and type(version) is int
-        and 0 <= version <= es_http.LONG_MAX
+        and 0 <= version <= es_params.LONG_MAX
         and op == "index"
         and FORBIDDEN.isdisjoint(meta)
     ):
         # What Logstash and helpers.bulk send on every line, checked in one step; the same
-        # answer as es_http.versioning gives.
-        return new_tuple(es_http.Versioning, (version, "external"))
-    es_http.refuse_seq_no(meta)
+        # answer as es_params.versioning gives.
+        return new_tuple(es_params.Versioning, (version, "external"))
+    es_params.refuse_seq_no(meta)
     if op == "update":
         if version is not None or version_type is not None:
             raise ValidationFailed("Update requests do not support versioning")
-        return es_http.Versioning(None, None)
-    op_type = es_http.text(meta.get("op_type", op)).lower()
+        return es_params.Versioning(None, None)
+    op_type = es_params.text(meta.get("op_type", op)).lower()
     if op == "delete":
         op_type = "index"
-    return es_http.versioning(version, version_type, "create" if op == "create" else op_type)
+    return es_params.versioning(version, version_type, "create" if op == "create" else op_type)
 
 
 async def bulk(ctx: Context, request: Request, index: str | None) -> Response:
     started = time.perf_counter()
-    es_http.check_refresh(request.query_params)
-    data = await es_http.body(request, ctx.settings.max_body_bytes)
+    es_params.check_refresh(request.query_params)
+    data = await wire.body(request, ctx.settings.max_body_bytes)
     ops = parse(data, index)
     results = await ctx.writer.run(ops)
     items, errors = answer(ops, results)
     took = int((time.perf_counter() - started) * 1000)
-    return es_http.respond(request, {"took": took, "errors": errors, "items": items})
+    return wire.respond(request, {"took": took, "errors": errors, "items": items})
 
 
 def answer(ops: list[WriteOp], results: list[ItemResult]) -> tuple[list[dict[str, Any]], bool]:

@@ -16,8 +16,8 @@ written with (``Packet.es_version``).
 from __future__ import annotations
 
 from latest_server.packets import UNIT_TO_US, epoch_to_us, epoch_unit
-from latest_server.web.es_errors import IllegalArgument
-from latest_server.web.es_http import MAX_VERSION
+from latest_server.web.es.errors import IllegalArgument
+from latest_server.web.es.params import MAX_VERSION
 
 
 class VersionScale:

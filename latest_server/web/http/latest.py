@@ -11,9 +11,7 @@ from starlette.responses import Response
 from latest_server.errors import BadRequest, NotFound
 from latest_server.resources import Resources
 from latest_server.stores.base import LatestDoc
-from latest_server.web.encoding import decode
-from latest_server.web.errors import json_error
-from latest_server.web.ingest import read_body
+from latest_server.web._request import json_error, read_decoded
 
 MAX_IDS = 10_000
 
@@ -45,9 +43,7 @@ async def list_latest(request: Request) -> Response:
 async def mget_latest(request: Request) -> Response:
     """The body is bounded and decoded as ``/ingest``'s (LATEST_MAX_BODY_BYTES, gzip)."""
     limit = request.app.state.resources.settings.max_body_bytes
-    raw = await read_body(request, limit)
-    if raw is not None:
-        raw = decode(raw, request.headers.get("content-encoding"), limit)
+    raw = await read_decoded(request, limit)
     if raw is None:
         return json_error(413, "too_large", f"request body is larger than {limit} bytes")
     try:

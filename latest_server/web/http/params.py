@@ -1,29 +1,19 @@
 """Query parameters a route does not know are refused, naming them: a misspelt ``form=`` that
 was silently ignored answered the whole history as if it were the range asked for. The routes
 of the REST API declare what they take in web/app.py; the Elasticsearch-compatible API checks
-its own (web/es.py), in Elasticsearch's words."""
+its own (web/es/routes.py), in Elasticsearch's words."""
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from latest_server.errors import BadRequest
+from latest_server.web._request import suggestion, unknown
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-def unknown(request: Request, allowed: Collection[str]) -> list[str]:
-    """The request's parameters outside ``allowed``, sorted."""
-    return sorted({name for name in request.query_params if name not in allowed})
-
-
-def suggestion(name: str, allowed: Iterable[str]) -> list[str]:
-    """Known names close to a misspelt one (Elasticsearch's "did you mean")."""
-    return difflib.get_close_matches(name, sorted(allowed), n=3, cutoff=0.6)
 
 
 def strict(endpoint: Endpoint, *allowed: str) -> Endpoint:

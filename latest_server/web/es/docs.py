@@ -4,7 +4,7 @@
 ``GET /{index}/_source/{id}``, ``GET|POST /_mget`` and ``/{index}/_mget``.
 
 Reads are real time. A document written with ``_id`` = id or ``_id`` = SHA-1 of the id is found
-by both (es_writes.candidate_keys).
+by both (writes.candidate_keys).
 """
 
 from __future__ import annotations
@@ -17,17 +17,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from latest_server.stores.base import LatestDoc
-from latest_server.web import es_http
-from latest_server.web.es_context import Context
-from latest_server.web.es_errors import (
+from latest_server.web.es import filtering, wire
+from latest_server.web.es import params as es_params
+from latest_server.web.es.context import Context
+from latest_server.web.es.errors import (
     IndexNotFound,
     ParseError,
     ResourceNotFound,
     ValidationFailed,
 )
-from latest_server.web.es_http import SourceFilter, respond
-from latest_server.web.es_indices import check_name
-from latest_server.web.es_writes import ItemResult, WriteOp, candidate_keys, check_id
+from latest_server.web.es.filtering import SourceFilter
+from latest_server.web.es.indices import check_name
+from latest_server.web.es.wire import respond
+from latest_server.web.es.writes import ItemResult, WriteOp, candidate_keys, check_id
 
 OP_TYPES = ("index", "create")
 
@@ -59,13 +61,13 @@ async def write(
         raise ValidationFailed(f"op_type must be one of [index, create], got [{kind}]")
     if doc_id is None and kind == "create" and op_type == "create":
         raise ValidationFailed("an id must be provided if version type or value are set")
-    forced = es_http.check_refresh(params)
-    es_http.refuse_seq_no(params)
-    versioning = es_http.versioning(params.get("version"), params.get("version_type"), kind)
+    forced = es_params.check_refresh(params)
+    es_params.refuse_seq_no(params)
+    versioning = es_params.versioning(params.get("version"), params.get("version_type"), kind)
     if doc_id is not None:
         check_id(doc_id)
     check_name(index)
-    source = es_http.json_body(await es_http.body(request, ctx.settings.max_body_bytes))
+    source = wire.json_body(await wire.body(request, ctx.settings.max_body_bytes))
     op = WriteOp(kind, index, doc_id, source, versioning)
     [result] = await ctx.writer.run([op])
     return _item_response(request, result, forced)
@@ -73,10 +75,10 @@ async def write(
 
 async def update(ctx: Context, request: Request, index: str, doc_id: str) -> Response:
     params = request.query_params
-    forced = es_http.check_refresh(params)
-    es_http.refuse_seq_no(params)
-    body = es_http.json_body(await es_http.body(request, ctx.settings.max_body_bytes))
-    versioning = es_http.Versioning(None, None)
+    forced = es_params.check_refresh(params)
+    es_params.refuse_seq_no(params)
+    body = wire.json_body(await wire.body(request, ctx.settings.max_body_bytes))
+    versioning = es_params.Versioning(None, None)
     if params.get("version") is not None or params.get("version_type") is not None:
         raise ValidationFailed(
             "can't provide version in update request, use version_type=internal instead"
@@ -87,9 +89,9 @@ async def update(ctx: Context, request: Request, index: str, doc_id: str) -> Res
 
 async def delete(ctx: Context, request: Request, index: str, doc_id: str) -> Response:
     params = request.query_params
-    forced = es_http.check_refresh(params)
-    es_http.refuse_seq_no(params)
-    versioning = es_http.versioning(params.get("version"), params.get("version_type"), "index")
+    forced = es_params.check_refresh(params)
+    es_params.refuse_seq_no(params)
+    versioning = es_params.versioning(params.get("version"), params.get("version_type"), "index")
     if not await ctx.indices.exists(index):
         raise IndexNotFound(index)
     [result] = await ctx.writer.run([WriteOp("delete", index, doc_id, None, versioning)])
@@ -135,36 +137,34 @@ def _found(
 async def get(ctx: Context, request: Request, index: str, doc_id: str) -> Response:
     if not await ctx.indices.exists(index):
         raise IndexNotFound(index)
-    source = es_http.source_filter(request.query_params)
+    source = filtering.source_filter(request.query_params)
     [doc] = await _read(ctx, [(index, doc_id)])
     if doc is None:
         return respond(request, {"_index": index, "_id": doc_id, "found": False}, 404)
-    return respond(request, _found(index, doc_id, doc, source, es_http.raw(request)))
+    return respond(request, _found(index, doc_id, doc, source, wire.raw(request)))
 
 
 async def get_source(ctx: Context, request: Request, index: str, doc_id: str) -> Response:
     if not await ctx.indices.exists(index):
         raise IndexNotFound(index)
-    source = es_http.source_filter(request.query_params)
+    source = filtering.source_filter(request.query_params)
     [doc] = await _read(ctx, [(index, doc_id)])
     if doc is None:
         reason = f"Document not found [{index}]/[{doc_id}]"
         raise ResourceNotFound(reason, index=index)
-    if source.whole and es_http.raw(request):
+    if source.whole and wire.raw(request):
         return respond(request, orjson.Fragment(doc.doc))
     return respond(request, source.apply(orjson.loads(doc.doc)))
 
 
 async def mget(ctx: Context, request: Request, index: str | None) -> Response:
     params = request.query_params
-    body = es_http.json_body(
-        await es_http.body(request, ctx.settings.max_body_bytes), required=False
-    )
+    body = wire.json_body(await wire.body(request, ctx.settings.max_body_bytes), required=False)
     if body is None:
         raise ValidationFailed("no documents to get")
     if not isinstance(body, dict):
         raise ParseError("request body must be a JSON object")
-    defaults = es_http.source_filter(params)
+    defaults = filtering.source_filter(params)
     requests: list[tuple[str, str, SourceFilter]] = []
     problems: list[str] = []
     if "ids" in body:
@@ -189,7 +189,7 @@ async def mget(ctx: Context, request: Request, index: str | None) -> Response:
                 problems.append(f"index is missing for doc {position}")
             if doc_id is None or doc_id == "":
                 problems.append(f"id is missing for doc {position}")
-            source = es_http.source_filter({}, item.get("_source"), defaults)
+            source = filtering.source_filter({}, item.get("_source"), defaults)
             requests.append((_simple(doc_index or "", "_index"), _simple(doc_id, "_id"), source))
     if not requests:
         raise ValidationFailed("no documents to get")
@@ -198,7 +198,7 @@ async def mget(ctx: Context, request: Request, index: str | None) -> Response:
     exists = {name: await ctx.indices.exists(name) for name in {r[0] for r in requests}}
     readable = [(i, d) for i, d, _ in requests if exists[i]]
     found = iter(await _read(ctx, readable))
-    raw = es_http.raw(request)
+    raw = wire.raw(request)
     answers: list[dict[str, Any]] = []
     for doc_index, doc_id, source in requests:
         if not exists[doc_index]:
@@ -218,5 +218,5 @@ def _simple(value: Any, name: str) -> str:
     """An id or index name of an ``_mget`` body; an object or array is a parse error (it is
     never written out: it may nest deeper than ``str`` can recurse)."""
     if isinstance(value, (dict, list)):
-        raise ParseError(f"[{name}] must hold strings, found [{es_http.text(value)}]")
-    return es_http.text(value)
+        raise ParseError(f"[{name}] must hold strings, found [{es_params.text(value)}]")
+    return es_params.text(value)

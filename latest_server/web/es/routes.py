@@ -8,9 +8,8 @@ puts ``X-Elastic-Product: Elasticsearch`` on every response. ``ROUTES`` is serve
 listener (LATEST_ES_PORT, see web/app.py create_es_app) and can be mounted under a prefix of
 the main app (LATEST_ES_PREFIX).
 
-Housekeeping answered here: ``GET|HEAD /`` (cluster info), ``GET /_license``, index templates,
-ILM policies, ``GET /_cluster/health``, ``GET /_nodes``, ``GET /_xpack``, ``HEAD|GET|PUT
-/{index}``, ``_refresh``. Documents: web/es_docs.py; ``_bulk``: web/es_bulk.py.
+Housekeeping (cluster info, license, templates, health, indices): web/es/cluster.py.
+Documents: web/es/docs.py; ``_bulk``: web/es/bulk.py.
 """
 
 from __future__ import annotations
@@ -24,179 +23,25 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from latest_server import __version__
 from latest_server.errors import LatestError
-from latest_server.web import es_bulk, es_docs, params
-from latest_server.web.es_context import Context
-from latest_server.web.es_errors import (
-    AlreadyExists,
+from latest_server.web._request import param, suggestion, unknown
+from latest_server.web.es import bulk as es_bulk
+from latest_server.web.es import cluster
+from latest_server.web.es import docs as es_docs
+from latest_server.web.es.context import Context
+from latest_server.web.es.errors import (
     EsError,
     IllegalArgument,
-    IndexNotFound,
     MethodNotAllowed,
     NoHandler,
     from_latest_error,
 )
-from latest_server.web.es_filter import compile_filter
-from latest_server.web.es_http import error_response, respond
-from latest_server.web.es_indices import check_name
-from latest_server.web.paths import param
+from latest_server.web.es.filtering import compile_filter
+from latest_server.web.es.wire import error_response
 
 log = logging.getLogger(__name__)
 
-# The version we report. Logstash 8/9 plugins ship an 8.x index template and accept any 8.x;
-# elasticsearch-py 8 and 9 do not read it (es_compat.md §1.8, §2.2).
-ES_VERSION = "8.19.0"
-SHARDS = {"total": 1, "successful": 1, "failed": 0}
-
 Handler = Callable[..., Awaitable[Response]]
-
-
-async def info(ctx: Context, request: Request) -> Response:
-    return respond(
-        request,
-        {
-            "name": "latest-server",
-            "cluster_name": "latest-server",
-            "cluster_uuid": ctx.cluster_uuid,
-            "version": {
-                "number": ES_VERSION,
-                "build_flavor": "default",
-                "build_type": "docker",
-                "build_hash": f"latest-server-{__version__}",
-                "build_date": "2025-01-01T00:00:00.000Z",
-                "build_snapshot": False,
-                "lucene_version": "9.12.0",
-                "minimum_wire_compatibility_version": "7.17.0",
-                "minimum_index_compatibility_version": "7.0.0",
-            },
-            "tagline": "You Know, for Search",
-        },
-    )
-
-
-async def license_(ctx: Context, request: Request) -> Response:
-    """Logstash marks the URL dead unless ``license.status`` is active (§1.2 step 3)."""
-    return respond(
-        request,
-        {
-            "license": {
-                "status": "active",
-                "uid": ctx.cluster_uuid,
-                "type": "basic",
-                "issue_date": "1970-01-01T00:00:00.000Z",
-                "issue_date_in_millis": 0,
-                "max_nodes": 1000,
-                "max_resource_units": None,
-                "issued_to": "latest-server",
-                "issuer": "elasticsearch",
-                "start_date_in_millis": -1,
-            }
-        },
-    )
-
-
-async def acknowledged(ctx: Context, request: Request, *_: str) -> Response:
-    """``PUT`` of an index template or ILM policy: accepted, and not needed (ids are by key)."""
-    return respond(request, {"acknowledged": True})
-
-
-async def template_exists(ctx: Context, request: Request, name: str) -> Response:
-    """``HEAD /_index_template/{name}``: 200, so Logstash does not try to install one."""
-    if request.method == "HEAD":
-        return respond(request, None)
-    return respond(request, {"index_templates": [{"name": name, "index_template": {}}]})
-
-
-async def ilm_policy(ctx: Context, request: Request, name: str) -> Response:
-    return respond(
-        request,
-        {name: {"version": 1, "modified_date": "1970-01-01T00:00:00.000Z", "policy": {}}},
-    )
-
-
-async def xpack(ctx: Context, request: Request) -> Response:
-    """Plugins before 11.0.3 ask this with ``ilm_enabled => auto``: no ILM here."""
-    return respond(
-        request,
-        {
-            "build": {},
-            "license": {"status": "active", "type": "basic"},
-            "features": {"ilm": {"available": False, "enabled": False}},
-        },
-    )
-
-
-async def nodes(ctx: Context, request: Request, *_: str) -> Response:
-    """Sniffing finds no other node (set ``sniffing => false``; one URL is all there is)."""
-    return respond(
-        request,
-        {
-            "_nodes": {"total": 0, "successful": 0, "failed": 0},
-            "cluster_name": "latest-server",
-            "nodes": {},
-        },
-    )
-
-
-async def health(ctx: Context, request: Request, *_: str) -> Response:
-    shards = await ctx.indices.count()
-    return respond(
-        request,
-        {
-            "cluster_name": "latest-server",
-            "status": "green",
-            "timed_out": False,
-            "number_of_nodes": 1,
-            "number_of_data_nodes": 1,
-            "active_primary_shards": shards,
-            "active_shards": shards,
-            "relocating_shards": 0,
-            "initializing_shards": 0,
-            "unassigned_shards": 0,
-            "delayed_unassigned_shards": 0,
-            "number_of_pending_tasks": 0,
-            "number_of_in_flight_fetch": 0,
-            "task_max_waiting_in_queue_millis": 0,
-            "active_shards_percent_as_number": 100.0,
-        },
-    )
-
-
-async def refresh(ctx: Context, request: Request, *_: str) -> Response:
-    """Reads are real time: nothing to refresh."""
-    return respond(request, {"_shards": SHARDS})
-
-
-async def index_exists(ctx: Context, request: Request, index: str) -> Response:
-    if not await ctx.indices.exists(index):
-        raise IndexNotFound(index)
-    if request.method == "HEAD":
-        return respond(request, None)
-    return respond(
-        request,
-        {
-            index: {
-                "aliases": {},
-                "mappings": {"dynamic": "false"},
-                "settings": {
-                    "index": {
-                        "number_of_shards": "1",
-                        "number_of_replicas": "0",
-                        "provided_name": index,
-                    }
-                },
-            }
-        },
-    )
-
-
-async def create_index(ctx: Context, request: Request, index: str) -> Response:
-    """A no-op create (mappings and settings are accepted and ignored)."""
-    check_name(index)
-    if not await ctx.indices.create(index):
-        raise AlreadyExists(index)
-    return respond(request, {"acknowledged": True, "shards_acknowledged": True, "index": index})
 
 
 async def write_doc(ctx: Context, request: Request, index: str, doc_id: str) -> Response:
@@ -222,23 +67,37 @@ async def bulk_all(ctx: Context, request: Request) -> Response:
 # Path patterns: a literal segment, or "*" (any segment; in the first position, one that does
 # not start with "_", as Elasticsearch's index names). Literal patterns are listed first.
 TABLE: list[tuple[tuple[str, ...], dict[str, Handler]]] = [
-    ((), {"GET": info, "HEAD": info}),
-    (("_license",), {"GET": license_}),
+    ((), {"GET": cluster.info, "HEAD": cluster.info}),
+    (("_license",), {"GET": cluster.license_}),
     (("_bulk",), {"POST": bulk_all, "PUT": bulk_all}),
     (("_mget",), {"GET": mget_all, "POST": mget_all}),
-    (("_refresh",), {"GET": refresh, "POST": refresh}),
-    (("_cluster", "health"), {"GET": health}),
-    (("_cluster", "health", "*"), {"GET": health}),
+    (("_refresh",), {"GET": cluster.refresh, "POST": cluster.refresh}),
+    (("_cluster", "health"), {"GET": cluster.health}),
+    (("_cluster", "health", "*"), {"GET": cluster.health}),
     (
         ("_index_template", "*"),
-        {"HEAD": template_exists, "GET": template_exists, "PUT": acknowledged},
+        {
+            "HEAD": cluster.template_exists,
+            "GET": cluster.template_exists,
+            "PUT": cluster.acknowledged,
+        },
     ),
-    (("_template", "*"), {"HEAD": template_exists, "GET": template_exists, "PUT": acknowledged}),
-    (("_ilm", "policy", "*"), {"GET": ilm_policy, "PUT": acknowledged}),
-    (("_nodes",), {"GET": nodes}),
-    (("_nodes", "*"), {"GET": nodes}),
-    (("_xpack",), {"GET": xpack}),
-    (("*",), {"HEAD": index_exists, "GET": index_exists, "PUT": create_index}),
+    (
+        ("_template", "*"),
+        {
+            "HEAD": cluster.template_exists,
+            "GET": cluster.template_exists,
+            "PUT": cluster.acknowledged,
+        },
+    ),
+    (("_ilm", "policy", "*"), {"GET": cluster.ilm_policy, "PUT": cluster.acknowledged}),
+    (("_nodes",), {"GET": cluster.nodes}),
+    (("_nodes", "*"), {"GET": cluster.nodes}),
+    (("_xpack",), {"GET": cluster.xpack}),
+    (
+        ("*",),
+        {"HEAD": cluster.index_exists, "GET": cluster.index_exists, "PUT": cluster.create_index},
+    ),
     (("*", "_doc"), {"POST": write_auto_id}),
     (
         ("*", "_doc", "*"),
@@ -255,7 +114,7 @@ TABLE: list[tuple[tuple[str, ...], dict[str, Handler]]] = [
     (("*", "_source", "*"), {"GET": es_docs.get_source, "HEAD": es_docs.get_source}),
     (("*", "_mget"), {"GET": es_docs.mget, "POST": es_docs.mget}),
     (("*", "_bulk"), {"POST": es_bulk.bulk, "PUT": es_bulk.bulk}),
-    (("*", "_refresh"), {"GET": refresh, "POST": refresh}),
+    (("*", "_refresh"), {"GET": cluster.refresh, "POST": cluster.refresh}),
 ]
 
 
@@ -274,14 +133,14 @@ READS: tuple[str, ...] = ("_source", "_source_includes", "_source_excludes", "re
 READS += ("preference", "realtime", "routing")
 INDICES = ("allow_no_indices", "expand_wildcards", "ignore_unavailable")
 PARAMS: dict[Handler, tuple[str, ...]] = {
-    info: (),
-    license_: ("accept_enterprise", "local"),
-    acknowledged: ("create", "cause", *WAITS),
-    template_exists: ("local", "flat_settings", "include_defaults", "master_timeout"),
-    ilm_policy: WAITS,
-    xpack: ("categories", "accept_enterprise"),
-    nodes: ("flat_settings", "timeout"),
-    health: (
+    cluster.info: (),
+    cluster.license_: ("accept_enterprise", "local"),
+    cluster.acknowledged: ("create", "cause", *WAITS),
+    cluster.template_exists: ("local", "flat_settings", "include_defaults", "master_timeout"),
+    cluster.ilm_policy: WAITS,
+    cluster.xpack: ("categories", "accept_enterprise"),
+    cluster.nodes: ("flat_settings", "timeout"),
+    cluster.health: (
         *INDICES,
         *WAITS,
         "level",
@@ -292,9 +151,15 @@ PARAMS: dict[Handler, tuple[str, ...]] = {
         "wait_for_no_initializing_shards",
         "wait_for_no_relocating_shards",
     ),
-    refresh: INDICES,
-    index_exists: (*INDICES, "flat_settings", "include_defaults", "local", "master_timeout"),
-    create_index: WAITS,
+    cluster.refresh: INDICES,
+    cluster.index_exists: (
+        *INDICES,
+        "flat_settings",
+        "include_defaults",
+        "local",
+        "master_timeout",
+    ),
+    cluster.create_index: WAITS,
     write_doc: (*WRITES, *VERSIONED, "op_type", "require_data_stream"),
     write_auto_id: (*WRITES, *VERSIONED, "op_type", "require_data_stream"),
     create_doc: (*WRITES, *VERSIONED, "require_data_stream"),
@@ -313,7 +178,7 @@ def check_params(request: Request, path: str, handler: Handler) -> None:
     """Elasticsearch's answer to a parameter its handler does not consume, before anything is
     read or written; a ``filter_path`` past its bound is refused here too, not after a write."""
     allowed = (*COMMON, *PARAMS.get(handler, ()))
-    names = params.unknown(request, allowed)
+    names = unknown(request, allowed)
     if names:
         listed = ", ".join(f"[{name}]{_did_you_mean(name, allowed)}" for name in names)
         plural = "s" if len(names) > 1 else ""
@@ -324,7 +189,7 @@ def check_params(request: Request, path: str, handler: Handler) -> None:
 
 
 def _did_you_mean(name: str, allowed: tuple[str, ...]) -> str:
-    close = params.suggestion(name, allowed)
+    close = suggestion(name, allowed)
     if not close:
         return ""
     if len(close) == 1:

@@ -40,7 +40,7 @@ from latest_server.packets import (
 )
 from latest_server.settings import Settings
 from latest_server.stores.base import LatestDoc, LatestStore, WriteOutcome
-from latest_server.web.es_errors import (
+from latest_server.web.es.errors import (
     DocumentMissing,
     DocumentParsing,
     EsError,
@@ -48,9 +48,9 @@ from latest_server.web.es_errors import (
     ValidationFailed,
     VersionConflict,
 )
-from latest_server.web.es_http import MAX_VERSION, Versioning
-from latest_server.web.es_indices import Indices, check_name
-from latest_server.web.es_versions import VersionScale
+from latest_server.web.es.indices import Indices, check_name
+from latest_server.web.es.params import MAX_VERSION, Versioning
+from latest_server.web.es.versions import VersionScale
 
 SHARDS = {"total": 1, "successful": 1, "failed": 0}
 MAX_ES_ID_BYTES = 512

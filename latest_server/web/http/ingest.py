@@ -11,33 +11,15 @@ from starlette.responses import Response
 
 from latest_server.packets import Packet
 from latest_server.resources import Resources
-from latest_server.web.encoding import decode
-from latest_server.web.errors import json_error
+from latest_server.web._request import json_error, read_decoded
 
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
-
-
-async def read_body(request: Request, limit: int) -> bytes | None:
-    """The body, or None once it grows past ``limit`` bytes (we stop reading there)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return None
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def ingest(request: Request) -> Response:
     resources: Resources = request.app.state.resources
     limit = resources.settings.max_body_bytes
-    body = await read_body(request, limit)
-    if body is not None:  # gzip is decoded (every member) or refused with a 400
-        body = decode(body, request.headers.get("content-encoding"), limit)
+    body = await read_decoded(request, limit)  # gzip is decoded, or refused with a 400
     if body is None:
         return json_error(413, "too_large", f"request body is larger than {limit} bytes")
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()

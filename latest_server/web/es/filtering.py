@@ -1,4 +1,6 @@
-"""``filter_path``: keep the parts of a response named by dotted patterns, as Elasticsearch's
+"""``_source`` and ``filter_path`` filtering.
+
+``filter_path``: keep the parts of a response named by dotted patterns, as Elasticsearch's
 FilterPath does. A pattern is a list of segments split on unescaped dots (``\\.`` is a dot in a
 key); a segment is a key, a glob (``*``, ``?``, ``[...]``) matching one key, or ``**``, which
 matches one key or more. A value whose path matches a whole pattern is kept whole; lists are
@@ -18,11 +20,14 @@ from __future__ import annotations
 import fnmatch
 import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from latest_server.web.es_errors import IllegalArgument
+from latest_server.web.es.errors import IllegalArgument
+from latest_server.web.es.params import text
 
+MAX_SOURCE_PATTERNS = 100  # include and exclude patterns of one _source
 MAX_PARTS = 100  # segments over every pattern of one filter_path
 MAX_MOVES = 1024  # keys remembered per _Level: a response's keys repeat, a document's may not
 MAX_LEVELS = 16  # levels remembered per filter
@@ -154,3 +159,92 @@ def _keep(value: Any, level: _Level) -> Any:
                 if kept is not _NOTHING:
                     out[key] = kept
     return out if out else _NOTHING
+
+
+# --- _source ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFilter:
+    enabled: bool = True
+    includes: tuple[str, ...] = ()
+    excludes: tuple[str, ...] = ()
+
+    @property
+    def whole(self) -> bool:
+        return self.enabled and not self.includes and not self.excludes
+
+    def apply(self, source: dict[str, Any]) -> dict[str, Any]:
+        return _filter_source(source, self.includes, self.excludes, "")
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if isinstance(value, list):
+        return tuple(text(part) for part in value)
+    return ()
+
+
+def source_filter(
+    params: Mapping[str, Any], spec: Any = None, base: SourceFilter | None = None
+) -> SourceFilter:
+    """From query parameters (``_source``, ``_source_includes``, ``_source_excludes``) or an
+    mget doc's ``_source`` (bool, list or {"includes", "excludes"}), over ``base`` defaults."""
+    result = base or SourceFilter()
+    if spec is None:
+        spec = params.get("_source")
+        if isinstance(spec, str) and spec.lower() in ("true", "false"):
+            spec = spec.lower() == "true"
+    if isinstance(spec, bool):
+        result = SourceFilter(spec, result.includes, result.excludes)
+    elif isinstance(spec, (str, list)):
+        result = SourceFilter(True, _names(spec), result.excludes)
+    elif isinstance(spec, dict):
+        result = SourceFilter(
+            True, _names(spec.get("includes", [])), _names(spec.get("excludes", []))
+        )
+    includes = _names(params.get("_source_includes"))
+    excludes = _names(params.get("_source_excludes"))
+    if includes or excludes:
+        result = SourceFilter(True, includes or result.includes, excludes or result.excludes)
+    count = len(result.includes) + len(result.excludes)
+    if count > MAX_SOURCE_PATTERNS:  # each is tried on every path of the document
+        raise IllegalArgument(
+            f"_source has {count} include and exclude patterns, more than the "
+            f"{MAX_SOURCE_PATTERNS} latest-server takes"
+        )
+    return result
+
+
+def _filter_source(
+    source: dict[str, Any], includes: tuple[str, ...], excludes: tuple[str, ...], prefix: str
+) -> dict[str, Any]:
+    included, excluded = _globs(includes), _globs(excludes)
+    deeper = any("*" in pattern for pattern in includes)
+    out: dict[str, Any] = {}
+    for key, value in source.items():
+        path = prefix + key
+        if excluded(path):
+            continue
+        if not includes or included(path):
+            if isinstance(value, dict) and excludes:
+                value = _filter_source(value, (), excludes, path + ".")
+            out[key] = value
+        elif isinstance(value, dict) and (
+            deeper or any(pattern.startswith(path + ".") for pattern in includes)
+        ):
+            inner = _filter_source(value, includes, excludes, path + ".")
+            if inner:
+                out[key] = inner
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _globs(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+    """Whether a path matches any of ``patterns``: one regular expression for them all, so a
+    path costs one match in C rather than a Python call per pattern."""
+    if not patterns:
+        return lambda path: False
+    regex = re.compile("|".join(fnmatch.translate(pattern) for pattern in patterns))
+    return lambda path: regex.match(path) is not None

@@ -20,7 +20,7 @@ from latest_server import keys
 from latest_server.errors import StoreUnavailable
 from latest_server.redis_client import redis_bounded
 from latest_server.stores.latest_redis import UNAVAILABLE
-from latest_server.web.es_errors import InvalidIndexName
+from latest_server.web.es.errors import InvalidIndexName
 
 FORBIDDEN = set('\\/*?"<>| ,#:')
 MAX_NAME_BYTES = 255

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from latest_server.resources import Resources
 from latest_server.settings import Settings
-from latest_server.web.es_indices import Indices
-from latest_server.web.es_writes import Writer
+from latest_server.web.es.indices import Indices
+from latest_server.web.es.writes import Writer
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""The Elasticsearch-compatible API: routes, documents, _bulk, writes, indices, errors."""

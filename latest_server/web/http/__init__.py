@@ -1,0 +1,1 @@
+"""The REST API: ingest, latest, history, sessions and health."""
