@@ -143,13 +143,14 @@ def _integral_floats_as_ints(value: Any) -> Any:
     return value
 
 
-def _lookup(document: dict[str, Any], path: tuple[str, ...]) -> Any:
-    value: Any = document
+def lookup(document: Any, path: tuple[str, ...]) -> Any:
+    """The value at a dotted field's ``path`` (``"a.b"`` → ``("a", "b")``) in a decoded JSON
+    document; None when a part is missing or not an object, as when the value is null."""
     for part in path:
-        if not isinstance(value, dict) or part not in value:
+        if not isinstance(document, dict):
             return None
-        value = value[part]
-    return value
+        document = document.get(part)
+    return document
 
 
 def epoch_unit(number: float, unit: str = "auto") -> str:
@@ -318,7 +319,7 @@ class PacketParser:
         )
 
     def _variable_id(self, document: dict[str, Any]) -> str:
-        value = _lookup(document, self.id_path)
+        value = lookup(document, self.id_path)
         if value is None:
             raise PacketRejected("missing_id", f"packet has no {'.'.join(self.id_path)!r} field")
         if isinstance(value, bool) or not isinstance(value, (str, int)):
@@ -330,7 +331,7 @@ class PacketParser:
 
     def _timestamp(self, document: dict[str, Any]) -> int:
         for path in self.time_paths:
-            value = _lookup(document, path)
+            value = lookup(document, path)
             if value is not None:
                 break
         else:

@@ -11,7 +11,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from latest_server.errors import REJECT_REASONS
-from latest_server.packets import Packet, PacketParser, Rejection, epoch_to_us
+from latest_server.packets import Packet, PacketParser, Rejection, epoch_to_us, lookup
 from latest_server.settings import Settings
 
 PARSER = PacketParser(Settings())
@@ -258,3 +258,21 @@ def test_any_bytes_parse_to_packets_or_reasons(body: bytes) -> None:
     for ndjson in (False, True):
         for item in PARSER.parse_message(body, ndjson=ndjson):
             assert isinstance(item, Packet) or item.reason in REJECT_REASONS
+
+
+@pytest.mark.parametrize(
+    ("document", "path", "expected"),
+    [
+        ({"a": {"b": 1}}, ("a", "b"), 1),
+        ({"a": {"b": None}}, ("a", "b"), None),
+        ({"a": {"c": 1}}, ("a", "b"), None),
+        ({"a": [{"b": 1}]}, ("a", "b"), None),
+        ({"a": "b"}, ("a", "b"), None),
+        ("not an object", ("a",), None),
+        ({"a": 0}, (), {"a": 0}),
+    ],
+)
+def test_lookup_follows_a_dotted_path_through_objects_only(
+    document: Any, path: tuple[str, ...], expected: Any
+) -> None:
+    assert lookup(document, path) == expected

@@ -37,6 +37,7 @@ from latest_server.packets import (
     digest,
     dump,
     epoch_to_us,
+    lookup,
 )
 from latest_server.settings import Settings
 from latest_server.stores.base import LatestDoc, LatestStore, WriteOutcome
@@ -222,7 +223,7 @@ class Writer:
                 f"[1:1] failed to parse: the document must be a JSON object, not {kind}"
             )
         raw = dump(source)  # too_deep past packets.MAX_DEPTH: a failed item, not a 500
-        value = self._lookup(source, self.parser.id_path)
+        value = lookup(source, self.parser.id_path)
         text = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
         found = self.resolved.get((op.index, op.doc_id, text))
         if found is None:
@@ -275,18 +276,9 @@ class Writer:
             self.resolved[index, given, text] = found
         return found
 
-    @staticmethod
-    def _lookup(document: dict[str, Any], path: tuple[str, ...]) -> Any:
-        value: Any = document
-        for part in path:
-            if not isinstance(value, dict):
-                return None
-            value = value.get(part)
-        return value
-
     def _doc_time(self, source: dict[str, Any]) -> int | None:
         for path in self.parser.time_paths:
-            value = self._lookup(source, path)
+            value = lookup(source, path)
             if value is not None:
                 try:
                     return self.parser.time_to_us(value)
