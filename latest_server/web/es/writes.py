@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import os
 import re
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,13 +30,9 @@ from latest_server.errors import PacketRejected
 from latest_server.ingestor import Ingestor
 from latest_server.packets import (
     MAX_ID_LENGTH,
-    MAX_TS_US,
     Packet,
     PacketParser,
-    digest,
     dump,
-    epoch_to_us,
-    lookup,
 )
 from latest_server.settings import Settings
 from latest_server.stores.base import LatestDoc, LatestStore, WriteOutcome
@@ -223,32 +218,24 @@ class Writer:
                 f"[1:1] failed to parse: the document must be a JSON object, not {kind}"
             )
         raw = dump(source)  # too_deep past packets.MAX_DEPTH: a failed item, not a 500
-        value = lookup(source, self.parser.id_path)
-        text = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+        parser = self.parser
+        text = parser.id_text(source)
         found = self.resolved.get((op.index, op.doc_id, text))
         if found is None:
             found = self._resolve(op.index, op.doc_id, text)
         op.doc_id, variable_id, key = found
-        if len(raw) > self.max_packet_bytes:
+        sent, version_type = op.versioning
+        try:
+            return parser.versioned(
+                source, raw, variable_id, key, sent, version_type, self.versions.compared
+            )
+        except PacketRejected as exc:
+            if exc.code != "too_large":
+                raise
             raise IllegalArgument(
                 f"document is {len(raw)} bytes, the limit is {self.max_packet_bytes} "
                 "(LATEST_MAX_PACKET_BYTES)"
-            )
-        sent, version_type = op.versioning
-        version = sent if sent is None else self.versions.compared(sent)
-        # Positional: a dataclass __init__ called with keywords costs more, once per document.
-        return Packet(
-            variable_id,
-            key,
-            self._time(source, sent),
-            raw,
-            digest(source, raw),
-            None,
-            None,
-            version,
-            version_type,
-            None if sent == version else sent,
-        )
+            ) from None
 
     def _resolve(self, index: str, doc_id: str | None, text: str | None) -> tuple[str, str, str]:
         """The ES ``_id``, variable id and key of a document of ``index`` with ``_id`` ``doc_id``
@@ -275,26 +262,6 @@ class Writer:
                 self.resolved.clear()
             self.resolved[index, given, text] = found
         return found
-
-    def _doc_time(self, source: dict[str, Any]) -> int | None:
-        for path in self.parser.time_paths:
-            value = lookup(source, path)
-            if value is not None:
-                try:
-                    return self.parser.time_to_us(value)
-                except PacketRejected:
-                    return None  # unusable: Elasticsearch would take the document; so do we
-        return None
-
-    def _time(self, source: dict[str, Any], version: int | None) -> int:
-        found = self._doc_time(source)
-        if found is not None:
-            return found
-        if version is not None:
-            ts_us = epoch_to_us(version, self.parser.time_unit)
-            if ts_us < MAX_TS_US:
-                return ts_us
-        return time.time_ns() // 1000
 
     @staticmethod
     def _item(op: WriteOp, packet: Packet) -> dict[str, Any]:
@@ -428,7 +395,7 @@ class Writer:
         write = WriteOp("index", op.index, op.doc_id, new, Versioning(None, "external_gte"))
         packet = self.packet(write, new)
         if current is not None and (
-            self._doc_time(new) is None or packet.latest_version < current.version
+            self.parser.document_time(new) is None or packet.latest_version < current.version
         ):
             # Without a time of its own (or with an older one) the update takes the next
             # version, as an Elasticsearch update does; at 2**53, the largest version kept
