@@ -27,7 +27,7 @@ import orjson
 
 from latest_server import keys
 from latest_server.errors import PacketRejected
-from latest_server.ingestor import Ingestor
+from latest_server.ingestor import Ingestor, Origins
 from latest_server.packets import (
     MAX_ID_LENGTH,
     Packet,
@@ -162,7 +162,9 @@ class Writer:
     ) -> None:
         """Index/create ``ops[start:end]`` as one batch; an op that fails before the store gets
         its error item and is left out."""
-        written: list[tuple[int, Packet, dict[str, Any]]] = []
+        # Each packet's position and its item, built while Redis writes the packets before it.
+        origins: Origins[tuple[int, dict[str, Any]]] = Origins()
+        add = origins.add
 
         def packets() -> Iterator[Packet]:
             for position in range(start, end):
@@ -179,13 +181,10 @@ class Writer:
                 except PacketRejected as exc:
                     results[position] = failure(op, DocumentParsing(exc.message))
                     continue
-                # The item is built now, while Redis writes the packets before this one; the
-                # reply only fills in its result.
-                written.append((position, packet, self._item(op, packet)))
-                yield packet
+                yield add((position, self._item(op, packet)), packet)
 
         batch = await self.ingestor.write_batch(packets())
-        for (position, packet, item), outcome in zip(written, batch.outcomes, strict=True):
+        for (position, item), packet, outcome in origins.outcomes(batch):
             results[position] = self._written(ops[position], packet, outcome, item)
 
     @staticmethod
