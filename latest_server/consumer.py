@@ -31,7 +31,7 @@ from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
 from latest_server.errors import StoreUnavailable
-from latest_server.ingestor import BatchResult, Ingestor
+from latest_server.ingestor import BatchResult, Ingestor, Origins
 from latest_server.packets import Packet, PacketParser, Rejection
 from latest_server.settings import Settings
 
@@ -171,24 +171,23 @@ class Consumer:
         live = [m for m in batch if _channel_open(m)]
         if not live:
             return
-        packets: list[Packet] = []
-        origins: list[tuple[DeliveredMessage, int]] = []  # message, index in it
+        origins: Origins[tuple[DeliveredMessage, int]] = Origins()  # message, index in it
         rejections: list[tuple[DeliveredMessage, Rejection]] = []
         for message in live:
             for index, item in enumerate(self.parser.parse_message(message.body)):
                 if isinstance(item, Packet):
-                    packets.append(item)
-                    origins.append((message, index))
+                    origins.add((message, index), item)
                 else:
                     rejections.append((message, item))
-        if packets:
-            written = await self._write(packets)
+        if origins.packets:
+            written = await self._write(origins.packets)
             if written is None:
                 return  # stopping while Redis is down: nothing acked, RabbitMQ redelivers
-            for refusal in written.refused:  # session documents refused at write time
-                message, index = origins[refusal.index]
-                raw = packets[refusal.index].raw
-                rejections.append((message, Rejection(index, refusal.reason, refusal.detail, raw)))
+            # Session documents refused at write time: dead-lettered like a parse rejection.
+            for (message, index), packet, refusal in origins.refused(written):
+                rejections.append(
+                    (message, Rejection(index, refusal.reason, refusal.detail, packet.raw))
+                )
         if rejections:
             try:
                 await asyncio.gather(*(self._dead_letter(m, r) for m, r in rejections))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from latest_server.errors import StoreRefused
 from latest_server.offload import OffloadTrigger
@@ -21,6 +22,44 @@ class BatchResult:
     outcomes: list[WriteOutcome] = field(default_factory=list)  # of the samples, in order
     # Session documents refused at write time (bad_transition): index into the packets given.
     refused: list[Refusal] = field(default_factory=list)
+    # Positions (among the packets given) of the session documents applied to their session
+    # rather than written: they have no outcome.
+    documents: list[int] = field(default_factory=list)
+
+
+Origin = TypeVar("Origin")
+
+
+class Origins(Generic[Origin]):
+    """Where each packet of a batch came from (a position in a body, a message and the index
+    in it, a ``_bulk`` item), so an edge answers what the write refused or did at the place
+    the packet came from. ``add`` records a packet as it passes to ``write_batch``, so a
+    generator of packets still streams; ``packets`` is the list, for a caller that retries."""
+
+    __slots__ = ("origins", "packets")
+
+    def __init__(self) -> None:
+        self.origins: list[Origin] = []
+        self.packets: list[Packet] = []
+
+    def add(self, origin: Origin, packet: Packet) -> Packet:
+        self.origins.append(origin)
+        self.packets.append(packet)
+        return packet
+
+    def refused(self, result: BatchResult) -> list[tuple[Origin, Packet, Refusal]]:
+        """The packets refused at write time, with their origins and why."""
+        return [(self.origins[r.index], self.packets[r.index], r) for r in result.refused]
+
+    def outcomes(self, result: BatchResult) -> Iterator[tuple[Origin, Packet, WriteOutcome]]:
+        """Each written packet (session documents are not: see ``refused``) with its origin
+        and outcome, in order."""
+        written: Iterable[int] = range(len(self.packets))
+        if result.documents:
+            applied = set(result.documents)
+            written = [i for i in written if i not in applied]
+        for i, outcome in zip(written, result.outcomes, strict=True):
+            yield self.origins[i], self.packets[i], outcome
 
 
 class Ingestor:
@@ -73,6 +112,7 @@ class Ingestor:
                     [packet for _, packet in tracked], [outcomes[i].seq for i, _ in tracked]
                 )
             if documents:
+                result.documents = [i for i, _ in documents]
                 result.refused = await self.sessions.apply(documents)
                 result.accepted += len(documents) - len(result.refused)
         for outcome in outcomes:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -143,13 +144,14 @@ def _integral_floats_as_ints(value: Any) -> Any:
     return value
 
 
-def _lookup(document: dict[str, Any], path: tuple[str, ...]) -> Any:
-    value: Any = document
+def lookup(document: Any, path: tuple[str, ...]) -> Any:
+    """The value at a dotted field's ``path`` (``"a.b"`` → ``("a", "b")``) in a decoded JSON
+    document; None when a part is missing or not an object, as when the value is null."""
     for part in path:
-        if not isinstance(value, dict) or part not in value:
+        if not isinstance(document, dict):
             return None
-        value = value[part]
-    return value
+        document = document.get(part)
+    return document
 
 
 def epoch_unit(number: float, unit: str = "auto") -> str:
@@ -317,23 +319,97 @@ class PacketParser:
             state, bounds[0], bounds[1], info_raw, None if error is None else str(error)[:4096]
         )
 
-    def _variable_id(self, document: dict[str, Any]) -> str:
-        value = _lookup(document, self.id_path)
-        if value is None:
-            raise PacketRejected("missing_id", f"packet has no {'.'.join(self.id_path)!r} field")
+    def versioned(
+        self,
+        document: dict[str, Any],
+        raw: bytes,
+        variable_id: str,
+        key: str,
+        sent: int | None,
+        version_type: str | None,
+        compared: Callable[[int], int],
+    ) -> Packet:
+        """A packet of a writer that names the variable and the version itself (the
+        Elasticsearch-compatible API): ``raw`` is ``dump(document)``, ``variable_id`` and
+        ``key`` come from the caller's own id rules, ``sent`` is the version as the request
+        gave it (None: none) and ``compared`` maps it to the scale every path compares.
+
+        The history time is the document's time field when it has a usable one (``document_time``),
+        else ``sent`` read as an epoch time, else the arrival time: a document is never refused
+        for its time. ``@session`` is not read: such a writer stores documents as they are.
+        Raises ``too_large`` before anything of the version is looked at."""
+        if len(raw) > self.max_bytes:
+            raise PacketRejected(
+                "too_large", f"packet is {len(raw)} bytes, the limit is {self.max_bytes}"
+            )
+        version = sent if sent is None else compared(sent)
+        # Positional: a dataclass __init__ called with keywords costs more, once per document.
+        return Packet(
+            variable_id,
+            key,
+            self._stamp(document, sent),
+            raw,
+            digest(document, raw),
+            None,
+            None,
+            version,
+            version_type,
+            None if sent == version else sent,
+        )
+
+    def id_text(self, document: dict[str, Any]) -> str | None:
+        """The id field as text when it is a string or an integer (a boolean is neither), else
+        None. Not checked for length: the caller of ``versioned`` has an id of its own to fall
+        back on, and decides."""
+        value = lookup(document, self.id_path)
         if isinstance(value, bool) or not isinstance(value, (str, int)):
+            return None
+        return str(value)
+
+    def document_time(self, document: dict[str, Any]) -> int | None:
+        """The time of the first time field the document has, in µs; None when it has none or
+        that one is unusable (where ingest refuses with ``missing_time`` or ``bad_time``)."""
+        value = self._time_value(document)
+        if value is None:
+            return None
+        try:
+            return self.time_to_us(value)
+        except PacketRejected:
+            return None
+
+    def _stamp(self, document: dict[str, Any], sent: int | None) -> int:
+        found = self.document_time(document)
+        if found is not None:
+            return found
+        if sent is not None:
+            ts_us = epoch_to_us(sent, self.time_unit)
+            if ts_us < MAX_TS_US:
+                return ts_us
+        return time.time_ns() // 1000
+
+    def _variable_id(self, document: dict[str, Any]) -> str:
+        text = self.id_text(document)
+        if text is None:
+            if lookup(document, self.id_path) is None:
+                raise PacketRejected(
+                    "missing_id", f"packet has no {'.'.join(self.id_path)!r} field"
+                )
             raise PacketRejected("bad_id", "id must be a string or an integer")
-        text = str(value)
         if not text or len(text) > MAX_ID_LENGTH:
             raise PacketRejected("bad_id", f"id must have 1 to {MAX_ID_LENGTH} characters")
         return text
 
-    def _timestamp(self, document: dict[str, Any]) -> int:
+    def _time_value(self, document: dict[str, Any]) -> Any:
+        """The value of the first time field present (not null), or None."""
         for path in self.time_paths:
-            value = _lookup(document, path)
+            value = lookup(document, path)
             if value is not None:
-                break
-        else:
+                return value
+        return None
+
+    def _timestamp(self, document: dict[str, Any]) -> int:
+        value = self._time_value(document)
+        if value is None:
             names = ", ".join(".".join(path) for path in self.time_paths)
             raise PacketRejected("missing_time", f"packet has none of the time fields {names}")
         return self.time_to_us(value)

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from latest_server.errors import REJECT_REASONS
-from latest_server.packets import Packet, PacketParser, Rejection, epoch_to_us
+from latest_server.errors import REJECT_REASONS, PacketRejected
+from latest_server.packets import Packet, PacketParser, Rejection, epoch_to_us, lookup
 from latest_server.settings import Settings
 
 PARSER = PacketParser(Settings())
@@ -258,3 +258,73 @@ def test_any_bytes_parse_to_packets_or_reasons(body: bytes) -> None:
     for ndjson in (False, True):
         for item in PARSER.parse_message(body, ndjson=ndjson):
             assert isinstance(item, Packet) or item.reason in REJECT_REASONS
+
+
+@pytest.mark.parametrize(
+    ("document", "path", "expected"),
+    [
+        ({"a": {"b": 1}}, ("a", "b"), 1),
+        ({"a": {"b": None}}, ("a", "b"), None),
+        ({"a": {"c": 1}}, ("a", "b"), None),
+        ({"a": [{"b": 1}]}, ("a", "b"), None),
+        ({"a": "b"}, ("a", "b"), None),
+        ("not an object", ("a",), None),
+        ({"a": 0}, (), {"a": 0}),
+    ],
+)
+def test_lookup_follows_a_dotted_path_through_objects_only(
+    document: Any, path: tuple[str, ...], expected: Any
+) -> None:
+    assert lookup(document, path) == expected
+
+
+def versioned(
+    document: dict[str, Any],
+    sent: int | None = None,
+    parser: PacketParser = PARSER,
+    compared: Any = lambda version: version * 1000,
+) -> Packet:
+    raw = orjson.dumps(document)
+    return parser.versioned(document, raw, "v", "k", sent, "external", compared)
+
+
+def test_versioned_packet_is_timed_by_its_time_field_else_the_version_else_arrival() -> None:
+    timed = versioned({"observationDateTime": "2023-11-14T22:13:20Z"}, T0 * 1000)
+    assert timed.ts_us == T0 * 1_000_000
+    # An unusable time is no refusal here: the version, read as an epoch time, stands in.
+    by_version = versioned({"observationDateTime": "soon"}, (T0 + 5) * 1000)
+    assert by_version.ts_us == (T0 + 5) * 1_000_000
+    before = datetime.now(UTC).timestamp() * 1_000_000
+    arrived = versioned({"x": 1})
+    assert before - 1 <= arrived.ts_us <= datetime.now(UTC).timestamp() * 1_000_000 + 1
+    assert arrived.version is None and arrived.latest_version == arrived.ts_us
+
+
+def test_versioned_packet_keeps_the_version_sent_when_its_scale_differs() -> None:
+    packet = versioned({"x": 1}, 7)
+    assert (packet.version, packet.version_type, packet.es_version) == (7000, "external", 7)
+    same = versioned({"x": 1}, 7, compared=lambda version: version)
+    assert (same.version, same.es_version) == (7, None)
+    assert (packet.variable_id, packet.key, packet.session_doc) == ("v", "k", None)
+    assert packet.digest == versioned({"x": 1.0}).digest
+
+
+def test_versioned_packet_too_large_is_refused_before_its_version_is_read() -> None:
+    small = PacketParser(Settings(max_packet_bytes=16))
+
+    def compared(version: int) -> int:
+        raise AssertionError("the version of a refused document is not read")
+
+    with pytest.raises(PacketRejected) as refused:
+        versioned({"x": "a long enough value"}, 1, small, compared)
+    assert refused.value.code == "too_large"
+
+
+def test_id_text_and_document_time_answer_none_where_ingest_refuses() -> None:
+    assert PARSER.id_text({"id": 12}) == "12"
+    assert PARSER.id_text({"id": True}) is None
+    assert PARSER.id_text({"id": {"a": 1}}) is None
+    assert PARSER.id_text({}) is None
+    assert PARSER.document_time({"observationDateTime": T0}) == T0 * 1_000_000
+    assert PARSER.document_time({"observationDateTime": "soon"}) is None
+    assert PARSER.document_time({}) is None

@@ -27,7 +27,7 @@ from redis.exceptions import NoScriptError
 
 from latest_server import keys
 from latest_server.errors import StoreUnavailable
-from latest_server.packets import Packet
+from latest_server.packets import Packet, lookup
 from latest_server.redis_client import Scripts, load_scripts, redis_bounded
 from latest_server.settings import Settings
 from latest_server.stores.base import DeleteOutcome, LatestDoc, WriteOutcome
@@ -48,14 +48,6 @@ RETRY_STATUSES = (429, 502, 503, 504)
 
 def _unavailable(exc: Exception) -> StoreUnavailable:
     return StoreUnavailable(f"Elasticsearch is unavailable: {exc}")
-
-
-def _lookup(document: Any, path: tuple[str, ...]) -> Any:
-    for part in path:
-        if not isinstance(document, dict):
-            return None
-        document = document.get(part)
-    return document
 
 
 class ElasticsearchLatestStore:
@@ -250,7 +242,7 @@ class ElasticsearchLatestStore:
                 docs.append(None)
                 continue
             source = item["_source"]
-            variable_id = _lookup(source, self.id_path)
+            variable_id = lookup(source, self.id_path)
             docs.append(
                 LatestDoc(
                     str(variable_id if variable_id is not None else item["_id"]),

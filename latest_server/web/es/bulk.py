@@ -25,7 +25,7 @@ from latest_server.web.es.errors import (
     ParseError,
     ValidationFailed,
 )
-from latest_server.web.es.writes import NO_VERSION, ItemResult, WriteOp
+from latest_server.web.es.ops import NO_VERSION, ItemResult, WriteOp
 
 OPS = ("index", "create", "update", "delete")
 METADATA = frozenset(

@@ -4,7 +4,7 @@
 ``GET /{index}/_source/{id}``, ``GET|POST /_mget`` and ``/{index}/_mget``.
 
 Reads are real time. A document written with ``_id`` = id or ``_id`` = SHA-1 of the id is found
-by both (writes.candidate_keys).
+by both (ops.candidate_keys).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from latest_server.web.es.errors import (
 )
 from latest_server.web.es.filtering import SourceFilter
 from latest_server.web.es.indices import check_name
+from latest_server.web.es.ops import ItemResult, WriteOp, candidate_keys, check_id
 from latest_server.web.es.wire import respond
-from latest_server.web.es.writes import ItemResult, WriteOp, candidate_keys, check_id
 
 OP_TYPES = ("index", "create")
 

@@ -1,6 +1,7 @@
 """Document writes of the Elasticsearch-compatible API: one ``WriteOp`` per index, create,
 update or delete, from a single-document route or a ``_bulk`` line; ``Writer.run`` executes a
-list of them in order through the one write path (``Ingestor``) and answers one item each.
+list of them in order through the one write path (``Ingestor``) and answers one item each;
+deletes and updates run one by one through ``updates.Updates``.
 
 From an ES document to a ``Packet``:
 
@@ -16,98 +17,25 @@ From an ES document to a ``Packet``:
 
 from __future__ import annotations
 
-import base64
-import os
-import re
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from latest_server import keys
 from latest_server.errors import PacketRejected
-from latest_server.ingestor import Ingestor
-from latest_server.packets import (
-    MAX_ID_LENGTH,
-    MAX_TS_US,
-    Packet,
-    PacketParser,
-    digest,
-    dump,
-    epoch_to_us,
-)
+from latest_server.ingestor import Ingestor, Origins
+from latest_server.packets import MAX_ID_LENGTH, Packet, PacketParser, dump
 from latest_server.settings import Settings
-from latest_server.stores.base import LatestDoc, LatestStore, WriteOutcome
-from latest_server.web.es.errors import (
-    DocumentMissing,
-    DocumentParsing,
-    EsError,
-    IllegalArgument,
-    ValidationFailed,
-    VersionConflict,
-)
+from latest_server.stores.base import LatestStore, WriteOutcome
+from latest_server.web.es.errors import DocumentParsing, EsError, IllegalArgument, VersionConflict
 from latest_server.web.es.indices import Indices, check_name
-from latest_server.web.es.params import MAX_VERSION, Versioning
+from latest_server.web.es.ops import SHARDS, ItemResult, WriteOp, auto_id, check_id, failure
+from latest_server.web.es.updates import Updates
 from latest_server.web.es.versions import VersionScale
 
-SHARDS = {"total": 1, "successful": 1, "failed": 0}
-MAX_ES_ID_BYTES = 512
-NO_VERSION = Versioning(None, None)  # the packet's time is the version, by the server's rule
 WRITES = ("index", "create")  # ops a batch carries; delete and update run one by one
-SHA1_HEX = re.compile(r"[0-9a-f]{40}")
 RESOLVED_MAX = 65_536  # ids remembered by Writer._resolve; forgotten all at once past this
-
-
-def auto_id() -> str:
-    """20 url-safe base64 characters, like Elasticsearch's generated ids."""
-    return base64.urlsafe_b64encode(os.urandom(15)).decode()
-
-
-def check_id(doc_id: str) -> None:
-    if not doc_id:
-        raise ValidationFailed("id is missing")
-    # Four UTF-8 bytes at most per character: a short id needs no encoding to be checked.
-    if len(doc_id) > MAX_ES_ID_BYTES // 4 and len(doc_id.encode()) > MAX_ES_ID_BYTES:
-        raise ValidationFailed(
-            f"id [{doc_id}] is too long, must be no longer than 512 bytes but was: "
-            f"{len(doc_id.encode())}"
-        )
-
-
-def candidate_keys(doc_id: str, namespace: str) -> list[str]:
-    """The variable keys an ES ``_id`` may name: the id itself, or the SHA-1 of an id."""
-    found = [keys.key_for(doc_id, namespace)]
-    if SHA1_HEX.fullmatch(doc_id):
-        found.append(keys.namespaced(doc_id, namespace))
-    return found
-
-
-@dataclass(slots=True)
-class WriteOp:
-    op: str  # "index", "create", "update" or "delete"
-    index: str
-    doc_id: str | None
-    source: Any = None  # the document; for update the request body ({"doc", ...})
-    versioning: Versioning = NO_VERSION
-    error: EsError | None = None  # found while parsing: answered as this item's error
-    line: bytes | None = None  # from _bulk: the source line, decoded into source when run
-
-
-@dataclass(slots=True)
-class ItemResult:
-    status: int
-    body: dict[str, Any]  # without "status"
-
-    @property
-    def failed(self) -> bool:
-        return "error" in self.body
-
-
-def failure(op: WriteOp, error: EsError) -> ItemResult:
-    body: dict[str, Any] = {"_index": op.index, "_id": op.doc_id, "error": error.cause()}
-    return ItemResult(error.status, body)
 
 
 class Writer:
@@ -129,6 +57,7 @@ class Writer:
         self.resolved: dict[tuple[str, str | None, str | None], tuple[str, str, str]] = {}
         self.default_gte = settings.version_type == "external_gte"
         self.versions = VersionScale(settings.es_version_scale, settings.time_unit)
+        self.updates = Updates(self, parser, ingestor, latest, indices, self.versions)
 
     async def run(self, ops: Sequence[WriteOp]) -> list[ItemResult]:
         """Execute ``ops`` in request order: each run of index/create goes to the store as one
@@ -151,9 +80,9 @@ class Writer:
             try:
                 self._decode(op)
                 if op.op == "delete":
-                    results[start] = await self._delete(op)
+                    results[start] = await self.updates.delete(op)
                 else:
-                    results[start] = await self._update(op)
+                    results[start] = await self.updates.update(op)
             except EsError as exc:
                 results[start] = failure(op, exc)
             except PacketRejected as exc:
@@ -166,7 +95,9 @@ class Writer:
     ) -> None:
         """Index/create ``ops[start:end]`` as one batch; an op that fails before the store gets
         its error item and is left out."""
-        written: list[tuple[int, Packet, dict[str, Any]]] = []
+        # Each packet's position and its item, built while Redis writes the packets before it.
+        origins: Origins[tuple[int, dict[str, Any]]] = Origins()
+        add = origins.add
 
         def packets() -> Iterator[Packet]:
             for position in range(start, end):
@@ -183,14 +114,11 @@ class Writer:
                 except PacketRejected as exc:
                     results[position] = failure(op, DocumentParsing(exc.message))
                     continue
-                # The item is built now, while Redis writes the packets before this one; the
-                # reply only fills in its result.
-                written.append((position, packet, self._item(op, packet)))
-                yield packet
+                yield add((position, self._item(op, packet)), packet)
 
         batch = await self.ingestor.write_batch(packets())
-        for (position, packet, item), outcome in zip(written, batch.outcomes, strict=True):
-            results[position] = self._written(ops[position], packet, outcome, item)
+        for (position, item), packet, outcome in origins.outcomes(batch):
+            results[position] = self.written(ops[position], packet, outcome, item)
 
     @staticmethod
     def _decode(op: WriteOp) -> None:
@@ -222,32 +150,24 @@ class Writer:
                 f"[1:1] failed to parse: the document must be a JSON object, not {kind}"
             )
         raw = dump(source)  # too_deep past packets.MAX_DEPTH: a failed item, not a 500
-        value = self._lookup(source, self.parser.id_path)
-        text = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+        parser = self.parser
+        text = parser.id_text(source)
         found = self.resolved.get((op.index, op.doc_id, text))
         if found is None:
             found = self._resolve(op.index, op.doc_id, text)
         op.doc_id, variable_id, key = found
-        if len(raw) > self.max_packet_bytes:
+        sent, version_type = op.versioning
+        try:
+            return parser.versioned(
+                source, raw, variable_id, key, sent, version_type, self.versions.compared
+            )
+        except PacketRejected as exc:
+            if exc.code != "too_large":
+                raise
             raise IllegalArgument(
                 f"document is {len(raw)} bytes, the limit is {self.max_packet_bytes} "
                 "(LATEST_MAX_PACKET_BYTES)"
-            )
-        sent, version_type = op.versioning
-        version = sent if sent is None else self.versions.compared(sent)
-        # Positional: a dataclass __init__ called with keywords costs more, once per document.
-        return Packet(
-            variable_id,
-            key,
-            self._time(source, sent),
-            raw,
-            digest(source, raw),
-            None,
-            None,
-            version,
-            version_type,
-            None if sent == version else sent,
-        )
+            ) from None
 
     def _resolve(self, index: str, doc_id: str | None, text: str | None) -> tuple[str, str, str]:
         """The ES ``_id``, variable id and key of a document of ``index`` with ``_id`` ``doc_id``
@@ -276,35 +196,6 @@ class Writer:
         return found
 
     @staticmethod
-    def _lookup(document: dict[str, Any], path: tuple[str, ...]) -> Any:
-        value: Any = document
-        for part in path:
-            if not isinstance(value, dict):
-                return None
-            value = value.get(part)
-        return value
-
-    def _doc_time(self, source: dict[str, Any]) -> int | None:
-        for path in self.parser.time_paths:
-            value = self._lookup(source, path)
-            if value is not None:
-                try:
-                    return self.parser.time_to_us(value)
-                except PacketRejected:
-                    return None  # unusable: Elasticsearch would take the document; so do we
-        return None
-
-    def _time(self, source: dict[str, Any], version: int | None) -> int:
-        found = self._doc_time(source)
-        if found is not None:
-            return found
-        if version is not None:
-            ts_us = epoch_to_us(version, self.parser.time_unit)
-            if ts_us < MAX_TS_US:
-                return ts_us
-        return time.time_ns() // 1000
-
-    @staticmethod
     def _item(op: WriteOp, packet: Packet) -> dict[str, Any]:
         """The item of a write that is applied, but for its result and _seq_no."""
         return {
@@ -317,7 +208,7 @@ class Writer:
             "_primary_term": 1,
         }
 
-    def _written(
+    def written(
         self, op: WriteOp, packet: Packet, outcome: WriteOutcome, item: dict[str, Any] | None = None
     ) -> ItemResult:
         assert op.doc_id is not None
@@ -347,124 +238,3 @@ class Writer:
             item["result"] = "updated"
             return ItemResult(200, item)
         return ItemResult(201, item)
-
-    # --- delete and update --------------------------------------------------------------------
-
-    async def find(self, index: str, doc_id: str) -> tuple[str, LatestDoc | None]:
-        """The key an ``_id`` names in ``index`` and its latest document (None: none)."""
-        candidates = candidate_keys(doc_id, self.indices.namespace(index))
-        found = await self.latest.read_keys(candidates)
-        for key, doc in zip(candidates, found, strict=True):
-            if doc is not None:
-                return key, doc
-        return candidates[0], None
-
-    async def _delete(self, op: WriteOp) -> ItemResult:
-        assert op.doc_id is not None
-        check_name(op.index)
-        check_id(op.doc_id)
-        sent, version_type = op.versioning
-        kind = version_type or "external"
-        version = sent if sent is None else self.versions.compared(sent)
-        key, _ = await self.find(op.index, op.doc_id)
-        outcome = await self.ingestor.delete(op.doc_id, key, version, kind)
-        if outcome.result == "conflict":
-            current = outcome.current if outcome.current is not None else outcome.version
-            if sent is not None:  # a versioned delete: the current version in its scale
-                current = self.versions.shown(current, sent, kind == "external_gte")
-            detail = (
-                f"current version [{current}] is higher than the one provided [{sent}]"
-                if kind == "external_gte"
-                else f"current version [{current}] is higher or equal to the one provided [{sent}]"
-            )
-            return failure(op, VersionConflict(op.index, op.doc_id, detail))
-        body = {
-            "_index": op.index,
-            "_id": op.doc_id,
-            "_version": outcome.version if sent is None else sent,
-            "result": outcome.result,
-            "_shards": SHARDS,
-            "_seq_no": 0,
-            "_primary_term": 1,
-        }
-        return ItemResult(200 if outcome.result == "deleted" else 404, body)
-
-    async def _update(self, op: WriteOp) -> ItemResult:
-        """``{"doc": {...}}`` merged into the current document (or ``upsert`` /
-        ``doc_as_upsert`` when there is none), written like an index with a version no older
-        than the current one. Read then write: not atomic against a concurrent writer of the
-        same id, which then wins or makes this a 409."""
-        assert op.doc_id is not None
-        check_name(op.index)
-        body = op.source
-        if not isinstance(body, dict) or not isinstance(body.get("doc", {}), dict):
-            raise ValidationFailed("script or doc is missing")
-        if "script" in body:
-            raise IllegalArgument("update scripts are not supported by latest-server")
-        if "doc" not in body and "upsert" not in body:
-            raise ValidationFailed("script or doc is missing")
-        if op.versioning.version is not None or op.versioning.version_type not in (None,):
-            raise ValidationFailed(
-                "can't provide version in update request, use version_type=internal instead"
-            )
-        if not await self.indices.exists(op.index):
-            raise DocumentMissing(op.index, op.doc_id)
-        _, current = await self.find(op.index, op.doc_id)
-        if current is None:
-            if body.get("doc_as_upsert") and "doc" in body:
-                new = body["doc"]
-            elif "upsert" in body:
-                new = body["upsert"]
-            else:
-                raise DocumentMissing(op.index, op.doc_id)
-        else:
-            old = orjson.loads(current.doc)
-            new = _merge(old, body.get("doc", {}))
-            if new == old:
-                return ItemResult(
-                    200,
-                    {
-                        "_index": op.index,
-                        "_id": op.doc_id,
-                        "_version": current.shown_version,
-                        "result": "noop",
-                        "_shards": {"total": 0, "successful": 0, "failed": 0},
-                        "_seq_no": current.seq,
-                        "_primary_term": 1,
-                    },
-                )
-        write = WriteOp("index", op.index, op.doc_id, new, Versioning(None, "external_gte"))
-        packet = self.packet(write, new)
-        if current is not None and (
-            self._doc_time(new) is None or packet.latest_version < current.version
-        ):
-            # Without a time of its own (or with an older one) the update takes the next
-            # version, as an Elasticsearch update does; at 2**53, the largest version kept
-            # exactly, it keeps that one (external_gte: an equal version wins).
-            packet = Packet(
-                packet.variable_id,
-                packet.key,
-                packet.ts_us,
-                packet.raw,
-                packet.digest,
-                version=min(current.version + 1, MAX_VERSION),
-                version_type="external_gte",
-            )
-        batch = await self.ingestor.write_batch([packet])
-        result = self._written(write, packet, batch.outcomes[0])
-        if result.status == 201 and current is None:
-            return result
-        if not result.failed:
-            result.body["result"] = "updated" if current is not None else "created"
-        return result
-
-
-def _merge(old: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """Elasticsearch's partial-document merge: objects merge recursively, the rest replaces."""
-    merged = dict(old)
-    for key, value in patch.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged

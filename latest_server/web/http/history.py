@@ -19,6 +19,7 @@ from starlette.responses import Response, StreamingResponse
 
 from latest_server import keys
 from latest_server.errors import BadRequest, NotFound, PacketRejected
+from latest_server.packets import lookup
 from latest_server.resources import Resources
 from latest_server.stores import segments
 from latest_server.stores.history import decode_cursor, encode_cursor, entries_as_dicts
@@ -130,7 +131,7 @@ async def _csv(pages: AsyncIterator[pa.Table], fields: list[str]) -> AsyncIterat
         )
         for ts, seq, document in rows:
             if fields:
-                writer.writerow([ts, seq, *(_csv_value(_lookup(document, p)) for p in paths)])
+                writer.writerow([ts, seq, *(_csv_value(lookup(document, p)) for p in paths)])
                 continue
             more = {key: value for key, value in document.items() if key not in known}
             values = [_csv_value(document.get(column)) for column in columns]
@@ -225,7 +226,7 @@ async def _no_numbers(resources: Resources, key: str, window: Window, field: str
     page = await resources.history.read(key, Window(window.lo, window.hi), 1)
     if not page.entries.num_rows:
         return  # the range is empty: so is its series
-    first = _lookup(orjson.loads(page.entries.column("doc")[0].as_py()), tuple(field.split(".")))
+    first = lookup(orjson.loads(page.entries.column("doc")[0].as_py()), tuple(field.split(".")))
     if first is None:
         held = "has no such field"
     elif isinstance(first, (dict, list)):
@@ -254,14 +255,6 @@ def _int(raw: str | None, name: str, default: int | None) -> int | None:
         return int(raw)
     except ValueError:
         raise BadRequest(f"'{name}' must be an integer") from None
-
-
-def _lookup(document: Any, path: tuple[str, ...]) -> Any:
-    for part in path:
-        if not isinstance(document, dict):
-            return None
-        document = document.get(part)
-    return document
 
 
 def _csv_value(value: Any) -> Any:

@@ -9,6 +9,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from latest_server.ingestor import Origins
 from latest_server.packets import Packet
 from latest_server.resources import Resources
 from latest_server.web._request import json_error, read_decoded
@@ -25,24 +26,23 @@ async def ingest(request: Request) -> Response:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     items = resources.parser.iter_message(body, ndjson=content_type in NDJSON_TYPES)
     rejected: list[dict[str, object]] = []
-    positions: list[int] = []  # of each packet among the items
+    origins: Origins[int] = Origins()  # the position of each packet among the items
 
     def packets() -> Iterator[Packet]:
         """Parsed as the store takes them: the body's later packets are parsed while Redis
         writes the first ones."""
         for position, item in enumerate(items):
             if isinstance(item, Packet):
-                positions.append(position)
-                yield item
+                yield origins.add(position, item)
             else:
                 rejected.append({"index": item.index, "error": item.reason, "detail": item.detail})
 
     result = await resources.ingestor.write_batch(packets())
-    count = len(positions) + len(rejected)  # every item, now that the write took them all
-    if result.refused:  # session documents refused at write time (bad_transition)
+    count = len(origins.packets) + len(rejected)  # every item, now that the write took them all
+    refused = origins.refused(result)  # session documents refused at write time (bad_transition)
+    if refused:
         rejected += [
-            {"index": positions[r.index], "error": r.reason, "detail": r.detail}
-            for r in result.refused
+            {"index": position, "error": r.reason, "detail": r.detail} for position, _, r in refused
         ]
         rejected.sort(key=lambda item: int(str(item["index"])))
     answer = {
