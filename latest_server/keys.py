@@ -52,7 +52,7 @@ def history(key: str) -> str:
 
 
 def history_index(key: str) -> str:
-    """Sorted set: score ts µs, member ``<seq, 16 digits><digest hex>`` (packets.digest): dedup
+    """Sorted set: score ts µs, member ``<seq, 16 digits><digest hex>`` (canonical.digest): dedup
     and time index."""
     return _k(key, "i")
 

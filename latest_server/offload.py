@@ -26,9 +26,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from latest_server import keys
+from latest_server.canonical import stored_digest
 from latest_server.errors import StoreUnavailable
 from latest_server.lock import JobLock, LockLost
-from latest_server.packets import stored_digest
 from latest_server.redis_client import Scripts, redis_bounded
 from latest_server.stores import segments
 from latest_server.stores.base import ObjectStore

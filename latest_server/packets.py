@@ -6,30 +6,26 @@ one JSON object, a JSON array of objects, or NDJSON (one object per line).
 
 from __future__ import annotations
 
-import hashlib
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
 
+from latest_server.canonical import digest
 from latest_server.errors import PacketRejected, RejectReason
 from latest_server.keys import key_for
 from latest_server.settings import Settings
+from latest_server.times import epoch_to_us, iso_to_us
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-ONE_US = timedelta(microseconds=1)
 MAX_ID_LENGTH = 1024
 # orjson reads JSON nested up to 1024 levels but writes at most 254: a document nested deeper
 # could be read but never stored, served or dead-lettered as it is.
 MAX_DEPTH = 254
 # Lua numbers and sorted-set scores are doubles: versions stay exact below 2**53 µs (year 2255).
 MAX_TS_US = 2**53
-UNIT_TO_US = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}
 # The reserved field tying packets to a session. A string: the packet is a sample of that
 # session. An object: the packet is the session document itself (its id is the session id).
 SESSION_FIELD = "@session"
@@ -82,68 +78,6 @@ class Rejection:
     raw: bytes  # the offending bytes, for the dead-letter queue
 
 
-# orjson writes a float whose value is an integer as "7.0" (below 1e16) or with a positive
-# exponent ("1e+16"): a document whose JSON has neither needs no walk through its floats.
-FLOAT_ENDS = (b",", b"}", b"]")
-# Integral floats in this range are written as integers (orjson writes no integer beyond it;
-# larger integers are read as floats on both sides, so they compare as floats).
-INT_RANGE = (-(2**63), 2**64)
-
-
-def canonical(document: Any, raw: bytes) -> bytes:
-    """The canonical JSON of ``document``, whose orjson form is ``raw``: keys sorted at every
-    level, floats of integral value written as integers. Re-serialisations of one document
-    (keys in another order, ``7`` and ``7.0``, ``1E2`` and ``100``, whitespace, escapes) have
-    one canonical form, so they are one history entry. Equal as JSON numbers means equal as
-    Python compares an int and a float: exactly, so ``2**53 + 1`` and ``2.0**53`` stay apart."""
-    if _may_hold_integral_floats(raw):
-        document = _integral_floats_as_ints(document)
-    return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
-
-
-def _may_hold_integral_floats(raw: bytes) -> bool:
-    """False only when orjson's ``raw`` has no float of integral value (a string may make it
-    say True): two byte searches, where a regular expression took twice as long."""
-    if b"e+" in raw:
-        return True
-    find = raw.find
-    at = find(b".0")
-    while at >= 0:
-        if raw[at + 2 : at + 3] in FLOAT_ENDS:
-            return True
-        at = find(b".0", at + 2)
-    return False
-
-
-def digest(document: Any, raw: bytes) -> str:
-    """sha1 hex of ``canonical``: a history entry's identity with its time (write.lua's index
-    members, the ``hash`` column of history objects)."""
-    return hashlib.sha1(canonical(document, raw)).hexdigest()
-
-
-def stored_digest(doc: bytes) -> bytes:
-    """The 20-byte ``digest`` of a stored document (orjson's output, as the write path keeps
-    it), for the entries that offload and merge handle as bytes. Bytes that are not JSON (the
-    write path stores none) are their own identity."""
-    try:
-        document = orjson.loads(doc)
-    except orjson.JSONDecodeError:
-        return hashlib.sha1(doc).digest()
-    return hashlib.sha1(canonical(document, doc)).digest()
-
-
-def _integral_floats_as_ints(value: Any) -> Any:
-    kind = type(value)
-    if kind is float:
-        low, high = INT_RANGE
-        return int(value) if value.is_integer() and low <= value < high else value
-    if kind is dict:
-        return {key: _integral_floats_as_ints(item) for key, item in value.items()}
-    if kind is list:
-        return [_integral_floats_as_ints(item) for item in value]
-    return value
-
-
 def lookup(document: Any, path: tuple[str, ...]) -> Any:
     """The value at a dotted field's ``path`` (``"a.b"`` → ``("a", "b")``) in a decoded JSON
     document; None when a part is missing or not an object, as when the value is null."""
@@ -152,43 +86,6 @@ def lookup(document: Any, path: tuple[str, ...]) -> Any:
             return None
         document = document.get(part)
     return document
-
-
-def epoch_unit(number: float, unit: str = "auto") -> str:
-    """The unit of an epoch number: ``unit``, or with ``auto`` the one its magnitude says."""
-    if unit != "auto":
-        return unit
-    magnitude = abs(number)
-    if magnitude < 1e11:
-        return "s"
-    if magnitude < 1e14:
-        return "ms"
-    if magnitude < 1e17:
-        return "us"
-    return "ns"
-
-
-def epoch_to_us(number: float, unit: str = "auto") -> int:
-    """Epoch seconds/ms/µs/ns → µs. ``auto`` picks the unit by magnitude, which is exact for
-    times from 1973-03-03 to 5138 (before 1973, µs look like ms: fix the unit by setting)."""
-    if isinstance(number, float) and not math.isfinite(number):
-        raise ValueError("time is not a finite number")
-    unit = epoch_unit(number, unit)
-    if unit == "ns" and isinstance(number, int):
-        return number // 1000
-    factor = UNIT_TO_US[unit]
-    if isinstance(number, int) and isinstance(factor, int):
-        return number * factor
-    return round(number * factor)
-
-
-def iso_to_us(text: str, default_tz: ZoneInfo | None = None) -> int:
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        if default_tz is None:
-            raise ValueError("time has no UTC offset (set LATEST_DEFAULT_TZ to accept such times)")
-        moment = moment.replace(tzinfo=default_tz)
-    return (moment - EPOCH) // ONE_US
 
 
 def _unreadable(index: int, raw: bytes, exc: orjson.JSONDecodeError, what: str) -> Rejection:

@@ -11,8 +11,9 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from latest_server.errors import REJECT_REASONS, PacketRejected
-from latest_server.packets import Packet, PacketParser, Rejection, epoch_to_us, lookup
+from latest_server.packets import Packet, PacketParser, Rejection, lookup
 from latest_server.settings import Settings
+from latest_server.times import epoch_to_us
 
 PARSER = PacketParser(Settings())
 T0 = 1_700_000_000  # 2023-11-14T22:13:20Z

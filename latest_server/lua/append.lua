@@ -5,7 +5,7 @@
 -- KEYS[1] lv:{k}:h       stream: entry id <seq>-0, fields t (ts µs), d (doc)
 -- KEYS[2] lv:{k}:i       sorted set: score ts, member <seq as 16 digits><digest hex>
 -- KEYS[3] lv:{k}:meta    hash: e (epoch), s (last seq)
--- ARGV[1] ts (µs, integer)   ARGV[2] doc (JSON)   ARGV[3] digest hex of doc (packets.digest)
+-- ARGV[1] ts (µs, integer)   ARGV[2] doc (JSON)   ARGV[3] digest hex of doc (canonical.digest)
 -- ARGV[4] feed channel lv:{k}:feed
 -- returns {seq, epoch}: seq 0 when the same (ts, doc) is already in the hot history.
 local ts = ARGV[1]

@@ -8,7 +8,7 @@
 --                         ev (the version as an Elasticsearch request gave it, or '')
 -- KEYS[2] lv:{k}:h       stream: entry id <seq>-0, fields t (ts µs), d (doc)
 -- KEYS[3] lv:{k}:i       sorted set: score ts, member <seq as 16 digits><digest hex>
---                         (dedup + time index; ties sort by seq; digest: packets.digest)
+--                         (dedup + time index; ties sort by seq; digest: canonical.digest)
 -- KEYS[4] lv:{k}:meta    hash: e (epoch), s (last seq), b (the last seq before the epoch began)
 -- ARGV[1] variable id   ARGV[2] ts (µs, integer)   ARGV[3] doc (JSON)   ARGV[4] digest hex of doc
 -- ARGV[5] "1" for external_gte (>=), "0" for external (>), "c" for create (only when no

@@ -25,13 +25,13 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 import pyarrow.parquet as pq
 
-from latest_server.packets import stored_digest
+from latest_server.canonical import stored_digest
 
 SCHEMA = pa.schema(
     [
         pa.field("ts", pa.int64(), nullable=False),
         pa.field("seq", pa.int64(), nullable=False),
-        pa.field("hash", pa.binary(20), nullable=False),  # packets.digest: the identity, with ts
+        pa.field("hash", pa.binary(20), nullable=False),  # canonical.digest: the identity, with ts
         pa.field("doc", pa.binary(), nullable=False),
     ]
 )
@@ -132,7 +132,7 @@ def deduplicate(table: pa.Table) -> pa.Table:
     # Equal content implies equal ts, so only runs of tied ts among the rows kept so far need
     # their identities compared: the digest of each one's document, worked out again from the
     # document rather than taken from the hash column, which objects written before digests
-    # came from the canonical form (packets.canonical) hold as sha1 of the bytes.
+    # came from the canonical form (canonical.canonical) hold as sha1 of the bytes.
     ts = table.column("ts").to_numpy()
     kept = np.nonzero(keep)[0]
     kept_ts = ts[kept]

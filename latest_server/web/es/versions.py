@@ -15,7 +15,7 @@ written with (``Packet.es_version``).
 
 from __future__ import annotations
 
-from latest_server.packets import UNIT_TO_US, epoch_to_us, epoch_unit
+from latest_server.times import UNIT_TO_US, epoch_to_us, epoch_unit
 from latest_server.web.es.errors import IllegalArgument
 from latest_server.web.es.params import MAX_VERSION
 
