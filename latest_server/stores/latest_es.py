@@ -23,7 +23,6 @@ from elastic_transport import ConnectionTimeout, HttpxAsyncHttpNode, TransportEr
 from elasticsearch import ApiError, AsyncElasticsearch, ConflictError, NotFoundError
 from elasticsearch.helpers import async_streaming_bulk
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
 from latest_server import keys
 from latest_server.errors import StoreUnavailable
@@ -31,7 +30,6 @@ from latest_server.packets import Packet
 from latest_server.redis_client import Scripts, load_scripts, redis_bounded
 from latest_server.settings import Settings
 from latest_server.stores.base import DeleteOutcome, LatestDoc, WriteOutcome
-from latest_server.stores.latest_redis import UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +76,7 @@ class ElasticsearchLatestStore:
 
     @classmethod
     async def from_url(
-        cls, url: str, *, redis: Redis, settings: Settings
+        cls, url: str, *, redis: Redis, settings: Settings, scripts: Scripts | None = None
     ) -> ElasticsearchLatestStore:
         """Connect to ``url`` (``http(s)://user:password@host:9200``) and create the index once."""
         client = AsyncElasticsearch(
@@ -90,7 +88,7 @@ class ElasticsearchLatestStore:
         )
         store = cls(
             redis,
-            await load_scripts(redis),
+            scripts or await load_scripts(redis),
             client,
             index=settings.es_index,
             version_type=settings.version_type,
@@ -151,14 +149,7 @@ class ElasticsearchLatestStore:
                 )
             return await pipe.execute()  # type: ignore[no-any-return]
 
-        try:
-            try:
-                replies = await send()
-            except NoScriptError:
-                self.scripts = await load_scripts(self.redis)
-                replies = await send()
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        replies = await self.scripts.reloading(self.redis, send)
         return [(int(seq), int(epoch)) for seq, epoch in replies]
 
     def _action(self, packet: Packet) -> dict[str, Any]:
