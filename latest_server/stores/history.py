@@ -12,19 +12,16 @@ deleted it) means "list again".
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import orjson
 import pyarrow as pa
 from redis.asyncio import Redis
 
 from latest_server import keys
-from latest_server.errors import BadRequest, ObjectMissing, StoreUnavailable
+from latest_server.errors import ObjectMissing, StoreUnavailable
 from latest_server.redis_client import Scripts, redis_bounded, send_raw
 from latest_server.stores import segments
 from latest_server.stores.base import ObjectStore
@@ -42,18 +39,6 @@ HOT_SPARSE = 4  # seq spans longer than this many times the entries (+ HOT_SPAN)
 class Page:
     entries: pa.Table  # columns ts, seq, hash, doc; ordered by (ts, seq) in the asked direction
     next: tuple[int, int] | None  # resume after this (ts, seq), or None at the end
-
-
-def encode_cursor(position: tuple[int, int]) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps(list(position))).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[int, int]:
-    try:
-        ts, seq = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return int(ts), int(seq)
-    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
-        raise BadRequest(f"invalid cursor {cursor!r}") from None
 
 
 class HistoryStore:
@@ -275,16 +260,3 @@ def _members(replies: list[Any], window: Window) -> list[bytes]:
 
 def _position(table: pa.Table, row: int) -> tuple[int, int]:
     return int(table.column("ts")[row].as_py()), int(table.column("seq")[row].as_py())
-
-
-def entries_as_dicts(table: pa.Table) -> list[dict[str, Any]]:
-    """JSON-ready entries; documents are embedded without being parsed again."""
-    return [
-        {"ts": ts, "seq": seq, "doc": orjson.Fragment(doc)}
-        for ts, seq, doc in zip(
-            table.column("ts").to_pylist(),
-            table.column("seq").to_pylist(),
-            table.column("doc").to_pylist(),
-            strict=True,
-        )
-    ]
