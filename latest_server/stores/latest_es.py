@@ -216,9 +216,6 @@ class ElasticsearchLatestStore:
 
     # --- reads --------------------------------------------------------------------------------
 
-    async def get(self, variable_id: str) -> LatestDoc | None:
-        return (await self.mget([variable_id]))[0]
-
     async def mget(self, variable_ids: Sequence[str]) -> list[LatestDoc | None]:
         found = await self.read_keys([keys.key_for(v) for v in variable_ids])
         return [

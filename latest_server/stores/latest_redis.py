@@ -134,18 +134,8 @@ class RedisLatestStore:
         return b"".join((head, *names, *args))
 
     @redis_bounded
-    async def get(self, variable_id: str) -> LatestDoc | None:
-        reply: list[Any] = await self.redis.hmget(
-            keys.latest(keys.key_for(variable_id)), ("v", "doc")
-        )
-        version, doc = reply
-        if version is None or doc is None:
-            return None
-        return LatestDoc(variable_id, int(version), doc)
-
-    @redis_bounded
     async def mget(self, variable_ids: Sequence[str]) -> list[LatestDoc | None]:
-        if len(variable_ids) == 1:
+        if len(variable_ids) == 1:  # GET /latest/{id}: no pipeline to build
             replies = [
                 await self.redis.hmget(keys.latest(keys.key_for(variable_ids[0])), "v", "doc")
             ]
