@@ -184,6 +184,21 @@ class Scripts:
 
         return await self.reloading(redis, send)
 
+    async def pipelined(
+        self, redis: Redis, name: str, calls: Iterable[tuple[Sequence[Any], Sequence[Any]]]
+    ) -> list[Any]:
+        """One EVALSHA of script ``name`` per (keys, args) of ``calls``, in one round trip, in
+        order; the replies, as redis-py gives them."""
+        calls = list(calls)
+
+        async def send() -> list[Any]:
+            pipe = redis.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.evalsha(self.shas[name], len(keys), *keys, *args)
+            return await pipe.execute()  # type: ignore[no-any-return]
+
+        return await self.reloading(redis, send)
+
 
 @contextlib.asynccontextmanager
 async def _raw_connection(redis: Redis) -> AsyncIterator[Any]:

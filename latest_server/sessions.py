@@ -24,7 +24,6 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from latest_server import keys
 from latest_server.errors import RejectReason, StoreUnavailable
@@ -105,20 +104,6 @@ class SessionStore:
     async def _call(self, name: str, keys_: Sequence[str], args: Sequence[Any]) -> Any:
         return await self.scripts.call(self.redis, name, keys_, args)
 
-    async def _pipelined(
-        self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
-    ) -> list[Any]:
-        """One EVALSHA of one script per call, in one round trip. On NOSCRIPT (Redis restarted)
-        every call failed alike, nothing ran, so the whole pipeline is simply sent again."""
-
-        async def send() -> list[Any]:
-            pipe: Pipeline = self.redis.pipeline(transaction=False)
-            for keys_, args in calls:
-                pipe.evalsha(self.scripts.shas[name], len(keys_), *keys_, *args)
-            return await pipe.execute()  # type: ignore[no-any-return]
-
-        return await self.scripts.reloading(self.redis, send)
-
     @redis_bounded
     async def apply(self, documents: Sequence[tuple[int, Packet]]) -> list[Refusal]:
         """Apply session documents, in order, in one round trip. Returns the refused ones."""
@@ -143,7 +128,7 @@ class SessionStore:
                     ],
                 )
             )
-        replies = await self._pipelined("session_apply", calls)
+        replies = await self.scripts.pipelined(self.redis, "session_apply", calls)
         refused = []
         for (index, packet), (outcome, previous) in zip(documents, replies, strict=True):
             if outcome == b"rejected":
@@ -185,7 +170,7 @@ class SessionStore:
             calls.append(
                 (keys.session_keys(keys.key_for(session_id)), [*args, self.channel, *pairs])
             )
-        await self._pipelined("session_track", calls)
+        await self.scripts.pipelined(self.redis, "session_track", calls)
 
     @redis_bounded
     async def get(self, session_id: str) -> Session | None:

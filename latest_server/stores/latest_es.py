@@ -130,26 +130,14 @@ class ElasticsearchLatestStore:
     @redis_bounded  # Redis refusing writes for now (out of memory, read-only) is unavailability
     async def _append(self, packets: Sequence[Packet]) -> list[tuple[int, int]]:
         """History entries and feed messages, one pipelined round trip (lua/append.lua)."""
-
-        async def send() -> list[Any]:
-            pipe = self.redis.pipeline(transaction=False)
-            sha = self.scripts.shas["append"]
-            for p in packets:
-                k = p.key
-                pipe.evalsha(
-                    sha,
-                    3,
-                    keys.history(k),
-                    keys.history_index(k),
-                    keys.meta(k),
-                    p.ts_us,
-                    p.raw,
-                    p.digest,
-                    keys.feed(k),
-                )
-            return await pipe.execute()  # type: ignore[no-any-return]
-
-        replies = await self.scripts.reloading(self.redis, send)
+        calls = (
+            (
+                (keys.history(p.key), keys.history_index(p.key), keys.meta(p.key)),
+                (p.ts_us, p.raw, p.digest, keys.feed(p.key)),
+            )
+            for p in packets
+        )
+        replies = await self.scripts.pipelined(self.redis, "append", calls)
         return [(int(seq), int(epoch)) for seq, epoch in replies]
 
     def _action(self, packet: Packet) -> dict[str, Any]:
