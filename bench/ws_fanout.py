@@ -147,7 +147,7 @@ QUICK = {"clients": 50, "variables": 100, "per_client": 10, "rate": 1000, "secon
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop where installed: what ``latest-server serve`` runs on (``cli.run_loop``)."""
+    """uvloop where installed: what ``latest-server serve`` runs on (``runner.run_loop``)."""
     try:
         import uvloop
     except ImportError:

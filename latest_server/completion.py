@@ -31,7 +31,8 @@ from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 
 from latest_server import keys
 from latest_server.errors import StoreUnavailable
-from latest_server.sessions import UNAVAILABLE, EndHook, Session, SessionEnds, SessionStore
+from latest_server.redis_client import CONNECTION_LOST
+from latest_server.sessions import EndHook, Session, SessionEnds, SessionStore
 from latest_server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ class SessionJobs:
         while not self.stopping.is_set():
             try:
                 await step()
-            except (StoreUnavailable, *UNAVAILABLE) as exc:
+            except (StoreUnavailable, *CONNECTION_LOST) as exc:
                 log.warning("session jobs: Redis unavailable (%s); retrying", exc)
             except Exception:  # keep the loop alive; the next tick retries
                 log.exception("session jobs: unexpected error")

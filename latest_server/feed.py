@@ -28,10 +28,9 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from latest_server import keys
+from latest_server.redis_client import CONNECTION_LOST
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +125,7 @@ class LiveFeed:
         channel.pending += 1
         try:
             await self._conn.send_command(command, name)
-        except (RedisConnectionError, RedisTimeoutError, OSError):
+        except CONNECTION_LOST:
             channel.pending -= 1  # the reader's reconnect subscribes every channel again
 
     async def _ensure_reader(self) -> None:
@@ -151,7 +150,7 @@ class LiveFeed:
                 self._connected.set()
                 delay = 0.05
                 await self._read(conn)
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            except CONNECTION_LOST as exc:
                 if self._closing:
                     break
                 self.reconnects += 1

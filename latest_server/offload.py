@@ -29,7 +29,7 @@ from latest_server import keys
 from latest_server.canonical import stored_digest
 from latest_server.errors import StoreUnavailable
 from latest_server.lock import JobLock, LockLost
-from latest_server.redis_client import Scripts, redis_bounded
+from latest_server.redis_client import Scripts, redis_bounded, send_raw
 from latest_server.stores import segments
 from latest_server.stores.base import ObjectStore
 
@@ -292,18 +292,8 @@ class OffloadTrigger:
 async def _xrange(redis: Redis, stream: str, start: str, count: int) -> list[Any]:
     """XRANGE from ``start`` as Redis answers it, ``[[id, [field, value, ...]], ...]``: the
     reply callback of redis-py builds a dict per entry, which costs more than Redis reading it."""
-    pool = redis.connection_pool
-    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-    try:
-        await connection.send_command("XRANGE", stream, start, "+", "COUNT", count)
-        reply: list[Any] = await connection.read_response()
-        return reply
-    except BaseException:
-        # An error reply or a lost connection may leave the reply unread: never reuse it.
-        await connection.disconnect()
-        raise
-    finally:
-        await pool.release(connection)
+    (reply,) = await send_raw(redis, [("XRANGE", stream, start, "+", "COUNT", count)])
+    return reply  # type: ignore[no-any-return]
 
 
 def _text(value: bytes | str) -> str:

@@ -45,12 +45,20 @@ SCRIPTS = (
     "lock_release",
     "append",  # the Elasticsearch latest backend: history + feed only
     "delete",  # Elasticsearch-compatible deletes (a tombstone keeps the version)
+    "session_apply",
+    "session_track",
+    "session_poll",
+    "session_claim",
+    "session_release",
 )
 SAFE_POLICIES = ("noeviction",)
 MAX_CONNECTIONS = 512  # per process; Redis' own limit (maxclients) is 10,000 by default
 POOL_TIMEOUT = 20.0  # seconds a command waits for a free connection
 # Redis could not be reached, or went away mid-command (redis-py wraps socket errors in these).
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+# A connection lost wherever it is used, also by code that holds one of its own (the live feed's
+# pub/sub connection) and may meet the socket's own errors.
+CONNECTION_LOST = (*REDIS_DOWN, OSError)
 
 # Error replies of a Redis that is reachable but cannot take commands for now, by their code, with
 # what the operator is told (once per episode). Each passes by itself, or by what the server does
@@ -147,18 +155,49 @@ def redis_bounded(
 
 @dataclass(frozen=True)
 class Scripts:
-    """SHA-1 of each registered script, for EVALSHA in pipelines."""
+    """The script registry: SHA-1 of each script of lua/, for EVALSHA in pipelines. One is
+    loaded per process (``load_scripts``, by ``Resources``) and handed to every store and job
+    that calls a script; a reload after a Redis restart updates it for all of them."""
 
     sources: dict[str, str]
     shas: dict[str, str]
 
-    async def call(self, redis: Redis, name: str, keys: list[str], args: list[Any]) -> Any:
-        """EVALSHA, loading the script again if Redis lost its cache (a restart)."""
+    async def reload(self, redis: Redis) -> None:
+        """SCRIPT LOAD every script again: Redis lost its script cache (a restart)."""
+        for name, text in self.sources.items():
+            self.shas[name] = str(await redis.script_load(text))
+
+    async def reloading(self, redis: Redis, send: Callable[[], Awaitable[T]]) -> T:
+        """``send()``, sent once more after a reload if Redis answered NOSCRIPT. On NOSCRIPT
+        nothing ran (a pipeline's calls all fail alike), so sending again is safe."""
         try:
-            return await redis.evalsha(self.shas[name], len(keys), *keys, *args)  # type: ignore[misc]
+            return await send()
         except NoScriptError:
-            self.shas[name] = str(await redis.script_load(self.sources[name]))
+            await self.reload(redis)
+            return await send()
+
+    async def call(self, redis: Redis, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """EVALSHA, loading the scripts again if Redis lost its cache (a restart)."""
+
+        async def send() -> Any:
             return await redis.evalsha(self.shas[name], len(keys), *keys, *args)  # type: ignore[misc]
+
+        return await self.reloading(redis, send)
+
+    async def pipelined(
+        self, redis: Redis, name: str, calls: Iterable[tuple[Sequence[Any], Sequence[Any]]]
+    ) -> list[Any]:
+        """One EVALSHA of script ``name`` per (keys, args) of ``calls``, in one round trip, in
+        order; the replies, as redis-py gives them."""
+        calls = list(calls)
+
+        async def send() -> list[Any]:
+            pipe = redis.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.evalsha(self.shas[name], len(keys), *keys, *args)
+            return await pipe.execute()  # type: ignore[no-any-return]
+
+        return await self.reloading(redis, send)
 
 
 @contextlib.asynccontextmanager
@@ -245,10 +284,10 @@ def connect(url: str, **options: object) -> Redis:
 
 
 async def load_scripts(redis: Redis) -> Scripts:
-    """SCRIPT LOAD every script once; callers reload on NOSCRIPT (after a Redis restart)."""
-    sources = {name: lua.source(name) for name in SCRIPTS}
-    shas = {name: str(await redis.script_load(text)) for name, text in sources.items()}
-    return Scripts(sources, shas)
+    """The registry, every script loaded once (SCRIPT LOAD); callers reload on NOSCRIPT."""
+    scripts = Scripts({name: lua.source(name) for name in SCRIPTS}, {})
+    await scripts.reload(redis)
+    return scripts
 
 
 async def check_server(redis: Redis) -> list[str]:

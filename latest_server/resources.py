@@ -16,7 +16,7 @@ from latest_server.merge import Merger
 from latest_server.offload import Offloader, OffloadTrigger
 from latest_server.packets import PacketParser
 from latest_server.redact import redact
-from latest_server.redis_client import REDIS_DOWN, check_server, connect
+from latest_server.redis_client import REDIS_DOWN, Scripts, check_server, connect, load_scripts
 from latest_server.sessions import EndHook, Session, SessionStore
 from latest_server.settings import Settings
 from latest_server.stores import open_latest_store, open_object_store
@@ -36,6 +36,7 @@ class Resources:
     offloader: Offloader
     merger: Merger
     trigger: OffloadTrigger
+    scripts: Scripts  # every Lua script, loaded once, shared by the stores and jobs
     # Extra readiness conditions, e.g. "consumer": lambda: consumer.connected.
     ready_checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
     sessions: SessionStore | None = None
@@ -53,11 +54,14 @@ class Resources:
         try:
             try:
                 await check_server(redis)
+                scripts = await load_scripts(redis)
             except (*REDIS_DOWN, ResponseError) as exc:  # NOAUTH, WRONGPASS among them
                 raise unusable("Redis", "REDIS_URL", settings.redis_url, exc) from exc
             url = latest_url(settings)
             try:
-                latest = await open_latest_store(url, redis=redis, settings=settings)
+                latest = await open_latest_store(
+                    url, redis=redis, settings=settings, scripts=scripts
+                )
             except Exception as exc:
                 if settings.backend != "elasticsearch" or isinstance(exc, ConfigError):
                     raise
@@ -69,7 +73,7 @@ class Resources:
         objects = open_object_store(objects_url(settings), settings)
         offloader = Offloader(
             redis,
-            latest.scripts,
+            scripts,
             objects,
             ratio=settings.offload_ratio,
             target_ratio=settings.offload_target_ratio,
@@ -80,7 +84,7 @@ class Resources:
         # At start-up, finish whatever a job that died left in Redis (then offload if needed).
         trigger.start()
         merger = Merger(offloader, lock_ttl=settings.offload_lock_ttl * 2)
-        sessions = SessionStore(redis, completion_delay=settings.completion_delay)
+        sessions = SessionStore(redis, scripts, completion_delay=settings.completion_delay)
         session_jobs = SessionJobs(sessions, settings, on_end or merge_on_end(merger))
         session_jobs.start()
         return cls(
@@ -90,10 +94,11 @@ class Resources:
             Ingestor(latest, trigger, sessions=sessions),
             PacketParser(settings),
             objects,
-            HistoryStore(redis, latest.scripts, objects),
+            HistoryStore(redis, scripts, objects),
             offloader,
             merger,
             trigger,
+            scripts,
             sessions=sessions,
             session_jobs=session_jobs,
         )

@@ -16,7 +16,6 @@ applied here instead of being written as a variable. Every change is published a
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,25 +24,19 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from latest_server import keys, lua
+from latest_server import keys
 from latest_server.errors import RejectReason, StoreUnavailable
 from latest_server.packets import Packet
-from latest_server.redis_client import redis_bounded
+from latest_server.redis_client import REDIS_DOWN, Scripts, redis_bounded
 
 log = logging.getLogger(__name__)
 
 STATES = ("waiting", "open", "complete", "closed", "truncated", "failed")
 END_STATES = ("closed", "truncated", "failed")
-UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 # What an end hook raises when a store is away rather than because it failed: retried for as
 # long as it takes (StoreUnavailable, or redis-py's own errors from the merge's Redis calls).
-STORE_AWAY = (StoreUnavailable, RedisConnectionError, RedisTimeoutError)
-SCRIPTS = ("session_apply", "session_track", "session_poll", "session_claim", "session_release")
+STORE_AWAY = (StoreUnavailable, *REDIS_DOWN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,44 +95,14 @@ class Refusal:
 class SessionStore:
     """Session state in Redis. Every change is one Lua script call, pipelined per batch."""
 
-    def __init__(self, redis: Redis, *, completion_delay: float = 30.0) -> None:
+    def __init__(self, redis: Redis, scripts: Scripts, *, completion_delay: float = 30.0) -> None:
         self.redis = redis
+        self.scripts = scripts
         self.delay_ms = max(1, round(completion_delay * 1000))
-        self.sources = {name: lua.source(name) for name in SCRIPTS}
-        # EVALSHA needs only the digest; a script Redis does not know yet is loaded on NOSCRIPT.
-        self.shas = {
-            name: hashlib.sha1(text.encode()).hexdigest() for name, text in self.sources.items()
-        }
         self.channel = keys.session_events()
 
-    async def load_scripts(self) -> None:
-        for name, text in self.sources.items():
-            self.shas[name] = str(await self.redis.script_load(text))
-
     async def _call(self, name: str, keys_: Sequence[str], args: Sequence[Any]) -> Any:
-        try:
-            return await self.redis.evalsha(self.shas[name], len(keys_), *keys_, *args)  # type: ignore[misc]
-        except NoScriptError:
-            await self.load_scripts()
-            return await self.redis.evalsha(self.shas[name], len(keys_), *keys_, *args)  # type: ignore[misc]
-
-    async def _pipelined(
-        self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
-    ) -> list[Any]:
-        """One EVALSHA of one script per call, in one round trip. On NOSCRIPT (Redis restarted)
-        every call failed alike, nothing ran, so the whole pipeline is simply sent again."""
-
-        def build() -> Pipeline:
-            pipe = self.redis.pipeline(transaction=False)
-            for keys_, args in calls:
-                pipe.evalsha(self.shas[name], len(keys_), *keys_, *args)
-            return pipe
-
-        try:
-            return await build().execute()  # type: ignore[no-any-return]
-        except NoScriptError:
-            await self.load_scripts()
-            return await build().execute()  # type: ignore[no-any-return]
+        return await self.scripts.call(self.redis, name, keys_, args)
 
     @redis_bounded
     async def apply(self, documents: Sequence[tuple[int, Packet]]) -> list[Refusal]:
@@ -165,7 +128,7 @@ class SessionStore:
                     ],
                 )
             )
-        replies = await self._pipelined("session_apply", calls)
+        replies = await self.scripts.pipelined(self.redis, "session_apply", calls)
         refused = []
         for (index, packet), (outcome, previous) in zip(documents, replies, strict=True):
             if outcome == b"rejected":
@@ -207,7 +170,7 @@ class SessionStore:
             calls.append(
                 (keys.session_keys(keys.key_for(session_id)), [*args, self.channel, *pairs])
             )
-        await self._pipelined("session_track", calls)
+        await self.scripts.pipelined(self.redis, "session_track", calls)
 
     @redis_bounded
     async def get(self, session_id: str) -> Session | None:

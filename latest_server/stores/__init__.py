@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from latest_server.errors import ConfigError
 from latest_server.settings import Settings
+from latest_server.stores.base import LatestStore, ObjectStore
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from latest_server.redis_client import Scripts
 
 LATEST_BACKENDS = {
     "redis": "latest_server.stores.latest_redis:RedisLatestStore",
@@ -25,15 +31,25 @@ OBJECT_BACKENDS = {
 }
 
 
-async def open_latest_store(url: str, *, redis: Any, settings: Any) -> Any:
-    """A LatestStore for ``url``; ``redis`` (connected to REDIS_URL) keeps history and the feed."""
-    return await backend_class(url, LATEST_BACKENDS).from_url(url, redis=redis, settings=settings)
+async def open_latest_store(
+    url: str, *, redis: Redis, settings: Settings, scripts: Scripts | None = None
+) -> LatestStore:
+    """A LatestStore for ``url``; ``redis`` (connected to REDIS_URL) keeps history and the feed,
+    through ``scripts`` (the process' registry; by default the backend loads its own)."""
+    backend = backend_class(url, LATEST_BACKENDS)
+    store: LatestStore = await backend.from_url(
+        url, redis=redis, settings=settings, scripts=scripts
+    )
+    return store
 
 
-def open_object_store(url: str, settings: Settings | None = None) -> Any:
+def open_object_store(url: str, settings: Settings | None = None) -> ObjectStore:
     """An ObjectStore for ``s3://bucket/prefix`` or ``file:///path`` (S3 timeouts and tries
     from ``settings``, by default the defaults)."""
-    return backend_class(url, OBJECT_BACKENDS).from_url(url, settings=settings or Settings())
+    store: ObjectStore = backend_class(url, OBJECT_BACKENDS).from_url(
+        url, settings=settings or Settings()
+    )
+    return store
 
 
 def backend_class(url: str, table: dict[str, str]) -> Any:

@@ -52,10 +52,12 @@ class LatestStore(Protocol):
         written."""
         ...
 
-    async def get(self, variable_id: str) -> LatestDoc | None: ...
-
+    # Two reads, for two callers: by id for the REST API's hot path (version and document
+    # only), by key for the Elasticsearch-compatible API (also the stored id, the history seq
+    # and the version as the request gave it).
     async def mget(self, variable_ids: Sequence[str]) -> list[LatestDoc | None]:
-        """Many variables in one round trip, in the order asked."""
+        """The latest documents of ``variable_ids`` (one or many), in one round trip, in the
+        order asked."""
         ...
 
     async def read_keys(self, variable_keys: Sequence[str]) -> list[LatestDoc | None]:

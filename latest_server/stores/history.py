@@ -1,4 +1,5 @@
-"""History reads across every tier, upstream first.
+"""History reads by time (a Window: the REST API's pages and series) across every tier, upstream
+first; reads by seq, for subscribers, are ranges.py's (tiers.py says what the two share).
 
 Data only moves downstream -- live stream → job-owned copy → transfer object → merged object --
 and each downstream copy is durable before its upstream copy is deleted. So a reader that reads
@@ -12,21 +13,18 @@ deleted it) means "list again".
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import orjson
 import pyarrow as pa
 from redis.asyncio import Redis
 
 from latest_server import keys
-from latest_server.errors import BadRequest, ObjectMissing, StoreUnavailable
+from latest_server.errors import ObjectMissing, StoreUnavailable
 from latest_server.redis_client import Scripts, redis_bounded, send_raw
-from latest_server.stores import segments
+from latest_server.stores import segments, tiers
 from latest_server.stores.base import ObjectStore
 from latest_server.stores.segments import SCHEMA, Window
 
@@ -42,18 +40,6 @@ HOT_SPARSE = 4  # seq spans longer than this many times the entries (+ HOT_SPAN)
 class Page:
     entries: pa.Table  # columns ts, seq, hash, doc; ordered by (ts, seq) in the asked direction
     next: tuple[int, int] | None  # resume after this (ts, seq), or None at the end
-
-
-def encode_cursor(position: tuple[int, int]) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps(list(position))).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[int, int]:
-    try:
-        ts, seq = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return int(ts), int(seq)
-    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
-        raise BadRequest(f"invalid cursor {cursor!r}") from None
 
 
 class HistoryStore:
@@ -77,14 +63,7 @@ class HistoryStore:
         """Entries of ``window``; with ``limit``, the first ``limit`` of them and a cursor."""
         per_source = ALL if limit is None else limit + 1
         hot = await self.read_hot(key, window, per_source)
-        for _attempt in range(RELIST_ATTEMPTS):
-            try:
-                cold = await asyncio.to_thread(self._read_cold, key, window, limit and per_source)
-                break
-            except ObjectMissing:
-                continue  # a merge replaced what we listed: list again
-        else:
-            raise StoreUnavailable(f"history of {key} kept moving during {RELIST_ATTEMPTS} reads")
+        cold = await self._cold(key, window, limit and per_source)
 
         def lowest(part: pa.Table) -> tuple[int, int]:  # a part is sorted in either direction
             return min(_position(part, 0), _position(part, part.num_rows - 1))
@@ -117,14 +96,7 @@ class HistoryStore:
             ],
             names=["ts", "seq", "value"],
         )
-        for _attempt in range(RELIST_ATTEMPTS):
-            try:
-                cold = await asyncio.to_thread(self._read_cold, key, window, None, path)
-                break
-            except ObjectMissing:
-                continue  # a merge replaced what we listed: list again
-        else:
-            raise StoreUnavailable(f"history of {key} kept moving during {RELIST_ATTEMPTS} reads")
+        cold = await self._cold(key, window, None, path)
         parts = [t for t in [hot, *cold] if t.num_rows] or [hot]
         return segments.deduplicate_series(pa.concat_tables(parts))
 
@@ -162,16 +134,26 @@ class HistoryStore:
             flat[2::4],
         )
 
-    def _read_cold(
+    async def _cold(
         self, key: str, window: Window, limit: int | None, number: str | None = None
     ) -> list[pa.Table]:
-        transfers = self.objects.list(keys.transfer_prefix(key))
-        merged = self.objects.list(keys.merged_prefix(key))  # listed after the transfers
-        chosen = []
-        for info in [*transfers, *merged]:
-            _kind, _first, _min_seq, _max_seq, min_ts, max_ts = keys.parse_object(info.name)
-            if window.overlaps(min_ts, max_ts):
-                chosen.append(info.name)
+        """The object tiers' part of a read. A listed object that vanished (a merge replaced
+        it) means list again."""
+        for _attempt in range(RELIST_ATTEMPTS):
+            try:
+                return await asyncio.to_thread(self._read_cold, key, window, limit, number)
+            except ObjectMissing:
+                continue
+        raise StoreUnavailable(f"history of {key} kept moving during {RELIST_ATTEMPTS} reads")
+
+    def _read_cold(
+        self, key: str, window: Window, limit: int | None, number: str | None
+    ) -> list[pa.Table]:
+        chosen = [
+            stored.name
+            for stored in tiers.list_objects(self.objects, key)
+            if window.overlaps(stored.min_ts, stored.max_ts)
+        ]
 
         def read(name: str) -> pa.Table:
             with self.objects.open(name) as source:
@@ -275,16 +257,3 @@ def _members(replies: list[Any], window: Window) -> list[bytes]:
 
 def _position(table: pa.Table, row: int) -> tuple[int, int]:
     return int(table.column("ts")[row].as_py()), int(table.column("seq")[row].as_py())
-
-
-def entries_as_dicts(table: pa.Table) -> list[dict[str, Any]]:
-    """JSON-ready entries; documents are embedded without being parsed again."""
-    return [
-        {"ts": ts, "seq": seq, "doc": orjson.Fragment(doc)}
-        for ts, seq, doc in zip(
-            table.column("ts").to_pylist(),
-            table.column("seq").to_pylist(),
-            table.column("doc").to_pylist(),
-            strict=True,
-        )
-    ]

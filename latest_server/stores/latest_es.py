@@ -23,7 +23,6 @@ from elastic_transport import ConnectionTimeout, HttpxAsyncHttpNode, TransportEr
 from elasticsearch import ApiError, AsyncElasticsearch, ConflictError, NotFoundError
 from elasticsearch.helpers import async_streaming_bulk
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
 from latest_server import keys
 from latest_server.errors import StoreUnavailable
@@ -31,7 +30,6 @@ from latest_server.packets import Packet, lookup
 from latest_server.redis_client import Scripts, load_scripts, redis_bounded
 from latest_server.settings import Settings
 from latest_server.stores.base import DeleteOutcome, LatestDoc, WriteOutcome
-from latest_server.stores.latest_redis import UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +68,7 @@ class ElasticsearchLatestStore:
 
     @classmethod
     async def from_url(
-        cls, url: str, *, redis: Redis, settings: Settings
+        cls, url: str, *, redis: Redis, settings: Settings, scripts: Scripts | None = None
     ) -> ElasticsearchLatestStore:
         """Connect to ``url`` (``http(s)://user:password@host:9200``) and create the index once."""
         client = AsyncElasticsearch(
@@ -82,7 +80,7 @@ class ElasticsearchLatestStore:
         )
         store = cls(
             redis,
-            await load_scripts(redis),
+            scripts or await load_scripts(redis),
             client,
             index=settings.es_index,
             version_type=settings.version_type,
@@ -124,33 +122,14 @@ class ElasticsearchLatestStore:
     @redis_bounded  # Redis refusing writes for now (out of memory, read-only) is unavailability
     async def _append(self, packets: Sequence[Packet]) -> list[tuple[int, int]]:
         """History entries and feed messages, one pipelined round trip (lua/append.lua)."""
-
-        async def send() -> list[Any]:
-            pipe = self.redis.pipeline(transaction=False)
-            sha = self.scripts.shas["append"]
-            for p in packets:
-                k = p.key
-                pipe.evalsha(
-                    sha,
-                    3,
-                    keys.history(k),
-                    keys.history_index(k),
-                    keys.meta(k),
-                    p.ts_us,
-                    p.raw,
-                    p.digest,
-                    keys.feed(k),
-                )
-            return await pipe.execute()  # type: ignore[no-any-return]
-
-        try:
-            try:
-                replies = await send()
-            except NoScriptError:
-                self.scripts = await load_scripts(self.redis)
-                replies = await send()
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        calls = (
+            (
+                (keys.history(p.key), keys.history_index(p.key), keys.meta(p.key)),
+                (p.ts_us, p.raw, p.digest, keys.feed(p.key)),
+            )
+            for p in packets
+        )
+        replies = await self.scripts.pipelined(self.redis, "append", calls)
         return [(int(seq), int(epoch)) for seq, epoch in replies]
 
     def _action(self, packet: Packet) -> dict[str, Any]:
@@ -216,9 +195,6 @@ class ElasticsearchLatestStore:
         return DeleteOutcome("deleted", int(reply["_version"]), None)
 
     # --- reads --------------------------------------------------------------------------------
-
-    async def get(self, variable_id: str) -> LatestDoc | None:
-        return (await self.mget([variable_id]))[0]
 
     async def mget(self, variable_ids: Sequence[str]) -> list[LatestDoc | None]:
         found = await self.read_keys([keys.key_for(v) for v in variable_ids])

@@ -7,17 +7,20 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from latest_server import keys
 from latest_server.packets import Packet
-from latest_server.redis_client import Scripts, load_scripts, redis_bounded, send_each
+from latest_server.redis_client import (
+    CONNECTION_LOST,
+    Scripts,
+    load_scripts,
+    redis_bounded,
+    send_each,
+)
 from latest_server.settings import Settings
 from latest_server.stores.base import DeleteOutcome, LatestDoc, WriteOutcome
 
-UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 # write.lua's ARGV[5] for each version type (Packet.version_type, or LATEST_VERSION_TYPE).
 MODES = {"external": b"0", "external_gte": b"1", "create": b"c"}
 # Packets per write.lua call: big enough to amortise a call, small enough that one call keeps
@@ -36,13 +39,19 @@ class RedisLatestStore:
         self.gte = b"1" if version_type == "external_gte" else b"0"
 
     @classmethod
-    async def open(cls, redis: Redis, *, version_type: str = "external") -> RedisLatestStore:
-        return cls(redis, await load_scripts(redis), version_type=version_type)
+    async def open(
+        cls, redis: Redis, *, version_type: str = "external", scripts: Scripts | None = None
+    ) -> RedisLatestStore:
+        """A store on ``redis``, calling ``scripts`` (the process' registry; by default loaded
+        here, for a store used alone)."""
+        return cls(redis, scripts or await load_scripts(redis), version_type=version_type)
 
     @classmethod
-    async def from_url(cls, url: str, *, redis: Redis, settings: Settings) -> RedisLatestStore:
+    async def from_url(
+        cls, url: str, *, redis: Redis, settings: Settings, scripts: Scripts | None = None
+    ) -> RedisLatestStore:
         """The stores/__init__.py backend entry point: ``redis`` is already connected to ``url``."""
-        return await cls.open(redis, version_type=settings.version_type)
+        return await cls.open(redis, version_type=settings.version_type, scripts=scripts)
 
     @redis_bounded
     async def write_batch(self, packets: Iterable[Packet]) -> list[WriteOutcome]:
@@ -55,7 +64,7 @@ class RedisLatestStore:
             # Redis restarted and lost its script cache. The script is idempotent, so the
             # whole batch is simply sent again (every packet was taken: replies are read
             # after the last command is sent).
-            self.scripts = await load_scripts(self.redis)
+            await self.scripts.reload(self.redis)
             replies = await send_each(self.redis, self._commands(taken, []), _outcomes)
         return [outcome for chunk in replies for outcome in chunk]
 
@@ -125,18 +134,8 @@ class RedisLatestStore:
         return b"".join((head, *names, *args))
 
     @redis_bounded
-    async def get(self, variable_id: str) -> LatestDoc | None:
-        reply: list[Any] = await self.redis.hmget(
-            keys.latest(keys.key_for(variable_id)), ("v", "doc")
-        )
-        version, doc = reply
-        if version is None or doc is None:
-            return None
-        return LatestDoc(variable_id, int(version), doc)
-
-    @redis_bounded
     async def mget(self, variable_ids: Sequence[str]) -> list[LatestDoc | None]:
-        if len(variable_ids) == 1:
+        if len(variable_ids) == 1:  # GET /latest/{id}: no pipeline to build
             replies = [
                 await self.redis.hmget(keys.latest(keys.key_for(variable_ids[0])), "v", "doc")
             ]
@@ -185,7 +184,7 @@ class RedisLatestStore:
     async def ping(self) -> bool:
         try:
             return bool(await self.redis.ping())
-        except UNAVAILABLE:
+        except CONNECTION_LOST:
             return False
 
     async def close(self) -> None:

@@ -96,10 +96,11 @@ class S3ObjectStore:
             raise
         return True
 
-    @_bounded
-    def get(self, name: str) -> bytes:
+    def _get(self, name: str, **options: str) -> tuple[Any, bytes]:
+        """GET ``name`` (``Range=…`` in ``options``), counted: the reply and its body. A missing
+        object raises ObjectMissing; other errors stay as they are."""
         try:
-            reply = self.client.get_object(Bucket=self.bucket, Key=self._key(name))
+            reply = self.client.get_object(Bucket=self.bucket, Key=self._key(name), **options)
         except ClientError as exc:
             if _code(exc) in MISSING:
                 raise ObjectMissing(f"no object {name!r}") from None
@@ -107,41 +108,27 @@ class S3ObjectStore:
         data: bytes = reply["Body"].read()
         self.requests += 1
         self.bytes_read += len(data)
-        return data
+        return reply, data
+
+    @_bounded
+    def get(self, name: str) -> bytes:
+        return self._get(name)[1]
 
     @_bounded
     def get_range(self, name: str, start: int, length: int) -> bytes:
         if length <= 0:
             return b""
-        try:
-            reply = self.client.get_object(
-                Bucket=self.bucket, Key=self._key(name), Range=f"bytes={start}-{start + length - 1}"
-            )
-        except ClientError as exc:
-            if _code(exc) in MISSING:
-                raise ObjectMissing(f"no object {name!r}") from None
-            raise
-        data: bytes = reply["Body"].read()
-        self.requests += 1
-        self.bytes_read += len(data)
-        return data
+        return self._get(name, Range=f"bytes={start}-{start + length - 1}")[1]
 
     @_bounded
     def tail(self, name: str, length: int) -> tuple[int, bytes]:
         """(size of the object, its last ``length`` bytes) in one request: a suffix range."""
         try:
-            reply = self.client.get_object(
-                Bucket=self.bucket, Key=self._key(name), Range=f"bytes=-{length}"
-            )
+            reply, data = self._get(name, Range=f"bytes=-{length}")
         except ClientError as exc:
-            if _code(exc) in MISSING:
-                raise ObjectMissing(f"no object {name!r}") from None
             if _code(exc) in UNSATISFIABLE:
                 return self.size(name), b""
             raise
-        data: bytes = reply["Body"].read()
-        self.requests += 1
-        self.bytes_read += len(data)
         # "bytes <first>-<last>/<size>"; a server ignoring the range sends the whole object
         content_range = reply.get("ContentRange")
         size = int(content_range.rsplit("/", 1)[1]) if content_range else len(data)

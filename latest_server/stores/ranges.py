@@ -1,4 +1,5 @@
-"""Seq ranges across every tier, for subscribers: ``read_range(key, epoch, a, b)``.
+"""History reads by seq across every tier, for subscribers: ``read_range(key, epoch, a, b)``;
+reads by time are history.py's (tiers.py says what the two share).
 
 The history of a variable is numbered by a contiguous ``seq`` within an epoch. A subscriber that
 has everything up to ``a`` asks for ``(a, b]`` and must get each seq exactly once or be told
@@ -28,6 +29,7 @@ from redis.asyncio import Redis
 from latest_server import keys
 from latest_server.errors import ObjectMissing
 from latest_server.redis_client import Scripts, redis_bounded, send_raw
+from latest_server.stores import tiers
 from latest_server.stores.base import ObjectStore
 
 REREADS = 4
@@ -133,17 +135,14 @@ class RangeReader:
     ) -> list[tuple[int, int]]:
         """Read the missing spans from objects; returns the seq spans merged objects cover."""
         covered = []
-        transfers = self.objects.list(keys.transfer_prefix(key))
-        merged = self.objects.list(keys.merged_prefix(key))  # listed after the transfers
-        for info in [*transfers, *merged]:
-            kind, first, min_seq, max_seq, _min_ts, _max_ts = keys.parse_object(info.name)
-            if kind == "transfer" and first != epoch:
+        for stored in tiers.list_objects(self.objects, key):
+            if stored.kind == "transfer" and stored.first != epoch:
                 continue  # another epoch's seqs are not this one's
-            if kind == "merged":
-                covered.append((min_seq, max_seq))
-            spans = [(lo, hi) for lo, hi in missing if lo <= max_seq and hi >= min_seq]
+            if stored.kind == "merged":
+                covered.append((stored.min_seq, stored.max_seq))
+            spans = [(lo, hi) for lo, hi in missing if stored.overlaps_seqs(lo, hi)]
             if spans:
-                self._read_object(info.name, spans, found)
+                self._read_object(stored.name, spans, found)
         return covered
 
     def _read_object(

@@ -55,7 +55,7 @@ async def test_newer_wins_older_is_stale_but_kept_in_history(redis: Redis) -> No
         1_700_000_001_000_000,
         1_700_000_003_000_000,
     ]
-    found = await store.get("a")
+    [found] = await store.mget(["a"])
     assert found is not None
     assert found.version == 1_700_000_003_000_000
 
@@ -106,7 +106,7 @@ async def test_a_refused_write_never_blocks_a_later_one(redis: Redis) -> None:
     [again] = await store.write_batch([late])
     assert (again.applied, again.seq, again.entry) == (True, 0, 2)  # no second history entry
     assert (await latest_doc(redis, "a"))["n"] == 1
-    found = await store.get("a")
+    [found] = await store.mget(["a"])
     assert found is not None and found.version == 1_700_000_009_000_000
     assert [seq for seq, _, _ in await history(redis, "a")] == [1, 2]
     # and a true redelivery of it is still one: not applied, no new entry, in both modes

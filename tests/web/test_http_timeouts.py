@@ -26,7 +26,7 @@ TIMEOUT = 0.5  # both timeouts, in these tests
 
 
 class EsServerThread:
-    """The Elasticsearch-compatible API on its own listener, configured as cli.es_server does."""
+    """The Elasticsearch-compatible API on its own listener, configured as runner.es_server does."""
 
     def __init__(self, settings: Settings) -> None:
         self.port = free_port()

@@ -17,9 +17,7 @@ from collections.abc import Iterable
 from redis.asyncio import Redis
 
 from latest_server import keys
-from latest_server.errors import StoreUnavailable
 from latest_server.redis_client import redis_bounded
-from latest_server.stores.latest_redis import UNAVAILABLE
 from latest_server.web.es.errors import InvalidIndexName
 
 FORBIDDEN = set('\\/*?"<>| ,#:')
@@ -56,10 +54,7 @@ class Indices:
     async def exists(self, index: str) -> bool:
         if index in self.known:
             return True
-        try:
-            found = bool(await self.redis.sismember(keys.ES_INDICES, index))  # type: ignore[misc]
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        found = bool(await self.redis.sismember(keys.ES_INDICES, index))  # type: ignore[misc]
         if found:
             self.known.add(index)
         return found
@@ -70,10 +65,7 @@ class Indices:
         new = set(indices) - self.known
         if not new:
             return
-        try:
-            await self.redis.sadd(keys.ES_INDICES, *sorted(new))  # type: ignore[misc]
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        await self.redis.sadd(keys.ES_INDICES, *sorted(new))  # type: ignore[misc]
         self.known |= new
 
     @redis_bounded
@@ -81,16 +73,10 @@ class Indices:
         """True if it was created now, False if it already existed."""
         if index == self.main:
             return False
-        try:
-            added = int(await self.redis.sadd(keys.ES_INDICES, index))  # type: ignore[misc]
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        added = int(await self.redis.sadd(keys.ES_INDICES, index))  # type: ignore[misc]
         self.known.add(index)
         return added == 1
 
     @redis_bounded
     async def count(self) -> int:
-        try:
-            return 1 + int(await self.redis.scard(keys.ES_INDICES))  # type: ignore[misc]
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        return 1 + int(await self.redis.scard(keys.ES_INDICES))  # type: ignore[misc]

@@ -22,8 +22,9 @@ from latest_server.errors import BadRequest, NotFound, PacketRejected
 from latest_server.packets import lookup
 from latest_server.resources import Resources
 from latest_server.stores import segments
-from latest_server.stores.history import decode_cursor, encode_cursor, entries_as_dicts
 from latest_server.stores.segments import Window
+from latest_server.web.cursors import decode_cursor, encode_cursor
+from latest_server.web.entries import entries_as_dicts
 
 MAX_LIMIT = 10_000
 DEFAULT_LIMIT = 1_000

@@ -21,7 +21,7 @@ async def get_latest(request: Request) -> Response:
     variable_id: str = request.path_params["variable_id"]
     if not variable_id:
         raise NotFound("name a variable: GET /latest/{id} (the id URL-encoded)")
-    found = await resources.latest.get(variable_id)
+    [found] = await resources.latest.mget([variable_id])
     if found is None:
         raise NotFound(f"no value for variable {variable_id!r}")
     version = str(found.version)

@@ -1,0 +1,205 @@
+"""The server runner: ``latest-server serve|consume`` until SIGTERM/SIGINT, finishing the batch
+in hand (arq's run/close lifecycle), the HTTP and Elasticsearch-compatible listeners on uvicorn,
+the AMQP consumer, and the event loop they share."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import signal
+import socket
+from collections.abc import Coroutine, Iterator, Sequence
+from typing import Any
+
+import uvicorn
+from aio_pika.exceptions import AMQPError
+
+from latest_server.consumer import Consumer
+from latest_server.embedded import EmbeddedValkey
+from latest_server.errors import LatestError
+from latest_server.resources import Resources, unusable
+from latest_server.settings import Settings
+from latest_server.web.app import create_app, create_es_app, http_options, server_options
+
+log = logging.getLogger("latest_server")
+
+# Collect the young generation every 20 000 net allocations instead of 700: a server allocates
+# fast (frames, requests), and each collection also pays towards a full one, which on a busy
+# websocket fan-out (6 000 tasks) paused the loop for 30-70 ms (bench/ws_fanout.py).
+GC_THRESHOLDS = (20_000, 10, 10)
+
+
+async def _freeze_after_start(servers: Sequence[_Server]) -> None:
+    """Move what start-up allocated (modules, the app, clients: some 70 000 objects) out of the
+    cyclic garbage collector's sight once every listener is up. They live as long as the process,
+    and without this every full collection walks them again: measured, a fifth of the CPU time of
+    ``GET /latest`` (bench/latest_http.py). Objects made later are collected as usual."""
+    for server in servers:
+        await server.up.wait()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    log.debug("%d start-up objects frozen out of the garbage collector", gc.get_freeze_count())
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop where it is installed (it comes with uvicorn[standard]): the
+    AMQP and Redis clients spend much of their time in the event loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: ``run`` owns SIGTERM/SIGINT for every edge.
+    ``up`` is set once it listens."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.up = asyncio.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.up.set()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def es_server(settings: Settings, resources: Resources) -> tuple[_Server, socket.socket] | None:
+    """The Elasticsearch-compatible API's listener on LATEST_ES_PORT (0: none). A port that is
+    taken is logged and skipped: the main API keeps running."""
+    if not settings.es_port:
+        return None
+    try:
+        sock = bound(settings, settings.es_port)
+    except OSError as exc:
+        log.error(
+            "Elasticsearch-compatible API is off: cannot listen on %s:%s (%s); "
+            "set LATEST_ES_PORT to a free port, or 0",
+            settings.host,
+            settings.es_port,
+            exc,
+        )
+        return None
+    config = uvicorn.Config(
+        create_es_app(settings, resources=resources),
+        host=settings.host,
+        port=settings.es_port,
+        log_level=settings.log_level,
+        access_log=False,
+        lifespan="on",
+        **http_options(settings),
+    )
+    log.info("Elasticsearch-compatible API on %s:%s", settings.host, settings.es_port)
+    return _Server(config), sock
+
+
+def bound(settings: Settings, port: int) -> socket.socket:
+    """A socket bound to LATEST_HOST:``port``, not yet listening: uvicorn listens once the app
+    has started, so that nothing connects to a server that cannot answer yet, while a port
+    that is taken is known before anything else is started."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((settings.host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def http_socket(settings: Settings) -> socket.socket:
+    try:
+        return bound(settings, settings.port)
+    except OSError as exc:
+        raise LatestError(
+            f"cannot listen on {settings.host}:{settings.port} for the HTTP API "
+            f"({exc.strerror or exc}); set LATEST_PORT to a free port"
+        ) from exc
+
+
+async def run(command: str, settings: Settings, embedded: EmbeddedValkey | None = None) -> None:
+    http = http_socket(settings) if command == "serve" else None
+    try:
+        resources = await Resources.open(settings)
+    except BaseException:
+        if http is not None:
+            http.close()
+        raise
+    tasks: list[asyncio.Task[Any]] = []
+    stops: list[Any] = []
+    consumer: Consumer | None = None
+    servers: list[_Server] = []
+    supervisor: asyncio.Task[None] | None = None
+    if embedded is not None:
+        # Restarts it if it dies; meanwhile /readyz answers 503.
+        supervisor = asyncio.create_task(embedded.supervise(), name="valkey-supervisor")
+        resources.ready_checks["embedded_valkey"] = lambda: embedded.up
+    try:
+        if settings.amqp_url:
+            consumer = Consumer(settings, resources.ingestor)
+            try:
+                await consumer.start()
+            except (AMQPError, OSError) as exc:
+                raise unusable("RabbitMQ", "AMQP_URL", settings.amqp_url, exc) from exc
+            resources.ready_checks["consumer"] = lambda: consumer is not None and consumer.connected
+            tasks.append(asyncio.create_task(consumer.run(), name="consumer"))
+            stops.append(consumer.stop)
+        if http is not None:
+            config = uvicorn.Config(
+                create_app(settings, resources=resources),
+                host=settings.host,
+                port=settings.port,
+                log_level=settings.log_level,
+                access_log=False,
+                lifespan="on",
+                **server_options(settings),
+            )
+            server = _Server(config)
+
+            async def stop_server() -> None:
+                server.should_exit = True
+
+            tasks.append(asyncio.create_task(server.serve(sockets=[http]), name="http"))
+            stops.append(stop_server)
+            servers.append(server)
+            es_listener = es_server(settings, resources)
+            if es_listener is not None:
+                es, sock = es_listener
+
+                async def stop_es() -> None:
+                    es.should_exit = True
+
+                tasks.append(asyncio.create_task(es.serve(sockets=[sock]), name="es"))
+                stops.append(stop_es)
+                servers.append(es)
+
+        freezer = asyncio.create_task(_freeze_after_start(servers), name="gc-freeze")
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        waiter = asyncio.create_task(stopping.wait())
+        await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        log.info("stopping")
+        for stop in stops:
+            await stop()
+        waiter.cancel()
+        freezer.cancel()
+        for task in tasks:
+            await task  # the consumer finishes the batch in hand; errors surface here
+    finally:
+        if supervisor is not None:
+            supervisor.cancel()
+        if consumer is not None:
+            await consumer.close()
+        await resources.close()
