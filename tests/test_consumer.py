@@ -93,7 +93,8 @@ def publications(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[list[dict[
 def model(
     order: list[dict[str, Any]], gte: bool
 ) -> tuple[dict[str, bytes], dict[str, set[bytes]], int]:
-    """What the store must hold: the semantics of DESIGN.md §3, applied in delivery order."""
+    """What the store must hold, applied in delivery order: the semantics of docs/architecture.md
+    ("Identity, time and versions")."""
     latest: dict[str, tuple[int, bytes]] = {}
     history: dict[str, set[bytes]] = {}
     identities: dict[str, set[bytes]] = {}

@@ -116,8 +116,8 @@ def version_limits(es: Any, url: str) -> None:
         ]
         == largest
     )
-    # Documented deviation (es_compat.md §3.2): above 2**53 a version is not exact in Redis'
-    # Lua, so it is refused with a 400 instead of being compared wrongly.
+    # Documented deviation (docs/elasticsearch.md, "Deviations"): above 2**53 a version is not
+    # exact in Redis' Lua, so it is refused with a 400 instead of being compared wrongly.
     for version in (2**63 - 1, 2**63):
         expect_error(
             BadRequestError,

@@ -1,5 +1,6 @@
 """What Logstash's elasticsearch output sends, replayed byte for byte with httpx (no Logstash can
-be installed here): the start-up probes of es_compat.md §1.2 and a gzip ``_bulk`` (§1.5) with
+be installed here): the start-up probes and a gzip ``_bulk`` (docs/elasticsearch.md, "What the
+clients need") with
 ``Content-Type: application/json``, ``null`` ids and routing, string versions, out-of-order
 versions for one id and a bad version. Checks what Logstash needs back (§1.6, §1.8). Then the
 pipelines of logstash/ themselves: what rabbitmq-to-latest-server.conf sends for packets timed by

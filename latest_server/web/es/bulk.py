@@ -2,9 +2,9 @@
 per action, in order).
 
 Whole-request 400s, as Elasticsearch: a body not ending in a newline, a malformed action line,
-an unknown metadata key, a missing index. Our deliberate deviation (es_compat.md §3.9.1): a bad
-``version``/``version_type`` fails only its item (400), because Logstash retries a whole-request
-400 forever but sends a 400 item to its dead-letter queue.
+an unknown metadata key, a missing index. Our deliberate deviation (docs/elasticsearch.md,
+"Deviations"): a bad ``version``/``version_type`` fails only its item (400), because Logstash
+retries a whole-request 400 forever but sends a 400 item to its dead-letter queue.
 """
 
 from __future__ import annotations

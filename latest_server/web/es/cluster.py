@@ -15,7 +15,7 @@ from latest_server.web.es.indices import check_name
 from latest_server.web.es.wire import respond
 
 # The version we report. Logstash 8/9 plugins ship an 8.x index template and accept any 8.x;
-# elasticsearch-py 8 and 9 do not read it (es_compat.md §1.8, §2.2).
+# elasticsearch-py 8 and 9 do not read it (docs/elasticsearch.md, "What the clients need").
 ES_VERSION = "8.19.0"
 SHARDS = {"total": 1, "successful": 1, "failed": 0}
 

@@ -1,6 +1,6 @@
 """The Elasticsearch-compatible API: what Logstash's elasticsearch output and the official
 Python client (8.x, 9.x) need to keep "the latest document per resource" here instead of in an
-Elasticsearch index (../shared/es_compat.md is the spec).
+Elasticsearch index (docs/elasticsearch.md has the surface and the deviations).
 
 One endpoint, ``dispatch``, routes on the raw path (resource ids contain ``/``, sent as ``%2F``,
 which Starlette's decoded path would split), answers every error in Elasticsearch's shape and

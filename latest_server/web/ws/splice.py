@@ -1,5 +1,5 @@
 """The splice of a switching subscription: the stored history, then the live entries buffered
-meanwhile, with no gap and no duplicate (STREAMING.md step 3; docs in subscription.py).
+meanwhile, with no gap and no duplicate (docs/streaming.md; the steps in subscription.py).
 
 While switching, the feed is subscribed and confirmed and its entries are buffered. The stores
 are read up to ``read_to`` (the top read, or past the highest entry already buffered) and sent;

@@ -1,5 +1,5 @@
 """One variable on one websocket: history from the stores, then live, with no gap and no
-duplicate (the algorithm of STREAMING.md).
+duplicate (the algorithm of docs/streaming.md).
 
 State: ``epoch`` E, ``seq`` S (everything at or below S has been queued for the socket, in seq
 order) and a mode:
