@@ -24,6 +24,7 @@ from latest_server.resources import Resources
 from latest_server.settings import Settings
 from tests.client.capture import CaptureServer
 from tests.conftest import AMQP_URL, REDIS_URL, free_port, wait_for
+from tests.services import stop
 from tests.sessions.helpers import EventListener, RecordingHook
 from tests.sessions.test_sessions import doc, sample, write
 
@@ -216,12 +217,7 @@ def server_processes(
 
     yield start
     for process in reversed(started):
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop(process, within=15)
 
 
 async def test_two_server_processes_emit_exactly_one_complete_event(

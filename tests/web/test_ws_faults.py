@@ -28,7 +28,7 @@ from latest_server.resources import Resources
 from latest_server.settings import Settings
 from tests import test_faults
 from tests.conftest import S3_BUCKET, Relay, ServerThread, free_port, unique
-from tests.services import redis_binary
+from tests.services import redis_argv
 from tests.test_faults import Spawn, latest_server, server_env
 
 spawn = test_faults.spawn  # the fixture: processes killed and reaped at teardown
@@ -433,19 +433,7 @@ async def test_redis_restarting_without_its_data_gives_subscribers_a_reset_never
 ) -> None:
     port = free_port()
     redis_url = f"redis://127.0.0.1:{port}/0"
-    argv = [
-        redis_binary(),
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(tmp_path),
-    ]
+    argv = redis_argv(port, tmp_path)
     spawn(argv, dict(os.environ), "redis-1")
     private = Redis.from_url(redis_url)
     for _ in range(100):
