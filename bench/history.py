@@ -44,12 +44,9 @@ import math
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -61,7 +58,7 @@ import boto3
 import orjson
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from common import free_port
+from common import free_port, server
 from redis.asyncio import Redis
 from tsdownsample import MinMaxLTTBDownsampler
 
@@ -95,32 +92,9 @@ def moto_server() -> Iterator[str]:
     command = Path(sys.executable).with_name("moto_server")
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            [str(command), "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1):
-                        break
-                except (urllib.error.URLError, ConnectionError):
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        log.seek(0)
-                        sys.stderr.write(log.read().decode(errors="replace")[-4000:])
-                        raise SystemExit(f"moto_server did not start on {endpoint}") from None
-                    time.sleep(0.1)
-            yield endpoint
-        finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+    argv = [str(command), "-H", "127.0.0.1", "-p", str(port)]
+    with server("moto_server", argv, dict(os.environ), f"{endpoint}/moto-api/"):
+        yield endpoint
 
 
 class S3Counter:

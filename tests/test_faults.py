@@ -31,11 +31,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from latest_server import keys
 from latest_server.settings import Settings
 from tests.conftest import AMQP_URL, free_port, wait_for
-from tests.services import redis_binary
+from tests.services import redis_argv
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
-REDIS_SERVER = redis_binary()
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 T0_MS = 1_700_000_000_000
 PUBLISH_CHUNK = 250  # publishes in flight at once; chunks are confirmed one after the other
@@ -146,24 +145,6 @@ def server_env(settings: Settings | None = None, **extra: str) -> dict[str, str]
 
 def latest_server(spawn: Spawn, command: str, env: dict[str, str], name: str) -> Child:
     return spawn([sys.executable, "-m", "latest_server", command], env, name)
-
-
-def redis_server_argv(port: int, data_dir: Path) -> list[str]:
-    return [
-        REDIS_SERVER,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-        "--dir",
-        str(data_dir),
-        "--save",
-        "",
-    ]
 
 
 async def until(
@@ -467,7 +448,7 @@ async def test_redis_outage_loses_nothing(
     data_dir.mkdir()
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
-    argv = redis_server_argv(port, data_dir)
+    argv = redis_argv(port, data_dir, durable=True)
     server = spawn(argv, dict(os.environ), "redis-before")
     await until("the private Redis answers", lambda: redis_answers(url), 20, server)
 

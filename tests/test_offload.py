@@ -20,28 +20,12 @@ from redis.asyncio import Redis
 from latest_server import keys
 from latest_server.errors import StoreUnavailable
 from latest_server.lock import LockLost
-from latest_server.packets import Packet, PacketParser
 from latest_server.resources import Resources
 from latest_server.settings import Settings
 from latest_server.stores.segments import Window
-from tests.conftest import S3_BUCKET, unique
+from tests.conftest import S3_BUCKET, packet, unique
 
 EVERYTHING = Window(-(2**62), 2**62)
-PARSER = PacketParser(Settings())
-
-
-def packet(variable: str, n: int, **extra: Any) -> Packet:
-    item = PARSER.parse_document(0, {"id": variable, "ts": 1_700_000_000 + n, "n": n, **extra})
-    assert isinstance(item, Packet)
-    return item
-
-
-@pytest.fixture
-async def stores(settings: Settings, objects_url: str, redis: Redis) -> AsyncIterator[Resources]:
-    opened = await Resources.open(dataclasses.replace(settings, objects_url=objects_url))
-    await opened.trigger.close()  # let the start-up recovery job finish first
-    yield opened
-    await opened.close()
 
 
 async def seqs(stores: Resources, variable: str, window: Window = EVERYTHING) -> list[int]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import shutil
 import socket
 import struct
 import subprocess
@@ -27,10 +26,9 @@ from latest_server.lock import JobLock
 from latest_server.redis_client import connect, load_scripts, send_raw
 from latest_server.settings import Settings
 from tests.conftest import ServerThread, free_port
+from tests.services import redis_argv
 
 pytestmark = pytest.mark.timeout(60)
-
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
 class PrivateRedis:
@@ -40,11 +38,7 @@ class PrivateRedis:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         directory.mkdir(parents=True, exist_ok=True)
-        self.argv = [
-            REDIS_SERVER,
-            *("--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(directory)),
-            *("--appendonly", "yes", "--appendfsync", "always", "--save", ""),
-        ]
+        self.argv = redis_argv(self.port, directory, durable=True)
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

@@ -39,6 +39,13 @@ def own_redis() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture
+async def own_redis_client(own_redis: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(own_redis)
+    yield client
+    await client.aclose()
+
+
 def sync(url: str) -> SyncRedis:
     return SyncRedis.from_url(url)
 
@@ -188,10 +195,10 @@ async def running(settings: Settings, resources: Resources) -> AsyncIterator[Con
 
 
 async def test_a_redis_at_maxmemory_recovers_by_offloading_and_loses_nothing(
-    own_resources: tuple[Settings, Resources], amqp: object, own_redis: str
+    own_resources: tuple[Settings, Resources], amqp: object, own_redis_client: Redis
 ) -> None:
     settings, resources = own_resources
-    redis = Redis.from_url(own_redis)
+    redis = own_redis_client
     variables = [f"urn:full:{n}" for n in range(20)]
     big = "x" * 2_000
     async with running(settings, resources) as consumer:
@@ -217,14 +224,13 @@ async def test_a_redis_at_maxmemory_recovers_by_offloading_and_loses_nothing(
     assert settings.objects_url
     objects = Path(settings.objects_url.removeprefix("file://"))
     assert await asyncio.to_thread(lambda: any(objects.rglob("*.parquet")))  # offloaded
-    await redis.aclose()
 
 
 async def test_a_poison_batch_is_retried_with_backoff_and_never_ends_the_consumer(
-    own_resources: tuple[Settings, Resources], amqp: object, own_redis: str
+    own_resources: tuple[Settings, Resources], amqp: object, own_redis_client: Redis
 ) -> None:
     settings, resources = own_resources
-    redis = Redis.from_url(own_redis)
+    redis = own_redis_client
     # A key of the wrong type where the history stream goes: write.lua fails with WRONGTYPE.
     await redis.set(keys.history(keys.key_for("urn:poison:a")), b"not a stream")
     calls = 0
@@ -243,7 +249,6 @@ async def test_a_poison_batch_is_retried_with_backoff_and_never_ends_the_consume
         assert 2 <= calls <= 8, calls  # retried, with backoff: not hot
         await redis.delete(keys.history(keys.key_for("urn:poison:a")))
         await wait_for(lambda: consumer.processed == 1, within=15)
-    await redis.aclose()
 
 
 async def test_an_offload_job_runs_while_redis_refuses_writes_for_memory(

@@ -16,6 +16,7 @@ import pytest
 
 from latest_server.redact import RedactingFormatter, redact
 from tests.conftest import free_port
+from tests.services import private_redis
 from tests.test_faults import server_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
@@ -48,28 +49,9 @@ def the_error(stderr: str) -> str:
 
 
 @pytest.fixture
-def redis_with_password(tmp_path: Path) -> Iterator[int]:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            *("redis-server", "--port", str(port), "--bind", "127.0.0.1"),
-            *("--requirepass", "the-right-one", "--save", "", "--dir", str(tmp_path)),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
-        yield port
-    finally:
-        process.terminate()
-        process.wait(10)
+def redis_with_password() -> Iterator[int]:
+    with private_redis("--requirepass", "the-right-one") as url:
+        yield int(url.rsplit(":", 1)[1].split("/")[0])
 
 
 def test_unreachable_redis(tmp_path: Path) -> None:

@@ -5,10 +5,9 @@ store is refused with a reason while everything around it is written, versions s
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import random
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,14 +51,6 @@ def redis_sync(http: httpx.Client) -> Iterator[SyncRedis]:
     client = SyncRedis.from_url(REDIS_URL)
     yield client
     client.close()
-
-
-@pytest.fixture
-async def stores(settings: Settings, objects_url: str, redis: Redis) -> AsyncIterator[Resources]:
-    opened = await Resources.open(dataclasses.replace(settings, objects_url=objects_url))
-    await opened.trigger.close()  # let the start-up recovery job finish first
-    yield opened
-    await opened.close()
 
 
 def parsed(body: bytes) -> Packet:

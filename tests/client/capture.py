@@ -7,26 +7,19 @@ import threading
 import time
 
 import orjson
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tests.conftest import free_port
+from tests.servers import UvicornThread
 
 
-class CaptureServer:
+class CaptureServer(UvicornThread):
     def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.lock = threading.Lock()
         self.requests: list[tuple[float, str, bytes]] = []  # (monotonic time, path, body)
-        app = Starlette(routes=[Route("/{path:path}", self._record, methods=["POST"])])
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        super().__init__(Starlette(routes=[Route("/{path:path}", self._record, methods=["POST"])]))
 
     async def _record(self, request: Request) -> Response:
         arrived = time.monotonic()
@@ -40,16 +33,3 @@ class CaptureServer:
     def received(self) -> list[tuple[float, str, bytes]]:
         with self.lock:
             return list(self.requests)
-
-    def __enter__(self) -> CaptureServer:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the capture server did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)

@@ -3,8 +3,6 @@ relays (tests/client/relay.py) between the client and the real RabbitMQ or HTTP 
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -12,8 +10,8 @@ import aio_pika
 import orjson
 import pytest
 
-from tests.client.relay import Relay
-from tests.conftest import AMQP_URL
+from tests.conftest import AMQP_URL, settled
+from tests.servers import Relay
 
 
 @pytest.fixture
@@ -33,17 +31,8 @@ async def amqp_target(names: dict[str, str]) -> AsyncIterator[tuple[str, Any]]:
 
 
 async def read_all(queue: Any, settle: float = 0.5) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    deadline = time.monotonic() + settle
-    while time.monotonic() < deadline:
-        message = await queue.get(fail=False)
-        if message is None:
-            await asyncio.sleep(0.02)
-            continue
-        await message.ack()
-        found += orjson.loads(message.body)
-        deadline = time.monotonic() + settle
-    return found
+    found = await settled(queue, settle, 0.02)
+    return [doc for message in found for doc in orjson.loads(message.body)]
 
 
 @pytest.fixture

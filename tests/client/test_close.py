@@ -23,7 +23,7 @@ from ingest_client.batcher import Batcher
 from ingest_client.transports import memory, open_async_transport, open_transport
 from tests.client.capture import CaptureServer
 from tests.client.conftest import read_all, relayed_amqp_url
-from tests.client.relay import Relay
+from tests.servers import Relay
 
 ROOT = Path(__file__).resolve().parents[2]
 BOUND = 2.0  # close_timeout of these tests
@@ -87,25 +87,23 @@ def check_unsent(session_id: str, failed: FlushFailed, took: float, received: li
     assert "close_timeout" in str(failed)
 
 
+async def run(
+    mode: str, url: str, relay: Relay, outage: str, **options: Any
+) -> tuple[str, FlushFailed, float]:
+    """``sync_run`` (in a thread) or ``async_run``."""
+    if mode == "sync":
+        return await asyncio.to_thread(sync_run, url, relay, outage, **options)
+    return await async_run(url, relay, outage, **options)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
 @pytest.mark.parametrize("outage", ["cut", "freeze"])
-async def test_a_sync_session_whose_broker_is_gone_closes_within_the_bound(
-    outage: str, amqp_target: tuple[str, Any], amqp_relay: Relay
+async def test_a_session_whose_broker_is_gone_closes_within_the_bound(
+    mode: str, outage: str, amqp_target: tuple[str, Any], amqp_relay: Relay
 ) -> None:
     exchange, queue = amqp_target
     url = relayed_amqp_url(amqp_relay)
-    session_id, failed, took = await asyncio.to_thread(
-        sync_run, url, amqp_relay, outage, exchange=exchange
-    )
-    check_unsent(session_id, failed, took, await read_all(queue))
-
-
-@pytest.mark.parametrize("outage", ["cut", "freeze"])
-async def test_an_async_session_whose_broker_is_gone_closes_within_the_bound(
-    outage: str, amqp_target: tuple[str, Any], amqp_relay: Relay
-) -> None:
-    exchange, queue = amqp_target
-    url = relayed_amqp_url(amqp_relay)
-    session_id, failed, took = await async_run(url, amqp_relay, outage, exchange=exchange)
+    session_id, failed, took = await run(mode, url, amqp_relay, outage, exchange=exchange)
     check_unsent(session_id, failed, took, await read_all(queue))
 
 
@@ -173,19 +171,13 @@ def captured(server: CaptureServer) -> list[dict[str, Any]]:
     return [p for _, _, body in server.received() for p in orjson.loads(body)]
 
 
-def test_a_sync_session_over_http_whose_server_stops_answering(
-    http_relay: tuple[CaptureServer, Relay],
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_session_over_http_whose_server_stops_answering(
+    mode: str, http_relay: tuple[CaptureServer, Relay]
 ) -> None:
     server, relay = http_relay
-    session_id, failed, took = sync_run(f"http://127.0.0.1:{relay.port}", relay, "freeze")
-    check_unsent(session_id, failed, took, captured(server))
-
-
-async def test_an_async_session_over_http_whose_server_stops_answering(
-    http_relay: tuple[CaptureServer, Relay],
-) -> None:
-    server, relay = http_relay
-    session_id, failed, took = await async_run(f"http://127.0.0.1:{relay.port}", relay, "freeze")
+    url = f"http://127.0.0.1:{relay.port}"
+    session_id, failed, took = await run(mode, url, relay, "freeze")
     check_unsent(session_id, failed, took, captured(server))
 
 

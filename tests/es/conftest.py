@@ -10,19 +10,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from redis.asyncio import Redis
 
 from latest_server.settings import Settings
 from latest_server.web.app import create_es_app
-from tests.conftest import free_port
+from tests.servers import UvicornThread
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS_DIR = ROOT / ".es-clients"
@@ -30,28 +27,7 @@ CLIENTS_DIR = ROOT / ".es-clients"
 CLIENT_SPECS = {"8": "elasticsearch>=8.13,<9", "9": "elasticsearch>=9,<10"}
 
 
-class EsServerThread:
-    """uvicorn serving ``create_es_app`` (or any app) in a thread, on a free loopback port."""
-
-    def __init__(self, app: Any) -> None:
-        self.port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> EsServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+EsServerThread = UvicornThread  # ``create_es_app`` (or any app) in uvicorn in a thread
 
 
 @pytest.fixture

@@ -23,7 +23,8 @@ from latest_server import keys
 from latest_server.resources import Resources
 from latest_server.settings import Settings
 from tests.client.capture import CaptureServer
-from tests.conftest import AMQP_URL, REDIS_URL, free_port, wait_for
+from tests.conftest import AMQP_URL, REDIS_URL, free_port, settled, wait_for
+from tests.services import stop
 from tests.sessions.helpers import EventListener, RecordingHook
 from tests.sessions.test_sessions import doc, sample, write
 
@@ -55,17 +56,8 @@ async def event_queue(events_exchange: str) -> AsyncIterator[Any]:
 
 async def drain(queue: Any, settle: float = 1.0) -> list[dict[str, Any]]:
     """Every message in the queue, waiting ``settle`` seconds after the last one."""
-    found: list[dict[str, Any]] = []
-    deadline = time.monotonic() + settle
-    while time.monotonic() < deadline:
-        message = await queue.get(fail=False)
-        if message is None:
-            await asyncio.sleep(0.05)
-            continue
-        await message.ack()
-        found.append({"routing_key": message.routing_key, **orjson.loads(message.body)})
-        deadline = time.monotonic() + settle
-    return found
+    found = await settled(queue, settle)
+    return [{"routing_key": m.routing_key, **orjson.loads(m.body)} for m in found]
 
 
 @pytest.fixture
@@ -216,12 +208,7 @@ def server_processes(
 
     yield start
     for process in reversed(started):
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop(process, within=15)
 
 
 async def test_two_server_processes_emit_exactly_one_complete_event(

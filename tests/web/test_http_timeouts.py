@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,36 +19,10 @@ from latest_server import keys
 from latest_server.settings import Settings
 from latest_server.web.app import create_app, create_es_app, http_options
 from latest_server.web.http_timeouts import _HeaderTimeoutProtocol
-from tests.conftest import ServerThread, free_port
+from tests.conftest import ServerThread
+from tests.servers import UvicornThread
 
 TIMEOUT = 0.5  # both timeouts, in these tests
-
-
-class EsServerThread:
-    """The Elasticsearch-compatible API on its own listener, configured as runner.es_server does."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.port = free_port()
-        config = uvicorn.Config(
-            create_es_app(settings),
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            lifespan="on",
-            **http_options(settings),
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 @pytest.fixture
@@ -74,9 +47,9 @@ def listener(
     if request.param == "main":
         yield "main", http_server(timed).port
         return
-    es = EsServerThread(timed)
-    yield "es", es.port
-    es.stop()
+    # configured as runner.es_server does
+    with UvicornThread(create_es_app(timed), lifespan="on", **http_options(timed)) as es:
+        yield "es", es.port
 
 
 def send_and_wait(port: int, data: bytes, within: float = 10) -> tuple[bytes, float]:

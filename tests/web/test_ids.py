@@ -15,7 +15,7 @@ import pytest
 import websockets
 
 from latest_server.settings import Settings
-from tests.conftest import ServerThread
+from tests.conftest import ServerThread, ws_url
 
 IDS = ["line\nbreak", "tab\there", "50%25 %zz", "a/b/c", "why?x=1", "ha#sh", "🌡 probe", "Ωmega/ß"]
 T0 = 1_700_000_000
@@ -69,7 +69,7 @@ def test_an_id_written_over_es_is_read_by_every_route(
 
 
 async def subscribe_latest(running: ServerThread, doc_id: str) -> dict[str, object]:
-    url = running.url.replace("http://", "ws://") + "/ws"
+    url = ws_url(running)
     async with websockets.connect(url) as ws, asyncio.timeout(10):
         await ws.send(orjson.dumps({"op": "subscribe", "ids": [doc_id], "latest": True}).decode())
         entries = []

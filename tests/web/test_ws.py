@@ -4,39 +4,18 @@ with history spread over Redis, transfer objects and merged objects (file:// and
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
 import websockets
-from redis.asyncio import Redis
 from websockets.frames import Frame, Opcode
 
 from latest_server import keys
-from latest_server.packets import Packet, PacketParser
 from latest_server.resources import Resources
-from latest_server.settings import Settings
 from latest_server.web.ws import direct as ws_direct
-from latest_server.web.ws.hub import Hub
-from tests.conftest import ServerThread
-
-PARSER = PacketParser(Settings())
-
-
-def packet(variable: str, n: int, **extra: Any) -> Packet:
-    item = PARSER.parse_document(0, {"id": variable, "ts": 1_700_000_000 + n, "n": n, **extra})
-    assert isinstance(item, Packet)
-    return item
-
-
-@pytest.fixture
-async def stores(settings: Settings, objects_url: str, redis: Redis) -> AsyncIterator[Resources]:
-    opened = await Resources.open(dataclasses.replace(settings, objects_url=objects_url))
-    await opened.trigger.close()
-    yield opened
-    await opened.close()
+from tests.conftest import ServerThread, hub_of, packet, ws_url
 
 
 @pytest.fixture
@@ -47,16 +26,6 @@ def server(
         return http_server(stores.settings, **overrides)
 
     return start
-
-
-def ws_url(server: ServerThread) -> str:
-    return server.url.replace("http://", "ws://") + "/ws"
-
-
-def hub_of(server: ServerThread) -> Hub:
-    hub = server.server.config.app.state.hub
-    assert isinstance(hub, Hub)
-    return hub
 
 
 async def frames(ws: Any, until: Callable[[dict[str, Any]], bool], within: float = 20) -> list[Any]:

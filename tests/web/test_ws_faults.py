@@ -27,8 +27,8 @@ from latest_server.packets import Packet, PacketParser
 from latest_server.resources import Resources
 from latest_server.settings import Settings
 from tests import test_faults
-from tests.conftest import S3_BUCKET, Relay, ServerThread, free_port, unique
-from tests.services import redis_binary
+from tests.conftest import S3_BUCKET, Relay, ServerThread, free_port, unique, ws_url
+from tests.services import redis_argv
 from tests.test_faults import Spawn, latest_server, server_env
 
 spawn = test_faults.spawn  # the fixture: processes killed and reaped at teardown
@@ -303,7 +303,7 @@ async def test_killing_the_pubsub_connection_mid_stream_loses_and_doubles_nothin
     stores: Resources, http_server: Callable[..., ServerThread]
 ) -> None:
     server = http_server(stores.settings, ws_probe_interval=30.0)  # the refill, not the probe
-    url = server.url.replace("http://", "ws://") + "/ws"
+    url = ws_url(server)
     variables = ["k/a", "k/b"]
     producer = Producer(stores, variables)
     await producer.write(50)
@@ -334,7 +334,7 @@ async def test_a_slow_client_catches_up_from_the_stores_while_fast_ones_keep_up(
     stores: Resources, http_server: Callable[..., ServerThread]
 ) -> None:
     server = http_server(stores.settings, ws_queue_bytes=32_768, ws_send_timeout=30.0)
-    url = server.url.replace("http://", "ws://") + "/ws"
+    url = ws_url(server)
     variables = ["s/a", "s/b"]
     producer = Producer(stores, variables, pad=500)
     done = asyncio.Event()
@@ -386,7 +386,7 @@ async def test_a_client_that_stops_reading_is_closed_with_4008_and_resumes_losin
     stores: Resources, http_server: Callable[..., ServerThread]
 ) -> None:
     server = http_server(stores.settings, ws_queue_bytes=16_384, ws_send_timeout=1.0)
-    url = server.url.replace("http://", "ws://") + "/ws"
+    url = ws_url(server)
     producer = Producer(stores, ["z/a"], pad=2000)
     got: list[int] = []
     epoch = 0
@@ -433,19 +433,7 @@ async def test_redis_restarting_without_its_data_gives_subscribers_a_reset_never
 ) -> None:
     port = free_port()
     redis_url = f"redis://127.0.0.1:{port}/0"
-    argv = [
-        redis_binary(),
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(tmp_path),
-    ]
+    argv = redis_argv(port, tmp_path)
     spawn(argv, dict(os.environ), "redis-1")
     private = Redis.from_url(redis_url)
     for _ in range(100):
@@ -462,7 +450,7 @@ async def test_redis_restarting_without_its_data_gives_subscribers_a_reset_never
     stores = await Resources.open(config)
     try:
         with ServerThread(config) as server:
-            url = server.url.replace("http://", "ws://") + "/ws"
+            url = ws_url(server)
             producer = Producer(stores, ["r/a"])
             await producer.write(20)
             client = Client("c", [url], ["r/a"])
@@ -521,7 +509,7 @@ async def test_subscribers_wait_through_an_s3_outage_then_get_every_seq_once(
         report = await stores.offloader.run_job(everything=True)
         assert report is not None and report.entries == 200
         await producer.write(20)
-        url = http_server(config).url.replace("http://", "ws://") + "/ws"
+        url = ws_url(http_server(config))
         s3_relay.cut()
         clients = [Client(f"c{i}", [url], producer.variables) for i in range(2)]
         done = asyncio.Event()

@@ -19,21 +19,10 @@ from websockets.frames import Opcode
 from websockets.uri import parse_uri
 
 from latest_server.settings import Settings
-from latest_server.web.ws.hub import Hub
 from latest_server.web.ws.protocol import CLOSE_SLOW
-from tests.conftest import ServerThread, wait_for
+from tests.conftest import ServerThread, hub_of, wait_for, ws_url
 
 T = TypeVar("T")
-
-
-def ws_url(server: ServerThread) -> str:
-    return server.url.replace("http://", "ws://") + "/ws"
-
-
-def hub_of(server: ServerThread) -> Hub:
-    hub = server.server.config.app.state.hub
-    assert isinstance(hub, Hub)
-    return hub
 
 
 def on_server(server: ServerThread, coro: Callable[[], Coroutine[Any, Any, T]]) -> T:

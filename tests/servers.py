@@ -1,7 +1,5 @@
-"""A TCP relay on loopback that a test controls, between a client and a real server (RabbitMQ,
-uvicorn): ``cut()`` is a server that is gone (the port refuses connections, carried ones are
-shut), ``freeze()`` a server that stops answering (connections are accepted and kept open, but
-no byte goes through in either direction). Every loop is bounded: ``close()`` ends them all."""
+"""Real servers the tests run in threads on loopback: uvicorn serving an app, and a TCP relay
+that can cut or freeze the connections between a client and a real server."""
 
 from __future__ import annotations
 
@@ -10,23 +8,61 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Iterable
+from typing import Any, Self
 
-from tests.conftest import free_port
+import uvicorn
+
+from tests.services import free_port
+
+
+class UvicornThread:
+    """A real uvicorn server in a thread (its own event loop) on a free loopback port, serving
+    ``app`` with ``options`` (any of ``uvicorn.Config``'s); as a context manager it returns once
+    the server listens and stops it at the end."""
+
+    def __init__(self, app: Any, **options: Any) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", **options
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
 
 
 class Relay:
+    """A TCP relay on loopback to the port ``target`` of a real server (RabbitMQ, uvicorn, moto):
+    ``cut()`` is a server that is gone (the port refuses connections, carried ones are shut) and
+    ``up()`` the server back on the same port; ``freeze()`` a server that stops answering
+    (connections are accepted and kept open, but no byte goes through in either direction).
+    Every loop is bounded: ``close()`` ends them all."""
+
     def __init__(self, target: int) -> None:
         self.target = target
         self.port = free_port()
-        self.url_host = f"127.0.0.1:{self.port}"
         self.lock = threading.Lock()
         self.sockets: set[socket.socket] = set()
         self.frozen = threading.Event()
         self.closed = threading.Event()
         self.listener: socket.socket | None = None
-        self._listen()
+        self.up()
 
-    def _listen(self) -> None:
+    def up(self) -> None:
+        """Listen (again) on the relay's port."""
         listener = socket.create_server(("127.0.0.1", self.port))
         listener.settimeout(0.1)
         self.listener = listener
@@ -38,11 +74,8 @@ class Relay:
         if listener is not None:
             listener.close()
         with self.lock:
-            carried, self.sockets = self.sockets, set()
-        for sock in carried:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
+            carried = set(self.sockets)
+        self._drop(carried)
 
     def freeze(self) -> None:
         """The server stops answering: everything stays connected, nothing goes through."""
@@ -80,8 +113,14 @@ class Relay:
                 for source in readable:
                     data = source.recv(65_536)
                     if not data:  # one side closed: so does the other
-                        for sock in pair:
-                            with contextlib.suppress(OSError):
-                                sock.shutdown(socket.SHUT_RDWR)
+                        self._drop(pair)
                         return
                     pair[source].sendall(data)
+
+    def _drop(self, sockets: Iterable[socket.socket]) -> None:
+        with self.lock:
+            self.sockets.difference_update(sockets)
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
