@@ -94,9 +94,7 @@ class AsyncSession(Producer):
         tb: TracebackType | None,
     ) -> None:
         try:
-            state = "truncated" if self.terminated else end_state(exc_type, exc)
-            self.batcher.add_last(self._ending(state, exc))
-            self._added_other()
+            self._add_ending("truncated" if self.terminated else end_state(exc_type, exc), exc)
             # Bounded by close_timeout; a cancellation meanwhile (a second Ctrl+C, a SIGTERM)
             # ends it at once.
             await self.batcher.close()

@@ -111,6 +111,11 @@ class Producer:
         with self._others_lock:
             self._others += 1
 
+    def _add_ending(self, state: str, exc: BaseException | None) -> None:
+        """Buffer the session's final document (past the bound: it must go out)."""
+        self._buffer.add_last(self._ending(state, exc))
+        self._added_other()
+
     def _may_handle_sigterm(self) -> bool:
         """Only in the main thread, and only if nobody else handles SIGTERM."""
         return (

@@ -139,9 +139,7 @@ class Session(Producer):
         tb: TracebackType | None,
     ) -> None:
         try:
-            state = end_state(exc_type, exc)
-            self.batcher.add_last(self._ending(state, exc))
-            self._added_other()
+            self._add_ending(end_state(exc_type, exc), exc)
             # Bounded by close_timeout; a SIGTERM or Ctrl+C arriving meanwhile ends it at once
             # (the handler above is still installed for that).
             self.batcher.close()
