@@ -10,7 +10,6 @@ from typing import Any
 
 from ingest_client.batcher import AsyncBatcher
 from ingest_client.errors import Terminated
-from ingest_client.options import ProducerOptions
 from ingest_client.producer import SESSION_FIELD, Producer, end_state, now, wire_time
 from ingest_client.transports import open_async_transport
 
@@ -20,15 +19,7 @@ class AsyncSession(Producer):
 
     _block = "async with"
 
-    def __init__(
-        self,
-        session_id: str | None = None,
-        *,
-        url: str | None = None,
-        options: ProducerOptions | None = None,
-        **overrides: Any,
-    ) -> None:
-        super().__init__(session_id, url, ProducerOptions.of(options, overrides))
+    def _connect(self) -> None:
         self.transport = open_async_transport(self.url, **self.transport_options)
         self.batcher = self._buffer = AsyncBatcher(
             self.transport, self.options, note=self._note, extra=self._range_update
@@ -103,9 +94,7 @@ class AsyncSession(Producer):
         tb: TracebackType | None,
     ) -> None:
         try:
-            state = "truncated" if self.terminated else end_state(exc_type, exc)
-            self.batcher.add_last(self._ending(state, exc))
-            self._added_other()
+            self._add_ending("truncated" if self.terminated else end_state(exc_type, exc), exc)
             # Bounded by close_timeout; a cancellation meanwhile (a second Ctrl+C, a SIGTERM)
             # ends it at once.
             await self.batcher.close()

@@ -32,8 +32,7 @@ import threading
 import time
 from typing import Any
 
-from ingest_client.buffer import Buffer, Extra, Note
-from ingest_client.options import ProducerOptions
+from ingest_client.buffer import Buffer
 from ingest_client.transports.base import AsyncTransport, Transport
 
 log = logging.getLogger(__name__)
@@ -41,21 +40,11 @@ log = logging.getLogger(__name__)
 POLL = 0.02  # how often an idle flusher looks at the buffer
 
 
-class Batcher(Buffer):
+class Batcher(Buffer[Transport]):
     """The sync batcher: ``add`` from any thread; one flusher thread publishes. Options as
     ``ProducerOptions`` (``options=``, keywords override it)."""
 
-    def __init__(
-        self,
-        transport: Transport,
-        options: ProducerOptions | None = None,
-        *,
-        note: Note | None = None,
-        extra: Extra | None = None,
-        **overrides: Any,
-    ) -> None:
-        super().__init__(ProducerOptions.of(options, overrides), note=note, extra=extra)
-        self.transport = transport
+    def _init_flusher(self) -> None:
         self.wake = threading.Event()  # set by close() only
         # Producers blocked on a full buffer sleep until the flusher has taken it (no polling:
         # each wake-up costs the producer and the flusher CPU).
@@ -186,20 +175,10 @@ class Batcher(Buffer):
             log.warning("closing the transport failed: %s", exc)
 
 
-class AsyncBatcher(Buffer):
+class AsyncBatcher(Buffer[AsyncTransport]):
     """The asyncio batcher: ``add`` / ``add_nowait`` from the event loop; one flusher task."""
 
-    def __init__(
-        self,
-        transport: AsyncTransport,
-        options: ProducerOptions | None = None,
-        *,
-        note: Note | None = None,
-        extra: Extra | None = None,
-        **overrides: Any,
-    ) -> None:
-        super().__init__(ProducerOptions.of(options, overrides), note=note, extra=extra)
-        self.transport = transport
+    def _init_flusher(self) -> None:
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 

@@ -11,7 +11,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 
@@ -20,6 +20,8 @@ from ingest_client.messages import encode, pack
 from ingest_client.options import ProducerOptions
 
 log = logging.getLogger("ingest_client.batcher")
+
+TransportT = TypeVar("TransportT")
 
 BACKOFF_START = 0.05
 BACKOFF_MAX = 2.0
@@ -44,12 +46,22 @@ def _transport_error(failure: Exception) -> TransportError:
     return error
 
 
-class Buffer:
-    """Packets handed over and not yet confirmed, and the rules for sending them."""
+class Buffer(Generic[TransportT]):
+    """Packets handed over and not yet confirmed, and the rules for sending them, over a
+    ``transport`` (sync or asyncio: the batchers say which). Options as ``ProducerOptions``
+    (``options=``, keywords override it); ``_init_flusher`` sets up the flusher's own state."""
 
     def __init__(
-        self, options: ProducerOptions, *, note: Note | None = None, extra: Extra | None = None
+        self,
+        transport: TransportT,
+        options: ProducerOptions | None = None,
+        *,
+        note: Note | None = None,
+        extra: Extra | None = None,
+        **overrides: Any,
     ) -> None:
+        self.transport = transport
+        options = ProducerOptions.of(options, overrides)
         self.min_interval = options.resolved_min_interval()
         self.max_buffer = options.max_buffer
         self.max_message_bytes = options.max_message_bytes
@@ -82,6 +94,10 @@ class Buffer:
         self.abandoned = False
         self.unencodable: list[dict[str, Any]] = []  # packets set aside by _encode
         self.out_of_time = False  # the final flush stopped at the close deadline
+        self._init_flusher()
+
+    def _init_flusher(self) -> None:
+        """The flusher's own state (a thread or a task), set up by each batcher."""
 
     def added(self) -> int:
         """Packets added so far (flushed or still buffered)."""
@@ -258,7 +274,7 @@ class Retry:
     """The retries of one publishing run: exponential backoff, for ``retry_for`` seconds from
     its start and never past the close deadline; a failure that is not transient stops it."""
 
-    def __init__(self, buffer: Buffer) -> None:
+    def __init__(self, buffer: Buffer[Any]) -> None:
         self.buffer = buffer
         self.started = time.monotonic()
         self.backoff = BACKOFF_START

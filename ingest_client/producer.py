@@ -53,10 +53,18 @@ def end_state(exc_type: type[BaseException] | None, exc: BaseException | None) -
 class Producer:
     """A session's bookkeeping; the subclasses add the transport, the batcher and the block."""
 
-    _buffer: Buffer  # the session's batcher
+    _buffer: Buffer[Any]  # the session's batcher
     _block = "with"  # what to use the session inside, for the error outside it
 
-    def __init__(self, session_id: str | None, url: str | None, options: ProducerOptions) -> None:
+    def __init__(
+        self,
+        session_id: str | None = None,
+        *,
+        url: str | None = None,
+        options: ProducerOptions | None = None,
+        **overrides: Any,
+    ) -> None:
+        options = ProducerOptions.of(options, overrides)
         self.id = session_id or uuid.uuid4().hex
         self.url = _url(url)
         self.options = options
@@ -75,6 +83,10 @@ class Producer:
         self.last_ts: Any = None  # of the last sample taken since the last flush, if any
         self._others = 0  # packets added that are not samples (send, start, the end document)
         self._others_lock = threading.Lock()
+        self._connect()
+
+    def _connect(self) -> None:
+        """Open the transport and the batcher: each session its own kind (sync or asyncio)."""
 
     @property
     def state(self) -> str:
@@ -98,6 +110,11 @@ class Producer:
     def _added_other(self) -> None:
         with self._others_lock:
             self._others += 1
+
+    def _add_ending(self, state: str, exc: BaseException | None) -> None:
+        """Buffer the session's final document (past the bound: it must go out)."""
+        self._buffer.add_last(self._ending(state, exc))
+        self._added_other()
 
     def _may_handle_sigterm(self) -> bool:
         """Only in the main thread, and only if nobody else handles SIGTERM."""

@@ -38,7 +38,6 @@ from typing import Any
 
 from ingest_client.batcher import Batcher
 from ingest_client.errors import Terminated
-from ingest_client.options import ProducerOptions
 from ingest_client.producer import SESSION_FIELD, Producer, end_state, now, wire_time
 from ingest_client.transports import open_transport
 
@@ -46,16 +45,8 @@ from ingest_client.transports import open_transport
 class Session(Producer):
     """A producer run (sync). Thread-safe: ``sample`` may be called from any thread."""
 
-    def __init__(
-        self,
-        session_id: str | None = None,
-        *,
-        url: str | None = None,
-        options: ProducerOptions | None = None,
-        **overrides: Any,
-    ) -> None:
+    def _connect(self) -> None:
         self._set_open: Callable[[bool], None] = _ignore  # until _bind_sample
-        super().__init__(session_id, url, ProducerOptions.of(options, overrides))
         self.transport = open_transport(self.url, **self.transport_options)
         self.batcher = self._buffer = Batcher(
             self.transport, self.options, note=self._note, extra=self._range_update
@@ -148,9 +139,7 @@ class Session(Producer):
         tb: TracebackType | None,
     ) -> None:
         try:
-            state = end_state(exc_type, exc)
-            self.batcher.add_last(self._ending(state, exc))
-            self._added_other()
+            self._add_ending(end_state(exc_type, exc), exc)
             # Bounded by close_timeout; a SIGTERM or Ctrl+C arriving meanwhile ends it at once
             # (the handler above is still installed for that).
             self.batcher.close()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
@@ -57,32 +58,25 @@ class CompletionDetector:
         return completed
 
 
+@dataclass(eq=False, kw_only=True)
 class EventSink:
     """Publishes "a session ended or completed" events outside: to a topic exchange (routing key
     ``session.<state>``, publisher confirms) and to a webhook (JSON POST). Raises when one could
     not be delivered, so the caller retries."""
 
-    def __init__(
-        self,
-        *,
-        amqp_url: str | None,
-        exchange: str = "latest.events",
-        webhook: str | None = None,
-        declare: bool = True,
-    ) -> None:
-        self.amqp_url = amqp_url
-        self.exchange_name = exchange
-        self.webhook = webhook
-        self.declare = declare
-        self.connection: AbstractRobustConnection | None = None
-        self.exchange: AbstractExchange | None = None
-        self.http: httpx.AsyncClient | None = None
+    amqp_url: str | None
+    exchange_name: str = "latest.events"
+    webhook: str | None = None
+    declare: bool = True
+    connection: AbstractRobustConnection | None = field(default=None, init=False)
+    exchange: AbstractExchange | None = field(default=None, init=False)
+    http: httpx.AsyncClient | None = field(default=None, init=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EventSink:
         return cls(
             amqp_url=settings.amqp_url,
-            exchange=settings.events_exchange,
+            exchange_name=settings.events_exchange,
             webhook=settings.completion_webhook,
             declare=settings.declare,
         )

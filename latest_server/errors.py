@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 RejectReason = Literal[
     "not_json",
@@ -16,18 +16,7 @@ RejectReason = Literal[
     "bad_session",  # a session document ("@session" object) that is malformed
     "bad_transition",  # a session document asking for a state change the session cannot make
 ]
-REJECT_REASONS: tuple[RejectReason, ...] = (
-    "not_json",
-    "not_object",
-    "missing_id",
-    "bad_id",
-    "missing_time",
-    "bad_time",
-    "too_large",
-    "too_deep",
-    "bad_session",
-    "bad_transition",
-)
+REJECT_REASONS: tuple[RejectReason, ...] = get_args(RejectReason)
 
 
 class LatestError(Exception):

@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
@@ -30,6 +30,7 @@ from latest_server.canonical import stored_digest
 from latest_server.errors import StoreUnavailable
 from latest_server.lock import JobLock, LockLost
 from latest_server.redis_client import Scripts, redis_bounded, send_raw
+from latest_server.settings import Settings
 from latest_server.stores import segments
 from latest_server.stores.base import ObjectStore
 
@@ -53,25 +54,30 @@ class JobReport:
 Progress = Callable[[int], None]
 
 
+@dataclass(eq=False)
 class Offloader:
-    def __init__(
-        self,
-        redis: Redis,
-        scripts: Scripts,
-        objects: ObjectStore,
-        *,
-        ratio: float = 0.7,
-        target_ratio: float = 0.5,
-        max_bytes: int = 0,
-        lock_ttl: float = 30.0,
-    ) -> None:
-        self.redis = redis
-        self.scripts = scripts
-        self.objects = objects
-        self.ratio = ratio
-        self.target_ratio = target_ratio
-        self.max_bytes = max_bytes
-        self.lock_ttl = lock_ttl
+    redis: Redis
+    scripts: Scripts
+    objects: ObjectStore
+    _: KW_ONLY
+    ratio: float = 0.7
+    target_ratio: float = 0.5
+    max_bytes: int = 0
+    lock_ttl: float = 30.0
+
+    @classmethod
+    def from_settings(
+        cls, redis: Redis, scripts: Scripts, objects: ObjectStore, settings: Settings
+    ) -> Offloader:
+        return cls(
+            redis,
+            scripts,
+            objects,
+            ratio=settings.offload_ratio,
+            target_ratio=settings.offload_target_ratio,
+            max_bytes=settings.offload_max_bytes,
+            lock_ttl=settings.offload_lock_ttl,
+        )
 
     @redis_bounded
     async def memory_ratio(self) -> float | None:
@@ -256,31 +262,21 @@ class OffloadTrigger:
 
     async def _startup(self) -> None:
         for _attempt in range(STARTUP_ATTEMPTS):
-            try:
-                if await self.offloader.run_job() is not None:
-                    return
-            except LockLost:
-                log.warning("start-up offload job lost its lock")
-            except StoreUnavailable as exc:
-                log.warning("start-up offload job stopped: %s", exc)
-            except Exception:
-                log.exception("start-up offload job failed")
+            if await _logged("start-up offload job", self._run_job):
+                return
             await asyncio.sleep(self.offloader.lock_ttl / 2)
 
     async def _check(self) -> None:
-        try:
-            ratio = await self.offloader.memory_ratio()
-            if ratio is not None and ratio > self.offloader.ratio:
-                report = await self.offloader.run_job()
-                if report is not None:
-                    self.jobs_run += 1
-        except LockLost:
-            log.warning("offload job stopped: it lost its lock")
-        except StoreUnavailable as exc:
-            log.warning("offload job stopped, the next one will finish its work: %s", exc)
-        except Exception:
-            # A failed job leaves job copies that the next job finishes; keep ingesting.
-            log.exception("offload job failed; the next one will finish its work")
+        await _logged("offload job", self._run_job_if_full)
+
+    async def _run_job(self) -> bool:
+        return await self.offloader.run_job() is not None
+
+    async def _run_job_if_full(self) -> bool:
+        ratio = await self.offloader.memory_ratio()
+        if ratio is not None and ratio > self.offloader.ratio and await self._run_job():
+            self.jobs_run += 1
+        return True
 
     async def close(self, *, cancel: bool = False) -> None:
         if self.task is not None:
@@ -298,3 +294,17 @@ async def _xrange(redis: Redis, stream: str, start: str, count: int) -> list[Any
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+async def _logged(job: str, run: Callable[[], Awaitable[bool]]) -> bool:
+    """``run`` (an offload job), its failures logged, never raised: a failed job leaves job
+    copies that the next job finishes, so ingesting goes on. False when it failed."""
+    try:
+        return await run()
+    except LockLost:
+        log.warning("%s stopped: it lost its lock", job)
+    except StoreUnavailable as exc:
+        log.warning("%s stopped, the next one will finish its work: %s", job, exc)
+    except Exception:
+        log.exception("%s failed; the next one will finish its work", job)
+    return False

@@ -71,15 +71,7 @@ class Resources:
             await redis.aclose()
             raise
         objects = open_object_store(objects_url(settings), settings)
-        offloader = Offloader(
-            redis,
-            scripts,
-            objects,
-            ratio=settings.offload_ratio,
-            target_ratio=settings.offload_target_ratio,
-            max_bytes=settings.offload_max_bytes,
-            lock_ttl=settings.offload_lock_ttl,
-        )
+        offloader = Offloader.from_settings(redis, scripts, objects, settings)
         trigger = OffloadTrigger(offloader, settings.offload_check_interval)
         # At start-up, finish whatever a job that died left in Redis (then offload if needed).
         trigger.start()

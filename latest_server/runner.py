@@ -10,11 +10,12 @@ import gc
 import logging
 import signal
 import socket
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any
 
 import uvicorn
 from aio_pika.exceptions import AMQPError
+from starlette.applications import Starlette
 
 from latest_server.consumer import Consumer
 from latest_server.embedded import EmbeddedValkey
@@ -73,6 +74,22 @@ class _Server(uvicorn.Server):
         yield
 
 
+def _config(
+    app: Starlette, settings: Settings, port: int, options: Callable[[Settings], dict[str, Any]]
+) -> uvicorn.Config:
+    """One listener's uvicorn config: what both share (host, log level, no access log, the
+    app's lifespan) and its own ``options`` (web/app.py)."""
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=port,
+        log_level=settings.log_level,
+        access_log=False,
+        lifespan="on",
+        **options(settings),
+    )
+
+
 def es_server(settings: Settings, resources: Resources) -> tuple[_Server, socket.socket] | None:
     """The Elasticsearch-compatible API's listener on LATEST_ES_PORT (0: none). A port that is
     taken is logged and skipped: the main API keeps running."""
@@ -89,14 +106,8 @@ def es_server(settings: Settings, resources: Resources) -> tuple[_Server, socket
             exc,
         )
         return None
-    config = uvicorn.Config(
-        create_es_app(settings, resources=resources),
-        host=settings.host,
-        port=settings.es_port,
-        log_level=settings.log_level,
-        access_log=False,
-        lifespan="on",
-        **http_options(settings),
+    config = _config(
+        create_es_app(settings, resources=resources), settings, settings.es_port, http_options
     )
     log.info("Elasticsearch-compatible API on %s:%s", settings.host, settings.es_port)
     return _Server(config), sock
@@ -155,14 +166,8 @@ async def run(command: str, settings: Settings, embedded: EmbeddedValkey | None 
             tasks.append(asyncio.create_task(consumer.run(), name="consumer"))
             stops.append(consumer.stop)
         if http is not None:
-            config = uvicorn.Config(
-                create_app(settings, resources=resources),
-                host=settings.host,
-                port=settings.port,
-                log_level=settings.log_level,
-                access_log=False,
-                lifespan="on",
-                **server_options(settings),
+            config = _config(
+                create_app(settings, resources=resources), settings, settings.port, server_options
             )
             server = _Server(config)
 

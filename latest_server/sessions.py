@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import orjson
@@ -277,6 +277,7 @@ class _Tally:
         self.variables[packet.variable_id] = self.variables.get(packet.variable_id, 0) + 1
 
 
+@dataclass(eq=False)
 class SessionEnds:
     """Runs the end hook of sessions that ended or completed, at least once, in any process.
 
@@ -287,21 +288,13 @@ class SessionEnds:
     that dies mid-hook is replaced when the lease expires. The hook must therefore be idempotent
     (the merge is)."""
 
-    def __init__(
-        self,
-        store: SessionStore,
-        on_end: EndHook | None,
-        *,
-        lease: float = 300.0,
-        retry: float = 1.0,
-        max_attempts: int = 8,
-    ) -> None:
-        self.store = store
-        self.on_end = on_end
-        self.lease = lease
-        self.retry = retry
-        self.max_attempts = max_attempts
-        self.failures: dict[str, int] = {}
+    store: SessionStore
+    on_end: EndHook | None
+    _: KW_ONLY
+    lease: float = 300.0
+    retry: float = 1.0
+    max_attempts: int = 8
+    failures: dict[str, int] = field(default_factory=dict, init=False)
 
     async def step(self) -> int:
         """Run the hook of every due session; returns how many hooks ran to completion."""

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import random
 import socket
 import time
 import uuid
@@ -159,6 +160,37 @@ async def wait_for(condition: Callable[[], Any], within: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.05)
+
+
+@dataclasses.dataclass
+class Churn:
+    """Offload jobs and merges of random variables, each in a loop until ``done``, as the fault
+    tests run them beside writers and readers; counts what they did."""
+
+    stores: Resources
+    variables: list[str]
+    rng: random.Random
+    done: asyncio.Event
+    moved_variables: int = 0
+    moved_entries: int = 0
+    merged: int = 0  # merges that had inputs
+
+    async def offload(self, pause: float) -> None:
+        while not self.done.is_set():
+            report = await self.stores.offloader.run_job()
+            if report:
+                self.moved_variables += report.variables
+                self.moved_entries += report.entries
+            await asyncio.sleep(pause)
+
+    async def merge(self, pause: float, *, pause_first: bool = False) -> None:
+        while not self.done.is_set():
+            if pause_first:
+                await asyncio.sleep(pause)
+            report = await self.stores.merger.merge_variable(self.rng.choice(self.variables))
+            self.merged += 1 if report.inputs else 0
+            if not pause_first:
+                await asyncio.sleep(pause)
 
 
 class ServerThread(UvicornThread):

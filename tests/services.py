@@ -16,11 +16,14 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 START_TIMEOUT = 20.0
 BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -85,6 +88,26 @@ def private_redis(*extra: str) -> Iterator[str]:
     finally:
         stop(process)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def until_up(
+    process: subprocess.Popen[bytes],
+    check: Callable[[], T],
+    errors: tuple[type[Exception], ...],
+    *,
+    within: float,
+    poll: float,
+) -> T:
+    """What ``check()`` returns once it stops raising ``errors``: a server ``process`` starting.
+    Its last error is raised once ``within`` seconds passed or the process exited."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return check()
+        except errors:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise
+            time.sleep(poll)
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:

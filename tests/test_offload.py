@@ -23,7 +23,7 @@ from latest_server.lock import LockLost
 from latest_server.resources import Resources
 from latest_server.settings import Settings
 from latest_server.stores.segments import Window
-from tests.conftest import S3_BUCKET, packet, unique
+from tests.conftest import S3_BUCKET, Churn, packet, unique
 
 EVERYTHING = Window(-(2**62), 2**62)
 
@@ -310,15 +310,14 @@ async def test_writes_offloads_merges_and_reads_concurrently_lose_and_double_not
     done = asyncio.Event()
     rng = random.Random(7)
     reads = 0
-    moved = 0
-    merged = 0
+    churn = Churn(stores, variables, rng, done)
 
     async def writer() -> None:
         # At least 60 batches, and on until the other tasks have had their turns (a slow
         # machine may need longer); bounded so that a broken offload or merge fails the test.
         n = 0
         for round_ in range(600):
-            if round_ >= 60 and moved > 3 and merged > 1 and reads > 5:
+            if round_ >= 60 and churn.moved_variables > 3 and churn.merged > 1 and reads > 5:
                 break
             batch = [packet(v, n + i, v=v) for i in range(25) for v in variables]
             n += 25
@@ -329,20 +328,6 @@ async def test_writes_offloads_merges_and_reads_concurrently_lose_and_double_not
                 written[p.variable_id].append(p.raw)
             await asyncio.sleep(0)
         done.set()
-
-    async def offloader() -> None:
-        nonlocal moved
-        while not done.is_set():
-            report = await stores.offloader.run_job()
-            moved += report.variables if report else 0
-            await asyncio.sleep(0.01)
-
-    async def merger() -> None:
-        nonlocal merged
-        while not done.is_set():
-            report = await stores.merger.merge_variable(rng.choice(variables))
-            merged += 1 if report.inputs else 0
-            await asyncio.sleep(0.05)
 
     async def reader() -> None:
         nonlocal reads
@@ -356,11 +341,11 @@ async def test_writes_offloads_merges_and_reads_concurrently_lose_and_double_not
             reads += 1
             await asyncio.sleep(rng.random() / 50)
 
-    await asyncio.gather(writer(), offloader(), merger(), reader(), reader())
+    await asyncio.gather(writer(), churn.offload(0.01), churn.merge(0.05), reader(), reader())
     n_written = len(written[variables[0]])
     assert reads > 5
-    assert moved > 3
-    assert merged > 1
+    assert churn.moved_variables > 3
+    assert churn.merged > 1
     for variable in variables:
         await stores.merger.merge_variable(variable)
         page = await stores.history.read(keys.key_for(variable), EVERYTHING)

@@ -8,7 +8,6 @@ import logging
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 
 from latest_server.redact import RedactingFormatter, redact
 from tests.conftest import free_port
-from tests.services import private_redis
+from tests.services import private_redis, until_up
 from tests.test_faults import server_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
@@ -106,14 +105,13 @@ def test_es_port_in_use_turns_that_api_off_in_one_line(
             stderr=subprocess.PIPE,
         )
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                    break
-                except OSError:
-                    assert server.poll() is None and time.monotonic() < deadline
-                    time.sleep(0.05)
+            until_up(
+                server,
+                lambda: socket.create_connection(("127.0.0.1", port), timeout=0.5).close(),
+                (OSError,),
+                within=30,
+                poll=0.05,
+            )
         finally:
             server.terminate()
             _out, err = server.communicate(timeout=30)

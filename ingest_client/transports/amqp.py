@@ -56,7 +56,10 @@ PIKA_FAILURES = (
 )
 
 
-class AsyncAmqpTransport:
+class _AmqpTarget:
+    """Where both AMQP transports publish, and the deadline of one publish; the connection's
+    own state is each transport's (``_init_connection``)."""
+
     def __init__(
         self,
         url: str,
@@ -70,6 +73,14 @@ class AsyncAmqpTransport:
         self.exchange_name = exchange
         self.routing_key = routing_key
         self.timeout = timeout
+        self._init_connection()
+
+    def _init_connection(self) -> None:
+        raise NotImplementedError
+
+
+class AsyncAmqpTransport(_AmqpTarget):
+    def _init_connection(self) -> None:
         self.connection: AbstractConnection | None = None
         self.exchange: AbstractExchange | None = None
 
@@ -118,25 +129,14 @@ class AsyncAmqpTransport:
         await self._drop()
 
 
-class AmqpTransport:
+class AmqpTransport(_AmqpTarget):
     """The sync transport: pika's BlockingConnection with a confirming channel, every wait
     bounded by one deadline per call (see the module's docstring)."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        exchange: str = DEFAULT_EXCHANGE,
-        routing_key: str = DEFAULT_ROUTING_KEY,
-        timeout: float = DEFAULT_TIMEOUT,
-        **options: Any,
-    ) -> None:
-        self.parameters = pika.URLParameters(url)
+    def _init_connection(self) -> None:
+        self.parameters = pika.URLParameters(self.url)
         self.parameters.connection_attempts = 1  # retrying is the batcher's job
-        self.parameters.blocked_connection_timeout = timeout
-        self.exchange = exchange
-        self.routing_key = routing_key
-        self.timeout = timeout
+        self.parameters.blocked_connection_timeout = self.timeout
         self.properties = pika.BasicProperties(
             content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent
         )
@@ -186,7 +186,7 @@ class AmqpTransport:
                 self.channel = self.connection.channel()
                 self.channel.confirm_delivery()
             self.channel.basic_publish(
-                self.exchange, self.routing_key, message, self.properties, mandatory=True
+                self.exchange_name, self.routing_key, message, self.properties, mandatory=True
             )
 
     def publish(self, message: bytes) -> None:

@@ -8,7 +8,6 @@ import hashlib
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 from latest_server.settings import Settings
 from tests.conftest import REDIS_URL, ServerThread, free_port
 from tests.es.conftest import EsServerThread
+from tests.services import until_up
 
 
 @pytest.fixture
@@ -200,16 +200,16 @@ def test_serve_opens_the_es_listener(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                info = httpx.get(f"http://127.0.0.1:{es_port}/", timeout=1)
-                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise
-                time.sleep(0.1)
+        info, health = until_up(
+            process,
+            lambda: (
+                httpx.get(f"http://127.0.0.1:{es_port}/", timeout=1),
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1),
+            ),
+            (httpx.TransportError,),
+            within=20,
+            poll=0.1,
+        )
         assert info.headers["x-elastic-product"] == "Elasticsearch"
         assert info.json()["tagline"] == "You Know, for Search"
         assert health.json() == {"status": "ok"}

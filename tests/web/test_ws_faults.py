@@ -27,7 +27,7 @@ from latest_server.packets import Packet, PacketParser
 from latest_server.resources import Resources
 from latest_server.settings import Settings
 from tests import test_faults
-from tests.conftest import S3_BUCKET, Relay, ServerThread, free_port, unique, ws_url
+from tests.conftest import S3_BUCKET, Churn, Relay, ServerThread, free_port, unique, ws_url
 from tests.services import redis_argv
 from tests.test_faults import Spawn, latest_server, server_env
 
@@ -208,27 +208,13 @@ async def test_clients_subscribing_resuming_and_moving_between_servers_get_every
                 raise AssertionError(f"server on {port} did not start")
 
     done = asyncio.Event()
-    moved = merged = 0
+    churn = Churn(stores, variables, rng, done)
 
     async def produce() -> None:
         for _ in range(300):
             await producer.write(rng.randint(1, 5))
             await asyncio.sleep(0.01)
         done.set()
-
-    async def offload() -> None:
-        nonlocal moved
-        while not done.is_set():
-            report = await stores.offloader.run_job()
-            moved += report.entries if report else 0
-            await asyncio.sleep(0.05)
-
-    async def merge() -> None:
-        nonlocal merged
-        while not done.is_set():
-            await asyncio.sleep(0.3)
-            report = await stores.merger.merge_variable(rng.choice(variables))
-            merged += 1 if report.inputs else 0
 
     clients: list[Client] = []
     starts: dict[str, dict[str, int]] = {}
@@ -257,10 +243,12 @@ async def test_clients_subscribing_resuming_and_moving_between_servers_get_every
             every = (None, 40, 90)[i % 3]
             tasks.append(asyncio.create_task(client.run(rng, every, done)))
 
-    await asyncio.gather(produce(), offload(), merge(), subscribers())
+    await asyncio.gather(
+        produce(), churn.offload(0.05), churn.merge(0.3, pause_first=True), subscribers()
+    )
     await wait_until_complete(clients, producer, within=60)
     await cancel(*tasks)
-    assert moved > 100 and merged > 1, (moved, merged)
+    assert churn.moved_entries > 100 and churn.merged > 1, (churn.moved_entries, churn.merged)
     assert sum(c.disconnects for c in clients) > 3
 
     for client in clients:
@@ -333,8 +321,7 @@ async def test_killing_the_pubsub_connection_mid_stream_loses_and_doubles_nothin
 async def test_a_slow_client_catches_up_from_the_stores_while_fast_ones_keep_up(
     stores: Resources, http_server: Callable[..., ServerThread]
 ) -> None:
-    server = http_server(stores.settings, ws_queue_bytes=32_768, ws_send_timeout=30.0)
-    url = ws_url(server)
+    url = ws_url(http_server(stores.settings, ws_queue_bytes=32_768, ws_send_timeout=30.0))
     variables = ["s/a", "s/b"]
     producer = Producer(stores, variables, pad=500)
     done = asyncio.Event()

@@ -134,21 +134,26 @@ def _found(
     return body
 
 
-async def get(ctx: Context, request: Request, index: str, doc_id: str) -> Response:
+async def _read_one(
+    ctx: Context, request: Request, index: str, doc_id: str
+) -> tuple[SourceFilter, LatestDoc | None]:
+    """One document of an index that must exist, and the ``_source`` filter its query asks for."""
     if not await ctx.indices.exists(index):
         raise IndexNotFound(index)
     source = filtering.source_filter(request.query_params)
     [doc] = await _read(ctx, [(index, doc_id)])
+    return source, doc
+
+
+async def get(ctx: Context, request: Request, index: str, doc_id: str) -> Response:
+    source, doc = await _read_one(ctx, request, index, doc_id)
     if doc is None:
         return respond(request, {"_index": index, "_id": doc_id, "found": False}, 404)
     return respond(request, _found(index, doc_id, doc, source, wire.raw(request)))
 
 
 async def get_source(ctx: Context, request: Request, index: str, doc_id: str) -> Response:
-    if not await ctx.indices.exists(index):
-        raise IndexNotFound(index)
-    source = filtering.source_filter(request.query_params)
-    [doc] = await _read(ctx, [(index, doc_id)])
+    source, doc = await _read_one(ctx, request, index, doc_id)
     if doc is None:
         reason = f"Document not found [{index}]/[{doc_id}]"
         raise ResourceNotFound(reason, index=index)

@@ -18,8 +18,18 @@ SHARD = "0"
 
 
 class EsError(Exception):
+    """An error with its HTTP status and ES ``type``, both given as class keywords
+    (``class TooLarge(EsError, status=413, type="content_too_long_exception")``)."""
+
     status: ClassVar[int] = 500
     type: ClassVar[str] = "exception"
+
+    def __init_subclass__(cls, status: int | None = None, type: str | None = None) -> None:
+        super().__init_subclass__()
+        if status is not None:
+            cls.status = status
+        if type is not None:
+            cls.type = type
 
     def __init__(self, reason: str, **extra: Any) -> None:
         super().__init__(reason)
@@ -35,111 +45,85 @@ class EsError(Exception):
         return {"error": {"root_cause": [cause], **cause}, "status": self.status}
 
 
-class IllegalArgument(EsError):
-    status = 400
-    type = "illegal_argument_exception"
+def _on_index(index: str, *, known: bool, shard: bool = False) -> dict[str, str]:
+    """The ``index_uuid``/``shard``/``index`` fields ES puts next to an index's errors
+    (``_na_`` as the uuid of an index that does not exist)."""
+    extra = {"index_uuid": index_uuid(index) if known else "_na_"}
+    if shard:
+        extra["shard"] = SHARD
+    extra["index"] = index
+    return extra
 
 
-class ValidationFailed(EsError):
+class IllegalArgument(EsError, status=400, type="illegal_argument_exception"):
+    pass
+
+
+class ValidationFailed(EsError, status=400, type="action_request_validation_exception"):
     """``Validation Failed: 1: <a>;2: <b>;`` from the list of problems."""
-
-    status = 400
-    type = "action_request_validation_exception"
 
     def __init__(self, *problems: str) -> None:
         numbered = "".join(f"{i}: {p};" for i, p in enumerate(problems, 1))
         super().__init__(f"Validation Failed: {numbered}")
 
 
-class ParseError(EsError):
-    status = 400
-    type = "parse_exception"
+class ParseError(EsError, status=400, type="parse_exception"):
+    pass
 
 
-class DocumentParsing(EsError):
+class DocumentParsing(EsError, status=400, type="document_parsing_exception"):
     """A source that is not a JSON object (ES ≥ 8.8; ``mapper_parsing_exception`` before)."""
 
-    status = 400
-    type = "document_parsing_exception"
 
-
-class InvalidIndexName(EsError):
-    status = 400
-    type = "invalid_index_name_exception"
-
+class InvalidIndexName(EsError, status=400, type="invalid_index_name_exception"):
     def __init__(self, index: str, why: str) -> None:
-        super().__init__(f"Invalid index name [{index}], {why}", index_uuid="_na_", index=index)
+        super().__init__(f"Invalid index name [{index}], {why}", **_on_index(index, known=False))
 
 
-class AlreadyExists(EsError):
-    status = 400
-    type = "resource_already_exists_exception"
-
+class AlreadyExists(EsError, status=400, type="resource_already_exists_exception"):
     def __init__(self, index: str) -> None:
         super().__init__(
-            f"index [{index}/{index_uuid(index)}] already exists",
-            index_uuid=index_uuid(index),
-            index=index,
+            f"index [{index}/{index_uuid(index)}] already exists", **_on_index(index, known=True)
         )
 
 
-class IndexNotFound(EsError):
-    status = 404
-    type = "index_not_found_exception"
-
+class IndexNotFound(EsError, status=404, type="index_not_found_exception"):
     def __init__(self, index: str) -> None:
         super().__init__(
             f"no such index [{index}]",
             **{"resource.type": "index_expression", "resource.id": index},
-            index_uuid="_na_",
-            index=index,
+            **_on_index(index, known=False),
         )
 
 
-class DocumentMissing(EsError):
-    status = 404
-    type = "document_missing_exception"
-
+class DocumentMissing(EsError, status=404, type="document_missing_exception"):
     def __init__(self, index: str, doc_id: str) -> None:
         super().__init__(
-            f"[{doc_id}]: document missing", index_uuid=index_uuid(index), shard=SHARD, index=index
+            f"[{doc_id}]: document missing", **_on_index(index, known=True, shard=True)
         )
 
 
-class ResourceNotFound(EsError):
-    status = 404
-    type = "resource_not_found_exception"
+class ResourceNotFound(EsError, status=404, type="resource_not_found_exception"):
+    pass
 
 
-class VersionConflict(EsError):
-    status = 409
-    type = "version_conflict_engine_exception"
-
+class VersionConflict(EsError, status=409, type="version_conflict_engine_exception"):
     def __init__(self, index: str, doc_id: str, detail: str) -> None:
         super().__init__(
-            f"[{doc_id}]: version conflict, {detail}",
-            index_uuid=index_uuid(index),
-            shard=SHARD,
-            index=index,
+            f"[{doc_id}]: version conflict, {detail}", **_on_index(index, known=True, shard=True)
         )
 
 
-class TooLarge(EsError):
-    status = 413
-    type = "content_too_long_exception"
+class TooLarge(EsError, status=413, type="content_too_long_exception"):
+    pass
 
 
-class Unavailable(EsError):
+class Unavailable(EsError, status=503, type="unavailable_shards_exception"):
     """The store is unreachable: clients and Logstash retry a 503."""
 
-    status = 503
-    type = "unavailable_shards_exception"
 
-
-class NoHandler(EsError):
+class NoHandler(EsError, status=400):
     """Unknown route: ES answers a plain string error."""
-
-    status = 400
 
     def __init__(self, method: str, path: str) -> None:
         super().__init__(f"no handler found for uri [{path}] and method [{method}]")
@@ -148,9 +132,7 @@ class NoHandler(EsError):
         return {"error": self.reason, "status": self.status}
 
 
-class MethodNotAllowed(NoHandler):
-    status = 405
-
+class MethodNotAllowed(NoHandler, status=405):
     def __init__(self, method: str, path: str, allowed: list[str]) -> None:
         EsError.__init__(
             self,

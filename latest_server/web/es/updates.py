@@ -4,6 +4,7 @@ into it and writes the result like an index (through the writer, ``Indexing``)."
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
@@ -32,22 +33,14 @@ class Indexing(Protocol):
     def written(self, op: WriteOp, packet: Packet, outcome: WriteOutcome) -> ItemResult: ...
 
 
+@dataclass(eq=False)
 class Updates:
-    def __init__(
-        self,
-        indexing: Indexing,
-        parser: PacketParser,
-        ingestor: Ingestor,
-        latest: LatestStore,
-        indices: Indices,
-        versions: VersionScale,
-    ) -> None:
-        self.indexing = indexing
-        self.parser = parser
-        self.ingestor = ingestor
-        self.latest = latest
-        self.indices = indices
-        self.versions = versions
+    indexing: Indexing
+    parser: PacketParser
+    ingestor: Ingestor
+    latest: LatestStore
+    indices: Indices
+    versions: VersionScale
 
     async def find(self, index: str, doc_id: str) -> tuple[str, LatestDoc | None]:
         """The key an ``_id`` names in ``index`` and its latest document (None: none)."""
