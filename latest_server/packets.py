@@ -18,14 +18,12 @@ from latest_server.canonical import digest
 from latest_server.errors import PacketRejected, RejectReason
 from latest_server.keys import key_for
 from latest_server.settings import Settings
-from latest_server.times import epoch_to_us, iso_to_us
+from latest_server.times import MAX_US, epoch_to_us, iso_to_us
 
 MAX_ID_LENGTH = 1024
 # orjson reads JSON nested up to 1024 levels but writes at most 254: a document nested deeper
 # could be read but never stored, served or dead-lettered as it is.
 MAX_DEPTH = 254
-# Lua numbers and sorted-set scores are doubles: versions stay exact below 2**53 µs (year 2255).
-MAX_TS_US = 2**53
 # The reserved field tying packets to a session. A string: the packet is a sample of that
 # session. An object: the packet is the session document itself (its id is the session id).
 SESSION_FIELD = "@session"
@@ -280,7 +278,7 @@ class PacketParser:
             return found
         if sent is not None:
             ts_us = epoch_to_us(sent, self.time_unit)
-            if ts_us < MAX_TS_US:
+            if ts_us < MAX_US:
                 return ts_us
         return time.time_ns() // 1000
 
@@ -317,7 +315,7 @@ class PacketParser:
             ts_us = self._to_us(value)
         except (ValueError, OverflowError, TypeError) as exc:
             raise PacketRejected("bad_time", f"unusable time {_preview(value)}: {exc}") from None
-        if not -MAX_TS_US < ts_us < MAX_TS_US:
+        if not -MAX_US < ts_us < MAX_US:
             raise PacketRejected("bad_time", f"time {_preview(value)} is out of range")
         return ts_us
 

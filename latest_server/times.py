@@ -11,6 +11,9 @@ from zoneinfo import ZoneInfo
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_US = timedelta(microseconds=1)
 UNIT_TO_US = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}
+# Lua numbers and sorted-set scores are doubles: a version (µs, on every path) is exact up to
+# 2**53 (year 2255). Packet times stay below it, and no version goes above it.
+MAX_US = 2**53
 
 
 def epoch_unit(number: float, unit: str = "auto") -> str:

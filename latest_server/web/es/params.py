@@ -10,8 +10,6 @@ import orjson
 
 from latest_server.web.es.errors import IllegalArgument, ValidationFailed
 
-# Lua numbers are doubles: versions stay exact up to 2**53 (epoch µs until the year 2255).
-MAX_VERSION = 2**53
 LONG_MAX = 2**63 - 1
 VERSION_TYPES = ("internal", "external", "external_gt", "external_gte")
 REFRESH_VALUES = ("", "true", "false", "wait_for")

@@ -12,6 +12,7 @@ import orjson
 from latest_server.ingestor import Ingestor
 from latest_server.packets import Packet, PacketParser
 from latest_server.stores.base import LatestDoc, LatestStore, WriteOutcome
+from latest_server.times import MAX_US
 from latest_server.web.es.errors import (
     DocumentMissing,
     IllegalArgument,
@@ -20,7 +21,7 @@ from latest_server.web.es.errors import (
 )
 from latest_server.web.es.indices import Indices, check_name
 from latest_server.web.es.ops import SHARDS, ItemResult, WriteOp, candidate_keys, check_id, failure
-from latest_server.web.es.params import MAX_VERSION, Versioning
+from latest_server.web.es.params import Versioning
 from latest_server.web.es.versions import VersionScale
 
 
@@ -139,7 +140,7 @@ class Updates:
                 packet.ts_us,
                 packet.raw,
                 packet.digest,
-                version=min(current.version + 1, MAX_VERSION),
+                version=min(current.version + 1, MAX_US),
                 version_type="external_gte",
             )
         batch = await self.ingestor.write_batch([packet])

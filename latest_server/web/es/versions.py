@@ -15,9 +15,8 @@ written with (``Packet.es_version``).
 
 from __future__ import annotations
 
-from latest_server.times import UNIT_TO_US, epoch_to_us, epoch_unit
+from latest_server.times import MAX_US, UNIT_TO_US, epoch_to_us, epoch_unit
 from latest_server.web.es.errors import IllegalArgument
-from latest_server.web.es.params import MAX_VERSION
 
 
 class VersionScale:
@@ -29,18 +28,18 @@ class VersionScale:
         """``version`` (>= 0) as every path compares it; an IllegalArgument past 2**53, which
         Redis' doubles keep exactly (epoch µs until the year 2255)."""
         if not self.epoch:
-            if version > MAX_VERSION:
+            if version > MAX_US:
                 raise IllegalArgument(
-                    f"version [{version}] is above {MAX_VERSION}, the largest version "
+                    f"version [{version}] is above {MAX_US}, the largest version "
                     "latest-server keeps exactly"
                 )
             return version
         found = epoch_to_us(version, self.time_unit)
-        if found > MAX_VERSION:
+        if found > MAX_US:
             unit = epoch_unit(version, self.time_unit)
             raise IllegalArgument(
                 f"version [{version}], an epoch time in {unit}, is after the year 2255 "
-                f"({MAX_VERSION} µs), the latest version latest-server keeps exactly "
+                f"({MAX_US} µs), the latest version latest-server keeps exactly "
                 "(LATEST_ES_VERSION_SCALE=raw compares versions as given)"
             )
         return found
