@@ -1,7 +1,7 @@
-"""The building blocks of settings.py: ``setting()`` declares one (its environment variable, its
+"""The building blocks of settings/: ``setting()`` declares one (its environment variable, its
 default, its parser and its help, from which the CLI flag and the README's table follow), and the
 parsers turn the environment's text into a value or raise ValueError saying what it must be
-(settings.py names the variable in the ConfigError)."""
+(settings/__init__.py names the variable in the ConfigError)."""
 
 from __future__ import annotations
 

@@ -1,18 +1,12 @@
-"""Settings: read once from the environment, overridden by CLI flags, then passed down frozen.
-
-Service endpoints are URLs (``REDIS_URL``, ``AMQP_URL``); everything else is ``LATEST_*``. This is
-the only module that reads ``os.environ``. A bad value raises ``ConfigError`` naming the variable.
-"""
+"""The core settings: the services, the packet format, the write path, history tiers, the
+Elasticsearch-compatible API and the websocket. Declared with ``setting()`` (setting_values.py);
+composed into ``Settings`` by ``latest_server/settings/__init__.py``."""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from latest_server import setting_values as parse
-from latest_server.errors import ConfigError
 from latest_server.setting_values import setting
 
 VERSION_TYPES = ("external", "external_gte")
@@ -23,7 +17,7 @@ ES_VERSION_SCALES = ("epoch", "raw")
 
 
 @dataclass(frozen=True)
-class Settings:
+class CoreSettings:
     redis_url: str | None = setting(
         "REDIS_URL",
         None,
@@ -298,53 +292,3 @@ class Settings:
         parse.positive_float,
         "Seconds between checks that live subscribers are not behind the stored history.",
     )
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        if environ is None:
-            import os
-
-            environ = os.environ
-        values: dict[str, Any] = {}
-        for spec in dataclasses.fields(cls):
-            env = spec.metadata["env"]
-            if env in environ:
-                values[spec.name] = parse_value(spec.name, environ[env])
-        return cls(**values)
-
-    def with_overrides(self, **overrides: Any) -> Settings:
-        """Apply CLI flags: ``None`` means "not given"; strings are parsed like the environment."""
-        values: dict[str, Any] = {}
-        for name, value in overrides.items():
-            if value is None:
-                continue
-            values[name] = parse_value(name, value) if isinstance(value, str) else value
-        return dataclasses.replace(self, **values)
-
-
-def parse_value(name: str, raw: str) -> Any:
-    spec = SETTINGS_BY_NAME.get(name)
-    if spec is None:
-        raise ConfigError(f"Unknown setting {name!r}")
-    try:
-        return spec.metadata["parse"](raw)
-    except ValueError as exc:
-        raise ConfigError(f"Invalid value {raw!r} for {spec.metadata['env']}: {exc}") from None
-
-
-SETTINGS_BY_NAME = {spec.name: spec for spec in dataclasses.fields(Settings)}
-
-
-def describe() -> list[tuple[str, str, str, str]]:
-    """(setting name, environment variable, default, help) for every setting; used by --help."""
-    rows = []
-    for spec in dataclasses.fields(Settings):
-        default = spec.default
-        if isinstance(default, tuple):
-            default = ",".join(default)
-        elif default is None:
-            default = ""
-        elif isinstance(default, bool):
-            default = "true" if default else "false"
-        rows.append((spec.name, spec.metadata["env"], str(default), spec.metadata["help"]))
-    return rows

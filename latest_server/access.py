@@ -1,0 +1,61 @@
+"""Who is asking: the ``Principal`` a request or a websocket acts as, and what it may touch.
+
+The web layer's authentication middleware (``web/auth``) resolves each request's credentials to a
+``Principal`` and stores it in the ASGI scope; every other piece (routes, limits, metrics, the
+access log) reads it with ``principal_of``. With no tokens configured every request is
+``ANONYMOUS``, which may do everything (the server then keeps to loopback).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+READ = "read"
+WRITE = "write"
+ADMIN = "admin"
+SCOPES = (READ, WRITE, ADMIN)
+
+SCOPE_KEY = "latest.principal"  # the key in the ASGI scope
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str  # the token's name (never the secret): logs, metrics, limits
+    scopes: frozenset[str]
+    prefixes: tuple[str, ...] | None = None  # variable-id prefixes; None: every variable
+    indices: tuple[str, ...] | None = None  # Elasticsearch index names; None: every index
+    authenticated: bool = True
+
+    def can(self, scope: str) -> bool:
+        return scope in self.scopes or ADMIN in self.scopes
+
+    def covers(self, variable_id: str) -> bool:
+        return self.prefixes is None or variable_id.startswith(self.prefixes)
+
+    def covers_index(self, index: str) -> bool:
+        return self.indices is None or index in self.indices
+
+
+ANONYMOUS = Principal("anonymous", frozenset(SCOPES), authenticated=False)
+
+
+def principal_of(scope: Mapping[str, Any]) -> Principal:
+    """The principal of an ASGI scope; ``ANONYMOUS`` if none was set."""
+    principal = scope.get(SCOPE_KEY)
+    return principal if isinstance(principal, Principal) else ANONYMOUS
+
+
+def set_principal(scope: MutableMapping[str, Any], principal: Principal) -> None:
+    scope[SCOPE_KEY] = principal
+
+
+def client_key(scope: Mapping[str, Any]) -> str:
+    """What per-client limits count by: the token's name when authenticated, else the client's
+    address."""
+    principal = principal_of(scope)
+    if principal.authenticated:
+        return "token:" + principal.name
+    client = scope.get("client")
+    return "addr:" + (client[0] if client else "unknown")
