@@ -9,16 +9,15 @@ is failed over by its replica within a few seconds, as in a real deployment (no 
 from __future__ import annotations
 
 import contextlib
+import random
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import random
-import socket
 
 from tests.services import _wait_for_port, redis_argv, stop
 
