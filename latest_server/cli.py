@@ -13,14 +13,16 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from latest_server import __version__, datadir
+from latest_server import __version__, datadir, logs
 from latest_server.datadir import DataDirBusy, Owner
 from latest_server.embedded import EmbeddedValkey
 from latest_server.errors import LatestError
-from latest_server.jobs import JOB_COMMANDS
-from latest_server.redact import RedactingFormatter, redact
-from latest_server.runner import run, run_loop
+from latest_server.redact import redact
 from latest_server.settings import Settings, describe
+
+# The runner and the jobs (and through them latest_server.metrics) are imported by ``main``
+# once LATEST_METRICS_DIR is exported: prometheus_client reads PROMETHEUS_MULTIPROC_DIR when
+# the metrics are created (metrics.py). Nothing imported above creates any.
 
 log = logging.getLogger("latest_server")
 
@@ -89,8 +91,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env().with_overrides(**args)
     except LatestError as exc:
         parser.error(exc.message)
+    if settings.metrics_dir:
+        os.makedirs(settings.metrics_dir, exist_ok=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = settings.metrics_dir
+    from latest_server.jobs import JOB_COMMANDS as JOBS
+    from latest_server.runner import run, run_loop
+
     handler = logging.StreamHandler()
-    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logs.formatter(settings.log_format))
     handler.addFilter(_retries_in_one_line)
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
     logging.getLogger("aio_pika").setLevel(max(logging.WARNING, logging.getLogger().level))
@@ -99,8 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "consume" and not settings.amqp_url:
             raise LatestError("'consume' needs AMQP_URL (or --amqp-url)")
         with redis_for(command, settings) as (settings, embedded):
-            if command in JOB_COMMANDS:
-                run_loop(JOB_COMMANDS[command](settings, **job_args))
+            if command in JOBS:
+                run_loop(JOBS[command](settings, **job_args))
             else:
                 run_loop(run(command, settings, embedded))
     except (LatestError, ConnectionError, OSError) as exc:

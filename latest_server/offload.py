@@ -25,7 +25,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from latest_server import keys
+from latest_server import keys, metrics
 from latest_server.canonical import stored_digest
 from latest_server.errors import StoreUnavailable
 from latest_server.lock import JobLock, LockLost
@@ -94,7 +94,7 @@ class Offloader:
         limit = int(info.get("maxmemory", 0)) or self.max_bytes
         if not limit:
             return None
-        return int(info["used_memory"]) / limit
+        return metrics.memory_ratio(int(info["used_memory"]) / limit)
 
     def lock(self) -> JobLock:
         return JobLock(
@@ -109,6 +109,7 @@ class Offloader:
         variable regardless of memory (``latest-server offload --all``)."""
         lock = self.lock()
         if not await lock.acquire():
+            metrics.job_run("offload", "busy")
             return None
         report = JobReport(job=f"o{lock.fence}")
         try:
@@ -136,7 +137,11 @@ class Offloader:
                 report.entries,
                 report.variables,
             )
+            metrics.job_run("offload", "done", report.entries)
             return report
+        except Exception as exc:
+            metrics.job_failed("offload", exc)
+            raise
         finally:
             await lock.release()
 
@@ -217,6 +222,7 @@ class Offloader:
         table = segments.from_columns(ts, seqs, [stored_digest(d) for d in docs], docs)
         name = keys.transfer_object(key, epoch, min(seqs), max(seqs), min(ts), max(ts))
         data = segments.encode(table, {"epoch": str(epoch), "key": key})
+        metrics.job_bytes("offload", len(data))
         if not self.objects.put(name, data):
             log.info("transfer object %s already existed (a retried job)", name)
         return name

@@ -17,6 +17,7 @@ import uvicorn
 from aio_pika.exceptions import AMQPError
 from starlette.applications import Starlette
 
+from latest_server import metrics
 from latest_server.consumer import Consumer
 from latest_server.embedded import EmbeddedValkey
 from latest_server.errors import LatestError
@@ -139,6 +140,7 @@ def http_socket(settings: Settings) -> socket.socket:
 
 
 async def run(command: str, settings: Settings, embedded: EmbeddedValkey | None = None) -> None:
+    metrics.check(settings.metrics_dir)
     http = http_socket(settings) if command == "serve" else None
     try:
         resources = await Resources.open(settings)
@@ -203,6 +205,7 @@ async def run(command: str, settings: Settings, embedded: EmbeddedValkey | None 
         for task in tasks:
             await task  # the consumer finishes the batch in hand; errors surface here
     finally:
+        metrics.process_exit()
         if supervisor is not None:
             supervisor.cancel()
         if consumer is not None:

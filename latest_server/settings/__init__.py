@@ -24,10 +24,12 @@ from latest_server.settings.core import (
     VERSION_TYPES,
     CoreSettings,
 )
+from latest_server.settings.observability import LOG_FORMATS, ObservabilitySettings
 
 __all__ = [
     "BACKENDS",
     "ES_VERSION_SCALES",
+    "LOG_FORMATS",
     "LOG_LEVELS",
     "TIME_UNITS",
     "VERSION_TYPES",
@@ -38,7 +40,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Settings(CoreSettings):
+class Settings(ObservabilitySettings, CoreSettings):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         if environ is None:

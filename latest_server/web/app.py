@@ -16,9 +16,11 @@ from latest_server.web import errors
 from latest_server.web._request import Mount, param
 from latest_server.web.es import routes as es
 from latest_server.web.http import health, history, ingest, latest
+from latest_server.web.http import metrics as metrics_route
 from latest_server.web.http import sessions as session_routes
 from latest_server.web.http.params import strict
 from latest_server.web.http_timeouts import BodyTimeout, header_timeout_protocol
+from latest_server.web.observe import Observe
 from latest_server.web.ws import direct as ws_direct
 from latest_server.web.ws.endpoint import WebsocketEndpoint
 from latest_server.web.ws.hub import Hub
@@ -64,6 +66,7 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Sta
         WebSocketRoute("/ws", WebsocketEndpoint()),
         Route("/healthz", strict(health.healthz), methods=["GET"]),
         Route("/readyz", strict(health.readyz), methods=["GET"]),
+        Route("/metrics", strict(metrics_route.get_metrics), methods=["GET"]),
     ]
     if settings.es_prefix:  # the Elasticsearch-compatible API under a path, e.g. /es
         routes.append(Mount(settings.es_prefix, routes=es.ROUTES))
@@ -71,7 +74,7 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Sta
         routes=routes,
         exception_handlers=errors.HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
-        middleware=[Middleware(ws_direct.ServerSend), body_timeout(settings)],
+        middleware=[Middleware(ws_direct.ServerSend), observe(settings), body_timeout(settings)],
     )
     # "/history/" is not "/history" with a slash too many: no redirects, a JSON 404 instead.
     app.router.redirect_slashes = False
@@ -95,7 +98,15 @@ def create_es_app(settings: Settings, *, resources: Resources | None = None) -> 
         finally:
             await owned.close()
 
-    return Starlette(routes=es.ROUTES, lifespan=lifespan, middleware=[body_timeout(settings)])
+    return Starlette(
+        routes=es.ROUTES, lifespan=lifespan, middleware=[observe(settings), body_timeout(settings)]
+    )
+
+
+def observe(settings: Settings) -> Middleware:
+    """Request ids, metrics and the access log (web/observe.py); inside ``ServerSend``, which
+    must see the server's own ``send``."""
+    return Middleware(Observe, log_requests=settings.access_log)
 
 
 def body_timeout(settings: Settings) -> Middleware:

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from latest_server import keys
+from latest_server import keys, metrics
 from latest_server.errors import PacketRejected
 from latest_server.ingestor import Ingestor, Origins
 from latest_server.packets import MAX_ID_LENGTH, Packet, PacketParser, dump
@@ -99,24 +99,31 @@ class Writer:
         origins: Origins[tuple[int, dict[str, Any]]] = Origins()
         add = origins.add
 
+        refused: list[str] = []  # the reason of each op refused before the store (metrics)
+
         def packets() -> Iterator[Packet]:
             for position in range(start, end):
                 op = ops[position]
                 if op.error is not None:
                     results[position] = failure(op, op.error)
+                    refused.append(op.error.type)
                     continue
                 try:
                     self._decode(op)
                     packet = self.packet(op, op.source)
                 except EsError as exc:
                     results[position] = failure(op, exc)
+                    refused.append(exc.type)
                     continue
                 except PacketRejected as exc:
                     results[position] = failure(op, DocumentParsing(exc.message))
+                    refused.append(exc.code)
                     continue
                 yield add((position, self._item(op, packet)), packet)
 
-        batch = await self.ingestor.write_batch(packets())
+        batch = await self.ingestor.write_batch(packets(), edge="es")
+        if refused:
+            metrics.rejected("es", refused)
         for (position, item), packet, outcome in origins.outcomes(batch):
             results[position] = self.written(ops[position], packet, outcome, item)
 

@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from latest_server import keys
+from latest_server import keys, metrics
 from latest_server.errors import PacketRejected, StoreUnavailable
 from latest_server.web._request import json_error
 from latest_server.web.ws import protocol
@@ -66,6 +66,7 @@ async def _serve(hub: Hub, ws: WebSocket, send: Send) -> None:
     hub.sockets.add(socket)
     sender = socket.sender = asyncio.create_task(socket.send_loop(), name="ws-send")
     gone: int | None = None  # the code of the disconnect received
+    metrics.WS_CLIENTS.inc()
     try:
         while not socket.closed:
             message = await ws.receive()
@@ -80,6 +81,7 @@ async def _serve(hub: Hub, ws: WebSocket, send: Send) -> None:
     except WebSocketDisconnect:
         pass
     finally:
+        metrics.WS_CLIENTS.dec()
         hub.sockets.discard(socket)
         if socket.closer is not None:
             gone = await _discard_until(ws, socket.closer) or gone

@@ -30,6 +30,7 @@ import orjson
 from starlette.types import Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from latest_server import metrics
 from latest_server.settings import Settings
 from latest_server.web.ws.direct import DirectWriter, abort, header
 from latest_server.web.ws.protocol import CLOSE_SLOW
@@ -97,6 +98,7 @@ class Socket:
         self.direct = DirectWriter.of(ws.scope)  # None: every frame goes through ``send``
         self.pending: list[bytes] = []  # headers and frames to write directly, in order
         self.pending_bytes = 0
+        self.tally = metrics.tally_of(ws.scope)  # bytes written around ASGI count here
 
     # --- queueing --------------------------------------------------------------------------
 
@@ -190,6 +192,7 @@ class Socket:
         if self.queued <= self.limit // 2:
             self.space.set()
         log.info("websocket client is slow: %d streams read from the stores", len(dropped))
+        metrics.WS_SLOW.labels("overflow").inc()
         for subscription, first in dropped.items():
             subscription.rolled_back(first)
 
@@ -217,7 +220,9 @@ class Socket:
             try:
                 waiting = coro.send(None)
             except StopIteration:
+                metrics.WS_FRAMES.inc()
                 return  # written
+            metrics.WS_FRAMES.inc()  # the sender finishes it before anything else
             self.suspended = (coro, waiting)
             self.writing_since = asyncio.get_running_loop().time()
         except (WebSocketDisconnect, RuntimeError, OSError) as exc:
@@ -230,12 +235,14 @@ class Socket:
         (empty while frames were pending), for the sender to write through ``send``: it waits
         for the client, and the queue's limit and the stall timeout apply."""
         pending, self.pending = self.pending, []
-        self.pending_bytes = 0
+        size, self.pending_bytes = self.pending_bytes, 0
         if not pending or self.closed:
             return
         assert self.direct is not None
         if self.direct.open():
             self.direct.write(pending)
+            metrics.WS_FRAMES.inc(len(pending) >> 1)  # a header and a payload per frame
+            self.tally.bytes_out += size
             return
         frames = pending[1::2]
         self.queue.extendleft(_Item(frame, None, 0, 0) for frame in reversed(frames))
@@ -246,6 +253,7 @@ class Socket:
         timer per frame: on a busy fan-out those timers were a twentieth of the CPU."""
         clock = asyncio.get_running_loop().time
         send = self.send
+        frames = metrics.WS_FRAMES
         try:
             while True:
                 self.idle = True
@@ -263,6 +271,7 @@ class Socket:
                         self.space.set()
                     self.writing_since = clock()
                     await send({"type": "websocket.send", "text": item.frame.decode()})
+                    frames.inc()
                 self.writing_since = None
                 self.ready.clear()
         except (WebSocketDisconnect, RuntimeError, OSError):
@@ -275,6 +284,7 @@ class Socket:
         """The client does not keep up (a write waited past LATEST_WS_SEND_TIMEOUT, or its
         replies fill its queue): stop the sender and close with 4008."""
         log.info("websocket client is too slow (%s): closing with %d", why, CLOSE_SLOW)
+        metrics.WS_SLOW.labels("closed").inc()
         if self.sender is not None:
             await stop_tasks([self.sender])
         await self.close(CLOSE_SLOW, "slow consumer: resume with since")

@@ -36,6 +36,7 @@ from typing import Any, Literal, Protocol
 import orjson
 from redis.exceptions import RedisError
 
+from latest_server import metrics
 from latest_server.errors import StoreUnavailable
 from latest_server.feed import LiveFeed
 from latest_server.stores.ranges import Position, Range, RangeReader
@@ -205,6 +206,7 @@ class Subscription:
             # hold one.
             async with self.catchups:
                 found = await self.ranges.read_range(self.key, self.epoch, self.seq, high)
+            metrics.WS_CATCHUPS.inc()
             if found.position.epoch != self.epoch or self.mode != "catchup":
                 continue
             for frame, last in self._pages(found, high):

@@ -1,0 +1,54 @@
+"""How the server's log lines look: text (the default) or JSON lines (LATEST_LOG_FORMAT=json),
+both through ``redact``, so that no password of a URL is ever printed.
+
+The access log (logger ``latest_server.access``, one line per HTTP request and websocket
+connection, written by web/observe.py) passes its fields in the record's ``access``
+attribute: the text line is its message, a JSON line has the fields themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import orjson
+
+from latest_server.redact import RedactingFormatter, redact
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+ACCESS_LOGGER = "latest_server.access"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (ISO 8601, UTC), level, logger, message, the access
+    log's fields when the record has them, and the traceback as ``exception``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        body: dict[str, Any] = {
+            "time": _iso(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "access", None)
+        if isinstance(fields, dict):
+            body.update(fields)
+        if record.exc_info:
+            body["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            body["exception"] = record.exc_text
+        return redact(orjson.dumps(body, default=str).decode())
+
+
+def _iso(created: float) -> str:
+    seconds = int(created)
+    millis = int((created - seconds) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+def formatter(log_format: str) -> logging.Formatter:
+    """The formatter of LATEST_LOG_FORMAT: ``text`` or ``json``."""
+    if log_format == "json":
+        return JsonFormatter()
+    return RedactingFormatter(TEXT_FORMAT)
