@@ -166,6 +166,34 @@ history_child = _cached(HISTORY_SECONDS)
 
 
 @dataclass(slots=True)
+class RequestMetrics:
+    """The children one request moves, resolved once per route, method, status and token."""
+
+    requests: Any
+    seconds: Any
+    token: Any
+    bytes_in: Any
+    bytes_out: Any
+
+
+_requests: dict[tuple[str, str, int, str], RequestMetrics] = {}
+
+
+def request(route: str, method: str, status: int, token: str) -> RequestMetrics:
+    key = (route, method, status, token)
+    found = _requests.get(key)
+    if found is None:
+        found = _requests[key] = RequestMetrics(
+            http_child(route, method, status),
+            http_seconds_child(route),
+            token_child(token),
+            token_bytes_child(token, "in"),
+            token_bytes_child(token, "out"),
+        )
+    return found
+
+
+@dataclass(slots=True)
 class EdgeMetrics:
     """The children of one edge, for ``Ingestor.write_batch``."""
 

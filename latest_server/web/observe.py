@@ -20,10 +20,12 @@ middleware, inside this one, sets it (``anonymous`` when no tokens are configure
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
+import secrets
 import time
-import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -47,7 +49,25 @@ def request_id(scope: Scope) -> str:
             if _SANE_ID.fullmatch(value):
                 return str(value.decode())
             break
-    return uuid.uuid4().hex
+    return new_id()
+
+
+def _fresh_ids() -> None:
+    global _prefix, _count
+    _prefix = secrets.token_hex(8)
+    _count = itertools.count(1).__next__
+
+
+_prefix = ""
+_count = itertools.count(1).__next__
+_fresh_ids()
+os.register_at_fork(after_in_child=_fresh_ids)  # a forked worker makes ids of its own
+
+
+def new_id() -> str:
+    """32 hex digits, unique: a random prefix per process (per fork too) and a counter, a
+    tenth of what a uuid4 costs per request."""
+    return f"{_prefix}{_count():016x}"
 
 
 _templates: dict[tuple[str, str], str] = {}
@@ -153,15 +173,16 @@ class Observe:
     ) -> None:
         route = route_template(scope, root)
         method = scope.get("method", "GET") if kind == "http" else "WS"
-        metrics.http_child(route, method, status).inc()
-        if kind == "http":  # a websocket's lifetime is no request duration
-            metrics.http_seconds_child(route).observe(took)
         token = principal_of(scope).name
-        metrics.token_child(token).inc()
+        counted = metrics.request(route, method, status, token)
+        counted.requests.inc()
+        if kind == "http":  # a websocket's lifetime is no request duration
+            counted.seconds.observe(took)
+        counted.token.inc()
         if tally.bytes_in:
-            metrics.token_bytes_child(token, "in").inc(tally.bytes_in)
+            counted.bytes_in.inc(tally.bytes_in)
         if tally.bytes_out:
-            metrics.token_bytes_child(token, "out").inc(tally.bytes_out)
+            counted.bytes_out.inc(tally.bytes_out)
         if self.log_requests and access_log.isEnabledFor(logging.INFO):
             _log(scope, route, method, status, closed, tally, took, token)
 
@@ -199,17 +220,10 @@ def _log(
     if closed is not None:
         fields["close_code"] = closed
     close = "" if closed is None else f" close={closed}"
+    # One f-string, not %-arguments: the line is built once, only when it is written.
     access_log.info(
-        '%s "%s %s" %d%s %.1fms in=%d out=%d token=%s request_id=%s',
-        address,
-        method,
-        route,
-        status,
-        close,
-        took * 1000,
-        tally.bytes_in,
-        tally.bytes_out,
-        token,
-        fields["request_id"],
+        f'{address} "{method} {route}" {status}{close} {took * 1000:.1f}ms '
+        f"in={tally.bytes_in} out={tally.bytes_out} token={token} "
+        f"request_id={fields['request_id']}",
         extra={"access": fields},
     )
