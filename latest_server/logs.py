@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextvars import ContextVar
 from typing import Any
 
 import orjson
@@ -18,6 +19,9 @@ from latest_server.redact import RedactingFormatter, redact
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 ACCESS_LOGGER = "latest_server.access"
+# The id of the request being answered (web/observe.py sets it): a JSON line logged while
+# answering it carries it, so that its errors and its access line can be matched.
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 
 class JsonFormatter(logging.Formatter):
@@ -34,6 +38,8 @@ class JsonFormatter(logging.Formatter):
         fields = getattr(record, "access", None)
         if isinstance(fields, dict):
             body.update(fields)
+        elif (request_id := REQUEST_ID.get()) is not None:
+            body["request_id"] = request_id
         if record.exc_info:
             body["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:

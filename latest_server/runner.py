@@ -86,6 +86,7 @@ def _config(
         port=port,
         log_level=settings.log_level,
         access_log=False,
+        log_config=None,  # uvicorn's lines through our handler: LATEST_LOG_FORMAT, redact
         lifespan="on",
         **options(settings),
     )

@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from latest_server import metrics
 from latest_server.access import principal_of
-from latest_server.logs import ACCESS_LOGGER
+from latest_server.logs import ACCESS_LOGGER, REQUEST_ID
 
 access_log = logging.getLogger(ACCESS_LOGGER)
 
@@ -102,6 +102,7 @@ class Observe:
         started = time.perf_counter()
         root = scope.get("root_path", "")
         rid = scope[REQUEST_ID_KEY] = request_id(scope)
+        current = REQUEST_ID.set(rid)
         tally = scope[metrics.TALLY_KEY] = metrics.Tally()
         echo = (REQUEST_ID_HEADER, rid.encode())
         status = 0
@@ -159,6 +160,7 @@ class Observe:
             status = status or 500
             raise
         finally:
+            REQUEST_ID.reset(current)
             self._record(scope, root, kind, status, closed, tally, time.perf_counter() - started)
 
     def _record(

@@ -7,20 +7,25 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import re
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 import orjson
 import pytest
 import websockets
+from redis.asyncio import Redis
 
-from latest_server.logs import ACCESS_LOGGER, formatter
+from latest_server.logs import ACCESS_LOGGER, REQUEST_ID, formatter
 from latest_server.settings import Settings
 from latest_server.web.observe import request_id
-from tests.conftest import ServerThread, unique, wait_for, ws_url
+from tests.conftest import REDIS_URL, ServerThread, unique, wait_for, ws_url
+from tests.services import free_port, stop, until_up
 
 
 @pytest.fixture
@@ -91,6 +96,12 @@ def test_json_lines_carry_the_fields(
     parsed = orjson.loads(formatter("json").format(other))
     assert parsed["message"] == "failed here"
     assert "ValueError: boom" in parsed["exception"]
+    assert "request_id" not in parsed
+    answering = REQUEST_ID.set("r-7")  # logged while a request is answered: its id
+    try:
+        assert orjson.loads(formatter("json").format(other))["request_id"] == "r-7"
+    finally:
+        REQUEST_ID.reset(answering)
 
 
 def test_request_id_echoed_when_sane_else_made(client: httpx.Client) -> None:
@@ -168,3 +179,46 @@ async def test_no_secret_reaches_any_log_line(
     for line in lines:
         for secret in (*SECRETS, basic):
             assert secret not in line, line
+
+
+def test_serve_with_json_logs_writes_json_lines_only(tmp_path: Path, redis: Redis) -> None:
+    """`latest-server serve` with LATEST_LOG_FORMAT=json: every line it writes, uvicorn's
+    included, is a JSON object; a request's access line carries the request id it was given."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "REDIS_URL": REDIS_URL,
+        "LATEST_PORT": str(port),
+        "LATEST_ES_PORT": "0",
+        "LATEST_DATA_DIR": str(tmp_path / "data"),
+        "LATEST_LOG_FORMAT": "json",
+    }
+    env.pop("AMQP_URL", None)
+    output = tmp_path / "serve.log"
+    with output.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "latest_server", "serve"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        until_up(
+            process,
+            lambda: httpx.get(url + "/healthz", timeout=2).raise_for_status(),
+            (httpx.HTTPError,),
+            within=30,
+            poll=0.1,
+        )
+        answer = httpx.get(url + "/latest/none", headers={"X-Request-Id": "json-1"}, timeout=5)
+        assert answer.status_code == 404
+    finally:
+        stop(process)
+    lines = [orjson.loads(line) for line in output.read_text().splitlines() if line]
+    assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
+    assert any(line["logger"].startswith("uvicorn") for line in lines)
+    (access,) = [line for line in lines if line.get("request_id") == "json-1"]
+    assert access["logger"] == ACCESS_LOGGER
+    assert (access["route"], access["status"]) == ("/latest/{variable_id}", 404)
