@@ -13,11 +13,21 @@ import orjson
 import pytest
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from latest_server.access import Principal, set_principal
 from latest_server.consumer import Consumer
 from latest_server.resources import Resources
 from latest_server.settings import Settings
+from latest_server.web.http.metrics import get_metrics
+from latest_server.web.observe import Observe
 from tests.conftest import ServerThread, publish, unique, wait_for, ws_url
+from tests.servers import UvicornThread
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -238,3 +248,45 @@ async def test_websocket_clients_frames_and_history(
     assert meter.moved("latest_http_requests_total", **ws_route) == 1
     assert meter.moved("latest_history_query_seconds_count", format="ndjson") == 1
     assert meter.moved("latest_history_query_seconds_count", format="json") == 0
+
+
+def test_per_token_counts_follow_the_principal_set_inside() -> None:
+    """The token label is the principal the authentication middleware (inside ours) sets on
+    the scope: here a stand-in for it names each request's token from a header."""
+
+    class NameTheToken:
+        def __init__(self, app: ASGIApp) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            name = dict(scope.get("headers", ())).get(b"x-test-token")
+            if name:
+                set_principal(scope, Principal(name.decode(), frozenset({"read"})))
+            await self.app(scope, receive, send)
+
+    async def echo(request: Request) -> Response:
+        return Response(await request.body())
+
+    app = Starlette(
+        routes=[Route("/echo", echo, methods=["POST"])],
+        middleware=[Middleware(Observe), Middleware(NameTheToken)],
+    )
+    metrics_app = Starlette(routes=[Route("/metrics", get_metrics)])
+    with (
+        UvicornThread(app) as server,
+        UvicornThread(metrics_app) as exposition,  # not observed: /metrics is not counted
+        httpx.Client(base_url=exposition.url, timeout=10) as reader,
+        httpx.Client(base_url=server.url, timeout=10) as http,
+    ):
+        meter = Meter(reader)
+        for token, body in (("alice", b"x" * 10), ("alice", b"y" * 5), ("bob", b"z")):
+            answer = http.post("/echo", content=body, headers={"x-test-token": token})
+            assert answer.content == body
+        http.post("/echo", content=b"anon")
+        meter.read()
+    assert meter.moved("latest_token_requests_total", token="alice") == 2
+    assert meter.moved("latest_token_requests_total", token="bob") == 1
+    assert meter.moved("latest_token_requests_total", token="anonymous") == 1
+    for direction in ("in", "out"):
+        assert meter.moved("latest_token_bytes_total", token="alice", direction=direction) == 15
+        assert meter.moved("latest_token_bytes_total", token="bob", direction=direction) == 1
