@@ -97,8 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from latest_server.jobs import JOB_COMMANDS as JOBS
     from latest_server.runner import run, run_loop
 
-    handler = logging.StreamHandler()
-    handler.setFormatter(logs.formatter(settings.log_format))
+    handler = logs.handler(settings.log_format)
     handler.addFilter(_retries_in_one_line)
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
     logging.getLogger("aio_pika").setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -53,8 +53,38 @@ def _iso(created: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
+class TextFormatter(RedactingFormatter):
+    """``TEXT_FORMAT`` through ``redact``, the time of day formatted once per second (an access
+    log line per request would otherwise format it each time)."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
+            self._second = second
+        return f"{self._stamp},{int(record.msecs):03d}"
+
+
 def formatter(log_format: str) -> logging.Formatter:
     """The formatter of LATEST_LOG_FORMAT: ``text`` or ``json``."""
     if log_format == "json":
         return JsonFormatter()
-    return RedactingFormatter(TEXT_FORMAT)
+    return TextFormatter()
+
+
+def handler(log_format: str) -> logging.Handler:
+    """The server's one handler (standard error, LATEST_LOG_FORMAT). Log records stop looking
+    for what no line of ours prints (the caller's file and line, thread and process names:
+    Python's logging HOWTO, "Optimization"): a fifth of the cost of an access log line."""
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    stream = logging.StreamHandler()
+    stream.setFormatter(formatter(log_format))
+    return stream
