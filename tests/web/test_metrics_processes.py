@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -18,7 +19,7 @@ import pytest
 import websockets
 from redis.asyncio import Redis
 
-from tests.conftest import REDIS_URL, unique
+from tests.conftest import AMQP_URL, REDIS_URL, publish, unique, wait_for
 from tests.services import free_port, stop, until_up
 from tests.web.test_metrics import scrape, value
 
@@ -110,3 +111,59 @@ async def test_two_servers_show_the_sum(start: Serve) -> None:
 def scrape_sync(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     with httpx.Client(base_url=url, timeout=10) as client:
         return scrape(client)
+
+
+async def test_a_consume_process_counts_on_the_servers_metrics(
+    start: Serve, tmp_path: Path, names: dict[str, str], amqp: Any
+) -> None:
+    """`latest-server consume` (AMQP) and `latest-server serve` (HTTP) on one directory: the
+    server's /metrics shows what the consumer wrote and dead-lettered."""
+    _server, url = await asyncio.to_thread(start, "s")
+    env = {
+        **os.environ,
+        "REDIS_URL": REDIS_URL,
+        "AMQP_URL": AMQP_URL,
+        "LATEST_METRICS_DIR": str(tmp_path / "metrics"),
+        "LATEST_DATA_DIR": str(tmp_path / "c"),
+        **{f"LATEST_{name.upper()}": value for name, value in names.items()},
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    output = tmp_path / "consume.log"
+
+    def spawn() -> subprocess.Popen[bytes]:
+        with output.open("wb") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "latest_server", "consume"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+
+    consumer = await asyncio.to_thread(spawn)
+    try:
+        v = unique("v")
+        bodies = [orjson.dumps({"id": v, "ts": 1_700_000_000 + n}) for n in range(5)]
+        bodies.append(b"not json")
+        await wait_for(lambda: b"consuming from queue" in output.read_bytes(), within=30)
+        await publish(amqp, names["exchange"], bodies)
+
+        async def counted() -> bool:
+            samples = await asyncio.to_thread(scrape_sync, url)
+            edge = {"edge": "amqp", "outcome": "accepted"}
+            return (
+                value(samples, "latest_packets_total", **edge) == 5
+                and value(samples, "latest_packets_dead_lettered_total") == 1
+            )
+
+        await wait_for(counted, within=30)
+        samples = await asyncio.to_thread(scrape_sync, url)
+        reason = {"edge": "amqp", "reason": "not_json"}
+        assert value(samples, "latest_packets_rejected_total", **reason) == 1
+        assert (names["queue"],) in {
+            tuple(dict(labels).values())
+            for name, labels in samples
+            if name == "latest_amqp_queue_messages"
+        }
+    finally:
+        await asyncio.to_thread(stop, consumer)
