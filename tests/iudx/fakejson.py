@@ -3,14 +3,18 @@ Redis Stack, no valkey-json), so fakeredis (with its Lua and JSON extras) stands
 process or over TCP (``fakeredis.TcpFakeServer``) for clients that connect by URL.
 
 fakeredis has no INFO and no CONFIG GET, which the server's start-up check and offload trigger
-read: ``fake_redis_server`` gives it the two, answering what a Redis with no limit, no eviction
-and no persistence would (``maxmemory 0``, ``noeviction``, ``save ""``)."""
+read: this module gives it the two, answering what a Redis with no limit, no eviction and no
+persistence would (``maxmemory 0``, ``noeviction``, ``save ""``). Nor does it read a script's
+``#!lua flags=…`` line (the offload job's scripts have one): it is blanked before the script
+runs, as Redis reads it and runs the rest.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 from fakeredis import TcpFakeServer
 from fakeredis._commands import command
@@ -39,6 +43,16 @@ def config_get(self: FakeSocket, *names: bytes) -> dict[bytes, bytes]:
     return {name: values[name] for name in names if name in values}
 
 
+_eval = FakeSocket.eval
+
+
+def _eval_without_shebang(self: FakeSocket, script: bytes, numkeys: int, *rest: bytes) -> Any:
+    if script.startswith(b"#!"):
+        script = b"\n" + script.partition(b"\n")[2]
+    return _eval(self, script, numkeys, *rest)
+
+
+FakeSocket.eval = _eval_without_shebang  # type: ignore[method-assign]
 FakeSocket.info = info  # type: ignore[attr-defined]
 FakeSocket.config_get = config_get  # type: ignore[attr-defined]
 
