@@ -18,7 +18,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -167,15 +167,19 @@ class RedisJsonLatestStore(RedisLatestStore):
         self, variable_id: str, key: str, version: int | None, version_type: str
     ) -> DeleteOutcome:
         """The hash's delete, then the member's removal (``iudx_forget.lua``: only while no
-        document is back in the hash)."""
-        doc: Any = await self.redis.hget(keys.latest(key), "doc") if self.unique else None
+        document is back in the hash). The member is the stored document's: the Elasticsearch
+        API may name it by the SHA-1 of its id (``variable_id`` is then that SHA-1)."""
+        stored, doc = cast(
+            "list[bytes | None]", await self.redis.hmget(keys.latest(key), "id", "doc")
+        )
+        resource = stored.decode() if stored else variable_id
         outcome = await super().delete(variable_id, key, version, version_type)
-        if outcome.result != "conflict" and key == keys.digest(variable_id):
+        if outcome.result != "conflict" and key == keys.digest(resource):
             await self.scripts.call(
                 self.redis,
                 "iudx_forget",
-                [keys.latest(key), self.group_key(variable_id)],
-                [self.member(variable_id, doc)],
+                [keys.latest(key), self.group_key(resource)],
+                [self.member(resource, doc)],
             )
         return outcome
 

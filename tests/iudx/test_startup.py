@@ -12,8 +12,8 @@ from redis.asyncio import Redis
 from latest_server.errors import ConfigError
 from latest_server.settings import Settings
 from latest_server.stores.latest_redisjson import GroupRule, check_json_redis
+from tests.cluster import Node, cluster_port
 from tests.conftest import REDIS_URL
-from tests.services import private_redis
 from tests.test_startup import serve, the_error
 
 ITEM = "iisc.ac.in/89a36273d77dac4cf38114fca1bbe64392547f86/rs.iudx.io/pune-env-flood/FWR055"
@@ -43,14 +43,16 @@ async def test_the_check_passes_with_the_json_module_and_refuses_without() -> No
 
 
 async def test_a_redis_cluster_is_refused(tmp_path: Path) -> None:
-    nodes = tmp_path / "nodes.conf"
-    with private_redis("--cluster-enabled", "yes", "--cluster-config-file", str(nodes)) as url:
-        client = Redis.from_url(url)
-        try:
-            with pytest.raises(ConfigError, match="does not run on a Redis Cluster"):
-                await check_json_redis(client, url)
-        finally:
-            await client.aclose()
+    """One redis-server in cluster mode (tests/cluster.py's node; no slots needed to say so)."""
+    node = Node(cluster_port(), tmp_path)
+    node.start()
+    client = Redis.from_url(f"redis://{node.address}/0")
+    try:
+        with pytest.raises(ConfigError, match="does not run on a Redis Cluster"):
+            await check_json_redis(client, f"redis://{node.address}/0")
+    finally:
+        await client.aclose()
+        node.stop()
 
 
 def test_the_group_of_an_iudx_id_is_its_first_four_segments() -> None:
