@@ -88,8 +88,8 @@ class RedisJsonLatestStore(RedisLatestStore):
         self.prefix = prefix
         self.groups = groups or GroupRule(4)
         self.unique = tuple(unique_attribute.split(".")) if unique_attribute else None
-        # Packed once per resource id, like the hash's keys (ids repeat).
-        self._packed_group = functools.lru_cache(maxsize=65_536)(self._group_key)
+        # Packed once per variable, like the hash's keys (ids repeat).
+        self._packed = functools.lru_cache(maxsize=65_536)(self._pack_names)
 
     @classmethod
     async def from_url(
@@ -127,8 +127,11 @@ class RedisJsonLatestStore(RedisLatestStore):
                 return keys.iudx_member(hashlib.sha1(text.encode()).hexdigest())
         return keys.iudx_member(keys.digest(resource_id))
 
-    def _group_key(self, resource_id: str) -> bytes:
-        return _bulk_string(self.group_key(resource_id))
+    def _pack_names(self, variable_id: str, key: str) -> tuple[bytes, bytes]:
+        """A packet's group key and member path (by its id), packed; no member ('') for a
+        packet of a namespaced Elasticsearch index."""
+        member = self.member(variable_id) if key == keys.digest(variable_id) else ""
+        return _bulk_string(self.group_key(variable_id)), _bulk_string(member)
 
     # --- writes --------------------------------------------------------------------------------
 
@@ -142,14 +145,18 @@ class RedisJsonLatestStore(RedisLatestStore):
     ) -> bytes:
         """write.lua's call for ``chunk``, with iudx_write.lua's KEYS (a group key per packet)
         and ARGV (a member path per packet, '' for a packet of another Elasticsearch index)."""
-        groups = [self._packed_group(p.variable_id) for p in chunk]
-        members = [_bulk_string(self._member_of(p)) for p in chunk]
+        names = [self._packed(p.variable_id, p.key) for p in chunk]
+        groups = [group for group, _ in names]
+        if self.unique is None:
+            members = [member for _, member in names]
+        else:  # named by a value of each packet
+            members = [
+                _bulk_string(self.member(p.variable_id, p.raw))
+                if member != b"$0\r\n\r\n"
+                else member
+                for p, (_, member) in zip(chunk, names, strict=True)
+            ]
         return RedisLatestStore._command(sha, gte, chunk, groups, members)
-
-    def _member_of(self, packet: Packet) -> str:
-        if packet.key != keys.digest(packet.variable_id):  # a namespaced Elasticsearch index
-            return ""
-        return self.member(packet.variable_id, packet.raw if self.unique else None)
 
     @staticmethod
     def _outcomes(replies: list[list[Any]]) -> list[WriteOutcome]:
