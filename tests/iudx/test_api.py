@@ -15,7 +15,8 @@ import orjson
 import pytest
 
 from latest_server.settings import Settings
-from tests.conftest import ServerThread
+from tests.conftest import REDIS_URL, ServerThread
+from tests.servers import Relay
 
 GROUP = (
     "iisc.ac.in/89a36273d77dac4cf38114fca1bbe64392547f86/example.com/"
@@ -144,3 +145,22 @@ def test_a_group_id_answers_every_resource_of_the_group(
             "hasPrevious": True,
         }
         assert client.get(V1 + ITEM).json()["results"] == [SAMPLE]
+
+
+@pytest.mark.parametrize(("path", "urn"), [(V1, "urn:dx:rs:backend"), (V2, "dx:dataplane:backend")])
+def test_redis_out_of_reach_is_a_503_in_the_envelope(
+    settings: Settings, http_server: Callable[..., ServerThread], path: str, urn: str
+) -> None:
+    relay = Relay(int(REDIS_URL.rsplit(":", 1)[1].split("/")[0]))
+    try:
+        url = f"redis://127.0.0.1:{relay.port}/0"
+        with serve(http_server, settings, redis_url=url) as client:
+            relay.cut()
+            response = client.get(path + ITEM)
+            assert response.status_code == 503
+            assert response.headers["retry-after"] == "1"
+            body = response.json()
+            assert (body["type"], body["title"]) == (urn, "Service Unavailable")
+            assert "Redis" in body["detail"]
+    finally:
+        relay.close()
