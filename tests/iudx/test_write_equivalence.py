@@ -3,8 +3,9 @@ exactly as the default backend does: the same randomized packets (out of order, 
 tied, some with an Elasticsearch version or create-only, deletes between them) are written by
 both, and everything either leaves in Redis is compared. Both run on fakeredis' TCP server
 (Lua and JSON), one server each: the JSON module cannot run here, and one implementation of
-Redis under both keeps the comparison to the scripts. The RedisJSON members are checked
-against the latest hash."""
+Redis under both keeps the comparison to the scripts. The default backend also runs on the
+suite's real redis-server, and leaves the same there: fakeredis runs write.lua as Redis does.
+The RedisJSON members are checked against the latest hash."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from latest_server.settings import Settings
 from latest_server.stores import open_latest_store
 from latest_server.stores.base import LatestStore
 from latest_server.stores.latest_redisjson import RedisJsonLatestStore
-from tests.conftest import PARSER
+from tests.conftest import PARSER, REDIS_URL
 from tests.iudx.fakejson import fake_redis_server
 
 GROUPS = ("iisc.ac.in/89a3/rs.example.com/flood", "iisc.ac.in/89a3/rs.example.com/itms")
@@ -118,14 +119,17 @@ async def run(url: str, backend: str, steps: list[Any]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("seed", range(6))
-async def test_redisjson_writes_what_the_default_backend_writes(seed: int) -> None:
+async def test_redisjson_writes_what_the_default_backend_writes(seed: int, redis: Redis) -> None:
     steps = scenario(seed)
     with fake_redis_server() as plain_url, fake_redis_server() as json_url:
-        plain, with_json = await asyncio.gather(
-            run(plain_url, "redis", steps), run(json_url, "redisjson", steps)
+        plain, with_json, real = await asyncio.gather(
+            run(plain_url, "redis", steps),
+            run(json_url, "redisjson", steps),
+            run(REDIS_URL, "redis", steps),  # the suite's own redis-server, flushed
         )
     members = with_json.pop("json")
     assert with_json == plain
+    assert real == plain
     published = sum(len(messages) for messages in plain["feed"].values())
     assert published == sum(1 for o in plain["outcomes"] if o[1] > 0) > 0
     assert any(not o[0] for o in plain["outcomes"]), "no stale packet: the scenario is too tame"
