@@ -22,6 +22,7 @@ from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from latest_server import keys, lua
@@ -211,11 +212,15 @@ async def check_json_redis(redis: Redis, url: str) -> None:
     """Refuse (ConfigError) a Redis Cluster, or a Redis without the JSON module: ``MODULE LIST``
     names it, or (a Redis that has it built in, or has MODULE renamed) ``JSON.GET`` of a missing
     key answers instead of "unknown command"."""
+    if isinstance(redis, RedisCluster):
+        raise ConfigError(ON_CLUSTER.format(url=redact(url)))
     try:
         cluster = await redis.info("cluster")
     except ResponseError:  # INFO refused or renamed: nothing says it is a cluster
         cluster = {}
-    if int(cluster.get("cluster_enabled", 0)):
+    # A cluster client answers per node ({node: {...}}), a client of one node its fields.
+    nodes = [v for v in cluster.values() if isinstance(v, dict)] or [cluster]
+    if any(int(n.get("cluster_enabled", 0)) for n in nodes):
         raise ConfigError(ON_CLUSTER.format(url=redact(url)))
     try:
         modules = await redis.execute_command(  # type: ignore[no-untyped-call]

@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 from fakeredis import FakeAsyncRedis
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from latest_server.errors import ConfigError
 from latest_server.settings import Settings
 from latest_server.stores.latest_redisjson import GroupRule, check_json_redis
 from tests.cluster import Node, cluster_port
 from tests.conftest import REDIS_URL
+from tests.services import free_port
 from tests.test_startup import serve, the_error
 
 ITEM = "iisc.ac.in/89a36273d77dac4cf38114fca1bbe64392547f86/rs.iudx.io/pune-env-flood/FWR055"
@@ -53,6 +55,12 @@ async def test_a_redis_cluster_is_refused(tmp_path: Path) -> None:
     finally:
         await client.aclose()
         node.stop()
+
+
+async def test_a_cluster_client_is_refused_before_it_connects() -> None:
+    client = RedisCluster(host="127.0.0.1", port=free_port())  # nothing listens there
+    with pytest.raises(ConfigError, match="does not run on a Redis Cluster"):
+        await check_json_redis(client, "redis://127.0.0.1")  # type: ignore[arg-type]
 
 
 def test_the_group_of_an_iudx_id_is_its_first_four_segments() -> None:
