@@ -37,6 +37,7 @@ from latest_server.stores.latest_redis import RedisLatestStore, _bulk_string
 log = logging.getLogger(__name__)
 
 SCRIPTS = ("iudx_write", "iudx_forget")
+NO_MEMBER = _bulk_string("")  # iudx_write.lua's member path of a packet it leaves out
 # MODULE LIST names of the JSON module: RedisJSON (Redis Stack, Redis 8) and valkey-json.
 JSON_MODULES = ("rejson", "redisjson", "json")
 NO_JSON = (
@@ -152,9 +153,7 @@ class RedisJsonLatestStore(RedisLatestStore):
             members = [member for _, member in names]
         else:  # named by a value of each packet
             members = [
-                _bulk_string(self.member(p.variable_id, p.raw))
-                if member != b"$0\r\n\r\n"
-                else member
+                member if member == NO_MEMBER else _bulk_string(self.member(p.variable_id, p.raw))
                 for p, (_, member) in zip(chunk, names, strict=True)
             ]
         return RedisLatestStore._command(sha, gte, chunk, groups, members)
