@@ -15,7 +15,7 @@ from latest_server.settings import Settings
 from latest_server.web import errors
 from latest_server.web._request import Mount, param
 from latest_server.web.es import routes as es
-from latest_server.web.http import health, history, ingest, latest
+from latest_server.web.http import health, history, ingest, iudx, latest
 from latest_server.web.http import sessions as session_routes
 from latest_server.web.http.params import strict
 from latest_server.web.http_timeouts import BodyTimeout, header_timeout_protocol
@@ -60,6 +60,17 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Sta
         ),
         Route(
             "/sessions/" + param("session_id"), strict(session_routes.get_session), methods=["GET"]
+        ),
+        # The IUDX resource server's latest API (web/http/iudx.py), in its envelope.
+        Route(
+            "/ngsi-ld/v1/entities/" + param("entity_id"),
+            iudx.endpoint(iudx.RESOURCE_SERVER),
+            methods=["GET"],
+        ),
+        Route(
+            "/ngsi-ld/v2/entities/" + param("entity_id"),
+            iudx.endpoint(iudx.DATA_PLANE),
+            methods=["GET"],
         ),
         WebSocketRoute("/ws", WebsocketEndpoint()),
         Route("/healthz", strict(health.healthz), methods=["GET"]),
