@@ -8,7 +8,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute, request_response
 
 from latest_server.resources import Resources
 from latest_server.settings import Settings
@@ -19,6 +19,7 @@ from latest_server.web.http import health, history, ingest, latest
 from latest_server.web.http import sessions as session_routes
 from latest_server.web.http.params import strict
 from latest_server.web.http_timeouts import BodyTimeout, header_timeout_protocol
+from latest_server.web.limits import Gate, Gated, Limits
 from latest_server.web.ws import direct as ws_direct
 from latest_server.web.ws.endpoint import WebsocketEndpoint
 from latest_server.web.ws.hub import Hub
@@ -41,18 +42,17 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Sta
             stack.push_async_callback(app.state.hub.close)
             yield
 
+    # History queries run a few at once (web/limits.py), each holding its slot to its end.
+    gate = Gate.of(settings)
+    history_route = Gated(gate, request_response(strict(history.get_history, *history.PARAMS)))
     # Each route names the query parameters it takes; any other is a 400 (web/http/params.py).
     routes: list[BaseRoute] = [
         Route("/ingest", strict(ingest.ingest), methods=["POST"]),
         Route("/latest", strict(latest.list_latest, "id"), methods=["GET"]),
         Route("/latest/_mget", strict(latest.mget_latest), methods=["POST"]),
         Route("/latest/" + param("variable_id"), strict(latest.get_latest), methods=["GET"]),
-        Route("/history", strict(history.get_history, *history.PARAMS), methods=["GET"]),
-        Route(
-            "/history/" + param("variable_id"),
-            strict(history.get_history, *history.PARAMS),
-            methods=["GET"],
-        ),
+        Route("/history", history_route, methods=["GET"]),
+        Route("/history/" + param("variable_id"), history_route, methods=["GET"]),
         Route(
             "/sessions",
             strict(session_routes.list_sessions, *session_routes.PARAMS),
@@ -71,8 +71,13 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Sta
         routes=routes,
         exception_handlers=errors.HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
-        middleware=[Middleware(ws_direct.ServerSend), body_timeout(settings)],
+        middleware=[
+            Middleware(ws_direct.ServerSend),
+            Middleware(Limits, settings=settings, es_prefix=settings.es_prefix),
+            body_timeout(settings),
+        ],
     )
+    app.state.history_gate = gate
     # "/history/" is not "/history" with a slash too many: no redirects, a JSON 404 instead.
     app.router.redirect_slashes = False
     return app
@@ -95,7 +100,11 @@ def create_es_app(settings: Settings, *, resources: Resources | None = None) -> 
         finally:
             await owned.close()
 
-    return Starlette(routes=es.ROUTES, lifespan=lifespan, middleware=[body_timeout(settings)])
+    return Starlette(
+        routes=es.ROUTES,
+        lifespan=lifespan,
+        middleware=[Middleware(Limits, settings=settings, es=True), body_timeout(settings)],
+    )
 
 
 def body_timeout(settings: Settings) -> Middleware:

@@ -15,14 +15,17 @@ written with (``Packet.es_version``).
 
 from __future__ import annotations
 
+import time
+
 from latest_server.times import MAX_US, UNIT_TO_US, epoch_to_us, epoch_unit
 from latest_server.web.es.errors import IllegalArgument
 
 
 class VersionScale:
-    def __init__(self, scale: str, time_unit: str) -> None:
+    def __init__(self, scale: str, time_unit: str, max_future: float = 0.0) -> None:
         self.epoch = scale == "epoch"
         self.time_unit = time_unit
+        self.max_future_us = round(max_future * 1_000_000)  # LATEST_MAX_FUTURE; 0: no bound
 
     def compared(self, version: int) -> int:
         """``version`` (>= 0) as every path compares it; an IllegalArgument past 2**53, which
@@ -41,6 +44,14 @@ class VersionScale:
                 f"version [{version}], an epoch time in {unit}, is after the year 2255 "
                 f"({MAX_US} µs), the latest version latest-server keeps exactly "
                 "(LATEST_ES_VERSION_SCALE=raw compares versions as given)"
+            )
+        if self.max_future_us and found > time.time_ns() // 1000 + self.max_future_us:
+            # A version years ahead (a delete at 2**53 leaves such a tombstone) would win
+            # against every later write: refused as a packet time that far ahead is.
+            unit = epoch_unit(version, self.time_unit)
+            raise IllegalArgument(
+                f"[future_time] version [{version}], an epoch time in {unit}, is more than "
+                f"{self.max_future_us / 1e6:g} s ahead of the server clock (LATEST_MAX_FUTURE)"
             )
         return found
 
