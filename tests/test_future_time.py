@@ -208,7 +208,14 @@ async def test_bulk_items_past_the_bound_fail_alone(es: Elasticsearch, redis: Re
             }
         },
         {"x": 1},
-        {"delete": {"_index": "latest", "_id": "b-ok", "version": 2**53, "version_type": "external"}},
+        {
+            "delete": {
+                "_index": "latest",
+                "_id": "b-ok",
+                "version": 2**53,
+                "version_type": "external",
+            }
+        },
     ]
     answer = es.bulk(operations=operations)
     assert answer["errors"] is True
