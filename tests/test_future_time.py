@@ -16,12 +16,12 @@ import httpx
 import orjson
 import pytest
 from elasticsearch import BadRequestError, Elasticsearch
-from redis.asyncio import Redis
+from redis import Redis
 
 from latest_server import keys
 from latest_server.packets import Packet, PacketParser, Rejection
 from latest_server.settings import Settings
-from tests.conftest import ServerThread
+from tests.conftest import REDIS_URL, ServerThread
 
 DAY = 86_400
 HOUR = 3_600
@@ -52,8 +52,16 @@ def es(server: ServerThread) -> Iterator[Elasticsearch]:
     client.close()
 
 
-async def stored(redis: Redis, variable: str) -> dict[bytes, bytes]:
-    found: dict[bytes, bytes] = await redis.hgetall(keys.latest(keys.key_for(variable)))
+@pytest.fixture
+def db(redis: object) -> Iterator[Redis]:
+    """The test's Redis database (flushed by conftest's ``redis``), for a look at what is stored."""
+    client = Redis.from_url(REDIS_URL)
+    yield client
+    client.close()
+
+
+def stored(db: Redis, variable: str) -> dict[bytes, bytes]:
+    found: dict[bytes, bytes] = db.hgetall(keys.latest(keys.key_for(variable)))  # type: ignore[assignment]
     return found
 
 
@@ -99,8 +107,8 @@ def test_durations_read_as_seconds_or_with_a_unit() -> None:
 # --- POST /ingest ----------------------------------------------------------------------------
 
 
-async def test_ingest_refuses_a_time_past_the_bound_and_stores_nothing_of_it(
-    http: httpx.Client, redis: Redis
+def test_ingest_refuses_a_time_past_the_bound_and_stores_nothing_of_it(
+    http: httpx.Client, db: Redis
 ) -> None:
     now = now_s()
     body = [
@@ -120,8 +128,8 @@ async def test_ingest_refuses_a_time_past_the_bound_and_stores_nothing_of_it(
         (3, "future_time"),
     ]
     assert all("LATEST_MAX_FUTURE" in r["detail"] for r in found["rejected"])
-    assert await stored(redis, "poison") == {}
-    assert await redis.exists(keys.history(keys.key_for("poison"))) == 0
+    assert stored(db, "poison") == {}
+    assert db.exists(keys.history(keys.key_for("poison"))) == 0
     # the variable is not pinned: a packet of now is its latest value
     assert http.post("/ingest", json={"id": "poison", "ts": now, "v": 4}).json()["accepted"] == 1
     assert http.get("/latest/poison").json()["v"] == 4
@@ -143,8 +151,8 @@ def test_history_windows_may_reach_past_the_bound(http: httpx.Client) -> None:
 # --- the Elasticsearch-compatible API --------------------------------------------------------
 
 
-async def test_es_doc_with_a_version_past_the_bound_is_a_400_naming_future_time(
-    es: Elasticsearch, redis: Redis
+def test_es_doc_with_a_version_past_the_bound_is_a_400_naming_future_time(
+    es: Elasticsearch, db: Redis
 ) -> None:
     ahead_ms = (now_s() + 2 * DAY) * 1000
     with pytest.raises(BadRequestError) as refused:
@@ -155,7 +163,7 @@ async def test_es_doc_with_a_version_past_the_bound_is_a_400_naming_future_time(
     assert refused.value.status_code == 400
     assert error["type"] == "illegal_argument_exception"
     assert "future_time" in error["reason"] and "LATEST_MAX_FUTURE" in error["reason"]
-    assert await stored(redis, "v1") == {}
+    assert stored(db, "v1") == {}
     # a version of now is written
     now_ms = now_s() * 1000
     written = es.index(
@@ -164,18 +172,18 @@ async def test_es_doc_with_a_version_past_the_bound_is_a_400_naming_future_time(
     assert written["_version"] == now_ms
 
 
-async def test_es_doc_with_a_document_time_past_the_bound_is_refused(
-    es: Elasticsearch, redis: Redis
+def test_es_doc_with_a_document_time_past_the_bound_is_refused(
+    es: Elasticsearch, db: Redis
 ) -> None:
     ahead = now_s() + 2 * DAY
     with pytest.raises(BadRequestError) as refused:
         es.index(index="latest", id="t1", document={"id": "t1", "ts": ahead})
     assert refused.value.body["error"]["type"] == "illegal_argument_exception"
     assert "future_time" in refused.value.body["error"]["reason"]
-    assert await stored(redis, "t1") == {}
+    assert stored(db, "t1") == {}
 
 
-async def test_a_delete_at_2_53_leaves_no_tombstone(es: Elasticsearch, redis: Redis) -> None:
+def test_a_delete_at_2_53_leaves_no_tombstone(es: Elasticsearch, db: Redis) -> None:
     """The poisoning of issue 23: a versioned delete at 2**53 left a tombstone no later write
     could pass. Refused, the document stays and later writes apply."""
     now_ms = now_s() * 1000
@@ -184,7 +192,7 @@ async def test_a_delete_at_2_53_leaves_no_tombstone(es: Elasticsearch, redis: Re
         es.delete(index="latest", id="d1", version=2**53, version_type="external")
     assert refused.value.body["error"]["type"] == "illegal_argument_exception"
     assert "future_time" in refused.value.body["error"]["reason"]
-    assert (await stored(redis, "d1"))[b"doc"] == b'{"x":1}'
+    assert (stored(db, "d1"))[b"doc"] == b'{"x":1}'
     later = es.index(
         index="latest", id="d1", document={"x": 2}, version=now_ms + 1, version_type="external"
     )
@@ -192,7 +200,7 @@ async def test_a_delete_at_2_53_leaves_no_tombstone(es: Elasticsearch, redis: Re
     assert es.get(index="latest", id="d1")["_source"] == {"x": 2}
 
 
-async def test_bulk_items_past_the_bound_fail_alone(es: Elasticsearch, redis: Redis) -> None:
+def test_bulk_items_past_the_bound_fail_alone(es: Elasticsearch, db: Redis) -> None:
     now = now_s()
     operations: list[dict[str, Any]] = [
         {"index": {"_index": "latest", "_id": "b-ok"}},
@@ -224,13 +232,13 @@ async def test_bulk_items_past_the_bound_fail_alone(es: Elasticsearch, redis: Re
     for item in items[1:]:
         assert item["error"]["type"] == "illegal_argument_exception"
         assert "future_time" in item["error"]["reason"]
-    assert (await stored(redis, "b-ok"))[b"doc"] == orjson.dumps({"id": "b-ok", "ts": now})
-    assert await stored(redis, "b-time") == {}
-    assert await stored(redis, "b-version") == {}
+    assert (stored(db, "b-ok"))[b"doc"] == orjson.dumps({"id": "b-ok", "ts": now})
+    assert stored(db, "b-time") == {}
+    assert stored(db, "b-version") == {}
 
 
-async def test_raw_scale_versions_are_counters_not_times(
-    settings: Settings, http_server: Callable[..., ServerThread], redis: Redis
+def test_raw_scale_versions_are_counters_not_times(
+    settings: Settings, http_server: Callable[..., ServerThread], db: Redis
 ) -> None:
     """LATEST_ES_VERSION_SCALE=raw: a version is a counter, never a time, so the bound does not
     apply to it (2**53 is still the largest kept)."""
@@ -241,6 +249,6 @@ async def test_raw_scale_versions_are_counters_not_times(
         )
         assert big["_version"] == 2**52
     # its history time is the arrival time, not the counter read as a time years ahead
-    entries = await redis.xrange(keys.history(keys.key_for("c")))
+    entries = db.xrange(keys.history(keys.key_for("c")))
     [(_, fields)] = entries
     assert abs(int(fields[b"t"]) - time.time() * 1e6) < 60e6
