@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from latest_server.stores.base import LatestDoc
+from latest_server.web._request import mget_bound
 from latest_server.web.es import filtering, wire
 from latest_server.web.es import params as es_params
 from latest_server.web.es.context import Context
@@ -165,8 +166,8 @@ async def get_source(ctx: Context, request: Request, index: str, doc_id: str) ->
 
 async def mget(ctx: Context, request: Request, index: str | None) -> Response:
     params = request.query_params
-    limit = ctx.settings.max_mget_bytes
-    body = wire.json_body(await wire.body(request, limit, "LATEST_MAX_MGET_BYTES"), required=False)
+    limit, setting = mget_bound(ctx.settings)
+    body = wire.json_body(await wire.body(request, limit, setting), required=False)
     if body is None:
         raise ValidationFailed("no documents to get")
     if not isinstance(body, dict):

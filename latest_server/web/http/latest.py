@@ -11,7 +11,7 @@ from starlette.responses import Response
 from latest_server.errors import BadRequest, NotFound
 from latest_server.resources import Resources
 from latest_server.stores.base import LatestDoc
-from latest_server.web._request import json_error, read_decoded
+from latest_server.web._request import json_error, mget_bound, read_decoded
 
 
 async def get_latest(request: Request) -> Response:
@@ -39,12 +39,13 @@ async def list_latest(request: Request) -> Response:
 
 
 async def mget_latest(request: Request) -> Response:
-    """The body is decoded as ``/ingest``'s (gzip) and bounded by LATEST_MAX_MGET_BYTES."""
-    limit = request.app.state.resources.settings.max_mget_bytes
+    """The body is decoded as ``/ingest``'s (gzip) and bounded by LATEST_MAX_MGET_BYTES (or
+    LATEST_MAX_BODY_BYTES, the bound of every body, when that is lower)."""
+    limit, setting = mget_bound(request.app.state.resources.settings)
     raw = await read_decoded(request, limit)
     if raw is None:
         return json_error(
-            413, "too_large", f"request body is larger than {limit} bytes (LATEST_MAX_MGET_BYTES)"
+            413, "too_large", f"request body is larger than {limit} bytes ({setting})"
         )
     try:
         body = orjson.loads(raw)
