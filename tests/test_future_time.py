@@ -83,6 +83,19 @@ def test_the_bound_is_a_setting_and_zero_turns_it_off() -> None:
     assert isinstance(tight, Rejection) and tight.reason == "future_time"
 
 
+def test_an_old_reading_of_the_clock_never_refuses_a_time_within_the_bound() -> None:
+    """The parser reads the clock only for a time past its last bound (check_future)."""
+    parser = PacketParser(Settings())
+    [first] = parser.parse_message(orjson.dumps({"id": "x", "ts": now_s()}))
+    assert isinstance(first, Packet)
+    parser.horizon_us -= 10 * DAY * 1_000_000  # as if the clock was read ten days ago
+    [later] = parser.parse_message(orjson.dumps({"id": "x", "ts": now_s() + HOUR}))
+    assert isinstance(later, Packet)
+    assert parser.horizon_us >= (now_s() + DAY - 5) * 1_000_000  # read again, moved on
+    [far] = parser.parse_message(orjson.dumps({"id": "x", "ts": now_s() + 2 * DAY}))
+    assert isinstance(far, Rejection) and far.reason == "future_time"
+
+
 def test_durations_read_as_seconds_or_with_a_unit() -> None:
     read = {
         text: Settings.from_env({"LATEST_MAX_FUTURE": text}).max_future
