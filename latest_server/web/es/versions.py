@@ -26,10 +26,12 @@ class VersionScale:
         self.epoch = scale == "epoch"
         self.time_unit = time_unit
         self.max_future_us = round(max_future * 1_000_000)  # LATEST_MAX_FUTURE; 0: no bound
+        self.horizon_us = -MAX_US if self.max_future_us else MAX_US  # as packets.PacketParser
 
     def compared(self, version: int) -> int:
         """``version`` (>= 0) as every path compares it; an IllegalArgument past 2**53, which
-        Redis' doubles keep exactly (epoch µs until the year 2255)."""
+        Redis' doubles keep exactly (epoch µs until the year 2255), or on the epoch scale past
+        LATEST_MAX_FUTURE ahead of the clock (read only past the last bound, as packets do)."""
         if not self.epoch:
             if version > MAX_US:
                 raise IllegalArgument(
@@ -45,7 +47,9 @@ class VersionScale:
                 f"({MAX_US} µs), the latest version latest-server keeps exactly "
                 "(LATEST_ES_VERSION_SCALE=raw compares versions as given)"
             )
-        if self.max_future_us and found > time.time_ns() // 1000 + self.max_future_us:
+        if found > self.horizon_us:
+            self.horizon_us = time.time_ns() // 1000 + self.max_future_us
+        if found > self.horizon_us:
             # A version years ahead (a delete at 2**53 leaves such a tombstone) would win
             # against every later write: refused as a packet time that far ahead is.
             unit = epoch_unit(version, self.time_unit)
