@@ -19,15 +19,21 @@ from latest_server.web.http import health, history, ingest, latest
 from latest_server.web.http import sessions as session_routes
 from latest_server.web.http.params import strict
 from latest_server.web.http_timeouts import BodyTimeout, header_timeout_protocol
-from latest_server.web.limits import Gate, Gated, Limits
+from latest_server.web.limits import Gate, Gated, Limits, TokenBuckets
 from latest_server.web.ws import direct as ws_direct
 from latest_server.web.ws.endpoint import WebsocketEndpoint
 from latest_server.web.ws.hub import Hub
 
 
-def create_app(settings: Settings, *, resources: Resources | None = None) -> Starlette:
+def create_app(
+    settings: Settings,
+    *,
+    resources: Resources | None = None,
+    buckets: TokenBuckets | None = None,
+) -> Starlette:
     """A Starlette app. Given ``resources``, it uses (and does not close) them; otherwise it opens
-    its own for its lifespan."""
+    its own for its lifespan. ``buckets``: the request rates per client, when shared with the
+    Elasticsearch-compatible listener (web/limits.py)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -73,7 +79,7 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Sta
         lifespan=lifespan,
         middleware=[
             Middleware(ws_direct.ServerSend),
-            Middleware(Limits, settings=settings, es_prefix=settings.es_prefix),
+            Middleware(Limits, settings=settings, es_prefix=settings.es_prefix, buckets=buckets),
             body_timeout(settings),
         ],
     )
@@ -83,9 +89,15 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Sta
     return app
 
 
-def create_es_app(settings: Settings, *, resources: Resources | None = None) -> Starlette:
+def create_es_app(
+    settings: Settings,
+    *,
+    resources: Resources | None = None,
+    buckets: TokenBuckets | None = None,
+) -> Starlette:
     """The Elasticsearch-compatible API alone, for its own listener (LATEST_ES_PORT). Given
-    ``resources`` (the main app's), it shares them; otherwise it opens its own."""
+    ``resources`` (the main app's), it shares them, and ``buckets`` its request rates;
+    otherwise it opens its own."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -103,7 +115,10 @@ def create_es_app(settings: Settings, *, resources: Resources | None = None) -> 
     return Starlette(
         routes=es.ROUTES,
         lifespan=lifespan,
-        middleware=[Middleware(Limits, settings=settings, es=True), body_timeout(settings)],
+        middleware=[
+            Middleware(Limits, settings=settings, es=True, buckets=buckets),
+            body_timeout(settings),
+        ],
     )
 
 

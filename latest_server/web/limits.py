@@ -56,6 +56,13 @@ class TokenBuckets:
         self.capacity = capacity
         self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, when
 
+    @classmethod
+    def of(cls, settings: Settings) -> TokenBuckets | None:
+        """The buckets LATEST_RATE_LIMIT asks for; None when it is off (0)."""
+        if settings.rate_limit <= 0:
+            return None
+        return cls(settings.rate_limit, settings.rate_burst, settings.rate_clients)
+
     def take(self, key: str, now: float) -> float:
         """Take one token of ``key``'s bucket: 0.0 if there was one, else the seconds until
         there is."""
@@ -88,20 +95,23 @@ def _es_error(status: int, type_: str, reason: str) -> bytes:
 class Limits:
     """ASGI middleware: the request rate per client and the declared size of bodies (above).
     ``es``: every path is the Elasticsearch-compatible API (its own listener); else the paths
-    under ``es_prefix`` are (LATEST_ES_PREFIX)."""
+    under ``es_prefix`` are (LATEST_ES_PREFIX). ``buckets``: the request rates of another
+    listener of the process, to share; else its own."""
 
     def __init__(
-        self, app: ASGIApp, settings: Settings, es: bool = False, es_prefix: str | None = None
+        self,
+        app: ASGIApp,
+        settings: Settings,
+        es: bool = False,
+        es_prefix: str | None = None,
+        buckets: TokenBuckets | None = None,
     ) -> None:
         self.app = app
         self.es = es
         self.es_prefix = es_prefix
         self.max_body = settings.max_body_bytes
-        self.buckets = (
-            TokenBuckets(settings.rate_limit, settings.rate_burst, settings.rate_clients)
-            if settings.rate_limit > 0
-            else None
-        )
+        # shared by the listeners of one process (runner.py), so that a client's rate is one
+        self.buckets = buckets if buckets is not None else TokenBuckets.of(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

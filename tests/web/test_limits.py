@@ -121,6 +121,27 @@ def test_the_elasticsearch_api_answers_429_in_its_own_shape(settings: Settings) 
         assert int(refused.value.meta.headers["Retry-After"]) >= 1
 
 
+def test_both_listeners_of_a_process_count_one_rate(settings: Settings) -> None:
+    """The runner gives both apps the same buckets: a client's burst spent on LATEST_PORT is
+    spent on LATEST_ES_PORT too."""
+    limited = dataclasses.replace(settings, amqp_url=None, rate_limit=0.5, rate_burst=2)
+    buckets = TokenBuckets.of(limited)
+    assert buckets is not None and TokenBuckets.of(settings) is None
+    main_app = create_app(limited, buckets=buckets)
+    es_app = create_es_app(limited, buckets=buckets)
+    with (
+        UvicornThread(main_app, lifespan="on") as main,
+        UvicornThread(es_app, lifespan="on") as es,
+        httpx.Client(timeout=10) as http,
+    ):
+        assert http.get(main.url + "/latest/x").status_code == 404
+        assert http.get(es.url + "/").status_code == 200
+        assert http.get(main.url + "/latest/x").status_code == 429
+        refused = http.get(es.url + "/")
+        assert refused.status_code == 429
+        assert refused.json()["error"]["type"] == "es_rejected_execution_exception"
+
+
 def test_buckets_are_kept_for_the_clients_seen_last() -> None:
     buckets = TokenBuckets(rate=1.0, burst=1, capacity=2)
     assert buckets.take("a", 0.0) == 0.0
