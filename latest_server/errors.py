@@ -11,6 +11,7 @@ RejectReason = Literal[
     "bad_id",
     "missing_time",
     "bad_time",
+    "future_time",  # dated further ahead of the server clock than LATEST_MAX_FUTURE
     "too_large",
     "too_deep",  # nested deeper than a document can be stored (packets.MAX_DEPTH)
     "bad_session",  # a session document ("@session" object) that is malformed

@@ -23,6 +23,7 @@ from latest_server.errors import LatestError
 from latest_server.resources import Resources, unusable
 from latest_server.settings import Settings
 from latest_server.web.app import create_app, create_es_app, http_options, server_options
+from latest_server.web.limits import TokenBuckets
 
 log = logging.getLogger("latest_server")
 
@@ -90,7 +91,9 @@ def _config(
     )
 
 
-def es_server(settings: Settings, resources: Resources) -> tuple[_Server, socket.socket] | None:
+def es_server(
+    settings: Settings, resources: Resources, buckets: TokenBuckets | None = None
+) -> tuple[_Server, socket.socket] | None:
     """The Elasticsearch-compatible API's listener on LATEST_ES_PORT (0: none). A port that is
     taken is logged and skipped: the main API keeps running."""
     if not settings.es_port:
@@ -107,7 +110,10 @@ def es_server(settings: Settings, resources: Resources) -> tuple[_Server, socket
         )
         return None
     config = _config(
-        create_es_app(settings, resources=resources), settings, settings.es_port, http_options
+        create_es_app(settings, resources=resources, buckets=buckets),
+        settings,
+        settings.es_port,
+        http_options,
     )
     log.info("Elasticsearch-compatible API on %s:%s", settings.host, settings.es_port)
     return _Server(config), sock
@@ -166,8 +172,12 @@ async def run(command: str, settings: Settings, embedded: EmbeddedValkey | None 
             tasks.append(asyncio.create_task(consumer.run(), name="consumer"))
             stops.append(consumer.stop)
         if http is not None:
+            buckets = TokenBuckets.of(settings)  # one rate per client, on both listeners
             config = _config(
-                create_app(settings, resources=resources), settings, settings.port, server_options
+                create_app(settings, resources=resources, buckets=buckets),
+                settings,
+                settings.port,
+                server_options,
             )
             server = _Server(config)
 
@@ -177,7 +187,7 @@ async def run(command: str, settings: Settings, embedded: EmbeddedValkey | None 
             tasks.append(asyncio.create_task(server.serve(sockets=[http]), name="http"))
             stops.append(stop_server)
             servers.append(server)
-            es_listener = es_server(settings, resources)
+            es_listener = es_server(settings, resources, buckets)
             if es_listener is not None:
                 es, sock = es_listener
 

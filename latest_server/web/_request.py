@@ -35,6 +35,7 @@ from starlette.responses import Response
 from starlette.routing import compile_path
 
 from latest_server.errors import BadRequest
+from latest_server.settings import Settings
 
 # --- paths -----------------------------------------------------------------------------------
 
@@ -95,6 +96,14 @@ def json_error(status: int, type_: str, reason: str, **extra: Any) -> Response:
 
 
 # --- bodies ----------------------------------------------------------------------------------
+
+
+def mget_bound(settings: Settings) -> tuple[int, str]:
+    """The bound of a multi-get body and the setting that sets it: LATEST_MAX_MGET_BYTES, or
+    LATEST_MAX_BODY_BYTES (every body's) when that is lower."""
+    if settings.max_mget_bytes <= settings.max_body_bytes:
+        return settings.max_mget_bytes, "LATEST_MAX_MGET_BYTES"
+    return settings.max_body_bytes, "LATEST_MAX_BODY_BYTES"
 
 
 async def read_body(request: Request, limit: int) -> bytes | None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute, request_response
 
 from latest_server.resources import Resources
 from latest_server.settings import Settings
@@ -19,14 +19,21 @@ from latest_server.web.http import health, history, ingest, iudx, latest
 from latest_server.web.http import sessions as session_routes
 from latest_server.web.http.params import strict
 from latest_server.web.http_timeouts import BodyTimeout, header_timeout_protocol
+from latest_server.web.limits import Gate, Gated, Limits, TokenBuckets
 from latest_server.web.ws import direct as ws_direct
 from latest_server.web.ws.endpoint import WebsocketEndpoint
 from latest_server.web.ws.hub import Hub
 
 
-def create_app(settings: Settings, *, resources: Resources | None = None) -> Starlette:
+def create_app(
+    settings: Settings,
+    *,
+    resources: Resources | None = None,
+    buckets: TokenBuckets | None = None,
+) -> Starlette:
     """A Starlette app. Given ``resources``, it uses (and does not close) them; otherwise it opens
-    its own for its lifespan."""
+    its own for its lifespan. ``buckets``: the request rates per client, when shared with the
+    Elasticsearch-compatible listener (web/limits.py)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -41,18 +48,17 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Sta
             stack.push_async_callback(app.state.hub.close)
             yield
 
+    # History queries run a few at once (web/limits.py), each holding its slot to its end.
+    gate = Gate.of(settings)
+    history_route = Gated(gate, request_response(strict(history.get_history, *history.PARAMS)))
     # Each route names the query parameters it takes; any other is a 400 (web/http/params.py).
     routes: list[BaseRoute] = [
         Route("/ingest", strict(ingest.ingest), methods=["POST"]),
         Route("/latest", strict(latest.list_latest, "id"), methods=["GET"]),
         Route("/latest/_mget", strict(latest.mget_latest), methods=["POST"]),
         Route("/latest/" + param("variable_id"), strict(latest.get_latest), methods=["GET"]),
-        Route("/history", strict(history.get_history, *history.PARAMS), methods=["GET"]),
-        Route(
-            "/history/" + param("variable_id"),
-            strict(history.get_history, *history.PARAMS),
-            methods=["GET"],
-        ),
+        Route("/history", history_route, methods=["GET"]),
+        Route("/history/" + param("variable_id"), history_route, methods=["GET"]),
         Route(
             "/sessions",
             strict(session_routes.list_sessions, *session_routes.PARAMS),
@@ -82,16 +88,27 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Sta
         routes=routes,
         exception_handlers=errors.HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
-        middleware=[Middleware(ws_direct.ServerSend), body_timeout(settings)],
+        middleware=[
+            Middleware(ws_direct.ServerSend),
+            Middleware(Limits, settings=settings, es_prefix=settings.es_prefix, buckets=buckets),
+            body_timeout(settings),
+        ],
     )
+    app.state.history_gate = gate
     # "/history/" is not "/history" with a slash too many: no redirects, a JSON 404 instead.
     app.router.redirect_slashes = False
     return app
 
 
-def create_es_app(settings: Settings, *, resources: Resources | None = None) -> Starlette:
+def create_es_app(
+    settings: Settings,
+    *,
+    resources: Resources | None = None,
+    buckets: TokenBuckets | None = None,
+) -> Starlette:
     """The Elasticsearch-compatible API alone, for its own listener (LATEST_ES_PORT). Given
-    ``resources`` (the main app's), it shares them; otherwise it opens its own."""
+    ``resources`` (the main app's), it shares them, and ``buckets`` its request rates;
+    otherwise it opens its own."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -106,7 +123,14 @@ def create_es_app(settings: Settings, *, resources: Resources | None = None) -> 
         finally:
             await owned.close()
 
-    return Starlette(routes=es.ROUTES, lifespan=lifespan, middleware=[body_timeout(settings)])
+    return Starlette(
+        routes=es.ROUTES,
+        lifespan=lifespan,
+        middleware=[
+            Middleware(Limits, settings=settings, es=True, buckets=buckets),
+            body_timeout(settings),
+        ],
+    )
 
 
 def body_timeout(settings: Settings) -> Middleware:

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from latest_server.stores.base import LatestDoc
+from latest_server.web._request import mget_bound
 from latest_server.web.es import filtering, wire
 from latest_server.web.es import params as es_params
 from latest_server.web.es.context import Context
@@ -24,6 +25,7 @@ from latest_server.web.es.errors import (
     IndexNotFound,
     ParseError,
     ResourceNotFound,
+    TooLarge,
     ValidationFailed,
 )
 from latest_server.web.es.filtering import SourceFilter
@@ -164,7 +166,8 @@ async def get_source(ctx: Context, request: Request, index: str, doc_id: str) ->
 
 async def mget(ctx: Context, request: Request, index: str | None) -> Response:
     params = request.query_params
-    body = wire.json_body(await wire.body(request, ctx.settings.max_body_bytes), required=False)
+    limit, setting = mget_bound(ctx.settings)
+    body = wire.json_body(await wire.body(request, limit, setting), required=False)
     if body is None:
         raise ValidationFailed("no documents to get")
     if not isinstance(body, dict):
@@ -198,6 +201,11 @@ async def mget(ctx: Context, request: Request, index: str | None) -> Response:
             requests.append((_simple(doc_index or "", "_index"), _simple(doc_id, "_id"), source))
     if not requests:
         raise ValidationFailed("no documents to get")
+    if len(requests) > ctx.settings.max_mget_ids:
+        raise TooLarge(
+            f"at most {ctx.settings.max_mget_ids} documents per _mget (LATEST_MAX_MGET_IDS), "
+            f"got {len(requests)}"
+        )
     if problems:
         raise ValidationFailed(*problems)
     exists = {name: await ctx.indices.exists(name) for name in {r[0] for r in requests}}

@@ -56,7 +56,9 @@ class Writer:
         # (index, _id or None, id field) → (_id, variable id, key): see _resolve
         self.resolved: dict[tuple[str, str | None, str | None], tuple[str, str, str]] = {}
         self.default_gte = settings.version_type == "external_gte"
-        self.versions = VersionScale(settings.es_version_scale, settings.time_unit)
+        self.versions = VersionScale(
+            settings.es_version_scale, settings.time_unit, settings.max_future
+        )
         self.updates = Updates(self, parser, ingestor, latest, indices, self.versions)
 
     async def run(self, ops: Sequence[WriteOp]) -> list[ItemResult]:
@@ -162,6 +164,8 @@ class Writer:
                 source, raw, variable_id, key, sent, version_type, self.versions.compared
             )
         except PacketRejected as exc:
+            if exc.code == "future_time":
+                raise IllegalArgument(f"[future_time] {exc.message}") from None
             if exc.code != "too_large":
                 raise
             raise IllegalArgument(

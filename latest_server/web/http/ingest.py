@@ -22,7 +22,9 @@ async def ingest(request: Request) -> Response:
     limit = resources.settings.max_body_bytes
     body = await read_decoded(request, limit)  # gzip is decoded, or refused with a 400
     if body is None:
-        return json_error(413, "too_large", f"request body is larger than {limit} bytes")
+        return json_error(
+            413, "too_large", f"request body is larger than {limit} bytes (LATEST_MAX_BODY_BYTES)"
+        )
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     items = resources.parser.iter_message(body, ndjson=content_type in NDJSON_TYPES)
     rejected: list[dict[str, object]] = []

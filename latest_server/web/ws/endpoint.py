@@ -14,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from latest_server import keys
+from latest_server.access import client_key
 from latest_server.errors import PacketRejected, StoreUnavailable
 from latest_server.web._request import json_error
 from latest_server.web.ws import protocol
@@ -40,20 +41,35 @@ async def websocket(ws: WebSocket, send: Send) -> None:
     hub: Hub = ws.app.state.hub
     cap = hub.settings.ws_max_connections
     if hub.connections >= cap:
-        return await _refuse(ws, cap)
+        log.warning("websocket refused: %d connections open (LATEST_WS_MAX_CONNECTIONS)", cap)
+        return await _refuse(
+            ws, f"this server holds at most {cap} websocket connections; try again later"
+        )
+    client = client_key(ws.scope)
+    per_client = hub.settings.ws_max_connections_per_client
+    if hub.per_client[client] >= per_client:
+        log.info("websocket refused: %s holds %d connections", client, per_client)
+        return await _refuse(
+            ws,
+            f"this client holds {per_client} websocket connections, the most one client may "
+            "(LATEST_WS_MAX_CONNECTIONS_PER_CLIENT); close one or try again later",
+        )
     hub.connections += 1
+    hub.per_client[client] += 1
     try:
         await ws.accept()
         await _serve(hub, ws, send)
     finally:
         hub.connections -= 1
+        hub.per_client[client] -= 1
+        if not hub.per_client[client]:
+            del hub.per_client[client]
 
 
-async def _refuse(ws: WebSocket, cap: int) -> None:
-    """Answer an upgrade past LATEST_WS_MAX_CONNECTIONS with 503 (or, where the server cannot
-    answer an upgrade with a response, accept and close with 1013, "try again later")."""
-    log.warning("websocket refused: %d connections open (LATEST_WS_MAX_CONNECTIONS)", cap)
-    reason = f"this server holds at most {cap} websocket connections; try again later"
+async def _refuse(ws: WebSocket, reason: str) -> None:
+    """Answer an upgrade past LATEST_WS_MAX_CONNECTIONS (or past the client's share,
+    LATEST_WS_MAX_CONNECTIONS_PER_CLIENT) with 503 (or, where the server cannot answer an
+    upgrade with a response, accept and close with 1013, "try again later")."""
     if "websocket.http.response" in ws.scope.get("extensions", {}):
         await ws.send_denial_response(json_error(503, "too_many_connections", reason))
         return
