@@ -14,6 +14,7 @@ from latest_server.stores.base import LatestDoc
 from latest_server.web._request import json_error, read_decoded
 
 MAX_IDS = 10_000
+LIST_PARAMS = ("id",)  # GET /latest?id=a&id=b
 
 
 async def get_latest(request: Request) -> Response:
