@@ -124,6 +124,7 @@ def body(description: str, content: dict[str, Any]) -> dict[str, Any]:
 GZIP_NOTE = " `Content-Encoding: gzip` is decoded (every member); the limit holds decoded."
 
 INGEST: Operation = {
+    "operationId": "ingest",
     "summary": "Write packets",
     "description": "A JSON object, a JSON array of objects, or NDJSON, through the same write "
     "path as AMQP. Answers the counts and each rejected packet by its position; 400 when "
@@ -147,6 +148,7 @@ INGEST: Operation = {
 }
 
 LATEST_ONE: Operation = {
+    "operationId": "get_latest",
     "summary": "A variable's latest document",
     "tags": ["read"],
     "parameters": [
@@ -188,12 +190,14 @@ HISTORY_RESPONSES = {
     **common("404"),
 }
 HISTORY: Operation = {
+    "operationId": "get_history",
     "summary": "A time range of a variable's history, from every tier",
     "tags": ["read"],
     "parameters": [VARIABLE, *query(history.PARAMS)],
     "responses": HISTORY_RESPONSES,
 }
 HISTORY_NO_ID: Operation = {
+    "operationId": "history_without_id",
     "summary": "Always 404: name a variable, /history/{variable_id}",
     "tags": ["read"],
     "parameters": query(history.PARAMS),
@@ -207,6 +211,7 @@ def operations() -> dict[str, dict[str, Operation]]:
         "/ingest": {"post": INGEST},
         "/latest": {
             "get": {
+                "operationId": "list_latest",
                 "summary": "Many latest documents, by repeated `id`",
                 "tags": ["read"],
                 "parameters": query(latest.LIST_PARAMS),
@@ -215,6 +220,7 @@ def operations() -> dict[str, dict[str, Operation]]:
         },
         "/latest/_mget": {
             "post": {
+                "operationId": "mget_latest",
                 "summary": "Many latest documents in one round trip",
                 "description": "The body is bounded and decoded as /ingest's." + GZIP_NOTE,
                 "tags": ["read"],
@@ -227,6 +233,7 @@ def operations() -> dict[str, dict[str, Operation]]:
         "/history/{variable_id}": {"get": HISTORY},
         "/sessions": {
             "get": {
+                "operationId": "list_sessions",
                 "summary": "Sessions, newest first",
                 "tags": ["sessions"],
                 "parameters": query(sessions.PARAMS, SESSION_QUERY),
@@ -235,6 +242,7 @@ def operations() -> dict[str, dict[str, Operation]]:
         },
         "/sessions/{session_id}": {
             "get": {
+                "operationId": "get_session",
                 "summary": "One session with its per-variable counts",
                 "tags": ["sessions"],
                 "parameters": [path_param("session_id", "the session id", "run-42")],
@@ -243,6 +251,7 @@ def operations() -> dict[str, dict[str, Operation]]:
         },
         "/healthz": {
             "get": {
+                "operationId": "healthz",
                 "summary": "The process answers",
                 "tags": ["operations"],
                 "security": [],
@@ -251,6 +260,7 @@ def operations() -> dict[str, dict[str, Operation]]:
         },
         "/readyz": {
             "get": {
+                "operationId": "readyz",
                 "summary": "Redis reachable and every edge connected",
                 "tags": ["operations"],
                 "security": [],
@@ -266,6 +276,7 @@ def operations() -> dict[str, dict[str, Operation]]:
         },
         "/metrics": {
             "get": {
+                "operationId": "metrics",
                 "summary": "Metrics in the Prometheus text format",
                 "tags": ["operations"],
                 "responses": {**ok("the metrics", text("text/plain")), **common()},
@@ -273,6 +284,7 @@ def operations() -> dict[str, dict[str, Operation]]:
         },
         "/openapi.json": {
             "get": {
+                "operationId": "openapi",
                 "summary": "This document",
                 "tags": ["operations"],
                 "security": [],
@@ -281,6 +293,7 @@ def operations() -> dict[str, dict[str, Operation]]:
         },
         "/docs": {
             "get": {
+                "operationId": "docs",
                 "summary": "This document as an interactive page (served offline)",
                 "tags": ["operations"],
                 "security": [],
