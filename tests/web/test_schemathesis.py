@@ -1,9 +1,11 @@
-"""schemathesis against the real server's own /openapi.json: every documented operation gets
-generated requests (valid ones and, in negative mode, invalid ones), each answer checked: no 5xx,
-a documented status, content type, headers and a body matching its schema.
+"""schemathesis against a real server and the document it serves at /openapi.json: every
+documented operation gets generated requests (valid ones and, in negative mode, invalid ones),
+each answer checked: no 5xx, a documented status, content type, headers and a body matching its
+schema.
 
-Bounded: at most MAX_EXAMPLES requests per operation and mode, derandomized (the same examples
-every run), no shrinking past the first failure's phase; about 15 s on two cores."""
+Bounded: at most MAX_EXAMPLES generated requests per operation and mode plus the explicit
+examples, derandomized (the same requests every run), no shrinking (a failure is reported as
+found), 60 s per operation at most; about 15 s in all on two cores."""
 
 from __future__ import annotations
 
@@ -30,7 +32,9 @@ from latest_server.web.app import create_app
 from latest_server.web.http.ingest import NDJSON_TYPES
 from latest_server.web.openapi.document import build
 from latest_server.web.openapi.operations import EXAMPLE_ID
+from latest_server.web.openapi.schemas import JSON
 from tests.conftest import REDIS_URL, ServerThread
+from tests.services import private_redis
 
 MAX_EXAMPLES = 20
 CHECKS = [
@@ -81,6 +85,7 @@ def base_url(server: ServerThread) -> str:
 
 
 @schema.parametrize()
+@pytest.mark.timeout(60)  # per operation; the whole file takes about 15 s
 @settings(
     max_examples=MAX_EXAMPLES,
     derandomize=True,
@@ -89,4 +94,26 @@ def base_url(server: ServerThread) -> str:
     suppress_health_check=list(HealthCheck),
 )
 def test_every_answer_matches_the_document(case: Any, base_url: str) -> None:
-    case.call_and_validate(base_url=base_url, checks=CHECKS)
+    case.call_and_validate(base_url=base_url, checks=CHECKS, timeout=10)
+
+
+def test_an_unreachable_store_answers_as_documented(tmp_path: Path) -> None:
+    """The 503 no generated request can cause: Redis gone. Its status, Retry-After header and
+    body are checked against the document by the same checks (but the one that refuses every
+    5xx: this one is the documented answer)."""
+    with private_redis() as url:
+        running = ServerThread(Settings(redis_url=url, amqp_url=None, data_dir=str(tmp_path)))
+        running.__enter__()
+    try:
+        for operation, parameters in [
+            (schema["/latest/{variable_id}"]["GET"], {"path_parameters": {"variable_id": "x"}}),
+            (schema["/latest"]["GET"], {"query": {"id": ["x"]}}),
+            (schema["/ingest"]["POST"], {"body": {"id": "x", "ts": 1}, "media_type": JSON}),
+        ]:
+            case = operation.Case(**parameters)
+            response = case.call_and_validate(base_url=running.url, checks=CHECKS[1:], timeout=30)
+            assert response.status_code == 503
+            assert response.headers["retry-after"] == ["1"]
+            assert response.json()["error"]["type"] == "store_unavailable"
+    finally:
+        running.__exit__()

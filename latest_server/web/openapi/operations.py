@@ -13,7 +13,7 @@ from typing import Any
 from latest_server.sessions import STATES
 from latest_server.web.http import history, latest, sessions
 from latest_server.web.http.ingest import NDJSON_TYPES
-from latest_server.web.openapi.schemas import JSON, json_content, ref
+from latest_server.web.openapi.schemas import JSON, headers, json_content, ref
 
 Operation = dict[str, Any]
 
@@ -106,7 +106,10 @@ def common(*statuses: str) -> dict[str, Any]:
 
 
 def ok(description: str, content: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"200": {"description": description, "content": content, **extra}}
+    answer = {"description": description, "headers": headers(), "content": content, **extra}
+    if "headers" in extra:
+        answer["headers"] = {**headers(), **extra["headers"]}
+    return {"200": answer}
 
 
 def binary(media_type: str) -> dict[str, Any]:

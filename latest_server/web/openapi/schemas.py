@@ -198,6 +198,7 @@ SCHEMAS: dict[str, Schema] = {
 
 RETRY_AFTER = {
     "description": "seconds to wait before trying again",
+    "required": True,
     "schema": {"type": "integer", "minimum": 0},
 }
 REQUEST_ID = {
@@ -206,11 +207,17 @@ REQUEST_ID = {
 }
 
 
+def headers(*names: str) -> dict[str, Any]:
+    """The response headers ``names`` and X-Request-Id, which every response may carry."""
+    return {name: {"$ref": f"#/components/headers/{name}"} for name in (*names, "X-Request-Id")}
+
+
 def error_response(description: str, *, retry: bool = False) -> dict[str, Any]:
-    response: dict[str, Any] = {"description": description, "content": json_content(ref("Error"))}
-    if retry:
-        response["headers"] = {"Retry-After": {"$ref": "#/components/headers/Retry-After"}}
-    return response
+    return {
+        "description": description,
+        "headers": headers("Retry-After") if retry else headers(),
+        "content": json_content(ref("Error")),
+    }
 
 
 RESPONSES: dict[str, dict[str, Any]] = {
