@@ -128,40 +128,50 @@ def hashed(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def tokens_settings(path: Path, entries: Any) -> Any:
-    path.write_text(json.dumps(entries))
-    return SimpleNamespace(tokens_file=str(path))
+def toml(entries: list[dict[str, Any]]) -> str:
+    """A tokens file: one ``[[tokens]]`` table per entry."""
+    tables = []
+    for entry in entries:
+        lines = [f"{key} = {json.dumps(value)}" for key, value in entry.items()]
+        tables.append("[[tokens]]\n" + "\n".join(lines))
+    return "\n\n".join(tables) + "\n"
+
+
+def check_file(path: Path, text: str) -> list[Any]:
+    path.write_text(text)
+    return check_tokens(SimpleNamespace(tokens_file=str(path)))
 
 
 def test_tokens_file_checks(tmp_path: Path) -> None:
-    file = tmp_path / "tokens.json"
+    file = tmp_path / "tokens.toml"
     good = [
         {"name": "ingest", "sha256": hashed("a"), "scopes": ["write"]},
         {"name": "reader", "sha256": hashed("b"), "scopes": ["read"], "prefixes": ["city/"]},
     ]
-    [found] = check_tokens(tokens_settings(file, good))
+    [found] = check_file(file, toml(good))
     assert found.level == "ok" and "2 tokens" in found.message
     bad = [
         {"name": "ingest", "sha256": hashed("a"), "scopes": ["write"]},
         {"name": "ingest", "sha256": hashed("c"), "scopes": ["read"]},
         {"name": "clear", "token": "hunter2", "scopes": ["read"]},
         {"name": "odd", "sha256": hashed("d"), "scopes": ["root"]},
+        {"name": "none", "sha256": hashed("e"), "scopes": []},
     ]
-    failed = check_tokens(tokens_settings(file, bad))
-    assert [f.level for f in failed] == ["FAIL"] * 3
+    failed = check_file(file, toml(bad))
+    assert {f.level for f in failed} == {"FAIL"}
     said = " ".join(f.message for f in failed)
     assert "'ingest' is used twice" in said
     assert "'clear' is stored in clear" in said and "hunter2" not in said
+    assert "'clear' has unknown keys ['token']" in said
     assert "unknown scopes ['root']" in said
-    file.write_text("[not json nor toml")
-    assert check_tokens(SimpleNamespace(tokens_file=str(file)))[0].level == "FAIL"
-    missing = SimpleNamespace(tokens_file=str(tmp_path / "absent.json"))
+    assert "'none' has no scopes" in said
+    assert check_file(file, "[not toml")[0].level == "FAIL"
+    assert check_file(file, '[[tokens]]\nname = "a"\n[other]\n')[0].level == "FAIL"
+    missing = SimpleNamespace(tokens_file=str(tmp_path / "absent.toml"))
     assert "does not exist" in check_tokens(missing)[0].message
-    toml = tmp_path / "tokens.toml"
-    toml.write_text(f'[[tokens]]\nname = "a"\nsha256 = "{hashed("a")}"\nscopes = ["read"]\n')
-    assert check_tokens(SimpleNamespace(tokens_file=str(toml)))[0].level == "ok"
-    # A build without the setting: nothing to check.
+    # A build without the setting, or the setting unset: nothing to check.
     assert check_tokens(SimpleNamespace())[0].level == "ok"
+    assert check_tokens(SimpleNamespace(tokens_file=None))[0].level == "ok"
 
 
 @pytest.mark.parametrize(
@@ -177,3 +187,9 @@ def test_a_public_bind_without_tokens_fails() -> None:
     assert found.level == "FAIL" and "no tokens are configured" in found.message
     [found] = check_bind(Settings())
     assert found.level == "ok"
+    for source in ("tokens_file", "jwt_public_key_file", "jwks_file"):
+        with_tokens = SimpleNamespace(host="0.0.0.0", port=8000, es_port=0, **{source: "/etc/x"})
+        [found] = check_bind(with_tokens)
+        assert found.level == "ok" and "tokens required" in found.message
+    insecure = SimpleNamespace(host="0.0.0.0", port=8000, es_port=0, insecure=True)
+    assert check_bind(insecure)[0].level == "warn"

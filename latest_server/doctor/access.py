@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,11 @@ from latest_server.doctor.findings import Finding, fail, ok, warn
 from latest_server.settings import Settings
 
 SCOPES = frozenset({"read", "write", "admin"})
+KEYS = frozenset({"name", "sha256", "scopes", "prefixes", "indices"})
+KNOWN = ", ".join(sorted(KEYS))
+# The settings that configure tokens (LATEST_TOKENS_FILE, LATEST_JWT_PUBLIC_KEY_FILE,
+# LATEST_JWKS_FILE), read with getattr: a build without them has no tokens.
+TOKEN_SOURCES = ("tokens_file", "jwt_public_key_file", "jwks_file")
 
 
 # --- tokens and the bind address -------------------------------------------------------------
@@ -35,20 +39,17 @@ def check_tokens(settings: Settings) -> list[Finding]:
 
 
 def token_entries(text: str) -> list[dict[str, Any]]:
-    """The entries of a tokens file: a JSON list, or a JSON or TOML table with a ``tokens``
-    list of tables."""
+    """The ``[[tokens]]`` tables of a tokens file (TOML)."""
     try:
-        parsed: Any = json.loads(text)
-    except json.JSONDecodeError:
-        try:
-            parsed = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"neither JSON nor TOML ({exc})") from None
-    if isinstance(parsed, dict):
-        parsed = parsed.get("tokens")
-    if not isinstance(parsed, list) or not all(isinstance(e, dict) for e in parsed):
-        raise ValueError("expected a list of tokens (or a table with a `tokens` list)")
-    return parsed
+        parsed = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"not valid TOML ({exc})") from None
+    entries = parsed.get("tokens", [])
+    if set(parsed) - {"tokens"} or not isinstance(entries, list):
+        raise ValueError("write each token as a [[tokens]] table, and nothing else")
+    if not all(isinstance(entry, dict) for entry in entries):
+        raise ValueError("write each token as a [[tokens]] table")
+    return entries
 
 
 def token_problems(entries: list[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -71,12 +72,17 @@ def token_problems(entries: list[dict[str, Any]]) -> list[tuple[str, str]]:
             problems.append(
                 (f"token {name!r} has no sha256 hash", "store the hex SHA-256 of the token")
             )
-        scopes = entry.get("scopes", [])
-        unknown = sorted(set(scopes) - SCOPES) if isinstance(scopes, list) else ["?"]
-        if unknown:
+        scopes = entry.get("scopes")
+        if not isinstance(scopes, list) or not scopes:
+            problems.append((f"token {name!r} has no scopes", "list some of read, write, admin"))
+        elif set(scopes) - SCOPES:
+            unknown = sorted(set(scopes) - SCOPES)
             problems.append(
                 (f"token {name!r} has unknown scopes {unknown}", "use read, write, admin")
             )
+        extra = sorted(set(entry) - KEYS)
+        if extra:
+            problems.append((f"token {name!r} has unknown keys {extra}", f"keep to {KNOWN}"))
     return problems
 
 
@@ -96,9 +102,7 @@ def check_bind(settings: Settings) -> list[Finding]:
     )
     if is_loopback(host):
         return [ok("bind", f"{listeners}: loopback only")]
-    tokens = any(
-        getattr(settings, name, None) for name in ("tokens_file", "jwt_key_file", "jwt_jwks_file")
-    )
+    tokens = any(getattr(settings, name, None) for name in TOKEN_SOURCES)
     if tokens:
         return [ok("bind", f"{listeners}: reachable from the network, tokens required")]
     if getattr(settings, "insecure", False):
