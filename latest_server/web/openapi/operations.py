@@ -282,6 +282,7 @@ def operations() -> dict[str, dict[str, Operation]]:
                 "operationId": "metrics",
                 "summary": "Metrics in the Prometheus text format",
                 "tags": ["operations"],
+                "security": [],
                 "responses": {**ok("the metrics", text("text/plain")), **common()},
             }
         },
