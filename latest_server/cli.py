@@ -15,7 +15,6 @@ from pathlib import Path
 
 from latest_server import __version__, datadir
 from latest_server.datadir import DataDirBusy, Owner
-from latest_server.doctor import doctor_command
 from latest_server.embedded import EmbeddedValkey
 from latest_server.errors import LatestError
 from latest_server.jobs import JOB_COMMANDS
@@ -107,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise LatestError("'consume' needs AMQP_URL (or --amqp-url)")
         with redis_for(command, settings) as (settings, embedded):
             if command == "doctor":
+                from latest_server.doctor import doctor_command  # only this command needs it
+
                 run_loop(doctor_command(settings))
             elif command in JOB_COMMANDS:
                 run_loop(JOB_COMMANDS[command](settings, **job_args))
