@@ -14,7 +14,6 @@ from latest_server.stores.base import LatestDoc
 from latest_server.web._request import json_error, read_decoded
 
 MAX_IDS = 10_000
-LIST_PARAMS = ("id",)  # GET /latest?id=a&id=b
 
 
 async def get_latest(request: Request) -> Response:
@@ -32,6 +31,9 @@ async def get_latest(request: Request) -> Response:
     if conditional is not None and _fresh(etag, conditional):
         return Response(status_code=304, headers=headers)
     return Response(found.doc, headers=headers, media_type="application/json")
+
+
+LIST_PARAMS = ("id",)  # GET /latest?id=a&id=b
 
 
 async def list_latest(request: Request) -> Response:

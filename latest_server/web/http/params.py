@@ -34,17 +34,7 @@ def strict(endpoint: Endpoint, *allowed: str) -> Endpoint:
 
     checked.__name__ = checked.__qualname__ = getattr(endpoint, "__name__", "endpoint")
     checked.__doc__ = endpoint.__doc__
-    setattr(checked, ACCEPTS, known)  # read back by accepted(), for the OpenAPI document
     return checked
-
-
-ACCEPTS = "accepted_parameters"
-
-
-def accepted(endpoint: object) -> frozenset[str] | None:
-    """The query parameters a ``strict`` endpoint takes; None for any other endpoint."""
-    found = getattr(endpoint, ACCEPTS, None)
-    return found if isinstance(found, frozenset) else None
 
 
 def _hint(name: str, known: Collection[str]) -> str:

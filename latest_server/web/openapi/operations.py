@@ -56,7 +56,7 @@ QUERY: dict[str, dict[str, Any]] = {
         "required": True,
         "style": "form",
         "explode": True,
-        "description": f"variable ids (repeat the parameter; at most {latest.MAX_IDS})",
+        "description": "variable ids (repeat the parameter); too many is refused, naming the bound",
     },
     # GET /sessions (its `limit` is not history's: see SESSION_QUERY)
     "state": {"schema": {"type": "string", "enum": list(STATES)}},
@@ -218,7 +218,7 @@ def operations() -> dict[str, dict[str, Operation]]:
                 "summary": "Many latest documents, by repeated `id`",
                 "tags": ["read"],
                 "parameters": query(latest.LIST_PARAMS),
-                "responses": {**LATEST_MANY, **common()},
+                "responses": {**LATEST_MANY, **common("413")},
             }
         },
         "/latest/_mget": {

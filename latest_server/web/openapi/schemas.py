@@ -2,7 +2,7 @@
 web/http/*.py and web/errors.py), its error responses, and the bearer scheme.
 
 Bounds and enumerations come from the modules that enforce them (``history.FORMATS``,
-``sessions.STATES``, ``latest.MAX_IDS``, …), so the document cannot drift from the code."""
+``sessions.STATES``, …), so the document cannot drift from the code."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from latest_server.errors import REJECT_REASONS
 from latest_server.sessions import STATES
-from latest_server.web.http import history, latest
+from latest_server.web.http import history
 
 JSON = "application/json"
 Schema = dict[str, Any]
@@ -84,12 +84,12 @@ SCHEMAS: dict[str, Schema] = {
     },
     "Ids": {
         "type": "object",
+        "description": "too many ids is refused, naming the bound",
         "required": ["ids"],
         "properties": {
             "ids": {
                 "type": "array",
                 "minItems": 1,
-                "maxItems": latest.MAX_IDS,
                 "items": {"type": "string", "minLength": 1},
             }
         },
@@ -237,8 +237,8 @@ RESPONSES: dict[str, dict[str, Any]] = {
     ),
     "NotFound": error_response("no such variable, session or route: type `not_found`"),
     "TooLarge": error_response(
-        "the body, as sent or decoded from gzip, is larger than LATEST_MAX_BODY_BYTES: type "
-        "`too_large`; nothing was written"
+        "the body, as sent or decoded from gzip, is larger than its bound (LATEST_MAX_BODY_BYTES): "
+        "type `too_large`, or more ids than a read takes; nothing was written"
     ),
     "UnsupportedMediaType": error_response(
         "a Content-Type the route does not read; nothing was written"
