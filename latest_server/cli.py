@@ -1,6 +1,6 @@
-"""``latest-server serve|consume|offload|merge``: flags override the environment, the Redis to use
-is chosen (REDIS_URL or the data directory's embedded Valkey), then the server runs until stopped
-(runner.py) or the job runs once (jobs.py)."""
+"""``latest-server serve|consume|offload|merge|doctor``: flags override the environment, the
+Redis to use is chosen (REDIS_URL or the data directory's embedded Valkey), then the server runs
+until stopped (runner.py), the job runs once (jobs.py) or the checks run (doctor.py)."""
 
 from __future__ import annotations
 
@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--session", dest="job_session", metavar="ID", help="the variables of a session"
     )
     add_setting_flags(merge)
+    doctor = commands.add_parser(
+        "doctor",
+        help="check Redis, RabbitMQ, the object store, the tokens file and the bind address; "
+        "exit 1 on any FAIL",
+    )
+    add_setting_flags(doctor)
     return parser
 
 
@@ -99,7 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "consume" and not settings.amqp_url:
             raise LatestError("'consume' needs AMQP_URL (or --amqp-url)")
         with redis_for(command, settings) as (settings, embedded):
-            if command in JOB_COMMANDS:
+            if command == "doctor":
+                from latest_server.doctor import doctor_command  # only this command needs it
+
+                run_loop(doctor_command(settings))
+            elif command in JOB_COMMANDS:
                 run_loop(JOB_COMMANDS[command](settings, **job_args))
             else:
                 run_loop(run(command, settings, embedded))

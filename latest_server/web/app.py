@@ -9,6 +9,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route, WebSocketRoute, request_response
+from starlette.routing import Mount as StaticMount
 
 from latest_server.resources import Resources
 from latest_server.settings import Settings
@@ -20,6 +21,7 @@ from latest_server.web.http import sessions as session_routes
 from latest_server.web.http.params import strict
 from latest_server.web.http_timeouts import BodyTimeout, header_timeout_protocol
 from latest_server.web.limits import Gate, Gated, Limits, TokenBuckets
+from latest_server.web.openapi import routes as openapi
 from latest_server.web.ws import direct as ws_direct
 from latest_server.web.ws.endpoint import WebsocketEndpoint
 from latest_server.web.ws.hub import Hub
@@ -54,7 +56,7 @@ def create_app(
     # Each route names the query parameters it takes; any other is a 400 (web/http/params.py).
     routes: list[BaseRoute] = [
         Route("/ingest", strict(ingest.ingest), methods=["POST"]),
-        Route("/latest", strict(latest.list_latest, "id"), methods=["GET"]),
+        Route("/latest", strict(latest.list_latest, *latest.LIST_PARAMS), methods=["GET"]),
         Route("/latest/_mget", strict(latest.mget_latest), methods=["POST"]),
         Route("/latest/" + param("variable_id"), strict(latest.get_latest), methods=["GET"]),
         Route("/history", history_route, methods=["GET"]),
@@ -81,6 +83,10 @@ def create_app(
         WebSocketRoute("/ws", WebsocketEndpoint()),
         Route("/healthz", strict(health.healthz), methods=["GET"]),
         Route("/readyz", strict(health.readyz), methods=["GET"]),
+        # The REST API's document (web/openapi/operations.py), and Swagger UI on it, offline.
+        Route("/openapi.json", strict(openapi.openapi_json), methods=["GET"]),
+        Route("/docs", strict(openapi.docs), methods=["GET"]),
+        StaticMount(openapi.ASSETS, app=openapi.assets()),
     ]
     if settings.es_prefix:  # the Elasticsearch-compatible API under a path, e.g. /es
         routes.append(Mount(settings.es_prefix, routes=es.ROUTES))

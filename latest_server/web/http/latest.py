@@ -31,6 +31,9 @@ async def get_latest(request: Request) -> Response:
     return Response(found.doc, headers=headers, media_type="application/json")
 
 
+LIST_PARAMS = ("id",)  # GET /latest?id=a&id=b
+
+
 async def list_latest(request: Request) -> Response:
     ids = request.query_params.getlist("id")
     if not ids:
