@@ -36,6 +36,7 @@ TAGS = [
     {"name": "write", "description": "packets in"},
     {"name": "read", "description": "latest values and history"},
     {"name": "sessions", "description": "producers' sessions"},
+    {"name": "iudx", "description": "the IUDX resource server's latest API, in its envelope"},
     {"name": "operations", "description": "health, metrics, this document"},
 ]
 

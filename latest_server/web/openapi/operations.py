@@ -13,6 +13,7 @@ from typing import Any
 from latest_server.sessions import STATES
 from latest_server.web.http import history, latest, sessions
 from latest_server.web.http.ingest import NDJSON_TYPES
+from latest_server.web.openapi import iudx
 from latest_server.web.openapi.schemas import JSON, headers, json_content, ref
 
 Operation = dict[str, Any]
@@ -295,6 +296,7 @@ def operations() -> dict[str, dict[str, Operation]]:
                 "responses": {**ok("OpenAPI 3.1", json_content({"type": "object"})), **common()},
             }
         },
+        **iudx.operations(),
         "/docs": {
             "get": {
                 "operationId": "docs",
