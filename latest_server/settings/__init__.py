@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from latest_server.errors import ConfigError
+from latest_server.settings.access import AccessSettings
 from latest_server.settings.core import (
     BACKENDS,
     ES_VERSION_SCALES,
@@ -38,7 +39,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Settings(CoreSettings):
+class Settings(AccessSettings, CoreSettings):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         if environ is None:

@@ -8,13 +8,16 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
+from latest_server.auth.authenticator import Authenticator
 from latest_server.resources import Resources
 from latest_server.settings import Settings
 from latest_server.web import errors
 from latest_server.web._request import Mount, param
 from latest_server.web.es import routes as es
+from latest_server.web.guard import Guard
 from latest_server.web.http import health, history, ingest, latest
 from latest_server.web.http import sessions as session_routes
 from latest_server.web.http.params import strict
@@ -24,9 +27,15 @@ from latest_server.web.ws.endpoint import WebsocketEndpoint
 from latest_server.web.ws.hub import Hub
 
 
-def create_app(settings: Settings, *, resources: Resources | None = None) -> Starlette:
+def create_app(
+    settings: Settings,
+    *,
+    resources: Resources | None = None,
+    authenticator: Authenticator | None = None,
+) -> Starlette:
     """A Starlette app. Given ``resources``, it uses (and does not close) them; otherwise it opens
-    its own for its lifespan."""
+    its own for its lifespan. Given ``authenticator`` (the runner's, which SIGHUP rereads), it
+    checks credentials with it; otherwise with one of its own."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -71,14 +80,24 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Sta
         routes=routes,
         exception_handlers=errors.HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
-        middleware=[Middleware(ws_direct.ServerSend), body_timeout(settings)],
+        middleware=[
+            *cors(settings),
+            guard(settings, authenticator, settings.es_prefix),
+            Middleware(ws_direct.ServerSend),
+            body_timeout(settings),
+        ],
     )
     # "/history/" is not "/history" with a slash too many: no redirects, a JSON 404 instead.
     app.router.redirect_slashes = False
     return app
 
 
-def create_es_app(settings: Settings, *, resources: Resources | None = None) -> Starlette:
+def create_es_app(
+    settings: Settings,
+    *,
+    resources: Resources | None = None,
+    authenticator: Authenticator | None = None,
+) -> Starlette:
     """The Elasticsearch-compatible API alone, for its own listener (LATEST_ES_PORT). Given
     ``resources`` (the main app's), it shares them; otherwise it opens its own."""
 
@@ -95,7 +114,40 @@ def create_es_app(settings: Settings, *, resources: Resources | None = None) -> 
         finally:
             await owned.close()
 
-    return Starlette(routes=es.ROUTES, lifespan=lifespan, middleware=[body_timeout(settings)])
+    return Starlette(
+        routes=es.ROUTES,
+        lifespan=lifespan,
+        middleware=[guard(settings, authenticator, ""), body_timeout(settings)],
+    )
+
+
+def guard(
+    settings: Settings, authenticator: Authenticator | None, es_root: str | None
+) -> Middleware:
+    """Origin, credentials and scopes (web/guard.py), before anything else reads the request."""
+    return Middleware(
+        Guard,
+        authenticator=authenticator or Authenticator(settings),
+        settings=settings,
+        es_root=es_root,
+    )
+
+
+def cors(settings: Settings) -> list[Middleware]:
+    """CORS headers for LATEST_CORS_ORIGINS (none by default): preflights are answered here,
+    before the guard, as they carry no credentials."""
+    if not settings.cors_origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "HEAD", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Content-Encoding", "If-None-Match"],
+            expose_headers=["ETag", "X-Latest-Version"],
+            max_age=600,
+        )
+    ]
 
 
 def body_timeout(settings: Settings) -> Middleware:

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from latest_server.errors import BadRequest, NotFound
 from latest_server.resources import Resources
 from latest_server.stores.base import LatestDoc
-from latest_server.web._request import json_error, read_decoded
+from latest_server.web._request import covered, json_error, read_decoded
 
 MAX_IDS = 10_000
 
@@ -19,6 +19,7 @@ MAX_IDS = 10_000
 async def get_latest(request: Request) -> Response:
     resources: Resources = request.app.state.resources
     variable_id: str = request.path_params["variable_id"]
+    covered(request, [variable_id])
     if not variable_id:
         raise NotFound("name a variable: GET /latest/{id} (the id URL-encoded)")
     [found] = await resources.latest.mget([variable_id])
@@ -59,6 +60,7 @@ async def mget_latest(request: Request) -> Response:
 async def _many(request: Request, ids: list[str]) -> Response:
     if len(ids) > MAX_IDS:
         raise BadRequest(f"at most {MAX_IDS} ids per call, got {len(ids)}")
+    covered(request, ids)
     resources: Resources = request.app.state.resources
     docs = await resources.latest.mget(ids)
     return Response(

@@ -14,7 +14,14 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from latest_server import keys
-from latest_server.errors import PacketRejected, StoreUnavailable
+from latest_server.access import (
+    AUTHENTICATE_KEY,
+    READ,
+    Principal,
+    principal_of,
+    set_principal,
+)
+from latest_server.errors import PacketRejected, StoreUnavailable, Unauthorized
 from latest_server.web._request import json_error
 from latest_server.web.ws import protocol
 from latest_server.web.ws.direct import abort, stuck
@@ -138,6 +145,12 @@ async def handle(hub: Hub, socket: Socket, text: str) -> None:
     op = message.get("op")
     if op == "ping":
         return socket.control({"type": "pong"})
+    if op == "auth" or message.get("type") == "auth":
+        return authenticate(socket, message)
+    if not principal_of(socket.ws.scope).can(READ):
+        return socket.error(
+            "unauthorized", 'authenticate first: send {"type": "auth", "token": "<token>"}'
+        )
     if op in ("subscribe", "unsubscribe") and "sessions" in message:
         sessions = protocol.ids(message, "sessions")
         if sessions is None:
@@ -168,6 +181,46 @@ async def handle(hub: Hub, socket: Socket, text: str) -> None:
     )
 
 
+def authenticate(socket: Socket, message: dict[str, Any]) -> None:
+    """``{"type": "auth", "token": "..."}``: the socket acts as the token's principal from now
+    on. Only a socket that came without credentials, where tokens are needed, authenticates."""
+    scope = socket.ws.scope
+    check = scope.get(AUTHENTICATE_KEY)
+    if check is None:  # authenticated by its upgrade's header, or no tokens are needed
+        return socket.control({"type": "authenticated", "name": principal_of(scope).name})
+    token = message.get("token")
+    if not isinstance(token, str) or not token:
+        return socket.error("unauthorized", '"token" must be a non-empty string')
+    try:
+        principal = check(token)
+    except Unauthorized as exc:
+        return socket.error("unauthorized", exc.message)
+    if not principal.can(READ):
+        return socket.error("forbidden", f"token {principal.name!r} lacks the 'read' scope")
+    set_principal(scope, principal)
+    del scope[AUTHENTICATE_KEY]
+    return socket.control({"type": "authenticated", "name": principal.name})
+
+
+def covered(socket: Socket, principal: Principal, ids: list[str]) -> list[str]:
+    """The ids ``principal`` may read; an error frame naming each other one."""
+    allowed = []
+    for variable_id in ids:
+        if principal.covers(variable_id):
+            allowed.append(variable_id)
+            continue
+        socket.control(
+            {
+                "type": "error",
+                "reason": "forbidden",
+                "id": variable_id,
+                "message": f"token {principal.name!r} may not read this variable "
+                "(outside its prefixes)",
+            }
+        )
+    return allowed
+
+
 async def watch(hub: Hub, socket: Socket, sessions: list[str]) -> None:
     limit = hub.settings.ws_max_subscriptions
     new = [i for i in sessions if i not in socket.watched]
@@ -194,6 +247,11 @@ async def subscribe(hub: Hub, socket: Socket, message: dict[str, Any]) -> None:
     ids = protocol.ids(message)
     if ids is None:
         return socket.error("bad_ids", '"ids" must be a non-empty list of variable ids')
+    principal = principal_of(socket.ws.scope)
+    if principal.prefixes is not None:
+        ids = covered(socket, principal, ids)
+        if not ids:
+            return None
     modes = [name for name in ("since", "from", "latest") if message.get(name) not in (None, False)]
     if len(modes) > 1:
         return socket.error(
