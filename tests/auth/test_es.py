@@ -17,6 +17,7 @@ from elasticsearch import AuthenticationException, AuthorizationException, Elast
 
 from latest_server.settings import Settings
 from tests.auth.helpers import secret, write_tokens
+from tests.conftest import ServerThread
 from tests.es.conftest import EsServerThread
 
 
@@ -135,3 +136,27 @@ def test_a_logstash_bulk_with_basic_auth(server: EsServerThread) -> None:
         assert bad.headers["x-elastic-product"] == "Elasticsearch"
         assert bad.json()["error"]["root_cause"][0]["type"] == "security_exception"
         assert bad.json()["status"] == 401
+
+
+def test_the_api_under_a_prefix_of_the_main_port(
+    settings: Settings, tmp_path: Path, http_server: Callable[..., ServerThread]
+) -> None:
+    """LATEST_ES_PREFIX: the guard of the main app answers below it in Elasticsearch's shapes."""
+    tokens = write_tokens(tmp_path / "tokens.toml")
+    server = http_server(settings, amqp_url=None, tokens_file=str(tokens), es_prefix="/es")
+    es = Elasticsearch(server.url + "/es", basic_auth=("u", secret("both")), request_timeout=10)
+    es.index(index="latest", id="p/1", document={"id": "p/1", "ts": 1_700_000_000})
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        bare = http.get("/es/latest/_doc/p%2F1")
+        assert bare.status_code == 401
+        assert bare.json()["error"]["type"] == "security_exception"
+        assert bare.headers["x-elastic-product"] == "Elasticsearch"
+        read = http.get("/latest/p%2F1", headers={"Authorization": f"Bearer {secret('both')}"})
+        assert read.json()["id"] == "p/1"  # one write path: REST sees what ES wrote
+        other = http.get("/latest/p%2F1", headers={"Authorization": f"Bearer {secret('logs')}"})
+        assert other.status_code == 200  # "logs" may read every variable on REST
+        es_refused = http.get(
+            "/es/latest/_doc/p%2F1", headers={"Authorization": f"Bearer {secret('logs')}"}
+        )
+        assert es_refused.status_code == 403  # but not the index "latest"
+        assert "on index [latest]" in es_refused.json()["error"]["reason"]
