@@ -18,6 +18,7 @@ from latest_server.settings import Settings
 log = logging.getLogger("latest_server.auth")
 
 CACHE_SIZE = 4096  # secrets remembered; past it the cache starts again
+FOREVER = float("inf")  # an API token is valid until the file changes
 
 
 class Authenticator:
@@ -70,8 +71,9 @@ class Authenticator:
             self._keys.check()
         cached = self._cache.get(secret)
         if cached is not None:
-            if cached[1] > time.time():
-                return cached[0]
+            principal, until = cached
+            if until == FOREVER or until > time.time():
+                return principal
             del self._cache[secret]
         principal, until = self._resolve(secret)
         if len(self._cache) >= CACHE_SIZE:
@@ -83,7 +85,7 @@ class Authenticator:
         if self._tokens is not None:
             found = tokens.lookup(self._tokens.value, secret)
             if found is not None:
-                return found, float("inf")
+                return found, FOREVER
         if self._keys is not None and secret.count(".") == 2:
             return jwts.verify(secret, self._keys.value, self.settings)
         raise Unauthorized("the token is not valid")

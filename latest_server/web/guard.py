@@ -51,6 +51,8 @@ REST_CHALLENGE = 'Bearer realm="latest-server"'
 
 def secret_of(authorization: bytes) -> str | None:
     """The token an ``Authorization`` header carries, or None if it carries none we read."""
+    if authorization.startswith(b"Bearer "):  # the common case, first
+        return authorization[7:].strip().decode("latin-1") or None
     scheme, _, value = authorization.decode("latin-1").strip().partition(" ")
     scheme = scheme.lower()
     value = value.strip()
