@@ -102,15 +102,15 @@ class Guard:
             elif name == b"host":
                 host = value
         method = scope.get("method", "GET")
-        es = self._es_parts(scope)
         if origin is not None and (kind == "websocket" or method in CHANGING):
             refused = self._origin_refused(origin, host)
             if refused:
-                await self._refuse(scope, receive, send, es, 403, refused)
+                await self._refuse(scope, receive, send, self._es_parts(scope), 403, refused)
                 return
         if not self.enabled:
             await self.app(scope, receive, send)
             return
+        es = self._es_parts(scope)
         if es is None and scope["path"] in OPEN:
             await self.app(scope, receive, send)
             return
