@@ -67,6 +67,13 @@ class AccessSettings:
         "Dotted path of a role claim that adds scopes (IUDX's role: provider and delegate add "
         "write, admin adds admin). Unset: none.",
     )
+    ws_auth_timeout: float = setting(
+        "LATEST_WS_AUTH_TIMEOUT",
+        10.0,
+        parse.positive_float,
+        "Seconds a websocket upgraded without credentials (where tokens are needed) has to send "
+        "its auth message; later it is closed with 1008.",
+    )
     insecure: bool = setting(
         "LATEST_INSECURE",
         False,

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 import websockets
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from latest_server.resources import Resources
 from latest_server.settings import Settings
@@ -83,5 +83,26 @@ async def test_header_token_and_refused_upgrades(server: ServerThread) -> None:
         assert refused.value.response.status_code == status, headers
     same_origin = {**bearer("reader"), "Origin": server.url}
     async with websockets.connect(ws_url(server), additional_headers=same_origin) as ws:
+        await send(ws, {"op": "ping"})
+        assert orjson.loads(await ws.recv()) == {"type": "pong"}
+
+
+async def test_a_socket_that_does_not_authenticate_in_time_is_closed(
+    settings: Settings, tmp_path: Path, http_server: Callable[..., ServerThread]
+) -> None:
+    tokens = write_tokens(tmp_path / "tokens.toml")
+    server = http_server(settings, amqp_url=None, tokens_file=str(tokens), ws_auth_timeout=0.5)
+    async with websockets.connect(ws_url(server)) as ws:
+        await send(ws, {"op": "ping"})  # answered, but it does not count as authenticating
+        assert orjson.loads(await ws.recv()) == {"type": "pong"}
+        late = orjson.loads(await ws.recv())
+        assert (late["type"], late["reason"]) == ("error", "unauthorized")
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
+        assert ws.close_code == 1008
+    async with websockets.connect(ws_url(server)) as ws:  # one that does stays
+        await send(ws, {"type": "auth", "token": secret("reader")})
+        assert orjson.loads(await ws.recv())["type"] == "authenticated"
+        await asyncio.sleep(0.8)
         await send(ws, {"op": "ping"})
         assert orjson.loads(await ws.recv()) == {"type": "pong"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import orjson
@@ -26,7 +27,7 @@ from latest_server.web._request import json_error
 from latest_server.web.ws import protocol
 from latest_server.web.ws.direct import abort, stuck
 from latest_server.web.ws.hub import Hub
-from latest_server.web.ws.protocol import CLOSE_SERVER_SHUTDOWN, CLOSE_TRY_AGAIN
+from latest_server.web.ws.protocol import CLOSE_POLICY, CLOSE_SERVER_SHUTDOWN, CLOSE_TRY_AGAIN
 from latest_server.web.ws.socket import Socket
 from latest_server.web.ws.tasks import stop_tasks
 
@@ -75,7 +76,12 @@ async def _serve(hub: Hub, ws: WebSocket, send: Send) -> None:
     gone: int | None = None  # the code of the disconnect received
     try:
         while not socket.closed:
-            message = await ws.receive()
+            if AUTHENTICATE_KEY in ws.scope:  # no credentials yet: an auth message is due
+                message = await _receive_before(ws, socket, hub.settings.ws_auth_timeout)
+                if message is None:
+                    break
+            else:
+                message = await ws.receive()
             if message["type"] == "websocket.disconnect":
                 gone = message.get("code")
                 break
@@ -97,6 +103,21 @@ async def _serve(hub: Hub, ws: WebSocket, send: Send) -> None:
             # once its buffer is written: from a client that reads nothing, never, and the
             # shutdown waits for every connection. Dropped now.
             abort(ws.scope)
+
+
+async def _receive_before(ws: WebSocket, socket: Socket, within: float) -> dict[str, Any] | None:
+    """The next message of a socket that has not authenticated, or None once the socket is
+    closed with 1008 because its ``auth`` message is overdue (LATEST_WS_AUTH_TIMEOUT since the
+    upgrade)."""
+    deadline = ws.scope.setdefault("latest.auth_deadline", time.monotonic() + within)
+    try:
+        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            message: dict[str, Any] = await ws.receive()
+            return message
+    except TimeoutError:
+        socket.error("unauthorized", f"no auth message within {within:g} s")
+        await socket.close(CLOSE_POLICY, "authenticate first")
+        return None
 
 
 async def _discard_until(ws: WebSocket, closer: asyncio.Task[None]) -> int | None:
