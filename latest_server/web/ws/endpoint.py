@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 from redis.exceptions import RedisError
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from latest_server import keys
@@ -76,6 +76,7 @@ async def _serve(hub: Hub, ws: WebSocket, send: Send) -> None:
     gone: int | None = None  # the code of the disconnect received
     try:
         while not socket.closed:
+            message: Message | None
             if AUTHENTICATE_KEY in ws.scope:  # no credentials yet: an auth message is due
                 message = await _receive_before(ws, socket, hub.settings.ws_auth_timeout)
                 if message is None:
@@ -105,15 +106,14 @@ async def _serve(hub: Hub, ws: WebSocket, send: Send) -> None:
             abort(ws.scope)
 
 
-async def _receive_before(ws: WebSocket, socket: Socket, within: float) -> dict[str, Any] | None:
+async def _receive_before(ws: WebSocket, socket: Socket, within: float) -> Message | None:
     """The next message of a socket that has not authenticated, or None once the socket is
     closed with 1008 because its ``auth`` message is overdue (LATEST_WS_AUTH_TIMEOUT since the
     upgrade)."""
     deadline = ws.scope.setdefault("latest.auth_deadline", time.monotonic() + within)
     try:
         async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-            message: dict[str, Any] = await ws.receive()
-            return message
+            return await ws.receive()
     except TimeoutError:
         socket.error("unauthorized", f"no auth message within {within:g} s")
         await socket.close(CLOSE_POLICY, "authenticate first")
