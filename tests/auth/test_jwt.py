@@ -139,3 +139,27 @@ def test_jwks_by_kid_and_an_iudx_token(
     )
     assert ingest.status_code == 200 and ingest.json()["accepted"] == 1
     assert get(server, iudx("consumer", ["api"], kid="k2"), inside).status_code == 401
+
+
+def test_a_rotated_key_set_is_read_without_restart(
+    settings: Settings, tmp_path: Path, http_server: Callable[..., ServerThread]
+) -> None:
+    def jwk(kid: str) -> dict[str, Any]:
+        return {**json.loads(RSAAlgorithm.to_jwk(RSA_KEY.public_key())), "kid": kid}
+
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [jwk("old")]}))
+    server = http_server(settings, amqp_url=None, jwks_file=str(jwks), jwt_audience=AUD)
+
+    def signed(kid: str) -> str:
+        return jwt.encode(claims(scope="read"), RSA_KEY, algorithm="RS256", headers={"kid": kid})
+
+    old, new = signed("old"), signed("new")
+    assert get(server, old).status_code == 200
+    assert get(server, new).status_code == 401
+    jwks.write_text(json.dumps({"keys": [jwk("new")]}))  # the provider rotated its key
+    deadline = time.monotonic() + 5
+    while get(server, new).status_code != 200:
+        assert time.monotonic() < deadline, "the new key set was not read"
+        time.sleep(0.1)
+    assert get(server, old).status_code == 401  # cached before, refused once the key is gone
