@@ -1,6 +1,6 @@
 """Who is asking: the ``Principal`` a request or a websocket acts as, and what it may touch.
 
-The web layer's authentication middleware (``web/auth``) resolves each request's credentials to a
+The web layer's guard (``web/guard.py``, with ``auth/``) resolves each request's credentials to a
 ``Principal`` and stores it in the ASGI scope; every other piece (routes, limits, metrics, the
 access log) reads it with ``principal_of``. With no tokens configured every request is
 ``ANONYMOUS``, which may do everything (the server then keeps to loopback).
