@@ -160,3 +160,19 @@ def test_cors_preflight_and_headers(
             "/latest/a/9", headers={**bearer("reader"), "Origin": "https://app.example"}
         )
         assert read.headers["access-control-expose-headers"].lower().count("etag") == 1
+
+
+def test_sessions_outside_the_prefixes_are_neither_listed_nor_read(server: ServerThread) -> None:
+    """A session's id is a variable id (its document's): the token's prefixes hold for it."""
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        documents = [
+            {"id": sid, "ts": 1_700_000_000, "@session": {"state": "open"}}
+            for sid in ("a/run-1", "b/run-2")
+        ]
+        assert http.post("/ingest", json=documents, headers=bearer("both")).json()["accepted"] == 2
+        everything = http.get("/sessions", headers=bearer("both")).json()["sessions"]
+        assert {s["id"] for s in everything} == {"a/run-1", "b/run-2"}
+        listed = http.get("/sessions", headers=bearer("reader")).json()["sessions"]
+        assert [s["id"] for s in listed] == ["a/run-1"]
+        assert http.get("/sessions/a/run-1", headers=bearer("reader")).status_code == 200
+        assert http.get("/sessions/b/run-2", headers=bearer("reader")).status_code == 403

@@ -106,3 +106,22 @@ async def test_a_socket_that_does_not_authenticate_in_time_is_closed(
         await asyncio.sleep(0.8)
         await send(ws, {"op": "ping"})
         assert orjson.loads(await ws.recv()) == {"type": "pong"}
+
+
+async def test_session_subscriptions_are_refused_per_id(
+    server: ServerThread, resources: Resources
+) -> None:
+    documents = [
+        packet(sid, 1, **{"@session": {"state": "open"}}) for sid in ("a/run-1", "b/run-2")
+    ]
+    await resources.ingestor.write_batch(documents)
+    async with websockets.connect(ws_url(server), additional_headers=bearer("reader")) as ws:
+        await send(ws, {"op": "subscribe", "sessions": ["b/run-2", "a/run-1"]})
+        refused = orjson.loads(await ws.recv())
+        assert (refused["type"], refused["reason"], refused["session"]) == (
+            "error",
+            "forbidden",
+            "b/run-2",
+        )
+        subscribed = orjson.loads(await ws.recv())
+        assert subscribed == {"type": "subscribed", "session": "a/run-1"}

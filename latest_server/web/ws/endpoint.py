@@ -176,8 +176,12 @@ async def handle(hub: Hub, socket: Socket, text: str) -> None:
         sessions = protocol.ids(message, "sessions")
         if sessions is None:
             return socket.error("bad_sessions", '"sessions" must be a non-empty list of ids')
+        principal = principal_of(socket.ws.scope)
+        if principal.prefixes is not None and op == "subscribe":
+            sessions = covered(socket, principal, sessions, "session")
         if op == "subscribe":
-            await watch(hub, socket, sessions)
+            if sessions:
+                await watch(hub, socket, sessions)
         else:
             hub.unwatch(socket, sessions)
             socket.watched.difference_update(sessions)
@@ -223,8 +227,9 @@ def authenticate(socket: Socket, message: dict[str, Any]) -> None:
     return socket.control({"type": "authenticated", "name": principal.name})
 
 
-def covered(socket: Socket, principal: Principal, ids: list[str]) -> list[str]:
-    """The ids ``principal`` may read; an error frame naming each other one."""
+def covered(socket: Socket, principal: Principal, ids: list[str], kind: str = "id") -> list[str]:
+    """The ids ``principal`` may read; an error frame naming each other one (as ``kind``: a
+    variable's ``id``, or a ``session``)."""
     allowed = []
     for variable_id in ids:
         if principal.covers(variable_id):
@@ -234,8 +239,8 @@ def covered(socket: Socket, principal: Principal, ids: list[str]) -> list[str]:
             {
                 "type": "error",
                 "reason": "forbidden",
-                "id": variable_id,
-                "message": f"token {principal.name!r} may not read this variable "
+                kind: variable_id,
+                "message": f"token {principal.name!r} may not read this {kind} "
                 "(outside its prefixes)",
             }
         )
