@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from latest_server.errors import ConfigError
+from latest_server.settings.access import AccessSettings
 from latest_server.settings.core import (
     BACKENDS,
     ES_VERSION_SCALES,
@@ -40,7 +41,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Settings(LimitSettings, IudxSettings, CoreSettings):
+class Settings(AccessSettings, LimitSettings, IudxSettings, CoreSettings):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         if environ is None:
