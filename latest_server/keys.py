@@ -210,3 +210,18 @@ def session_keys(session_key: str) -> tuple[str, str, str, str, str]:
 # --- the Elasticsearch-compatible API ----------------------------------------------------------
 
 ES_INDICES = f"{PREFIX}:es:indices"  # set: the index names that exist (created or written to)
+
+
+# --- the RedisJSON layout of IUDX readers (LATEST_BACKEND=redisjson) ---------------------------
+# One RedisJSON key per resource group, outside the lv: namespace (readers name it), holding one
+# member per resource: ``_<sha1>`` → its latest packet. See stores/latest_redisjson.py.
+
+
+def iudx_group(prefix: str, group: str) -> str:
+    """The RedisJSON key of resource group ``group``: ``<prefix><group id>`` (``iudx:…``)."""
+    return f"{prefix}{group}"
+
+
+def iudx_member(digest: str) -> str:
+    """The legacy JSON path of a resource's member in its group key: ``._<sha1 hex>``."""
+    return f"._{digest}"

@@ -112,8 +112,8 @@ WS_CATCHUPS = Counter(
 )
 WS_SLOW = Counter(
     "latest_ws_slow_clients",
-    "Slow websocket clients: overflow (queued entries dropped, read again from the stores) or "
-    "closed (4008).",
+    "Slow websocket clients: overflow (an entry found the socket's queue full: its "
+    "subscriptions read from the stores instead) or closed (4008).",
     ["action"],
 )
 

@@ -92,14 +92,11 @@ async def test_the_memory_ratio_is_what_the_trigger_read(stores: Resources) -> N
     assert sample("latest_redis_memory_ratio") == ratio
 
 
-async def test_a_client_that_stops_reading_is_counted_slow_and_closed(
-    resources: Resources, http_server: Callable[..., ServerThread]
-) -> None:
-    server = http_server(resources.settings, ws_queue_bytes=16_384, ws_send_timeout=1.0)
-    v = unique("z")
-    closed_before = sample("latest_ws_slow_clients_total", action="closed")
-    overflow_before = sample("latest_ws_slow_clients_total", action="overflow")
-    catchups_before = sample("latest_ws_catchup_reads_total")
+async def paused_client(
+    resources: Resources, server: ServerThread, v: str, *, read_after: bool
+) -> websockets.ConnectionClosed | None:
+    """A client that reads nothing while ~10 MB of entries of ``v`` are written, then reads
+    again until the server closes it (``read_after``) or closes itself."""
     sock = socket.socket()  # a small receive buffer: the server's writes soon wait
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", server.port))
@@ -108,15 +105,37 @@ async def test_a_client_that_stops_reading_is_counted_slow_and_closed(
         await ws.send(orjson.dumps({"op": "subscribe", "ids": [v]}).decode())
         while orjson.loads(await ws.recv())["type"] != "live":
             pass
-        for batch in range(100):  # ~10 MB while the client reads nothing
+        for batch in range(100):
             await resources.ingestor.write_batch(
                 [packet(v, batch * 50 + n, pad="x" * 2000) for n in range(50)]
             )
+        if not read_after:
+            return None
         await asyncio.sleep(3)
-        with pytest.raises(websockets.ConnectionClosed) as closed:
+        try:
             while True:
                 await ws.recv()
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4008
-    assert sample("latest_ws_slow_clients_total", action="closed") - closed_before == 1
+        except websockets.ConnectionClosed as closed:
+            return closed
+
+
+async def test_a_slow_client_is_counted_and_read_from_the_stores(
+    resources: Resources, http_server: Callable[..., ServerThread]
+) -> None:
+    """Its queue overflows: the entries it had queued are read again from the stores."""
+    server = http_server(resources.settings, ws_queue_bytes=16_384, ws_send_timeout=60.0)
+    overflow_before = sample("latest_ws_slow_clients_total", action="overflow")
+    catchups_before = sample("latest_ws_catchup_reads_total")
+    await paused_client(resources, server, unique("z"), read_after=False)
     assert sample("latest_ws_slow_clients_total", action="overflow") - overflow_before >= 1
     assert sample("latest_ws_catchup_reads_total") - catchups_before >= 1
+
+
+async def test_a_client_that_stops_reading_is_counted_when_closed_with_4008(
+    resources: Resources, http_server: Callable[..., ServerThread]
+) -> None:
+    server = http_server(resources.settings, ws_queue_bytes=16_384, ws_send_timeout=1.0)
+    closed_before = sample("latest_ws_slow_clients_total", action="closed")
+    closed = await paused_client(resources, server, unique("z"), read_after=True)
+    assert closed is not None and closed.rcvd is not None and closed.rcvd.code == 4008
+    assert sample("latest_ws_slow_clients_total", action="closed") - closed_before == 1

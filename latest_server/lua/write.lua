@@ -102,6 +102,7 @@ local function write(K, A)
   return {applied, seq, epoch, current or '', existed, entry}
 end
 
+-- driver: each packet's KEYS and ARGV, in their strides (lua/iudx_write.lua reuses what is above)
 local results = {}
 local k, a = {}, {}
 for i = 0, #KEYS / 4 - 1 do

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from latest_server.errors import ConfigError
+from latest_server.settings.access import AccessSettings
 from latest_server.settings.core import (
     BACKENDS,
     ES_VERSION_SCALES,
@@ -24,6 +25,8 @@ from latest_server.settings.core import (
     VERSION_TYPES,
     CoreSettings,
 )
+from latest_server.settings.iudx import IudxSettings
+from latest_server.settings.limits import LimitSettings
 from latest_server.settings.observability import LOG_FORMATS, ObservabilitySettings
 
 __all__ = [
@@ -40,7 +43,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Settings(ObservabilitySettings, CoreSettings):
+class Settings(ObservabilitySettings, AccessSettings, LimitSettings, IudxSettings, CoreSettings):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         if environ is None:

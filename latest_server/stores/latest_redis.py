@@ -33,6 +33,8 @@ FIRST_CHUNK = 20
 
 
 class RedisLatestStore:
+    script = "write"  # the script a batch calls (stores/latest_redisjson.py: iudx_write)
+
     def __init__(self, redis: Redis, scripts: Scripts, *, version_type: str = "external") -> None:
         self.redis = redis
         self.scripts = scripts
@@ -59,20 +61,24 @@ class RedisLatestStore:
         packed, so building the next one overlaps Redis running this one."""
         taken: list[Packet] = []
         try:
-            replies = await send_each(self.redis, self._commands(packets, taken), _outcomes)
+            replies = await send_each(self.redis, self._commands(packets, taken), self._outcomes)
         except NoScriptError:
             # Redis restarted and lost its script cache. The script is idempotent, so the
             # whole batch is simply sent again (every packet was taken: replies are read
             # after the last command is sent).
             await self.scripts.reload(self.redis)
-            replies = await send_each(self.redis, self._commands(taken, []), _outcomes)
+            replies = await send_each(self.redis, self._commands(taken, []), self._outcomes)
         return [outcome for chunk in replies for outcome in chunk]
+
+    @staticmethod
+    def _outcomes(replies: list[list[Any]]) -> list[WriteOutcome]:
+        return _outcomes(replies)
 
     def _commands(self, packets: Iterable[Packet], taken: list[Packet]) -> Iterator[bytes]:
         """write.lua called once per chunk of packets (a call carries many, so Redis runs one
         script per chunk and the client packs one command per chunk); ``taken`` collects the
         packets as they are read."""
-        sha = self.scripts.shas["write"]
+        sha = self.scripts.shas[self.script]
         gte = self.gte
         chunk: list[Packet] = []
         size = FIRST_CHUNK
@@ -88,11 +94,18 @@ class RedisLatestStore:
             taken += chunk
 
     @staticmethod
-    def _command(sha: str, gte: bytes, chunk: list[Packet]) -> bytes:
+    def _command(
+        sha: str,
+        gte: bytes,
+        chunk: list[Packet],
+        extra_keys: Sequence[bytes] = (),
+        extra_args: Sequence[bytes] = (),
+    ) -> bytes:
         """``EVALSHA sha numkeys KEYS... ARGV...`` for ``chunk``, packed (RESP) here rather than
         by hiredis: its packer formats each argument's length with ``sprintf``, which made a
         tenth of the write path's instructions; a packet's arguments are one ``%`` here, and
-        the parts that repeat with its variable are packed once."""
+        the parts that repeat with its variable are packed once. ``extra_keys`` and
+        ``extra_args`` (packed) follow write.lua's KEYS and ARGV (iudx_write.lua's)."""
         names: list[bytes] = []
         args: list[bytes] = []
         for p in chunk:
@@ -123,15 +136,15 @@ class RedisLatestStore:
                 )
             )
         # write.lua's strides: four KEYS and eight ARGV per packet
-        count = b"%d" % (4 * len(chunk))
+        count = b"%d" % (4 * len(chunk) + len(extra_keys))
         head = b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
-            3 + 12 * len(chunk),
+            3 + 12 * len(chunk) + len(extra_keys) + len(extra_args),
             len(sha),
             sha.encode(),
             len(count),
             count,
         )
-        return b"".join((head, *names, *args))
+        return b"".join((head, *names, *extra_keys, *args, *extra_args))
 
     @redis_bounded
     async def mget(self, variable_ids: Sequence[str]) -> list[LatestDoc | None]:

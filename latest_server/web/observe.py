@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from latest_server import metrics
 from latest_server.access import principal_of
 from latest_server.logs import ACCESS_LOGGER, REQUEST_ID
+from latest_server.web.ws.direct import SCOPE_KEY as SERVER_SEND
 
 access_log = logging.getLogger(ACCESS_LOGGER)
 
@@ -104,6 +105,8 @@ class Observe:
         rid = scope[REQUEST_ID_KEY] = request_id(scope)
         current = REQUEST_ID.set(rid)
         tally = scope[metrics.TALLY_KEY] = metrics.Tally()
+        if kind == "websocket":  # for ws/direct.py: the server's send, not this one's wrapper
+            scope.setdefault(SERVER_SEND, send)
         echo = (REQUEST_ID_HEADER, rid.encode())
         status = 0
         closed: int | None = None  # a websocket's close code

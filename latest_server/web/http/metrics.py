@@ -1,8 +1,8 @@
 """``GET /metrics``: every metric in the Prometheus text format (metrics.py), summed over the
 processes that share LATEST_METRICS_DIR.
 
-Open like ``/healthz`` on the main port (the Elasticsearch-compatible listener does not serve
-it). This function is the one place that decides who may read it."""
+Open like ``/healthz`` on the main port, with or without tokens: ``OPEN`` in web/guard.py is
+the one place that says so (the Elasticsearch-compatible listener does not serve it)."""
 
 from __future__ import annotations
 

@@ -40,6 +40,8 @@ from latest_server.web.ws.tasks import stop_tasks
 log = logging.getLogger(__name__)
 
 PENDING_BYTES = 65_536  # frames taken for a direct write are written once they are this large
+# A live entry (or a control frame) found the queue full: subscriptions read from the stores.
+SLOW_OVERFLOW = metrics.WS_SLOW.labels("overflow")
 # Seconds a 4008 close frame waits for a client that stopped reading: one that reads again (after
 # a pause, a GC, a debugger) learns why it was closed and resumes with since; one that never does
 # is dropped then. Other closes (shutdown) wait LATEST_WS_SEND_TIMEOUT.
@@ -130,6 +132,7 @@ class Socket:
         if self.queued + len(frame) > self.limit and self.queued:
             self._overflow()
             subscription.rolled_back(first)
+            SLOW_OVERFLOW.inc()
             return False
         self._append(_Item(frame, subscription, first, last))
         return True
@@ -159,7 +162,8 @@ class Socket:
         if item.subscription is None and self.queued + len(item.frame) > self.limit and self.queued:
             # A control frame cannot be read again from the stores, entries can: drop those
             # first, then, if control frames alone fill the queue, the client is too slow.
-            self._overflow()
+            if self._overflow():
+                SLOW_OVERFLOW.inc()
             if self.queued + len(item.frame) > self.limit:
                 self.queue.clear()
                 self.queued = 0
@@ -177,10 +181,11 @@ class Socket:
             self.space.clear()
         self.ready.set()
 
-    def _overflow(self) -> None:
+    def _overflow(self) -> int:
+        """Drop the queued entries, rolling their subscriptions back; how many were."""
         dropped: dict[Subscription, int] = {}
         if all(item.subscription is None for item in self.queue):
-            return
+            return 0
         kept: deque[_Item] = deque()
         for item in self.queue:
             if item.subscription is None:
@@ -192,9 +197,9 @@ class Socket:
         if self.queued <= self.limit // 2:
             self.space.set()
         log.info("websocket client is slow: %d streams read from the stores", len(dropped))
-        metrics.WS_SLOW.labels("overflow").inc()
         for subscription, first in dropped.items():
             subscription.rolled_back(first)
+        return len(dropped)
 
     def _write_now(self, frame: bytes) -> None:
         """Write a frame while the sender is idle, without waking it. Straight to the transport
