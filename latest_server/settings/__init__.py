@@ -24,11 +24,13 @@ from latest_server.settings.core import (
     VERSION_TYPES,
     CoreSettings,
 )
+from latest_server.settings.scale import QUEUE_TYPES, ScaleSettings
 
 __all__ = [
     "BACKENDS",
     "ES_VERSION_SCALES",
     "LOG_LEVELS",
+    "QUEUE_TYPES",
     "TIME_UNITS",
     "VERSION_TYPES",
     "Settings",
@@ -38,7 +40,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Settings(CoreSettings):
+class Settings(ScaleSettings, CoreSettings):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         if environ is None:
