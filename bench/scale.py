@@ -194,7 +194,7 @@ def consumer_env(amqp_url: str, redis_url: str, data_dir: str, names: dict[str, 
 
 
 async def run_phase(
-    phase: Phase, target: Target, amqp_url: str, workload: Workload, timeout: float
+    phase: Phase, target: Target, amqp_url: str, workload: Workload, limit: float
 ) -> Phase:
     total = len(workload.bodies)
     history_keys = [keys.history(keys.key_for(v)) for v in workload.variable_ids]
@@ -207,6 +207,7 @@ async def run_phase(
     broker = broker_process()
     processes: list[asyncio.subprocess.Process] = []
     logs: list[Any] = []
+    files = contextlib.ExitStack()
     try:
         for url in target.nodes:
             node = connect(url)
@@ -217,7 +218,7 @@ async def run_phase(
         with tempfile.TemporaryDirectory() as data_dir:
             env = consumer_env(amqp_url, target.url, data_dir, names)
             for _ in range(phase.consumers):
-                log = tempfile.TemporaryFile()
+                log = files.enter_context(tempfile.TemporaryFile())  # noqa: SIM115 (closed by files)
                 logs.append(log)
                 processes.append(
                     await asyncio.create_subprocess_exec(
@@ -227,7 +228,7 @@ async def run_phase(
                         stderr=asyncio.subprocess.STDOUT,
                     )
                 )
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(limit):
                 while True:  # until every consumer is on the queue
                     declared = await channel.declare_queue(names["queue"], passive=True)
                     if declared.declaration_result.consumer_count >= phase.consumers:
@@ -266,8 +267,7 @@ async def run_phase(
     finally:
         for process in processes:
             await stop(process)
-        for log in logs:
-            log.close()
+        files.close()
         with contextlib.suppress(Exception):
             for queue in (names["queue"], names["dlq"]):
                 await channel.queue_delete(queue)
