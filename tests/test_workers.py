@@ -190,3 +190,72 @@ async def test_offload_jobs_of_both_processes_move_each_entry_once(
         for v in variables:
             answer = (await client.get(f"/history/{v}", params={"limit": 1000})).json()
             assert sorted(e["doc"]["n"] for e in answer["entries"]) == list(range(per_variable))
+
+
+async def test_a_worker_that_dies_is_started_again(workers: Any) -> None:
+    running: Workers = await workers()
+    first = running.child.pid
+    (worker,) = await running.pids() - {first}
+    psutil.Process(worker).kill()
+
+    async def replaced() -> bool:
+        pids = await running.pids()
+        return len(pids) == 2 and worker not in pids
+
+    await until("a new worker answering", replaced, 60, running.child)
+    assert first in await running.pids()
+    assert await running.child.terminate() == 0, running.child.describe()
+
+
+async def test_with_the_embedded_valkey_the_first_process_owns_it(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    """No REDIS_URL: the first process runs the Valkey and holds the data directory; the worker
+    uses its socket. Stopped, both exit, and the directory is free for the next server."""
+    port = free_port()
+    env = server_env(
+        None,
+        LATEST_DATA_DIR=str(tmp_path / "data"),
+        LATEST_PORT=str(port),
+        LATEST_ES_PORT="0",
+        LATEST_WORKERS="2",
+    )
+    env.pop("REDIS_URL", None)
+    env.pop("AMQP_URL", None)
+    child = latest_server(spawn, "serve", env, "embedded-workers")
+    running = Workers(child, f"http://127.0.0.1:{port}")
+
+    async def both_answer() -> bool:
+        try:
+            return len(await running.pids()) == 2
+        except httpx.TransportError:
+            return False
+
+    await until("two processes answering", both_answer, 60, child)
+    valkeys = [
+        p for p in psutil.Process(child.pid).children(recursive=True) if "valkey" in p.name()
+    ]
+    assert valkeys, "the first process runs the Valkey"
+    await running.ingest([{"id": f"e{i}", "ts": T0 + i} for i in range(20)])
+    no_reuse = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=running.url, limits=no_reuse) as client:
+        for i in range(20):  # read back through both processes
+            assert (await client.get(f"/latest/e{i}")).json() == {"id": f"e{i}", "ts": T0 + i}
+    assert await child.terminate() == 0, child.describe()
+    assert not any(p.is_running() for p in valkeys)
+    again = latest_server(spawn, "serve", env, "embedded-again")
+    await until("the next server answering", lambda: _answers(running.url), 60, again)
+    assert (await _get(f"{running.url}/latest/e7")) == {"id": "e7", "ts": T0 + 7}
+
+
+async def _answers(url: str) -> bool:
+    try:
+        async with httpx.AsyncClient() as client:
+            return (await client.get(f"{url}/healthz")).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+async def _get(url: str) -> Any:
+    async with httpx.AsyncClient() as client:
+        return (await client.get(url)).json()
