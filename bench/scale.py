@@ -1,15 +1,16 @@
 """Scaling out: AMQP ingest with one and two ``latest-server consume`` processes on one queue,
 and with one consumer on a 3-primary Redis Cluster next to one Redis, in the same run.
 
-Each phase pre-fills a fresh queue with the same ``--packets`` messages (one ~200-byte packet
-each, over ``--variables`` ids, 10 % out of time order: the workload of ``ingest.py``), starts
-the consumer processes, and times the drain from the moment every consumer is on the queue
-until every message is in Redis and the queue is empty (rate = messages written in that time /
-its length, so start-up is not counted). It prints each rate, the scaling factors, and where
-the CPU time of the interval went: each consumer, each redis-server (``INFO cpu``), the RabbitMQ
-broker (``beam.smp``, shared with whatever else uses it) and the machine as a whole. On a
-machine of two cores the broker, Redis and the consumers share them: a rate that does not
-scale is read off that split.
+Each phase pre-fills a fresh queue with the same ``--packets`` packets (~200 bytes, over
+``--variables`` ids, 10 % out of time order: the workload of ``ingest.py``), one per message or
+``--per-message`` in a JSON array, starts the consumer processes, and times the drain from the
+moment every consumer is on the queue until every packet is in Redis and the queue is empty
+(rate = packets written in that time / its length, so start-up is not counted). It prints each
+rate, the scaling factors, and where the CPU time of the interval went, per packet: each
+consumer, each redis-server (``INFO cpu``), the RabbitMQ broker (``beam.smp``, shared with
+whatever else uses it) and the machine as a whole, and the rate those costs allow on an idle
+machine of as many cores. On a machine of two cores the broker, Redis and the consumers share
+them: a rate that does not scale is read off that split.
 
 Phases (same run): ``single-1`` (one redis-server, one consumer), ``single-2`` (the same, two
 consumers), ``cluster-1`` (a Redis Cluster of three primaries from ``tests/cluster.py``,
@@ -71,7 +72,7 @@ class Phase:
     name: str
     consumers: int
     seconds: float = 0.0
-    written: int = 0  # messages written while timed
+    written: int = 0  # packets written while timed
     cpu: dict[str, float] = field(default_factory=dict)
     busy: float = 0.0  # machine CPU seconds (all cores) in the interval
     memory_per_entry: float | None = None
@@ -81,7 +82,7 @@ class Phase:
         return self.written / self.seconds
 
     def per_message(self) -> dict[str, float]:
-        """CPU µs per message written, by process."""
+        """CPU µs per packet written, by process."""
         return {name: 1e6 * seconds / self.written for name, seconds in self.cpu.items()}
 
     def ceiling(self) -> tuple[float, str]:
@@ -99,12 +100,13 @@ class Phase:
         cost = ", ".join(f"{name} {us:.0f}" for name, us in self.per_message().items())
         ceiling, bound = self.ceiling()
         return (
-            f"{self.name}: {self.written} msgs in {self.seconds:.2f} s = {self.rate:,.0f} msgs/s"
-            f"\n    CPU µs/msg: {cost}"
+            f"{self.name}: {self.written} packets in {self.seconds:.2f} s = "
+            f"{self.rate:,.0f} packets/s"
+            f"\n    CPU µs/packet: {cost}"
             f"\n    machine busy {self.busy:.1f} of {self.seconds * psutil.cpu_count():.1f} "
             f"core-seconds, of which consumers+redis+broker {ours:.1f}, others "
             f"{max(0.0, self.busy - ours - self.cpu.get('bench', 0)):.1f}"
-            f"\n    ceiling on an idle machine from these costs: {ceiling:,.0f} msgs/s "
+            f"\n    ceiling on an idle machine from these costs: {ceiling:,.0f} packets/s "
             f"(bound: {bound})"
         )
 
@@ -140,6 +142,21 @@ async def used_memory(nodes: list[str]) -> int:
         client = connect(url)
         try:
             total += int((await client.info("memory"))["used_memory"])
+        finally:
+            await client.aclose()
+    return total
+
+
+async def appended(nodes: list[str]) -> int:
+    """History entries appended so far: every one is one XADD in write.lua, counted by each
+    node's ``INFO commandstats`` (one cheap command per node: polling the streams' lengths
+    instead cost Redis as much as the writes it watched)."""
+    total = 0
+    for url in nodes:
+        client = connect(url)
+        try:
+            stats = await client.info("commandstats")
+            total += int(stats.get("cmdstat_xadd", {}).get("calls", 0))
         finally:
             await client.aclose()
     return total
@@ -194,7 +211,12 @@ def consumer_env(amqp_url: str, redis_url: str, data_dir: str, names: dict[str, 
 
 
 async def run_phase(
-    phase: Phase, target: Target, amqp_url: str, workload: Workload, limit: float
+    phase: Phase,
+    target: Target,
+    amqp_url: str,
+    workload: Workload,
+    messages: list[bytes],
+    limit: float,
 ) -> Phase:
     total = len(workload.bodies)
     history_keys = [keys.history(keys.key_for(v)) for v in workload.variable_ids]
@@ -214,7 +236,8 @@ async def run_phase(
             await node.flushall()
             await node.aclose()
         memory_before = await used_memory(target.nodes)
-        await prefill(channel, names, workload.bodies)
+        baseline = await appended(target.nodes)
+        await prefill(channel, names, messages)
         with tempfile.TemporaryDirectory() as data_dir:
             env = consumer_env(amqp_url, target.url, data_dir, names)
             for _ in range(phase.consumers):
@@ -238,14 +261,13 @@ async def run_phase(
                             raise RuntimeError("a consumer exited at start")
                     await asyncio.sleep(0.005)
                 started = time.perf_counter()
-                before = await history_entries(client, history_keys)
+                before = await appended(target.nodes) - baseline
                 cpu0 = _cpu(processes, broker, await redis_cpu_of(target.nodes))
                 machine0 = machine_cpu()["busy"]
                 while True:
-                    if await queue_depth(channel, names["queue"]) == 0:
-                        entries = await history_entries(client, history_keys)
-                        if entries >= total:
-                            break
+                    drained = await queue_depth(channel, names["queue"]) == 0
+                    if drained and await appended(target.nodes) - baseline >= total:
+                        break
                     for process in processes:
                         if process.returncode is not None:
                             raise RuntimeError("a consumer exited while draining")
@@ -255,6 +277,9 @@ async def run_phase(
                 cpu1 = _cpu(processes, broker, await redis_cpu_of(target.nodes))
                 phase.cpu = {name: cpu1[name] - cpu0[name] for name in cpu0}
                 phase.written = total - before
+                stored = await history_entries(client, history_keys)
+                if stored != total:
+                    raise RuntimeError(f"{stored} history entries for {total} packets")
                 if phase.name == "single-1":
                     phase.memory_per_entry = (
                         await used_memory(target.nodes) - memory_before
@@ -303,22 +328,27 @@ def targets(replicas: int) -> Iterator[tuple[Target, Target]]:
 
 async def main_async(args: argparse.Namespace) -> None:
     workload = make_workload(args.packets, args.variables, 0.1)
+    k = args.per_message
+    messages = [
+        workload.bodies[i] if k == 1 else b"[" + b",".join(workload.bodies[i : i + k]) + b"]"
+        for i in range(0, len(workload.bodies), k)
+    ]
     print(
         f"workload: {len(workload.bodies)} packets of {workload.mean_bytes:.0f} bytes (mean), "
-        f"one per message, over {args.variables} variables; "
+        f"{k} per message ({len(messages)} messages), over {args.variables} variables; "
         f"{psutil.cpu_count()} cores, load {psutil.getloadavg()[0]:.2f}"
     )
-    with private_vhost() as amqp_url, targets(args.replicas) as (single, cluster):
+    plan = [("single-1", 1, 0), ("single-2", 2, 0), ("cluster-1", 1, 1)]
+    if args.cluster_two:
+        plan.append(("cluster-2", 2, 1))
+    with private_vhost() as amqp_url, targets(args.replicas) as on:
         print(f"cluster: 3 primaries, {args.replicas} replica(s) each")
         phases = [
-            await run_phase(Phase("single-1", 1), single, amqp_url, workload, args.timeout),
-            await run_phase(Phase("single-2", 2), single, amqp_url, workload, args.timeout),
-            await run_phase(Phase("cluster-1", 1), cluster, amqp_url, workload, args.timeout),
-        ]
-        if args.cluster_two:
-            phases.append(
-                await run_phase(Phase("cluster-2", 2), cluster, amqp_url, workload, args.timeout)
+            await run_phase(
+                Phase(name, consumers), on[where], amqp_url, workload, messages, args.timeout
             )
+            for name, consumers, where in plan
+        ]
     for phase in phases:
         print(phase.describe())
     one, two, on_cluster = phases[0], phases[1], phases[2]
@@ -347,6 +377,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="60 000 packets")
     parser.add_argument("--replicas", type=int, default=0, help="replicas per cluster primary")
     parser.add_argument("--cluster-two", action="store_true", help="also 2 consumers on it")
+    parser.add_argument("--per-message", type=int, default=1, help="packets per message (array)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per phase")
     args = parser.parse_args()
     if args.quick:
