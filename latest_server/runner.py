@@ -9,7 +9,6 @@ import contextlib
 import dataclasses
 import gc
 import logging
-import os
 import signal
 import socket
 from collections.abc import Callable, Coroutine, Iterator, Sequence
@@ -177,21 +176,27 @@ def http_socket(settings: Settings) -> socket.socket:
         ) from exc
 
 
-def serve_worker(settings: Settings, index: int) -> None:
+def serve_worker(settings: Settings, index: int, parent: int) -> None:
     """A worker process of ``serve --workers N`` (workers.py), in a fresh interpreter."""
     configure_logging(settings)
     try:
-        run_loop(run("serve", settings, worker=index))
+        run_loop(run("serve", settings, worker=index, parent=parent))
     except (LatestError, OSError) as exc:
         log.error("worker %d: %s", index, exc.message if isinstance(exc, LatestError) else exc)
         raise SystemExit(1) from None
 
 
 async def run(
-    command: str, settings: Settings, embedded: EmbeddedValkey | None = None, *, worker: int = 0
+    command: str,
+    settings: Settings,
+    embedded: EmbeddedValkey | None = None,
+    *,
+    worker: int = 0,
+    parent: int = 0,
 ) -> None:
     """Serve until SIGTERM/SIGINT. ``worker``: 0 in the process started, which starts the other
-    LATEST_WORKERS - 1 of ``serve`` (workers.py); their index in them."""
+    LATEST_WORKERS - 1 of ``serve`` (workers.py); their index in them, and ``parent`` the pid
+    of the process that started them."""
     http = http_socket(settings) if command == "serve" else None
     es_sock = es_socket(settings) if http is not None else None
     try:
@@ -209,7 +214,7 @@ async def run(
         pool.start()
         background.append(asyncio.create_task(pool.supervise(), name="workers"))
     elif worker:
-        background.append(asyncio.create_task(watch_parent(os.getppid(), stopping.set)))
+        background.append(asyncio.create_task(watch_parent(parent, stopping.set)))
     tasks: list[asyncio.Task[Any]] = []
     stops: list[Any] = []
     consumer: Consumer | None = None

@@ -35,11 +35,12 @@ RESTART_PAUSE = 1.0  # seconds before a worker that died is started again
 
 
 class WorkerPool:
-    """N - 1 worker processes running ``target(settings, index)``; ``settings`` must name the
-    ports actually bound (a port 0 is resolved by the first process)."""
+    """N - 1 worker processes running ``target(settings, index, parent)`` (``parent``: this
+    process' pid, which the worker watches); ``settings`` must name the ports actually bound (a
+    port 0 is resolved by the first process)."""
 
     def __init__(
-        self, settings: Settings, count: int, target: Callable[[Settings, int], None]
+        self, settings: Settings, count: int, target: Callable[[Settings, int, int], None]
     ) -> None:
         self.settings = settings
         self.count = count
@@ -53,7 +54,9 @@ class WorkerPool:
 
     def _spawn(self, index: int) -> None:
         process = SPAWN.Process(
-            target=self.target, args=(self.settings, index), name=f"latest-server-worker-{index}"
+            target=self.target,
+            args=(self.settings, index, os.getpid()),
+            name=f"latest-server-worker-{index}",
         )
         process.start()
         self.processes[index] = process
@@ -97,10 +100,9 @@ class WorkerPool:
 
 
 async def watch_parent(parent: int, stop: Callable[[], Any]) -> None:
-    """In a worker: call ``stop()`` once the first process (pid ``parent``) is gone."""
-    while True:  # no event tells a process that its parent died: polled
+    """In a worker: call ``stop()`` once the first process (pid ``parent``, given by it: it may
+    have died before the worker looked) is gone."""
+    while os.getppid() == parent:  # noqa: ASYNC110 (no event tells a process its parent died)
         await asyncio.sleep(WATCH_INTERVAL)
-        if os.getppid() != parent:
-            break
     log.error("the first server process (pid %d) is gone; stopping", parent)
     stop()

@@ -259,3 +259,40 @@ async def _answers(url: str) -> bool:
 async def _get(url: str) -> Any:
     async with httpx.AsyncClient() as client:
         return (await client.get(url)).json()
+
+
+@pytest.mark.parametrize("when", ["serving", "starting"])
+async def test_workers_stop_when_the_first_process_is_killed(
+    settings: Settings, redis: Redis, spawn: Spawn, when: str
+) -> None:
+    """SIGKILLed, the first process cannot stop its workers: each notices and stops by itself,
+    also one that was still starting when it happened."""
+    port = free_port()
+    env = server_env(
+        dataclasses.replace(settings, amqp_url=None),
+        LATEST_PORT=str(port),
+        LATEST_ES_PORT="0",
+        LATEST_WORKERS="2",
+    )
+    child = latest_server(spawn, "serve", env, "serve-workers")
+    first = psutil.Process(child.pid)
+
+    def worker() -> psutil.Process | None:
+        spawned = [p for p in first.children() if "spawn_main" in " ".join(p.cmdline())]
+        return spawned[0] if spawned else None
+
+    await until("a worker started", lambda: worker() is not None, 60, child)
+    found = worker()
+    assert found is not None
+    if when == "serving":
+        running = Workers(child, f"http://127.0.0.1:{port}")
+
+        async def both_answer() -> bool:
+            try:
+                return len(await running.pids()) == 2
+            except httpx.TransportError:
+                return False
+
+        await until("two processes answering", both_answer, 60, child)
+    child.kill()
+    await asyncio.to_thread(found.wait, 30)  # psutil.TimeoutExpired if it keeps running
