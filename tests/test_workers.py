@@ -246,6 +246,7 @@ async def test_with_the_embedded_valkey_the_first_process_owns_it(
     again = latest_server(spawn, "serve", env, "embedded-again")
     await until("the next server answering", lambda: _answers(running.url), 60, again)
     assert (await _get(f"{running.url}/latest/e7")) == {"id": "e7", "ts": T0 + 7}
+    assert await again.terminate() == 0, again.describe()  # and its Valkey with it
 
 
 async def _answers(url: str) -> bool:
