@@ -6,10 +6,10 @@ Each phase pre-fills a fresh queue with the same ``--packets`` packets (~200 byt
 ``--per-message`` in a JSON array, starts the consumer processes, and times the drain from the
 moment every consumer is on the queue until every packet is in Redis and the queue is empty
 (rate = packets written in that time / its length, so start-up is not counted). It prints each
-rate, the scaling factors, and where the CPU time of the interval went, per packet: each
-consumer, each redis-server (``INFO cpu``), the RabbitMQ broker (``beam.smp``, shared with
-whatever else uses it) and the machine as a whole, and the rate those costs allow on an idle
-machine of as many cores. On a machine of two cores the broker, Redis and the consumers share
+rate, the scaling factors, and where the CPU time of the interval went (per-process CPU
+seconds from psutil), per packet: each consumer, each redis-server, the RabbitMQ broker
+(``beam.smp``, shared with whatever else uses it) and the machine as a whole, and the rate
+those costs allow on an idle machine of as many cores. On a machine of two cores the broker, Redis and the consumers share
 them: a rate that does not scale is read off that split.
 
 Phases (same run): ``single-1`` (one redis-server, one consumer), ``single-2`` (the same, two
@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the priv
 import aio_pika
 import aiormq
 import psutil
-from common import machine_cpu, ours_command, redis_cpu
+from common import machine_cpu, ours_command
 from ingest import POLL_SECONDS, Workload, make_workload, queue_depth, stop
 
 from latest_server import keys
@@ -130,13 +130,16 @@ def cpu_seconds(process: psutil.Process) -> float:
 
 
 async def redis_cpu_of(nodes: list[str]) -> list[float]:
+    """CPU seconds of each redis-server so far (psutil, by the pid its ``INFO server`` gives:
+    main thread, I/O and background threads)."""
     found = []
     for url in nodes:
         client = connect(url)
         try:
-            found.append(redis_cpu(await client.info("cpu")))
+            pid = int((await client.info("server"))["process_id"])
         finally:
             await client.aclose()
+        found.append(cpu_seconds(psutil.Process(pid)))
     return found
 
 
