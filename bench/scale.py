@@ -9,8 +9,8 @@ moment every consumer is on the queue until every packet is in Redis and the que
 rate, the scaling factors, and where the CPU time of the interval went (per-process CPU
 seconds from psutil), per packet: each consumer, each redis-server, the RabbitMQ broker
 (``beam.smp``, shared with whatever else uses it) and the machine as a whole, and the rate
-those costs allow on an idle machine of as many cores. On a machine of two cores the broker, Redis and the consumers share
-them: a rate that does not scale is read off that split.
+those costs allow on an idle machine of as many cores. On a machine of two cores the broker,
+Redis and the consumers share them: a rate that does not scale is read off that split.
 
 Phases (same run): ``single-1`` (one redis-server, one consumer), ``single-2`` (the same, two
 consumers), ``cluster-1`` (a Redis Cluster of three primaries from ``tests/cluster.py``,
