@@ -121,6 +121,7 @@ class Consumer:
         try:
             return await self.channel.declare_queue(s.queue, durable=True, arguments=arguments)
         except ChannelPreconditionFailed as exc:
+            await self.close()  # the consumer never starts: nothing of it stays open
             raise ConfigError(
                 f"the queue {s.queue!r} (LATEST_QUEUE) exists with other arguments than "
                 f"LATEST_QUEUE_TYPE={s.queue_type} declares ({exc}): set LATEST_QUEUE_TYPE to "

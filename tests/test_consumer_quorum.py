@@ -6,6 +6,10 @@ cannot be declared over a classic one: the error names both settings."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import subprocess
+import sys
 from typing import Any
 
 import aio_pika
@@ -20,6 +24,7 @@ from latest_server.errors import ConfigError
 from latest_server.settings import Settings
 from tests.conftest import AMQP_URL, drain_dead_letters, publish, wait_for
 from tests.test_consumer import consumer
+from tests.test_faults import server_env
 
 __all__ = ["consumer"]  # the fixture, used by name
 
@@ -72,3 +77,23 @@ async def test_a_quorum_queue_over_a_classic_one_is_a_clear_error(
     message = str(refused.value)
     assert "LATEST_QUEUE_TYPE=quorum" in message and "LATEST_QUEUE" in message
     assert settings.queue in message
+
+
+async def test_the_command_line_names_both_settings_and_exits_1(
+    settings: Settings, amqp: Any, consumer: Any
+) -> None:
+    first = await consumer()  # declares the classic queue
+    await first.stop()
+    env = server_env(dataclasses.replace(settings, queue_type="quorum"))
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "latest_server", "consume"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("latest-server: error: ")
+    assert "LATEST_QUEUE_TYPE=quorum" in last and "LATEST_QUEUE" in last, last
