@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import shlex
 import sys
 import tempfile
@@ -62,7 +63,6 @@ ROUTING_KEY = "bench.scale"
 class Target:
     """A Redis (or a cluster) the consumers write to, and the redis-servers to read CPU from."""
 
-    name: str
     url: str
     nodes: list[str]  # redis:// URL of each primary
 
@@ -199,11 +199,11 @@ async def prefill(channel: Any, names: dict[str, str], bodies: list[bytes]) -> N
             raise RuntimeError(f"the queue holds {depth} of {len(bodies)} messages published")
 
 
-def consumer_env(amqp_url: str, redis_url: str, data_dir: str, names: dict[str, str]) -> dict:
-    import os
-
+def consumer_env(
+    amqp_url: str, redis_url: str, data_dir: str, names: dict[str, str]
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LATEST_")}
-    env.update(
+    return env | dict(
         REDIS_URL=redis_url,
         AMQP_URL=amqp_url,
         LATEST_DATA_DIR=data_dir,
@@ -214,7 +214,6 @@ def consumer_env(amqp_url: str, redis_url: str, data_dir: str, names: dict[str, 
         LATEST_LOG_LEVEL="warning",
         LATEST_OFFLOAD_MAX_BYTES="0",
     )
-    return env
 
 
 async def run_phase(
@@ -228,8 +227,7 @@ async def run_phase(
     total = len(workload.bodies)
     history_keys = [keys.history(keys.key_for(v)) for v in workload.variable_ids]
     base = f"bench-scale-{uuid.uuid4().hex[:8]}"
-    names = {"exchange": f"{base}.x", "queue": f"{base}.q", "dlx": f"{base}.dlx"}
-    names["dlq"] = f"{base}.dlq"
+    names = {key: f"{base}.{key}" for key in ("exchange", "queue", "dlx", "dlq")}
     client = connect(target.url)
     connection = await aio_pika.connect(amqp_url)
     channel = await connection.channel(publisher_confirms=False)
@@ -330,7 +328,7 @@ def _cpu(
 def targets(replicas: int) -> Iterator[tuple[Target, Target]]:
     with private_redis() as single, redis_cluster(replicas=replicas) as cluster:
         primaries = [f"redis://{node.address}/0" for node in cluster.primaries()]
-        yield Target("single", single, [single]), Target("cluster", cluster.url, primaries)
+        yield Target(single, [single]), Target(cluster.url, primaries)
 
 
 async def main_async(args: argparse.Namespace) -> None:
