@@ -27,11 +27,13 @@ from latest_server.settings.core import (
 )
 from latest_server.settings.iudx import IudxSettings
 from latest_server.settings.limits import LimitSettings
+from latest_server.settings.scale import QUEUE_TYPES, ScaleSettings
 
 __all__ = [
     "BACKENDS",
     "ES_VERSION_SCALES",
     "LOG_LEVELS",
+    "QUEUE_TYPES",
     "TIME_UNITS",
     "VERSION_TYPES",
     "Settings",
@@ -41,7 +43,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Settings(AccessSettings, LimitSettings, IudxSettings, CoreSettings):
+class Settings(ScaleSettings, AccessSettings, LimitSettings, IudxSettings, CoreSettings):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         if environ is None:
