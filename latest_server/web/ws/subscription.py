@@ -187,6 +187,15 @@ class Subscription:
             )
             self.epoch = position.epoch
             self.seq = position.base
+        elif self.seq is not None and self.seq > position.top:
+            # The history went back: a failover promoted a replica that had not got the last
+            # entries (replication is asynchronous), which were published and sent. Those
+            # seqs are lost, and the next entries take them again.
+            lost = [position.top + 1, self.seq]
+            self.seq = position.top  # where history goes on: the next entry is top + 1
+            self.outbox.control(
+                {"type": "reset", "id": self.id, "epoch": self.epoch, "lost": lost, "seq": self.seq}
+            )
         if self.seq is None or self.seq < position.base:
             self.seq = position.base
         return True
