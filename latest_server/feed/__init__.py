@@ -39,7 +39,8 @@ from redis.exceptions import MovedError, RedisClusterException, RedisError, Resp
 
 from latest_server import keys
 from latest_server.feed.link import SSUBSCRIBE, SUBSCRIBE, SUNSUBSCRIBE, Channel, Link
-from latest_server.redis_client import CONNECTION_LOST
+from latest_server.redis_client import CONNECTION_LOST, Client
+from latest_server.redis_wire import ready
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class SessionListener(Protocol):
 
 
 class LiveFeed:
-    def __init__(self, redis: Redis | RedisCluster) -> None:
+    def __init__(self, redis: Client) -> None:
         # Connections of its own, without redis-py's silent reconnects: the feed must know
         # that it reconnected, to subscribe and confirm every channel again. RESP2: pub/sub
         # messages are plain replies (redis-py 8 speaks RESP3 by default, where they are push
@@ -155,6 +156,8 @@ class LiveFeed:
 
     async def _place(self, name: bytes, channel: Channel) -> None:
         """Subscribe ``name`` on the node that serves it, leaving the one it was on."""
+        if self.cluster is not None:
+            await ready(self.cluster)  # the slot map, loaded
         link = self._route(name)
         if channel.link is not link:
             if channel.link is not None:
