@@ -24,6 +24,7 @@ from latest_server.settings.core import (
     VERSION_TYPES,
     CoreSettings,
 )
+from latest_server.settings.durability import DurabilitySettings
 
 __all__ = [
     "BACKENDS",
@@ -38,7 +39,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Settings(CoreSettings):
+class Settings(DurabilitySettings, CoreSettings):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         if environ is None:

@@ -35,7 +35,6 @@ from latest_server.stores.latest_redis import (
     FIRST_CHUNK,
     WRITE_CHUNK,
     RedisLatestStore,
-    _outcomes,
 )
 
 RESENDS = 4  # passes of a batch's refused calls before it is given up (the edge retries it)
@@ -84,15 +83,20 @@ class ClusterLatestStore(RedisLatestStore):
         try:
             async with NodeWriter() as writer:
                 await self._send(client, writer, items, sent)
-                replies = await writer.replies(_outcomes)
+                if self.replicas.count:
+                    for node in list(sent):
+                        await writer.send(node, self.replicas.command())
+                replies = await writer.replies(self.replicas.convert)
         except REDIS_DOWN:
             await refresh(client)  # a primary may have failed over: the edge's retry finds it
             raise
         again: list[Item] = []
         for node, calls in sent.items():
+            if self.replicas.count:
+                self.replicas.check(replies[node].pop())
             for call, reply in zip(calls, replies[node], strict=True):
                 if not isinstance(reply, ResponseError):
-                    for (index, _), outcome in zip(call, reply, strict=True):
+                    for (index, _), outcome in zip(call, reply, strict=True):  # type: ignore[arg-type]
                         outcomes[index] = outcome
                     continue
                 if isinstance(reply, NoScriptError):
