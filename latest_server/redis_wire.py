@@ -223,8 +223,10 @@ class NodeWriter:
     async def __aenter__(self) -> NodeWriter:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self._stack.aclose()
+    async def __aexit__(self, *exc: Any) -> None:
+        # The error goes on to each connection's context, which closes a connection left with
+        # replies unread (aclose() would tell them nothing and hand such a connection back).
+        await self._stack.__aexit__(*exc)
 
     async def send(self, node: ClusterNode, command: bytes) -> None:
         conn = self._connections.get(node)
@@ -248,5 +250,10 @@ class NodeWriter:
             return found
 
         nodes = list(self._connections)
-        answers = await asyncio.gather(*(read(node) for node in nodes))
-        return dict(zip(nodes, answers, strict=True))
+        # Every read ends before the connections go back to their nodes: a node lost mid-batch
+        # must not leave the other reads running on connections that others take next.
+        answers = await asyncio.gather(*(read(node) for node in nodes), return_exceptions=True)
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+        return dict(zip(nodes, answers, strict=True))  # type: ignore[arg-type]
