@@ -69,11 +69,16 @@ def node_name(client: Client, name: str) -> str:
 
 
 async def refresh(client: RedisCluster, exc: BaseException | None = None) -> None:
-    """Correct the slot map after ``exc`` (a slot moved, a primary failed over): a MOVED names
-    the slot's new node, anything else asks for the map to be read again (at the next
-    ``ready``). redis-py's own commands do this themselves; hand-sent commands do it here."""
+    """Correct the slot map after ``exc``. A MOVED names the slot's new node. A key that is not
+    local, or a write to a node that is a replica now, say only that the map is wrong: it is read
+    again now (CLUSTER SLOTS). After a lost connection (or with no ``exc``), it is asked for, and
+    read at the next ``ready`` once redis-py allows (at most once a second: a node that is down
+    must not make every command read the map). redis-py's own commands do this themselves;
+    hand-sent ones do it here."""
     if isinstance(exc, MovedError):
         await client.nodes_manager.move_slot(exc)
+    elif exc is not None and slot_moved(exc):
+        await client.nodes_manager.initialize()
     else:
         client._request_refresh()
 

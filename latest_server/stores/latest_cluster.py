@@ -23,7 +23,7 @@ from typing import Any
 
 from redis.asyncio import RedisCluster
 from redis.asyncio.cluster import ClusterNode
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import MovedError, NoScriptError, ResponseError
 
 from latest_server import keys
 from latest_server.errors import StoreRefused
@@ -38,8 +38,9 @@ from latest_server.stores.latest_redis import (
     _outcomes,
 )
 
-RESENDS = 4  # passes of a batch's refused calls before it is given up (the edge retries it)
-RESEND_PAUSE = 0.05  # seconds before the first resend, doubled each time
+RESENDS = 6  # passes of a batch's refused calls before it is given up (the edge retries it)
+RESEND_PAUSE = 0.05  # seconds before the second resend, doubled each time: 1.55 s in all, past
+# redis-py's least interval between two refreshes of the slot map (1 s)
 Item = tuple[int, Packet]  # a packet and its place in the batch
 
 
@@ -56,6 +57,7 @@ class ClusterLatestStore(RedisLatestStore):
     ) -> None:
         super().__init__(redis, scripts, version_type=version_type)
         self.cross_slot = cross_slot
+        self.resent = 0  # packets sent again to another node (or after loading the scripts)
 
     @redis_bounded
     async def write_batch(self, packets: Iterable[Packet]) -> list[WriteOutcome]:
@@ -84,24 +86,34 @@ class ClusterLatestStore(RedisLatestStore):
         try:
             async with NodeWriter() as writer:
                 await self._send(client, writer, items, sent)
-                replies = await writer.replies(_outcomes)
+                replies = await writer.replies(_stopped_outcomes)
         except REDIS_DOWN:
             await refresh(client)  # a primary may have failed over: the edge's retry finds it
             raise
         again: list[Item] = []
+        moved: list[ResponseError] = []
         for node, calls in sent.items():
             for call, reply in zip(calls, replies[node], strict=True):
-                if not isinstance(reply, ResponseError):
-                    for (index, _), outcome in zip(call, reply, strict=True):
-                        outcomes[index] = outcome
+                if isinstance(reply, ResponseError):
+                    if isinstance(reply, NoScriptError):
+                        await self.scripts.load_on(node)
+                    elif slot_moved(reply):
+                        moved.append(reply)
+                    else:
+                        raise store_error(reply) or reply
+                    again += call
                     continue
-                if isinstance(reply, NoScriptError):
-                    await self.scripts.load_on(node)
-                elif slot_moved(reply):
-                    await refresh(client, reply)
-                else:
-                    raise store_error(reply) or reply
-                again += call
+                done, stopped = reply
+                for (index, _), outcome in zip(call, done, strict=False):
+                    outcomes[index] = outcome
+                if stopped:  # at a packet of a slot that moved: the rest was not written
+                    moved.append(ResponseError(stopped))
+                    again += call[len(done) :]
+        for exc in moved:  # MOVED corrects one slot; the others read the map once, then stop
+            await refresh(client, exc)
+            if not isinstance(exc, MovedError):
+                break
+        self.resent += len(again)
         return sorted(again, key=lambda item: item[0])
 
     async def _send(
@@ -143,3 +155,11 @@ class ClusterLatestStore(RedisLatestStore):
         packets = [packet for _, packet in call]
         await writer.send(node, self._command(sha, self.gte, packets, undeclared=self.cross_slot))
         sent.setdefault(node, []).append(call)
+
+
+def _stopped_outcomes(replies: list[Any]) -> tuple[list[WriteOutcome], str]:
+    """write.lua's reply to a call without declared keys: the outcomes of the packets it
+    wrote, and the error that stopped it at a key its node does not serve ('' if none)."""
+    if replies and isinstance(replies[-1], bytes):
+        return _outcomes(replies[:-1]), replies[-1].decode()
+    return _outcomes(replies), ""
