@@ -24,10 +24,12 @@ from typing import Any
 
 import aio_pika
 import pytest
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
+from redis.cluster import RedisCluster as SyncRedisCluster
 
 from latest_server.packets import Packet, PacketParser
-from latest_server.redis_client import Client, connect
+from latest_server.redis_client import Client, connect, is_cluster
 from latest_server.resources import Resources
 from latest_server.settings import Settings
 from latest_server.web.app import create_app, server_options
@@ -105,6 +107,14 @@ def redis_url(request: pytest.FixtureRequest) -> str:
     return REDIS_URL
 
 
+def sync_client(url: str) -> Any:
+    """A blocking client of ``url`` (one Redis, or a cluster: redis+cluster://h:p,…)."""
+    if url.startswith("redis+cluster://"):
+        host, _, port = url.removeprefix("redis+cluster://").split(",")[0].rpartition(":")
+        return SyncRedisCluster(host=host, port=int(port))
+    return SyncRedis.from_url(url)
+
+
 @pytest.fixture
 def settings(names: dict[str, str], tmp_path: Path, redis_url: str) -> Settings:
     return Settings(  # type: ignore[arg-type]
@@ -125,6 +135,7 @@ async def redis(redis_url: str) -> AsyncIterator[Client]:
 @pytest.fixture
 async def resources(settings: Settings, redis: Redis) -> AsyncIterator[Resources]:
     opened = await Resources.open(settings)
+    assert is_cluster(opened.redis) == (settings.redis_url != REDIS_URL)
     yield opened
     await opened.close()
 
@@ -133,6 +144,7 @@ async def resources(settings: Settings, redis: Redis) -> AsyncIterator[Resources
 async def stores(settings: Settings, objects_url: str, redis: Redis) -> AsyncIterator[Resources]:
     """Resources on each object store (``objects_url``), once the start-up recovery job is done."""
     opened = await Resources.open(dataclasses.replace(settings, objects_url=objects_url))
+    assert is_cluster(opened.redis) == (settings.redis_url != REDIS_URL)
     await opened.trigger.close()  # let the start-up recovery job finish first
     yield opened
     await opened.close()
