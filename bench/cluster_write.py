@@ -9,8 +9,8 @@ Starts its own servers (nothing shared is touched): one ``redis-server`` and a c
 primaries with a replica each (tests/cluster.py), all on loopback, no persistence. Packets are
 ~120-byte JSON documents over ``--variables`` ids, every one distinct (each becomes a history
 entry), written in batches of ``--batch`` (LATEST_BATCH_SIZE's default) one after the other, as
-one consumer does. After a short warm-up of each, each round writes into freshly flushed servers, the three targets in a
-rotating order; the medians of packets/s are printed.
+one consumer does. After a short warm-up of each, each round writes into freshly flushed
+servers, the three targets in a rotating order; the medians of packets/s are printed.
 
 On one machine the cluster's six servers share its cores with the client: the ratio to one Redis
 says what grouping by node costs the client, not what three machines would give.
