@@ -19,14 +19,27 @@ import hiredis
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.crc import key_slot
-from redis.exceptions import AskError, MovedError, ReadOnlyError, ResponseError
+from redis.exceptions import (
+    AskError,
+    MovedError,
+    ReadOnlyError,
+    RedisClusterUnreachableError,
+    ResponseError,
+    SlotNotCoveredError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 T = TypeVar("T")
 Client = Redis | RedisCluster
-# Redis could not be reached, or went away mid-command (redis-py wraps socket errors in these).
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+# Redis could not be reached, or went away mid-command (redis-py wraps socket errors in these);
+# no node of a cluster could be reached, or a slot has no primary for now (during a failover).
+REDIS_DOWN = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    RedisClusterUnreachableError,
+    SlotNotCoveredError,
+)
 # A connection lost wherever it is used, also by code that holds one of its own (the live feed's
 # pub/sub connection) and may meet the socket's own errors.
 CONNECTION_LOST = (*REDIS_DOWN, OSError)
@@ -228,8 +241,9 @@ class NodeWriter:
     async def __aenter__(self) -> NodeWriter:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self._stack.aclose()
+    async def __aexit__(self, *exc: Any) -> None:
+        # With the error, if any: a connection left with replies unread is closed, not reused.
+        await self._stack.__aexit__(*exc)
 
     async def send(self, node: ClusterNode, command: bytes) -> None:
         conn = self._connections.get(node)
@@ -253,5 +267,8 @@ class NodeWriter:
             return found
 
         nodes = list(self._connections)
-        answers = await asyncio.gather(*(read(node) for node in nodes))
-        return dict(zip(nodes, answers, strict=True))
+        answers = await asyncio.gather(*(read(node) for node in nodes), return_exceptions=True)
+        for answer in answers:  # every node read (or failed) before the first error is raised
+            if isinstance(answer, BaseException):
+                raise answer
+        return dict(zip(nodes, answers, strict=True))  # type: ignore[arg-type]
