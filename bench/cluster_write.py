@@ -6,13 +6,14 @@ Redis, in the same run.
     python bench/cluster_write.py [--packets 60000] [--variables 6000] [--batch 500] [--rounds 3]
 
 Starts its own servers (nothing shared is touched): one ``redis-server`` and a cluster of three
-primaries with a replica each (tests/cluster.py), all on loopback, no persistence. Packets are
+primaries (tests/cluster.py; ``--replicas 1`` gives each a replica, which doubles Redis' work
+per write), all on loopback, no persistence. Packets are
 ~120-byte JSON documents over ``--variables`` ids, every one distinct (each becomes a history
 entry), written in batches of ``--batch`` (LATEST_BATCH_SIZE's default) one after the other, as
 one consumer does. After a short warm-up of each, each round writes into freshly flushed
 servers, the three targets in a rotating order; the medians of packets/s are printed.
 
-On one machine the cluster's six servers share its cores with the client: the ratio to one Redis
+On one machine the cluster's servers share its cores with the client: the ratio to one Redis
 says what grouping by node costs the client, not what three machines would give.
 
 The last line is ``ratio cluster/single: X.XX`` (by node); the line before it,
@@ -125,8 +126,11 @@ def main() -> None:
     parser.add_argument("--variables", type=int, default=6_000)
     parser.add_argument("--batch", type=int, default=dataclasses.asdict(Settings())["batch_size"])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--replicas", type=int, default=0, help="replicas per primary (one Redis has none)"
+    )
     args = parser.parse_args()
-    with private_redis() as single_url, redis_cluster() as cluster:
+    with private_redis() as single_url, redis_cluster(replicas=args.replicas) as cluster:
         asyncio.run(run(args, single_url, cluster.url))
 
 
