@@ -105,14 +105,28 @@ end
 
 -- In a Redis Cluster one call carries the packets of many slots of one node, which Redis allows
 -- only for keys it was not told of (the allow-cross-slot-keys flag): numkeys is 0 and the
--- packets' KEYS follow all their ARGV.
+-- packets' KEYS follow all their ARGV. A packet of a slot the node no longer serves (the
+-- caller's slot map is out of date) stops the call before its first command: the reply is the
+-- outcomes so far, then the error's text, and the caller sends the rest to the right node.
 local names, base, n = KEYS, 0, #KEYS / 4
-if n == 0 then names, n = ARGV, #ARGV / 12; base = 8 * n end
+local undeclared = n == 0
+if undeclared then names, n = ARGV, #ARGV / 12; base = 8 * n end
 local results = {}
 local k, a = {}, {}
 for i = 0, n - 1 do
   for j = 1, 4 do k[j] = names[base + 4 * i + j] end
   for j = 1, 8 do a[j] = ARGV[8 * i + j] end
-  results[i + 1] = write(k, a)
+  if undeclared then
+    local ok, result = pcall(write, k, a)
+    if not ok then
+      local text = type(result) == 'table' and result.err or tostring(result)
+      if not string.find(text, 'non local key', 1, true) then error(result) end
+      results[i + 1] = text
+      return results
+    end
+    results[i + 1] = result
+  else
+    results[i + 1] = write(k, a)
+  end
 end
 return results

@@ -23,7 +23,7 @@ from typing import Any
 
 from redis.asyncio import RedisCluster
 from redis.asyncio.cluster import ClusterNode
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import MovedError, NoScriptError, ResponseError
 
 from latest_server import keys
 from latest_server.errors import StoreRefused
@@ -35,10 +35,12 @@ from latest_server.stores.latest_redis import (
     FIRST_CHUNK,
     WRITE_CHUNK,
     RedisLatestStore,
+    _outcomes,
 )
 
-RESENDS = 4  # passes of a batch's refused calls before it is given up (the edge retries it)
-RESEND_PAUSE = 0.05  # seconds before the first resend, doubled each time
+RESENDS = 6  # passes of a batch's refused calls before it is given up (the edge retries it)
+RESEND_PAUSE = 0.05  # seconds before the second resend, doubled each time: 1.55 s in all, past
+# redis-py's least interval between two refreshes of the slot map (1 s)
 Item = tuple[int, Packet]  # a packet and its place in the batch
 
 
@@ -55,6 +57,7 @@ class ClusterLatestStore(RedisLatestStore):
     ) -> None:
         super().__init__(redis, scripts, version_type=version_type)
         self.cross_slot = cross_slot
+        self.resent = 0  # packets sent again to another node (or after loading the scripts)
 
     @redis_bounded
     async def write_batch(self, packets: Iterable[Packet]) -> list[WriteOutcome]:
@@ -83,29 +86,39 @@ class ClusterLatestStore(RedisLatestStore):
         try:
             async with NodeWriter() as writer:
                 await self._send(client, writer, items, sent)
-                if self.replicas.count:
+                if self.replicas.count:  # LATEST_REDIS_WAIT_REPLICAS: after each node's calls
                     for node in list(sent):
                         await writer.send(node, self.replicas.command())
-                replies = await writer.replies(self.replicas.convert)
+                replies = await writer.replies(_replies)
         except REDIS_DOWN:
             await refresh(client)  # a primary may have failed over: the edge's retry finds it
             raise
         again: list[Item] = []
+        moved: list[ResponseError] = []
         for node, calls in sent.items():
             if self.replicas.count:
                 self.replicas.check(replies[node].pop())
             for call, reply in zip(calls, replies[node], strict=True):
-                if not isinstance(reply, ResponseError):
-                    for (index, _), outcome in zip(call, reply, strict=True):  # type: ignore[arg-type]
-                        outcomes[index] = outcome
+                if isinstance(reply, ResponseError):
+                    if isinstance(reply, NoScriptError):
+                        await self.scripts.load_on(node)
+                    elif slot_moved(reply):
+                        moved.append(reply)
+                    else:
+                        raise store_error(reply) or reply
+                    again += call
                     continue
-                if isinstance(reply, NoScriptError):
-                    await self.scripts.load_on(node)
-                elif slot_moved(reply):
-                    await refresh(client, reply)
-                else:
-                    raise store_error(reply) or reply
-                again += call
+                done, stopped = reply
+                for (index, _), outcome in zip(call, done, strict=False):
+                    outcomes[index] = outcome
+                if stopped:  # at a packet of a slot that moved: the rest was not written
+                    moved.append(ResponseError(stopped))
+                    again += call[len(done) :]
+        for exc in moved:  # MOVED corrects one slot; the others read the map once, then stop
+            await refresh(client, exc)
+            if not isinstance(exc, MovedError):
+                break
+        self.resent += len(again)
         return sorted(again, key=lambda item: item[0])
 
     async def _send(
@@ -147,3 +160,16 @@ class ClusterLatestStore(RedisLatestStore):
         packets = [packet for _, packet in call]
         await writer.send(node, self._command(sha, self.gte, packets, undeclared=self.cross_slot))
         sent.setdefault(node, []).append(call)
+
+
+def _replies(reply: Any) -> Any:
+    """A write.lua call's reply (``_stopped_outcomes``), or WAIT's (a number of replicas)."""
+    return reply if isinstance(reply, int) else _stopped_outcomes(reply)
+
+
+def _stopped_outcomes(replies: list[Any]) -> tuple[list[WriteOutcome], str]:
+    """write.lua's reply to a call without declared keys: the outcomes of the packets it
+    wrote, and the error that stopped it at a key its node does not serve ('' if none)."""
+    if replies and isinstance(replies[-1], bytes):
+        return _outcomes(replies[:-1]), replies[-1].decode()
+    return _outcomes(replies), ""
