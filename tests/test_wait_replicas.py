@@ -6,7 +6,6 @@ one replica per primary confirms it, two cannot."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,8 @@ from latest_server import keys
 from latest_server.errors import StoreRefused
 from latest_server.resources import Resources
 from latest_server.settings import Settings
-from tests.cluster import Cluster, redis_cluster
+from tests.cluster import Cluster
 from tests.conftest import packet
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    with redis_cluster() as running:
-        yield running
 
 
 async def test_without_a_replica_a_batch_is_refused_and_its_retry_adds_nothing(
@@ -49,11 +42,15 @@ async def test_without_a_replica_a_batch_is_refused_and_its_retry_adds_nothing(
 
 @pytest.mark.parametrize(("replicas", "acknowledged"), [(1, True), (2, False)])
 async def test_on_the_cluster_each_primary_s_replica_confirms_the_batch(
-    cluster: Cluster, settings: Settings, tmp_path: Path, replicas: int, acknowledged: bool
+    redis_cluster_nodes: Cluster,
+    settings: Settings,
+    tmp_path: Path,
+    replicas: int,
+    acknowledged: bool,
 ) -> None:
     config = dataclasses.replace(
         settings,
-        redis_url=cluster.url,
+        redis_url=redis_cluster_nodes.url,
         objects_url=(tmp_path / "objects").as_uri(),
         redis_wait_replicas=replicas,
         redis_wait_timeout=0.2,
@@ -61,7 +58,9 @@ async def test_on_the_cluster_each_primary_s_replica_confirms_the_batch(
     stores = await Resources.open(config)
     try:
         variables = [f"w/{replicas}/{n}" for n in range(30)]  # on every primary
-        nodes = {cluster.primary_of(keys.latest(keys.key_for(v))).port for v in variables}
+        nodes = {
+            redis_cluster_nodes.primary_of(keys.latest(keys.key_for(v))).port for v in variables
+        }
         assert len(nodes) == 3
         batch = [packet(v, n) for v in variables for n in range(3)]
         if acknowledged:

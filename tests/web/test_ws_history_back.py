@@ -12,6 +12,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
 from ingest_client import Reset
@@ -41,6 +42,7 @@ async def forget_after(redis: Redis, variable: str, seq: int) -> None:
     await redis.hset(keys.meta(key), "s", seq)
 
 
+@pytest.mark.redis_both
 async def test_subscribers_get_a_reset_when_history_goes_back_then_the_new_entries(
     settings: Settings, redis: Redis, tmp_path: Path, http_server: Callable[..., ServerThread]
 ) -> None:
