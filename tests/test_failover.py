@@ -28,8 +28,6 @@ from tests.cluster import Cluster, Node, redis_cluster
 from tests.conftest import ServerThread, hub_of, ws_url
 from tests.web.test_ws_faults import Client, cancel
 
-pytestmark = pytest.mark.slow
-
 T0 = 1_700_000_000
 RUN_BEFORE, RUN_AFTER = 1.5, 2.5  # seconds of writes before the kill and after writes resume
 
