@@ -79,3 +79,42 @@ async def test_subscribers_get_a_reset_when_history_goes_back_then_the_new_entri
     assert resumed.resets == [Reset("h/a", epoch, (9, 10))]
     assert resumed.got["h/a"] == [9, 10, 11]
     assert resumed.ts["h/a"] == new_ts
+
+
+@pytest.mark.redis_both
+async def test_sent_entries_replaced_by_new_ones_are_named_lost_when_the_feed_resubscribes(
+    settings: Settings, redis: Redis, tmp_path: Path, http_server: Callable[..., ServerThread]
+) -> None:
+    """The new entries took the forgotten seqs before the subscriber looked: the top is back
+    above what it was sent, so only the entries' times tell. The feed's resubscription (a
+    failover always ends the old primary's connection) makes it compare."""
+    config = dataclasses.replace(settings, objects_url=(tmp_path / "objects").as_uri())
+    stores = await Resources.open(config)
+    try:
+        url = ws_url(http_server(config, ws_probe_interval=30.0))
+        producer = Producer(stores, ["h/b"])
+        await producer.write(10)
+        live = Client("live", [url], ["h/b"])
+        task = asyncio.create_task(live.run(random.Random(1), None, asyncio.Event()))
+        await wait_until_complete([live], producer, within=20)
+        epoch = live.positions["h/b"][0]
+        await forget_after(redis, "h/b", 8)
+        for seq in (9, 10):
+            del producer.seqs["h/b"][seq]
+        await producer.write(3)  # seqs 9, 10 (taken for the first time, as the client sees it), 11
+        await wait_until_complete([live], producer, within=20)
+        assert live.got["h/b"] == [*range(1, 12)]  # 9 and 10 are the old ones: not what is stored
+        assert await kill_feed_connections(redis) >= 1
+        deadline = asyncio.get_running_loop().time() + 20
+        while not live.resets:
+            assert asyncio.get_running_loop().time() < deadline, "no reset"
+            await asyncio.sleep(0.05)
+        await wait_until_complete([live], producer, within=20)
+        await asyncio.sleep(0.3)
+        await cancel(task)
+    finally:
+        await stores.close()
+
+    assert live.resets == [Reset("h/b", epoch, (9, 11))]
+    assert live.got["h/b"] == [*range(1, 12), 9, 10, 11]
+    assert live.ts["h/b"][-3:] == [producer.seqs["h/b"][s] for s in (9, 10, 11)]
