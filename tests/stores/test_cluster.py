@@ -308,6 +308,7 @@ async def test_a_primary_failing_over_is_unavailability_then_its_replica_takes_t
     try:
         with pytest.raises(StoreUnavailable):
             await store.write_batch(packets)
+        assert not await store.ping()  # /readyz: not ready while a primary is out of reach
         deadline = time.monotonic() + 30
         while "master" not in replica.cli("role").split("\n", 1)[0]:
             assert time.monotonic() < deadline, "the replica did not take over"
@@ -323,6 +324,7 @@ async def test_a_primary_failing_over_is_unavailability_then_its_replica_takes_t
         # of a batch before it goes away): the retry finds those as redeliveries. The failed
         # over primary's packets are written now, with one Redis' outcomes.
         moved = [i for i, p in enumerate(packets) if slot_of(keys.latest(p.key)) in victim_slots]
+        assert await store.ping()
         assert moved and [comparable(outcomes[i]) for i in moved] == [
             comparable(expected[i]) for i in moved
         ]
