@@ -20,6 +20,7 @@ from latest_server import keys
 from latest_server.errors import ConfigError, StoreUnavailable, UnsafeRedisConfig
 from latest_server.offload import Offloader
 from latest_server.packets import Packet, PacketParser
+from latest_server.redact import redact
 from latest_server.redis_client import check_server, connect, each_primary, load_scripts
 from latest_server.redis_wire import node_of, ready, slot_of
 from latest_server.resources import Resources
@@ -208,10 +209,21 @@ def test_cluster_urls_are_parsed_and_unsupported_ones_refused() -> None:
     secure = connect("rediss+cluster://10.0.0.1:7000")
     assert isinstance(secure, RedisCluster)
     assert secure.startup_nodes[0].connection_class.__name__ == "SSLConnection"
+    assert "secret" not in redact("redis+cluster://user:secret@10.0.0.1:7000,10.0.0.2:7001")
     with pytest.raises(ConfigError, match="database 0"):
         connect("redis+cluster://10.0.0.1:7000/2")
     with pytest.raises(ConfigError, match="at least one"):
         connect("redis+cluster:///0")
+
+
+async def test_a_plain_url_to_a_cluster_node_is_refused(redis_cluster_nodes: Cluster) -> None:
+    node = redis_cluster_nodes.primaries()[0]
+    client = connect(f"redis://{node.address}/0")
+    try:
+        with pytest.raises(ConfigError, match=r"redis\+cluster://"):
+            await check_server(client)
+    finally:
+        await client.aclose()
 
 
 async def test_the_safety_check_and_ping_visit_every_primary(
