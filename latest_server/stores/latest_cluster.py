@@ -8,11 +8,12 @@ in one slot), so a batch costs as many calls per node as on one Redis; grouping 
 share a slot: see bench/cluster_write.py for both.
 
 A slot that moved (MOVED, a key no longer local, a primary that became a replica) and a node
-without the script (a replica promoted: scripts are not replicated) answer only their calls: the
-slot map is corrected, the script loaded, and those calls' packets sent again; the write is
-idempotent (dedup by ``(ts, digest)`` and compare-and-set), so a packet that a call wrote before
-it met the moved slot is found as a redelivery. CLUSTERDOWN, TRYAGAIN and a node out of reach
-are unavailability (``redis_bounded``): the edges retry the batch, as on one Redis.
+without the script (a replica promoted: scripts are not replicated) refuse only their packets,
+before writing them: the slot map is corrected, the script loaded, and those packets sent again.
+All of a variable's packets share its slot, so they are all refused or none: its packets keep
+their order, and each is written once. CLUSTERDOWN, TRYAGAIN and a node out of reach are
+unavailability (``redis_bounded``): the edges retry the batch, as on one Redis (whose packets
+the other nodes took are then found as redeliveries: the write is idempotent).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from latest_server.stores.latest_redis import (
     FIRST_CHUNK,
     WRITE_CHUNK,
     RedisLatestStore,
-    _outcomes,
 )
 
 RESENDS = 6  # passes of a batch's refused calls before it is given up (the edge retries it)
@@ -108,12 +108,12 @@ class ClusterLatestStore(RedisLatestStore):
                         raise store_error(reply) or reply
                     again += call
                     continue
-                done, stopped = reply
-                for (index, _), outcome in zip(call, done, strict=False):
-                    outcomes[index] = outcome
-                if stopped:  # at a packet of a slot that moved: the rest was not written
-                    moved.append(ResponseError(stopped))
-                    again += call[len(done) :]
+                for item, outcome in zip(call, reply, strict=True):
+                    if isinstance(outcome, WriteOutcome):
+                        outcomes[item[0]] = outcome
+                    else:  # a packet of a slot that moved: not written
+                        moved.append(ResponseError(outcome))
+                        again.append(item)
         for exc in moved:  # MOVED corrects one slot; the others read the map once, then stop
             await refresh(client, exc)
             if not isinstance(exc, MovedError):
@@ -163,13 +163,18 @@ class ClusterLatestStore(RedisLatestStore):
 
 
 def _replies(reply: Any) -> Any:
-    """A write.lua call's reply (``_stopped_outcomes``), or WAIT's (a number of replicas)."""
-    return reply if isinstance(reply, int) else _stopped_outcomes(reply)
+    """A write.lua call's reply (``_node_outcomes``), or WAIT's (a number of replicas)."""
+    return reply if isinstance(reply, int) else _node_outcomes(reply)
 
 
-def _stopped_outcomes(replies: list[Any]) -> tuple[list[WriteOutcome], str]:
-    """write.lua's reply to a call without declared keys: the outcomes of the packets it
-    wrote, and the error that stopped it at a key its node does not serve ('' if none)."""
-    if replies and isinstance(replies[-1], bytes):
-        return _outcomes(replies[:-1]), replies[-1].decode()
-    return _outcomes(replies), ""
+def _node_outcomes(replies: list[Any]) -> list[WriteOutcome | str]:
+    """write.lua's reply to a call without declared keys: per packet its outcome, or the text
+    of the error that kept it out (a key of a slot its node does not serve)."""
+    return [
+        r.decode()
+        if isinstance(r, bytes)
+        else WriteOutcome(
+            bool(r[0]), int(r[1]), int(r[2]), int(r[3]) if r[3] else None, bool(r[4]), int(r[5])
+        )
+        for r in replies
+    ]
