@@ -191,3 +191,41 @@ async def test_a_failed_over_primary_moves_its_channels_and_only_theirs_are_conf
         await feed.close()
         if how == "stop":
             victim.start()  # it rejoins as a replica of the promoted one
+
+
+def set_slot(cluster: Cluster, slot: int, owner: Node) -> None:
+    """Hand an empty ``slot`` to ``owner`` (CLUSTER SETSLOT ... NODE on it first, then on the
+    others), as a resharding does once the slot's keys have moved."""
+    owner_id = owner.cli("cluster", "myid").strip()
+    for node in sorted(cluster.running(), key=lambda n: n is not owner):
+        node.cli("cluster", "setslot", str(slot), "node", owner_id)
+
+
+async def test_a_slot_moved_to_another_primary_takes_its_channel_along(
+    cluster: Cluster, client: RedisCluster
+) -> None:
+    """The slot's old owner pushes an sunsubscribe when it loses the slot; the feed reads the
+    slot map again and subscribes on the new owner. A channel of another slot stays put."""
+    feed = LiveFeed(client)
+    key, other_key = keys.key_for("migrating"), keys.key_for("staying")
+    channel = keys.feed(key)
+    slot = client.keyslot(channel)
+    owner = client.get_node_from_key(channel)
+    assert owner is not None
+    target = next(node for node in client.get_primaries() if node.name != owner.name)
+    moving, staying = Recorder(), Recorder()
+    try:
+        await feed.subscribe(key, moving)
+        await feed.subscribe(other_key, staying)
+        set_slot(cluster, slot, node_named(cluster, target.name))
+        await until(lambda: moving.confirms == 2)
+        assert channel.encode() in feed._links[target.name].channels
+        assert channel.encode() not in feed._links[owner.name].channels
+        await publish(client, key, 1)
+        await publish(client, other_key, 1)
+        await until(lambda: moving.seqs == [1] and staying.seqs == [1])
+        assert staying.confirms == 1
+    finally:
+        await feed.close()
+        set_slot(cluster, slot, node_named(cluster, owner.name))
+        cluster.wait_ok()
