@@ -38,7 +38,14 @@ from redis.backoff import NoBackoff
 from redis.exceptions import MovedError, RedisClusterException, RedisError, ResponseError
 
 from latest_server import keys
-from latest_server.feed.link import SSUBSCRIBE, SUBSCRIBE, SUNSUBSCRIBE, Channel, Link
+from latest_server.feed.link import (
+    CLUSTER_RETRY_MAX,
+    SSUBSCRIBE,
+    SUBSCRIBE,
+    SUNSUBSCRIBE,
+    Channel,
+    Link,
+)
 from latest_server.redis_client import CONNECTION_LOST, Client
 from latest_server.redis_wire import ready
 
@@ -210,20 +217,30 @@ class LiveFeed:
         link.task = None
         return True
 
-    async def _move(self, names: list[bytes], error: BaseException | None) -> None:
-        """Channels whose node refused them or let them go: subscribed where they are served."""
-        await asyncio.sleep(MOVE_DELAY)
-        if isinstance(error, MovedError) and self.cluster is not None:
-            await self.cluster.nodes_manager.move_slot(error)
-        elif self.cluster is not None:
-            await self._refresh()
-        for name in names:
-            channel = self.channels.get(name)
-            if channel is not None and channel.pending == 0 and not channel.ready.is_set():
-                await self._place(name, channel)
+    async def _move(
+        self, names: list[bytes], error: BaseException | None, delay: float = MOVE_DELAY
+    ) -> None:
+        """Channels whose node refused them or let them go: subscribed where they are served
+        (tried again, less often, while the cluster cannot say where)."""
+        await asyncio.sleep(delay)
+        try:
+            if isinstance(error, MovedError) and self.cluster is not None:
+                await self.cluster.nodes_manager.move_slot(error)
+            elif self.cluster is not None:
+                await self._refresh()
+            for name in names:
+                channel = self.channels.get(name)
+                if channel is not None and channel.pending == 0 and not channel.ready.is_set():
+                    await self._place(name, channel)
+        except (RedisError, RedisClusterException, *CONNECTION_LOST) as exc:
+            log.warning("live feed: channels not placed yet (%s); trying again", exc)
+            if not self.closing:
+                self._moving(names, None, min(delay * 2, CLUSTER_RETRY_MAX))
 
-    def _moving(self, names: list[bytes], error: BaseException | None = None) -> None:
-        task = asyncio.ensure_future(self._move(names, error))
+    def _moving(
+        self, names: list[bytes], error: BaseException | None = None, delay: float = MOVE_DELAY
+    ) -> None:
+        task = asyncio.ensure_future(self._move(names, error, delay))
         task.add_done_callback(_ignore_result)
 
     # --- reading ---------------------------------------------------------------------------

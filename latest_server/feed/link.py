@@ -134,8 +134,12 @@ class Link:
                 break
             await asyncio.sleep(delay)
             delay = min(delay * 2, cap)
-            if feed.clustered and await feed.moved_away(self):
-                return
+            if feed.clustered:
+                try:
+                    if await feed.moved_away(self):
+                        return
+                except Exception as exc:  # the cluster cannot say where now: try again
+                    log.warning("live feed: the channels of %s stay for now (%s)", self.name, exc)
 
     async def close(self) -> None:
         if self.task is not None:
