@@ -131,6 +131,8 @@ class LiveFeed:
         channel = self.events
         channel.listeners.add(listener)
         if not channel.ready.is_set() and channel.pending == 0:
+            if self.cluster is not None and channel.link is None:
+                await ready(self.cluster)  # the slot map, loaded
             link = channel.link or self._route(self.events_name)
             channel.link = link
             link.events = True
