@@ -5,16 +5,19 @@ until stopped (runner.py), the job runs once (jobs.py) or the checks run (doctor
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from latest_server import __version__, datadir, logs
+from latest_server import __version__, datadir
 from latest_server.auth.tokens import new_token
 from latest_server.datadir import DataDirBusy, Owner
 from latest_server.embedded import EmbeddedValkey
@@ -145,17 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env().with_overrides(**args)
     except LatestError as exc:
         parser.error(exc.message)
-    if settings.metrics_dir:
-        os.makedirs(settings.metrics_dir, exist_ok=True)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = settings.metrics_dir
+    export_metrics_dir(command, settings)
     from latest_server.jobs import JOB_COMMANDS as JOBS
-    from latest_server.runner import run, run_loop
+    from latest_server.runner import configure_logging, run, run_loop
 
-    handler = logs.handler(settings.log_format)
-    handler.addFilter(_retries_in_one_line)
-    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
-    logging.getLogger("aio_pika").setLevel(max(logging.WARNING, logging.getLogger().level))
-    logging.getLogger("aiormq").setLevel(max(logging.WARNING, logging.getLogger().level))
+    configure_logging(settings)
     try:
         if command == "consume" and not settings.amqp_url:
             raise LatestError("'consume' needs AMQP_URL (or --amqp-url)")
@@ -173,15 +170,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"latest-server: error: {redact(message)}", file=sys.stderr)
         return 1
     return 0
-
-
-def _retries_in_one_line(record: logging.LogRecord) -> bool:
-    """The Elasticsearch client logs each retried failure as a warning with its traceback (at
-    start-up against an unreachable cluster, a screenful of them): one line each says it all."""
-    if record.name.startswith("elastic_transport") and record.levelno < logging.ERROR:
-        record.exc_info = None
-        record.exc_text = None
-    return True
 
 
 SERVERS = ("serve", "consume")  # run until stopped; every other command is a job
@@ -232,6 +220,21 @@ def redis_for(command: str, settings: Settings) -> Iterator[tuple[Settings, Embe
             embedded.stop()
     finally:
         ownership.release()
+
+
+def export_metrics_dir(command: str, settings: Settings) -> None:
+    """LATEST_METRICS_DIR as PROMETHEUS_MULTIPROC_DIR, before the metrics exist (the workers of
+    ``serve --workers`` inherit it). Several workers and no directory: one of their own, so that
+    the /metrics of whichever answers sums them all; removed at exit."""
+    directory = settings.metrics_dir
+    if not directory and command == "serve" and settings.workers > 1:
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            return
+        directory = tempfile.mkdtemp(prefix="latest-metrics-")
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
 
 
 def _http_address(command: str, settings: Settings) -> str | None:

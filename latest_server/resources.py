@@ -6,7 +6,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from latest_server.completion import SessionJobs
@@ -16,7 +15,14 @@ from latest_server.merge import Merger
 from latest_server.offload import Offloader, OffloadTrigger
 from latest_server.packets import PacketParser
 from latest_server.redact import redact
-from latest_server.redis_client import REDIS_DOWN, Scripts, check_server, connect, load_scripts
+from latest_server.redis_client import (
+    REDIS_DOWN,
+    Client,
+    Scripts,
+    check_server,
+    connect,
+    load_scripts,
+)
 from latest_server.sessions import EndHook, Session, SessionStore
 from latest_server.settings import Settings
 from latest_server.stores import open_latest_store, open_object_store
@@ -27,7 +33,7 @@ from latest_server.stores.history import HistoryStore
 @dataclass
 class Resources:
     settings: Settings
-    redis: Redis
+    redis: Client
     latest: LatestStore  # Redis, or Elasticsearch (LATEST_BACKEND)
     ingestor: Ingestor
     parser: PacketParser

@@ -25,15 +25,18 @@ from latest_server.settings.core import (
     VERSION_TYPES,
     CoreSettings,
 )
+from latest_server.settings.durability import DurabilitySettings
 from latest_server.settings.iudx import IudxSettings
 from latest_server.settings.limits import LimitSettings
 from latest_server.settings.observability import LOG_FORMATS, ObservabilitySettings
+from latest_server.settings.scale import QUEUE_TYPES, ScaleSettings
 
 __all__ = [
     "BACKENDS",
     "ES_VERSION_SCALES",
     "LOG_FORMATS",
     "LOG_LEVELS",
+    "QUEUE_TYPES",
     "TIME_UNITS",
     "VERSION_TYPES",
     "Settings",
@@ -43,7 +46,15 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Settings(ObservabilitySettings, AccessSettings, LimitSettings, IudxSettings, CoreSettings):
+class Settings(
+    ObservabilitySettings,
+    DurabilitySettings,
+    ScaleSettings,
+    AccessSettings,
+    LimitSettings,
+    IudxSettings,
+    CoreSettings,
+):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         if environ is None:

@@ -14,6 +14,7 @@ import hashlib
 from collections.abc import Callable
 
 import httpx
+import pytest
 
 from latest_server.settings import Settings
 from tests.conftest import ServerThread
@@ -22,6 +23,7 @@ from tests.es.conftest import EsServerThread
 INDEX = "backend-latest"
 
 
+@pytest.mark.redis_both  # history and the feed in a Redis Cluster too (lua/append.lua)
 def test_latest_documents_live_in_elasticsearch(
     settings: Settings,
     es_server: Callable[..., EsServerThread],

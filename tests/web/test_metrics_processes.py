@@ -167,3 +167,49 @@ async def test_a_consume_process_counts_on_the_servers_metrics(
         }
     finally:
         await asyncio.to_thread(stop, consumer)
+
+
+def test_serve_workers_share_a_directory_of_their_own(tmp_path: Path, redis: Redis) -> None:
+    """`serve --workers 2` without LATEST_METRICS_DIR: whichever worker answers /metrics shows
+    what both counted, and the directory it made is gone once it stops."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "REDIS_URL": REDIS_URL,
+        "LATEST_PORT": str(port),
+        "LATEST_ES_PORT": "0",
+        "LATEST_DATA_DIR": str(tmp_path / "data"),
+        "LATEST_WORKERS": "2",
+        "TMPDIR": str(tmp_path),
+    }
+    for name in ("AMQP_URL", "PROMETHEUS_MULTIPROC_DIR", "LATEST_METRICS_DIR"):
+        env.pop(name, None)
+    with (tmp_path / "serve.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "latest_server", "serve"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        pids: set[int] = set()
+
+        def both_up() -> None:  # a new connection each time: the kernel spreads them
+            pids.add(httpx.get(url + "/healthz", timeout=2).raise_for_status().json()["pid"])
+            if len(pids) < 2:
+                raise httpx.ConnectError("one worker seen so far")
+
+        until_up(process, both_up, (httpx.HTTPError,), within=60, poll=0.05)
+        v = unique("v")
+        for n in range(6):
+            answer = httpx.post(url + "/ingest", json={"id": v, "ts": 1_700_000_000 + n})
+            assert answer.json()["accepted"] == 1
+        for _ in range(6):
+            assert accepted(scrape_sync(url)) == 6
+        made = [p for p in tmp_path.iterdir() if p.name.startswith("latest-metrics-")]
+        assert len(made) == 1 and any(made[0].iterdir())
+    finally:
+        stop(process, within=30)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("latest-metrics-")]
