@@ -1,0 +1,158 @@
+"""The index of variables: every variable id in one sorted set, kept by the write path.
+
+``lv:{vars}:ids`` (``keys.VARIABLES``) holds each variable id of the main namespace once, all
+with score 0, so ``ZRANGEBYLEX`` answers a page of the ids under a prefix, in byte order, in
+O(log n + page): no ``SCAN`` of the keyspace per request. The ``Ingestor`` adds the ids of a
+batch after the write and before the batch is acknowledged (``VariableIndex.written``); ids
+this process added before are not sent again, so a steady stream costs nothing. The key is
+outside every variable's hash tag, so no per-variable script touches it, and on a Redis Cluster
+it is one more key on one node.
+
+Repairs. ``reindex`` scans every variable's ``lv:{k}:meta`` (on every primary) and adds the id
+it names (``meta``'s ``id``, or the latest hash's ``id`` for variables written before meta
+held it); ``ensure`` runs it when the index key is missing while variables exist (a Redis that
+lost the key, or data written before the index existed). While a reindex runs, a listing may
+miss ids it has not reached yet.
+
+Deleted variables (an Elasticsearch ``DELETE`` leaves a tombstone) stay listed: they have a
+history. Ids of other Elasticsearch indices (namespaces, ``keys.namespaced``) are not listed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+
+from latest_server import keys
+from latest_server.packets import Packet
+from latest_server.redis_client import redis_bounded
+from latest_server.stores.base import WriteOutcome
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LIMIT = 1_000
+MAX_LIMIT = 10_000
+# The variable keys this process has indexed, so that a batch sends only new ids: past this
+# many the set starts again (the cost is one ZADD of ids already there per variable).
+MAX_KNOWN = 1_000_000
+SCAN_COUNT = 1_000
+ADD_CHUNK = 1_000  # members per ZADD of a reindex
+
+
+class VariableIndex:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.known: set[str] = set()  # variable keys (keys.key_for) indexed by this process
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    @redis_bounded
+    async def ids(
+        self, prefix: str = "", limit: int = DEFAULT_LIMIT, after: str | None = None
+    ) -> tuple[list[str], str | None]:
+        """Up to ``limit`` variable ids starting with ``prefix``, in the byte order of their
+        UTF-8, strictly after ``after`` (the previous page's last id; None: from the start),
+        and the ``after`` of the next page (None when this page is the last)."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        start = b"[" + prefix.encode()
+        if after is not None and after.encode() >= prefix.encode():
+            start = b"(" + after.encode()
+        # Every id under the prefix sorts before prefix + 0xff: no UTF-8 text has that byte.
+        end = b"(" + prefix.encode() + b"\xff" if prefix else b"+"
+        found = await self.redis.zrangebylex(keys.VARIABLES, start, end, start=0, num=limit + 1)
+        page = [_text(member) for member in found[:limit]]
+        return page, page[-1] if len(found) > limit else None
+
+    @redis_bounded
+    async def entries(self, variable_ids: Sequence[str]) -> list[int]:
+        """The number of history entries appended to each variable (its last seq, ``meta``'s
+        ``s``: entries held in Redis or moved to objects; 0 for none), in one round trip."""
+        if not variable_ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for variable_id in variable_ids:
+            pipe.hget(keys.meta(keys.key_for(variable_id)), "s")
+        return [int(seq or 0) for seq in await pipe.execute()]
+
+    # --- the write path ------------------------------------------------------------------------
+
+    async def written(self, packets: Sequence[Packet], outcomes: Sequence[WriteOutcome]) -> None:
+        """Index the variables of a written batch (``outcomes[i]`` is ``packets[i]``'s): those
+        this process has not indexed yet, in one ``ZADD``. A first history entry (seq 1) of a
+        variable it had indexed means Redis lost its data (the index with it): every id is
+        sent again from then on."""
+        known = self.known
+        fresh = {p.key: p.variable_id for p in packets if p.key not in known}
+        for packet, outcome in zip(packets, outcomes, strict=True):
+            if outcome.seq == 1 and packet.key in known:
+                log.warning("variable %r started anew: indexing every variable again", packet.key)
+                known.clear()
+                fresh = {p.key: p.variable_id for p in packets}
+                break
+        if fresh:
+            await self.add(fresh)
+
+    @redis_bounded
+    async def add(self, variables: dict[str, str]) -> None:
+        """Index variables, ``{key: id}``; an id of another namespace is only remembered."""
+        ids = {vid for key, vid in variables.items() if key == keys.key_for(vid)}
+        if ids:
+            await self.redis.zadd(keys.VARIABLES, dict.fromkeys(ids, 0))
+        if len(self.known) + len(variables) > MAX_KNOWN:
+            self.known.clear()
+        self.known.update(variables)
+
+    # --- repairs -------------------------------------------------------------------------------
+
+    @redis_bounded
+    async def reindex(self) -> int:
+        """Add every variable found in Redis (a ``SCAN`` of the metas of every primary) to the
+        index; the number of ids found."""
+        found = 0
+        batch: list[str] = []
+        async for name in self.redis.scan_iter(match=keys.META_PATTERN, count=SCAN_COUNT):
+            batch.append(keys.key_of(name.decode() if isinstance(name, bytes) else name))
+            if len(batch) == ADD_CHUNK:
+                found += await self._reindex(batch)
+                batch = []
+        if batch:
+            found += await self._reindex(batch)
+        return found
+
+    async def _reindex(self, variable_keys: list[str]) -> int:
+        pipe = self.redis.pipeline(transaction=False)
+        for key in variable_keys:
+            pipe.hget(keys.meta(key), "id")
+            pipe.hget(keys.latest(key), "id")
+        replies = await pipe.execute()
+        ids: set[str] = set()
+        for key, meta_id, latest_id in zip(variable_keys, replies[::2], replies[1::2], strict=True):
+            raw = meta_id or latest_id
+            if raw is not None and keys.digest(_text(raw)) == key:  # main namespace only
+                ids.add(_text(raw))
+        if ids:
+            await self.redis.zadd(keys.VARIABLES, dict.fromkeys(ids, 0))
+        return len(ids)
+
+    @redis_bounded
+    async def ensure(self) -> int | None:
+        """At start-up: reindex when the index key is missing while some variable exists; the
+        number of ids found, or None when nothing was to be done."""
+        if await self.redis.exists(keys.VARIABLES):
+            return None
+        async for _ in self.redis.scan_iter(match=keys.META_PATTERN, count=SCAN_COUNT):
+            break
+        else:
+            return None
+        log.info("the index of variables is missing: rebuilding it from Redis")
+        found = await self.reindex()
+        log.info("the index of variables holds %d variables again", found)
+        return found
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

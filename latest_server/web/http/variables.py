@@ -1,0 +1,59 @@
+"""GET /variables?prefix=&limit=&cursor=: the variables under a prefix, a page at a time, from
+the index the write path keeps (stores/variables.py), with each one's latest version and its
+number of history entries. ``page`` reads the same three parameters for GET /latest?prefix=."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from latest_server import keys
+from latest_server.errors import BadRequest
+from latest_server.resources import Resources
+from latest_server.stores.base import LatestDoc
+from latest_server.stores.variables import DEFAULT_LIMIT, MAX_LIMIT
+from latest_server.web.cursors import decode_id_cursor, encode_id_cursor
+
+PARAMS = ("prefix", "limit", "cursor")
+
+
+def page(request: Request, default: int, most: int) -> tuple[str, int, str | None]:
+    """(prefix, limit, after) of a paged listing, checked: ``limit`` from 1 to ``most``."""
+    query = request.query_params
+    prefix = query.get("prefix", "")
+    raw = query.get("limit")
+    limit = default
+    if raw is not None:
+        if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= most:
+            raise BadRequest(f"limit must be an integer from 1 to {most}")
+        limit = int(raw)
+    cursor = query.get("cursor")
+    after = decode_id_cursor(cursor) if cursor else None
+    if after is not None and not after.startswith(prefix):
+        raise BadRequest(f"cursor {cursor!r} is not of a page under prefix {prefix!r}")
+    return prefix, limit, after
+
+
+async def list_variables(request: Request) -> Response:
+    resources: Resources = request.app.state.resources
+    prefix, limit, after = page(request, DEFAULT_LIMIT, MAX_LIMIT)
+    ids, last = await resources.variables.ids(prefix, limit, after)
+    entries = await resources.variables.entries(ids)
+    docs = await resources.latest.read_keys([keys.key_for(i) for i in ids])
+    body = {
+        "variables": [_variable(i, n, doc) for i, n, doc in zip(ids, entries, docs, strict=True)],
+        "next": None if last is None else encode_id_cursor(last),
+    }
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+def _variable(variable_id: str, entries: int, doc: LatestDoc | None) -> dict[str, Any]:
+    return {
+        "id": variable_id,
+        "version": None if doc is None else doc.version,
+        "entries": entries,
+        "deleted": doc is None,
+    }
