@@ -64,10 +64,8 @@ QUERY: dict[str, dict[str, Any]] = {
     # GET /sessions (its `limit` is not history's: see SESSION_QUERY)
     "state": {"schema": {"type": "string", "enum": list(STATES)}},
 }
-PREFIX = {
-    "schema": {"type": "string"},
-    "description": "only the variables whose id starts with it (byte order of the UTF-8)",
-}
+UNDER = "only the variables whose id starts with it (in the byte order of their UTF-8)"
+PREFIX = {"schema": {"type": "string"}, "description": UNDER}
 PAGE_CURSOR = {"schema": {"type": "string"}, "description": "the previous page's `next`"}
 VARIABLES_QUERY = {
     "prefix": PREFIX,
@@ -83,7 +81,7 @@ VARIABLES_QUERY = {
     "cursor": PAGE_CURSOR,
 }
 LATEST_QUERY = {
-    "prefix": {**PREFIX, "description": PREFIX["description"] + ": a page of their documents"},
+    "prefix": {**PREFIX, "description": UNDER + ": a page of their latest documents"},
     "limit": {
         "schema": {"type": "integer", "minimum": 1},
         "description": f"with `prefix`: documents per page (default {latest.PREFIX_LIMIT}, "
