@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from latest_server.errors import LatestError
 from latest_server.keys import key_for
-from latest_server.redis_client import connect, redis_bounded
+from latest_server.redis_client import connect, load_scripts, redis_bounded
 from latest_server.resources import Resources
 from latest_server.settings import Settings
 from latest_server.stores.variables import VariableIndex
@@ -93,7 +93,7 @@ async def reindex_command(settings: Settings) -> None:
     while servers write (the index only gains ids)."""
     redis = connect(str(settings.redis_url))
     try:
-        found = await VariableIndex(redis).reindex()
+        found = await VariableIndex(redis, await load_scripts(redis)).reindex()
         print(f"indexed {found} variables")
     finally:
         await redis.aclose()

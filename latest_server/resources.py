@@ -87,7 +87,7 @@ class Resources:
         sessions = SessionStore(redis, scripts, completion_delay=settings.completion_delay)
         session_jobs = SessionJobs(sessions, settings, on_end or merge_on_end(merger))
         session_jobs.start()
-        variables = VariableIndex(redis)
+        variables = VariableIndex(redis, scripts)
         return cls(
             settings,
             redis,

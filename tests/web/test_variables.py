@@ -19,7 +19,6 @@ from redis.asyncio import Redis
 from latest_server import keys
 from latest_server.resources import Resources
 from latest_server.settings import Settings
-from latest_server.stores.variables import VariableIndex
 from tests.conftest import REDIS_URL, ServerThread, packet, publish, wait_for
 from tests.test_consumer import Running
 
@@ -202,7 +201,7 @@ async def test_reindex_repairs_a_missing_index(resources: Resources, redis: Redi
     await resources.ingestor.delete("r/7", keys.key_for("r/7"))
     assert await redis.zcard(keys.VARIABLES) == len(ids)
     await redis.delete(keys.VARIABLES)
-    index = VariableIndex(redis)
+    index = resources.variables
     assert await index.ids("r/") == ([], None)
 
     # the command line job

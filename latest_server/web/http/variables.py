@@ -4,8 +4,6 @@ number of history entries. ``page`` reads the same three parameters for GET /lat
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -13,8 +11,7 @@ from starlette.responses import Response
 from latest_server import keys
 from latest_server.errors import BadRequest
 from latest_server.resources import Resources
-from latest_server.stores.base import LatestDoc
-from latest_server.stores.variables import DEFAULT_LIMIT, MAX_LIMIT
+from latest_server.stores.variables import DEFAULT_LIMIT, MAX_LIMIT, Variable
 from latest_server.web.cursors import decode_id_cursor, encode_id_cursor
 
 PARAMS = ("prefix", "limit", "cursor")
@@ -40,20 +37,19 @@ def page(request: Request, default: int, most: int) -> tuple[str, int, str | Non
 async def list_variables(request: Request) -> Response:
     resources: Resources = request.app.state.resources
     prefix, limit, after = page(request, DEFAULT_LIMIT, MAX_LIMIT)
-    ids, last = await resources.variables.ids(prefix, limit, after)
-    entries = await resources.variables.entries(ids)
-    docs = await resources.latest.read_keys([keys.key_for(i) for i in ids])
+    index = resources.variables
+    ids, last = await index.ids(prefix, limit, after)
+    if resources.settings.backend == "elasticsearch":  # the latest documents are there
+        entries = await index.entries(ids)
+        docs = await resources.latest.read_keys([keys.key_for(i) for i in ids])
+        found = [
+            Variable(i, None if doc is None else doc.version, n, doc is None)
+            for i, n, doc in zip(ids, entries, docs, strict=True)
+        ]
+    else:
+        found = await index.describe(ids)
     body = {
-        "variables": [_variable(i, n, doc) for i, n, doc in zip(ids, entries, docs, strict=True)],
+        "variables": [variable.as_json() for variable in found],
         "next": None if last is None else encode_id_cursor(last),
     }
     return Response(orjson.dumps(body), media_type="application/json")
-
-
-def _variable(variable_id: str, entries: int, doc: LatestDoc | None) -> dict[str, Any]:
-    return {
-        "id": variable_id,
-        "version": None if doc is None else doc.version,
-        "entries": entries,
-        "deleted": doc is None,
-    }
