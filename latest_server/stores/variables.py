@@ -21,7 +21,7 @@ history. Ids of other Elasticsearch indices (namespaces, ``keys.namespaced``) ar
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +85,17 @@ class VariableIndex:
         found = await self.redis.zrangebylex(keys.VARIABLES, start, end, start=0, num=limit + 1)
         page = [_text(member) for member in found[:limit]]
         return page, page[-1] if len(found) > limit else None
+
+    async def every(self, prefix: str = "", page: int = MAX_LIMIT) -> AsyncIterator[str]:
+        """Every variable id under ``prefix``, in order, read ``page`` ids at a time (for a
+        caller that bounds the count itself: ``ids`` is the paged form)."""
+        after = None
+        while True:
+            ids, after = await self.ids(prefix, page, after)
+            for variable_id in ids:
+                yield variable_id
+            if after is None:
+                return
 
     @redis_bounded
     async def entries(self, variable_ids: Sequence[str]) -> list[int]:
