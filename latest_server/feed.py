@@ -24,13 +24,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from latest_server import keys
-from latest_server.redis_client import CONNECTION_LOST
+from latest_server.redis_client import CONNECTION_LOST, Client, connection_options
 
 log = logging.getLogger(__name__)
 
@@ -62,19 +61,19 @@ class _Channel:
 
 
 class LiveFeed:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Client) -> None:
         # A connection of its own, without redis-py's silent reconnects: the feed must know
         # that it reconnected, to subscribe and confirm every channel again.
-        pool = redis.connection_pool
+        connection_class, connection_kwargs = connection_options(redis)
         # RESP2: pub/sub messages are plain replies (redis-py 8 speaks RESP3 by default, where
         # they are push messages handled elsewhere). No read timeout: the feed may be quiet.
         options = dict(
-            pool.connection_kwargs,
+            connection_kwargs,
             retry=Retry(NoBackoff(), 0),
             socket_timeout=None,
             protocol=2,
         )
-        self._connect: Any = lambda: pool.connection_class(**options)
+        self._connect: Any = lambda: connection_class(**options)
         self._channels: dict[bytes, _Channel] = {}
         self._events_name = keys.session_events().encode()
         self._events = _Channel()

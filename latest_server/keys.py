@@ -86,8 +86,10 @@ VARIABLES = f"{PREFIX}:{{vars}}:ids"
 
 # --- offload and merge -------------------------------------------------------------------------
 
-OFFLOAD_LOCK = f"{PREFIX}:offload:lock"
-OFFLOAD_FENCE = f"{PREFIX}:offload:fence"
+# The offload job's lock and fencing counter, in one slot of a Redis Cluster (lock_acquire.lua
+# touches both).
+OFFLOAD_LOCK = f"{PREFIX}:{{offload}}:lock"
+OFFLOAD_FENCE = f"{PREFIX}:{{offload}}:fence"
 # SCAN patterns: every live history stream, every job-owned stream.
 HISTORY_PATTERN = f"{PREFIX}:*:h"
 JOB_HISTORY_PATTERN = f"{PREFIX}:*:h:x:*"
@@ -110,6 +112,11 @@ def jobs(key: str) -> str:
 
 def merge_lock(key: str) -> str:
     return _k(key, "merge")
+
+
+def merge_fence(key: str) -> str:
+    """The fencing counter of the variable's merges (its job ids ``m<n>``), in the lock's slot."""
+    return _k(key, "merge:fence")
 
 
 def key_of(redis_key: str) -> str:

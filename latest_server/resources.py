@@ -8,7 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from latest_server.completion import SessionJobs
@@ -18,7 +17,14 @@ from latest_server.merge import Merger
 from latest_server.offload import Offloader, OffloadTrigger
 from latest_server.packets import PacketParser
 from latest_server.redact import redact
-from latest_server.redis_client import REDIS_DOWN, Scripts, check_server, connect, load_scripts
+from latest_server.redis_client import (
+    REDIS_DOWN,
+    Client,
+    Scripts,
+    check_server,
+    connect,
+    load_scripts,
+)
 from latest_server.sessions import EndHook, Session, SessionStore
 from latest_server.settings import Settings
 from latest_server.stores import open_latest_store, open_object_store
@@ -32,7 +38,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Resources:
     settings: Settings
-    redis: Redis
+    redis: Client
     latest: LatestStore  # Redis, or Elasticsearch (LATEST_BACKEND)
     ingestor: Ingestor
     parser: PacketParser

@@ -90,6 +90,15 @@ def names(value: str) -> tuple[str, ...]:
     return names
 
 
+def optional_names(value: str) -> tuple[str, ...]:
+    """A comma-separated list that may be empty."""
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def optional_text(value: str) -> str | None:
+    return value or None
+
+
 def choice(*choices: str) -> Callable[[str], str]:
     def parse(value: str) -> str:
         if value not in choices:

@@ -446,7 +446,6 @@ HOLD_MERGE_LOCK = textwrap.dedent(
     import asyncio, sys
     from latest_server import keys
     from latest_server.lock import JobLock
-    from latest_server.merge import MERGE_FENCE
     from latest_server.resources import Resources
     from latest_server.settings import Settings
 
@@ -455,7 +454,7 @@ HOLD_MERGE_LOCK = textwrap.dedent(
         await stores.trigger.close()
         lock = JobLock(
             stores.redis, stores.offloader.scripts, keys.merge_lock(keys.key_for(sys.argv[1])),
-            MERGE_FENCE, ttl=stores.merger.lock_ttl,
+            keys.merge_fence(keys.key_for(sys.argv[1])), ttl=stores.merger.lock_ttl,
         )
         assert await lock.acquire()
         print("holding", flush=True)

@@ -1,3 +1,4 @@
+#!lua flags=allow-cross-slot-keys
 -- write.lua: a batch of packets. For each: append it to history, compare-and-set the latest
 -- document, publish the entry on the live feed -- one atomic step, so no reader sees one without
 -- the others. One call carries many packets (KEYS and ARGV in fixed strides), so a batch costs
@@ -104,10 +105,15 @@ local function write(K, A)
 end
 
 -- driver: each packet's KEYS and ARGV, in their strides (lua/iudx_write.lua reuses what is above)
+-- In a Redis Cluster one call carries the packets of many slots of one node, which Redis allows
+-- only for keys it was not told of (the allow-cross-slot-keys flag): numkeys is 0 and the
+-- packets' KEYS follow all their ARGV.
+local names, base, n = KEYS, 0, #KEYS / 4
+if n == 0 then names, n = ARGV, #ARGV / 12; base = 8 * n end
 local results = {}
 local k, a = {}, {}
-for i = 0, #KEYS / 4 - 1 do
-  for j = 1, 4 do k[j] = KEYS[4 * i + j] end
+for i = 0, n - 1 do
+  for j = 1, 4 do k[j] = names[base + 4 * i + j] end
   for j = 1, 8 do a[j] = ARGV[8 * i + j] end
   results[i + 1] = write(k, a)
 end

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, Self
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
@@ -13,7 +13,9 @@ from latest_server import keys
 from latest_server.packets import Packet
 from latest_server.redis_client import (
     CONNECTION_LOST,
+    Client,
     Scripts,
+    each_primary,
     load_scripts,
     redis_bounded,
     send_each,
@@ -35,23 +37,23 @@ FIRST_CHUNK = 20
 class RedisLatestStore:
     script = "write"  # the script a batch calls (stores/latest_redisjson.py: iudx_write)
 
-    def __init__(self, redis: Redis, scripts: Scripts, *, version_type: str = "external") -> None:
+    def __init__(self, redis: Client, scripts: Scripts, *, version_type: str = "external") -> None:
         self.redis = redis
         self.scripts = scripts
         self.gte = b"1" if version_type == "external_gte" else b"0"
 
     @classmethod
     async def open(
-        cls, redis: Redis, *, version_type: str = "external", scripts: Scripts | None = None
-    ) -> RedisLatestStore:
+        cls, redis: Client, *, version_type: str = "external", scripts: Scripts | None = None
+    ) -> Self:
         """A store on ``redis``, calling ``scripts`` (the process' registry; by default loaded
         here, for a store used alone)."""
         return cls(redis, scripts or await load_scripts(redis), version_type=version_type)
 
     @classmethod
     async def from_url(
-        cls, url: str, *, redis: Redis, settings: Settings, scripts: Scripts | None = None
-    ) -> RedisLatestStore:
+        cls, url: str, *, redis: Client, settings: Settings, scripts: Scripts | None = None
+    ) -> Self:
         """The stores/__init__.py backend entry point: ``redis`` is already connected to ``url``."""
         return await cls.open(redis, version_type=settings.version_type, scripts=scripts)
 
@@ -59,6 +61,7 @@ class RedisLatestStore:
     async def write_batch(self, packets: Iterable[Packet]) -> list[WriteOutcome]:
         """``packets`` may be built lazily (a generator): each chunk is sent as soon as it is
         packed, so building the next one overlaps Redis running this one."""
+        assert isinstance(self.redis, Redis)
         taken: list[Packet] = []
         try:
             replies = await send_each(self.redis, self._commands(packets, taken), self._outcomes)
@@ -100,12 +103,16 @@ class RedisLatestStore:
         chunk: list[Packet],
         extra_keys: Sequence[bytes] = (),
         extra_args: Sequence[bytes] = (),
+        *,
+        undeclared: bool = False,
     ) -> bytes:
         """``EVALSHA sha numkeys KEYS... ARGV...`` for ``chunk``, packed (RESP) here rather than
         by hiredis: its packer formats each argument's length with ``sprintf``, which made a
         tenth of the write path's instructions; a packet's arguments are one ``%`` here, and
         the parts that repeat with its variable are packed once. ``extra_keys`` and
-        ``extra_args`` (packed) follow write.lua's KEYS and ARGV (iudx_write.lua's)."""
+        ``extra_args`` (packed) follow write.lua's KEYS and ARGV (iudx_write.lua's).
+        ``undeclared``: numkeys 0 and the keys after the arguments, for a call that spans slots
+        of a cluster's node (the redisjson backend refuses a cluster, so never with extras)."""
         names: list[bytes] = []
         args: list[bytes] = []
         for p in chunk:
@@ -136,7 +143,7 @@ class RedisLatestStore:
                 )
             )
         # write.lua's strides: four KEYS and eight ARGV per packet
-        count = b"%d" % (4 * len(chunk) + len(extra_keys))
+        count = b"0" if undeclared else b"%d" % (4 * len(chunk) + len(extra_keys))
         head = b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
             3 + 12 * len(chunk) + len(extra_keys) + len(extra_args),
             len(sha),
@@ -144,6 +151,8 @@ class RedisLatestStore:
             len(count),
             count,
         )
+        if undeclared:
+            return b"".join((head, *args, *names))
         return b"".join((head, *names, *extra_keys, *args, *extra_args))
 
     @redis_bounded
@@ -195,8 +204,9 @@ class RedisLatestStore:
         return DeleteOutcome(result.decode(), int(tombstone), int(current) if current else None)
 
     async def ping(self) -> bool:
+        """Every primary answers (of a cluster; the one Redis otherwise)."""
         try:
-            return bool(await self.redis.ping())
+            return all((await each_primary(self.redis, "PING")).values())
         except CONNECTION_LOST:
             return False
 

@@ -25,12 +25,10 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
-
 from latest_server import keys
 from latest_server.packets import Packet
-from latest_server.redis_client import Scripts, redis_bounded, send_raw
+from latest_server.redis_client import Scripts, redis_bounded
+from latest_server.redis_wire import Client, is_cluster, send_raw
 from latest_server.stores.base import WriteOutcome
 
 log = logging.getLogger(__name__)
@@ -61,7 +59,7 @@ class Variable:
 
 
 class VariableIndex:
-    def __init__(self, redis: Redis, scripts: Scripts) -> None:
+    def __init__(self, redis: Client, scripts: Scripts) -> None:
         self.redis = redis
         self.scripts = scripts
         self.known: set[str] = set()  # variable keys (keys.key_for) indexed by this process
@@ -110,25 +108,22 @@ class VariableIndex:
     async def describe(self, variable_ids: Sequence[str]) -> list[Variable]:
         """Each variable with its entries (as ``entries``) and its latest version as Redis holds
         it (the latest hash of the Redis backends), in one call of lua/variables.lua: no
-        document is read. (On a Redis Cluster, whose script calls take one slot's keys, a
-        pipeline of the same reads instead.)"""
+        document is read. (On a Redis Cluster, the same reads sent to each key's node.)"""
         if not variable_ids:
             return []
         names: list[str] = []
         for variable_id in variable_ids:
             key = keys.key_for(variable_id)
             names += (keys.meta(key), keys.latest(key))
-        if isinstance(self.redis, RedisCluster):
-            pipe = self.redis.pipeline()
+        if is_cluster(self.redis):
+            # A script call takes one node's keys: the same reads, each sent to its node.
+            commands: list[tuple[str, ...]] = []
             for meta, latest in zip(names[::2], names[1::2], strict=True):
-                pipe.hget(meta, "s")
-                pipe.hmget(latest, "v", "id")
-            replies = await pipe.execute()
-            flat = [
-                r
-                for seq, (v, i) in zip(replies[::2], replies[1::2], strict=True)
-                for r in (seq, v if i else None)
-            ]
+                commands += (("HGET", meta, "s"), ("HMGET", latest, "v", "id"))
+            replies = await send_raw(self.redis, commands)
+            flat: list[Any] = []
+            for seq, (version, stored_id) in zip(replies[::2], replies[1::2], strict=True):
+                flat += (seq, version if stored_id is not None else None)
         else:
             # Packed by hiredis (send_raw): redis-py's packer costs more than Redis' answer.
             def send() -> Awaitable[list[Any]]:

@@ -34,7 +34,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import compile_path
 
-from latest_server.errors import BadRequest
+from latest_server.access import principal_of
+from latest_server.errors import BadRequest, Forbidden
 from latest_server.settings import Settings
 
 # --- paths -----------------------------------------------------------------------------------
@@ -93,6 +94,17 @@ def json_error(status: int, type_: str, reason: str, **extra: Any) -> Response:
     return Response(
         error_body(type_, reason, **extra), status, headers=headers, media_type="application/json"
     )
+
+
+def covered(request: Request, ids: Sequence[str]) -> None:
+    """Refuse (403) a request naming a variable outside its token's prefixes."""
+    principal = principal_of(request.scope)
+    if principal.prefixes is None:
+        return
+    outside = [i for i in ids if not principal.covers(i)]
+    if outside:
+        named = ", ".join(repr(i) for i in outside[:5]) + (", ..." if len(outside) > 5 else "")
+        raise Forbidden(f"token {principal.name!r} may not read {named}: outside its prefixes")
 
 
 # --- bodies ----------------------------------------------------------------------------------

@@ -8,14 +8,17 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Route, WebSocketRoute, request_response
 from starlette.routing import Mount as StaticMount
 
+from latest_server.auth.authenticator import Authenticator
 from latest_server.resources import Resources
 from latest_server.settings import Settings
 from latest_server.web import errors
 from latest_server.web._request import Mount, param
 from latest_server.web.es import routes as es
+from latest_server.web.guard import Guard
 from latest_server.web.http import health, history, ingest, iudx, latest, variables
 from latest_server.web.http import sessions as session_routes
 from latest_server.web.http.params import strict
@@ -31,11 +34,13 @@ def create_app(
     settings: Settings,
     *,
     resources: Resources | None = None,
+    authenticator: Authenticator | None = None,
     buckets: TokenBuckets | None = None,
 ) -> Starlette:
     """A Starlette app. Given ``resources``, it uses (and does not close) them; otherwise it opens
-    its own for its lifespan. ``buckets``: the request rates per client, when shared with the
-    Elasticsearch-compatible listener (web/limits.py)."""
+    its own for its lifespan. Given ``authenticator`` (the runner's, which SIGHUP rereads), it
+    checks credentials with it; otherwise with one of its own. ``buckets``: the request rates
+    per client, when shared with the Elasticsearch-compatible listener (web/limits.py)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -96,6 +101,9 @@ def create_app(
         exception_handlers=errors.HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
         middleware=[
+            *cors(settings),
+            # The guard first: the limits count by the token it finds (access.client_key).
+            guard(settings, authenticator, settings.es_prefix),
             Middleware(ws_direct.ServerSend),
             Middleware(Limits, settings=settings, es_prefix=settings.es_prefix, buckets=buckets),
             body_timeout(settings),
@@ -111,6 +119,7 @@ def create_es_app(
     settings: Settings,
     *,
     resources: Resources | None = None,
+    authenticator: Authenticator | None = None,
     buckets: TokenBuckets | None = None,
 ) -> Starlette:
     """The Elasticsearch-compatible API alone, for its own listener (LATEST_ES_PORT). Given
@@ -134,10 +143,40 @@ def create_es_app(
         routes=es.ROUTES,
         lifespan=lifespan,
         middleware=[
+            guard(settings, authenticator, ""),
             Middleware(Limits, settings=settings, es=True, buckets=buckets),
             body_timeout(settings),
         ],
     )
+
+
+def guard(
+    settings: Settings, authenticator: Authenticator | None, es_root: str | None
+) -> Middleware:
+    """Origin, credentials and scopes (web/guard.py), before anything else reads the request."""
+    return Middleware(
+        Guard,
+        authenticator=authenticator or Authenticator(settings),
+        settings=settings,
+        es_root=es_root,
+    )
+
+
+def cors(settings: Settings) -> list[Middleware]:
+    """CORS headers for LATEST_CORS_ORIGINS (none by default): preflights are answered here,
+    before the guard, as they carry no credentials."""
+    if not settings.cors_origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "HEAD", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Content-Encoding", "If-None-Match"],
+            expose_headers=["ETag", "X-Latest-Version"],
+            max_age=600,
+        )
+    ]
 
 
 def body_timeout(settings: Settings) -> Middleware:

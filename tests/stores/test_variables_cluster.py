@@ -1,21 +1,20 @@
-"""The index of variables on a real Redis Cluster (tests/cluster.py: three primaries, each with
-a replica): its one key lives in one slot and no per-variable script touches it, so listing,
-upkeep, the page's reads and a reindex (a SCAN of every primary) work across the nodes.
-
-The variables' hashes are set here as write.lua leaves them (one slot per variable): the write
-path's own grouping of a batch by node is not this test's subject."""
+"""The index of variables on a real Redis Cluster (tests/cluster.py: three primaries): its one
+key lives in one slot and no per-variable script touches it, so the write path's upkeep (a batch
+written node by node), the pages, a page's reads (each sent to its node) and a reindex (a SCAN
+of every primary) work across the nodes."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from redis.asyncio.cluster import RedisCluster
 
 from latest_server import keys
-from latest_server.redis_client import load_scripts
-from latest_server.stores.base import WriteOutcome
-from latest_server.stores.variables import Variable, VariableIndex
+from latest_server.redis_wire import node_name
+from latest_server.resources import Resources
+from latest_server.settings import Settings
+from latest_server.stores.variables import Variable
 from tests.cluster import Cluster, redis_cluster
 from tests.conftest import packet
 
@@ -29,32 +28,20 @@ def cluster() -> Iterator[Cluster]:
 
 
 @pytest.fixture
-async def client(cluster: Cluster) -> AsyncIterator[RedisCluster]:
-    first = cluster.primaries()[0]
-    redis = RedisCluster(host="127.0.0.1", port=first.port)
-    await redis.initialize()
-    await redis.flushall(target_nodes=RedisCluster.PRIMARIES)
-    yield redis
-    await redis.aclose()
+async def resources(cluster: Cluster, settings: Settings) -> AsyncIterator[Resources]:
+    opened = await Resources.open(dataclasses.replace(settings, redis_url=cluster.url))
+    await opened.redis.flushall(target_nodes="primaries")  # type: ignore[call-arg]
+    yield opened
+    await opened.close()
 
 
-async def written(client: RedisCluster, index: VariableIndex, ids: list[str]) -> None:
-    """Each variable with one entry, as write.lua leaves it, then the ingestor's upkeep."""
-    packets = [packet(i, 1) for i in ids]
-    for p in packets:
-        await client.hset(keys.meta(p.key), mapping={"e": 1, "s": 1, "b": 0, "id": p.variable_id})
-        await client.hset(
-            keys.latest(p.key), mapping={"v": p.ts_us, "doc": p.raw, "id": p.variable_id, "s": 1}
-        )
-    await index.written(packets, [WriteOutcome(True, 1, 1) for _ in packets])
-
-
-async def test_the_index_works_across_the_nodes(client: RedisCluster, cluster: Cluster) -> None:
-    index = VariableIndex(client, await load_scripts(client))  # type: ignore[arg-type]
-    await written(client, index, IDS)
+async def test_the_index_works_across_the_nodes(resources: Resources) -> None:
+    index = resources.variables
+    await resources.ingestor.write_batch([packet(i, 1) for i in IDS])
+    await resources.ingestor.write_batch([packet(i, 2) for i in IDS[:10]])
     # the variables' keys are on every primary, the index on one
-    owners = {cluster.primary_of(keys.meta(keys.key_for(i))).port for i in IDS}
-    assert len(owners) == 3
+    nodes = {node_name(resources.redis, keys.meta(keys.key_for(i))) for i in IDS}
+    assert len(nodes) == 3
 
     under = sorted(i for i in IDS if i.startswith("site/3/"))
     seen: list[str] = []
@@ -66,11 +53,14 @@ async def test_the_index_works_across_the_nodes(client: RedisCluster, cluster: C
             break
     assert seen == under
     assert [i async for i in index.every("site/3/", page=4)] == under
-    described = await index.describe(under[:5])
-    assert described == [Variable(i, packet(i, 1).ts_us, 1, False) for i in under[:5]]
+    described = await index.describe(under)
+    assert described == [
+        Variable(i, packet(i, 2 if i in IDS[:10] else 1).ts_us, 1 + (i in IDS[:10]), False)
+        for i in under
+    ]
 
     # a reindex from the metas of every primary
-    await client.delete(keys.VARIABLES)
+    await resources.redis.delete(keys.VARIABLES)
     assert await index.ids("site/") == ([], None)
     assert await index.ensure() == len(IDS)
     assert (await index.ids("site/", limit=1_000))[0] == sorted(IDS)

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from latest_server.errors import BadRequest, NotFound
 from latest_server.resources import Resources
 from latest_server.stores.base import LatestDoc
-from latest_server.web._request import json_error, mget_bound, read_decoded
+from latest_server.web._request import covered, json_error, mget_bound, read_decoded
 from latest_server.web.cursors import encode_id_cursor
 from latest_server.web.http import variables
 
@@ -20,6 +20,7 @@ from latest_server.web.http import variables
 async def get_latest(request: Request) -> Response:
     resources: Resources = request.app.state.resources
     variable_id: str = request.path_params["variable_id"]
+    covered(request, [variable_id])
     if not variable_id:
         raise NotFound("name a variable: GET /latest/{id} (the id URL-encoded)")
     [found] = await resources.latest.mget([variable_id])
@@ -98,6 +99,7 @@ async def _many(request: Request, ids: list[str]) -> Response:
             "too_many_ids",
             f"at most {most} ids per call (LATEST_MAX_MGET_IDS), got {len(ids)}",
         )
+    covered(request, ids)
     docs = await resources.latest.mget(ids)
     return Response(
         orjson.dumps({"docs": [_item(i, d) for i, d in zip(ids, docs, strict=True)]}),

@@ -9,7 +9,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from latest_server import keys
-from latest_server.errors import BadRequest
+from latest_server.access import principal_of
+from latest_server.errors import BadRequest, Forbidden
 from latest_server.resources import Resources
 from latest_server.stores.variables import DEFAULT_LIMIT, MAX_LIMIT, Variable
 from latest_server.web.cursors import decode_id_cursor, encode_id_cursor
@@ -18,9 +19,18 @@ PARAMS = ("prefix", "limit", "cursor")
 
 
 def page(request: Request, default: int, most: int) -> tuple[str, int, str | None]:
-    """(prefix, limit, after) of a paged listing, checked: ``limit`` from 1 to ``most``."""
+    """(prefix, limit, after) of a paged listing, checked: ``limit`` from 1 to ``most``, and a
+    token limited to prefixes lists only under one of them (403 otherwise: the listing is not
+    filtered, so a page never comes back short)."""
     query = request.query_params
     prefix = query.get("prefix", "")
+    principal = principal_of(request.scope)
+    if principal.prefixes is not None and not prefix.startswith(principal.prefixes):
+        allowed = ", ".join(repr(p) for p in principal.prefixes)
+        raise Forbidden(
+            f"token {principal.name!r} may list only under its prefixes ({allowed}), "
+            f"not under {prefix!r}"
+        )
     raw = query.get("limit")
     limit = default
     if raw is not None:
