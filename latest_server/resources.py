@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -115,6 +116,8 @@ class Resources:
     async def close(self) -> None:
         if self.reindexing is not None:
             self.reindexing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.reindexing
         if self.session_jobs is not None:
             await self.session_jobs.close()
         await self.trigger.close(cancel=True)
