@@ -133,8 +133,8 @@ class Offloader:
                     if not ratios or max(ratios.values()) < self.target_ratio:
                         break
                 node = node_name(self.redis, keys.history(key))
-                if not everything and ratios.get(node, 1.0) < self.target_ratio:
-                    continue  # a cluster's primary that has room: the fuller ones move first
+                if not everything and ratios.get(node, 0.0) < self.target_ratio:
+                    continue  # a cluster's primary with room (or no limit) keeps its history
                 entries, name = await self.transfer(key, lock, report.job)
                 if name:
                     report.variables += 1

@@ -306,6 +306,13 @@ async def check_server(client: Client) -> list[str]:
 
     Returns the warnings that were logged.
     """
+    if not isinstance(client, RedisCluster):
+        cluster = await client.info("cluster")
+        if int(cluster.get("cluster_enabled", 0)):
+            raise ConfigError(
+                "REDIS_URL names a node of a Redis Cluster: write it "
+                "redis+cluster://host:port[,host:port...] (rediss+cluster:// for TLS)"
+            )
     for memory in (await each_primary(client, "INFO", "memory")).values():
         policy = str(memory.get("maxmemory_policy", "noeviction"))
         if policy not in SAFE_POLICIES:

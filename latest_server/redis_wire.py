@@ -19,14 +19,27 @@ import hiredis
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.crc import key_slot
-from redis.exceptions import AskError, MovedError, ReadOnlyError, ResponseError
+from redis.exceptions import (
+    AskError,
+    MovedError,
+    ReadOnlyError,
+    RedisClusterUnreachableError,
+    ResponseError,
+    SlotNotCoveredError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 T = TypeVar("T")
 Client = Redis | RedisCluster
-# Redis could not be reached, or went away mid-command (redis-py wraps socket errors in these).
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+# Redis could not be reached, or went away mid-command (redis-py wraps socket errors in these);
+# no node of a cluster could be reached, or a slot has no primary for now (during a failover).
+REDIS_DOWN = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    RedisClusterUnreachableError,
+    SlotNotCoveredError,
+)
 # A connection lost wherever it is used, also by code that holds one of its own (the live feed's
 # pub/sub connection) and may meet the socket's own errors.
 CONNECTION_LOST = (*REDIS_DOWN, OSError)
@@ -69,11 +82,16 @@ def node_name(client: Client, name: str) -> str:
 
 
 async def refresh(client: RedisCluster, exc: BaseException | None = None) -> None:
-    """Correct the slot map after ``exc`` (a slot moved, a primary failed over): a MOVED names
-    the slot's new node, anything else asks for the map to be read again (at the next
-    ``ready``). redis-py's own commands do this themselves; hand-sent commands do it here."""
+    """Correct the slot map after ``exc``. A MOVED names the slot's new node. A key that is not
+    local, or a write to a node that is a replica now, say only that the map is wrong: it is read
+    again now (CLUSTER SLOTS). After a lost connection (or with no ``exc``), it is asked for, and
+    read at the next ``ready`` once redis-py allows (at most once a second: a node that is down
+    must not make every command read the map). redis-py's own commands do this themselves;
+    hand-sent ones do it here."""
     if isinstance(exc, MovedError):
         await client.nodes_manager.move_slot(exc)
+    elif exc is not None and slot_moved(exc):
+        await client.nodes_manager.initialize()
     else:
         client._request_refresh()
 
@@ -223,8 +241,9 @@ class NodeWriter:
     async def __aenter__(self) -> NodeWriter:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self._stack.aclose()
+    async def __aexit__(self, *exc: Any) -> None:
+        # With the error, if any: a connection left with replies unread is closed, not reused.
+        await self._stack.__aexit__(*exc)
 
     async def send(self, node: ClusterNode, command: bytes) -> None:
         conn = self._connections.get(node)
@@ -248,5 +267,8 @@ class NodeWriter:
             return found
 
         nodes = list(self._connections)
-        answers = await asyncio.gather(*(read(node) for node in nodes))
-        return dict(zip(nodes, answers, strict=True))
+        answers = await asyncio.gather(*(read(node) for node in nodes), return_exceptions=True)
+        for answer in answers:  # every node read (or failed) before the first error is raised
+            if isinstance(answer, BaseException):
+                raise answer
+        return dict(zip(nodes, answers, strict=True))  # type: ignore[arg-type]

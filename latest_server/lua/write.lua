@@ -107,14 +107,28 @@ end
 -- driver: each packet's KEYS and ARGV, in their strides (lua/iudx_write.lua reuses what is above)
 -- In a Redis Cluster one call carries the packets of many slots of one node, which Redis allows
 -- only for keys it was not told of (the allow-cross-slot-keys flag): numkeys is 0 and the
--- packets' KEYS follow all their ARGV.
+-- packets' KEYS follow all their ARGV. A packet of a slot the node no longer serves (the
+-- caller's slot map is out of date) fails at its first command, before it writes anything: its
+-- reply is the error's text, the call goes on, and the caller sends it to the right node. A
+-- variable's packets share a slot, so either all of them in a call are written, or none.
 local names, base, n = KEYS, 0, #KEYS / 4
-if n == 0 then names, n = ARGV, #ARGV / 12; base = 8 * n end
+local undeclared = n == 0
+if undeclared then names, n = ARGV, #ARGV / 12; base = 8 * n end
 local results = {}
 local k, a = {}, {}
 for i = 0, n - 1 do
   for j = 1, 4 do k[j] = names[base + 4 * i + j] end
   for j = 1, 8 do a[j] = ARGV[8 * i + j] end
-  results[i + 1] = write(k, a)
+  if undeclared then
+    local ok, result = pcall(write, k, a)
+    if not ok then
+      local text = type(result) == 'table' and result.err or tostring(result)
+      if not string.find(text, 'non local key', 1, true) then error(result) end
+      result = text
+    end
+    results[i + 1] = result
+  else
+    results[i + 1] = write(k, a)
+  end
 end
 return results

@@ -25,6 +25,7 @@ from latest_server.settings.core import (
     VERSION_TYPES,
     CoreSettings,
 )
+from latest_server.settings.durability import DurabilitySettings
 from latest_server.settings.iudx import IudxSettings
 from latest_server.settings.limits import LimitSettings
 from latest_server.settings.scale import QUEUE_TYPES, ScaleSettings
@@ -43,7 +44,9 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Settings(ScaleSettings, AccessSettings, LimitSettings, IudxSettings, CoreSettings):
+class Settings(
+    DurabilitySettings, ScaleSettings, AccessSettings, LimitSettings, IudxSettings, CoreSettings
+):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         if environ is None:

@@ -8,11 +8,12 @@ in one slot), so a batch costs as many calls per node as on one Redis; grouping 
 share a slot: see bench/cluster_write.py for both.
 
 A slot that moved (MOVED, a key no longer local, a primary that became a replica) and a node
-without the script (a replica promoted: scripts are not replicated) answer only their calls: the
-slot map is corrected, the script loaded, and those calls' packets sent again; the write is
-idempotent (dedup by ``(ts, digest)`` and compare-and-set), so a packet that a call wrote before
-it met the moved slot is found as a redelivery. CLUSTERDOWN, TRYAGAIN and a node out of reach
-are unavailability (``redis_bounded``): the edges retry the batch, as on one Redis.
+without the script (a replica promoted: scripts are not replicated) refuse only their packets,
+before writing them: the slot map is corrected, the script loaded, and those packets sent again.
+All of a variable's packets share its slot, so they are all refused or none: its packets keep
+their order, and each is written once. CLUSTERDOWN, TRYAGAIN and a node out of reach are
+unavailability (``redis_bounded``): the edges retry the batch, as on one Redis (whose packets
+the other nodes took are then found as redeliveries: the write is idempotent).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from redis.asyncio import RedisCluster
 from redis.asyncio.cluster import ClusterNode
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import MovedError, NoScriptError, ResponseError
 
 from latest_server import keys
 from latest_server.errors import StoreRefused
@@ -35,11 +36,11 @@ from latest_server.stores.latest_redis import (
     FIRST_CHUNK,
     WRITE_CHUNK,
     RedisLatestStore,
-    _outcomes,
 )
 
-RESENDS = 4  # passes of a batch's refused calls before it is given up (the edge retries it)
-RESEND_PAUSE = 0.05  # seconds before the first resend, doubled each time
+RESENDS = 6  # passes of a batch's refused calls before it is given up (the edge retries it)
+RESEND_PAUSE = 0.05  # seconds before the second resend, doubled each time: 1.55 s in all, past
+# redis-py's least interval between two refreshes of the slot map (1 s)
 Item = tuple[int, Packet]  # a packet and its place in the batch
 
 
@@ -56,6 +57,7 @@ class ClusterLatestStore(RedisLatestStore):
     ) -> None:
         super().__init__(redis, scripts, version_type=version_type)
         self.cross_slot = cross_slot
+        self.resent = 0  # packets sent again to another node (or after loading the scripts)
 
     @redis_bounded
     async def write_batch(self, packets: Iterable[Packet]) -> list[WriteOutcome]:
@@ -84,24 +86,39 @@ class ClusterLatestStore(RedisLatestStore):
         try:
             async with NodeWriter() as writer:
                 await self._send(client, writer, items, sent)
-                replies = await writer.replies(_outcomes)
+                if self.replicas.count:  # LATEST_REDIS_WAIT_REPLICAS: after each node's calls
+                    for node in list(sent):
+                        await writer.send(node, self.replicas.command())
+                replies = await writer.replies(_replies)
         except REDIS_DOWN:
             await refresh(client)  # a primary may have failed over: the edge's retry finds it
             raise
         again: list[Item] = []
+        moved: list[ResponseError] = []
         for node, calls in sent.items():
+            if self.replicas.count:
+                self.replicas.check(replies[node].pop())
             for call, reply in zip(calls, replies[node], strict=True):
-                if not isinstance(reply, ResponseError):
-                    for (index, _), outcome in zip(call, reply, strict=True):
-                        outcomes[index] = outcome
+                if isinstance(reply, ResponseError):
+                    if isinstance(reply, NoScriptError):
+                        await self.scripts.load_on(node)
+                    elif slot_moved(reply):
+                        moved.append(reply)
+                    else:
+                        raise store_error(reply) or reply
+                    again += call
                     continue
-                if isinstance(reply, NoScriptError):
-                    await self.scripts.load_on(node)
-                elif slot_moved(reply):
-                    await refresh(client, reply)
-                else:
-                    raise store_error(reply) or reply
-                again += call
+                for item, outcome in zip(call, reply, strict=True):
+                    if isinstance(outcome, WriteOutcome):
+                        outcomes[item[0]] = outcome
+                    else:  # a packet of a slot that moved: not written
+                        moved.append(ResponseError(outcome))
+                        again.append(item)
+        for exc in moved:  # MOVED corrects one slot; the others read the map once, then stop
+            await refresh(client, exc)
+            if not isinstance(exc, MovedError):
+                break
+        self.resent += len(again)
         return sorted(again, key=lambda item: item[0])
 
     async def _send(
@@ -143,3 +160,21 @@ class ClusterLatestStore(RedisLatestStore):
         packets = [packet for _, packet in call]
         await writer.send(node, self._command(sha, self.gte, packets, undeclared=self.cross_slot))
         sent.setdefault(node, []).append(call)
+
+
+def _replies(reply: Any) -> Any:
+    """A write.lua call's reply (``_node_outcomes``), or WAIT's (a number of replicas)."""
+    return reply if isinstance(reply, int) else _node_outcomes(reply)
+
+
+def _node_outcomes(replies: list[Any]) -> list[WriteOutcome | str]:
+    """write.lua's reply to a call without declared keys: per packet its outcome, or the text
+    of the error that kept it out (a key of a slot its node does not serve)."""
+    return [
+        r.decode()
+        if isinstance(r, bytes)
+        else WriteOutcome(
+            bool(r[0]), int(r[1]), int(r[2]), int(r[3]) if r[3] else None, bool(r[4]), int(r[5])
+        )
+        for r in replies
+    ]

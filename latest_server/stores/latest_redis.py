@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Self
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from latest_server import keys
+from latest_server.errors import StoreRefused
 from latest_server.packets import Packet
 from latest_server.redis_client import (
     CONNECTION_LOST,
@@ -41,6 +44,7 @@ class RedisLatestStore:
         self.redis = redis
         self.scripts = scripts
         self.gte = b"1" if version_type == "external_gte" else b"0"
+        self.replicas = Replicas()
 
     @classmethod
     async def open(
@@ -55,7 +59,9 @@ class RedisLatestStore:
         cls, url: str, *, redis: Client, settings: Settings, scripts: Scripts | None = None
     ) -> Self:
         """The stores/__init__.py backend entry point: ``redis`` is already connected to ``url``."""
-        return await cls.open(redis, version_type=settings.version_type, scripts=scripts)
+        store = await cls.open(redis, version_type=settings.version_type, scripts=scripts)
+        store.replicas = Replicas(settings.redis_wait_replicas, settings.redis_wait_timeout)
+        return store
 
     @redis_bounded
     async def write_batch(self, packets: Iterable[Packet]) -> list[WriteOutcome]:
@@ -63,14 +69,27 @@ class RedisLatestStore:
         packed, so building the next one overlaps Redis running this one."""
         assert isinstance(self.redis, Redis)
         taken: list[Packet] = []
+        replicas = self.replicas
+        outcomes = self._outcomes  # stores/latest_redisjson.py reads its replies its own way
+        convert: Any = outcomes
+        if replicas.count:  # WAIT's reply (a number) comes last, as it is
+
+            def convert(reply: Any) -> Any:
+                return reply if isinstance(reply, int) else outcomes(reply)
+
         try:
-            replies = await send_each(self.redis, self._commands(packets, taken), self._outcomes)
+            commands = replicas.after(self._commands(packets, taken))
+            replies = await send_each(self.redis, commands, convert)
         except NoScriptError:
             # Redis restarted and lost its script cache. The script is idempotent, so the
             # whole batch is simply sent again (every packet was taken: replies are read
             # after the last command is sent).
             await self.scripts.reload(self.redis)
-            replies = await send_each(self.redis, self._commands(taken, []), self._outcomes)
+            replies = await send_each(
+                self.redis, replicas.after(self._commands(taken, [])), convert
+            )
+        if replicas.count:
+            replicas.check(replies.pop())
         return [outcome for chunk in replies for outcome in chunk]
 
     @staticmethod
@@ -245,3 +264,37 @@ def _outcomes(replies: list[list[Any]]) -> list[WriteOutcome]:
         )
         for r in replies
     ]
+
+
+@dataclass(frozen=True)
+class Replicas:
+    """LATEST_REDIS_WAIT_REPLICAS: a batch is acknowledged only once ``count`` replicas have it
+    (``WAIT`` after its calls, on their connection: WAIT waits for that connection's writes), so
+    that an acknowledged write survives the failover of its primary. 0: no WAIT, no cost."""
+
+    count: int = 0
+    timeout: float = 1.0  # seconds
+
+    def after(self, commands: Iterator[bytes]) -> Iterator[bytes]:
+        """``commands``, then WAIT if asked for."""
+        if not self.count:
+            return commands
+        return itertools.chain(commands, (self.command(),))
+
+    def command(self) -> bytes:
+        count, ms = b"%d" % self.count, b"%d" % max(1, round(self.timeout * 1000))
+        return b"*3\r\n$4\r\nWAIT\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(count), count, len(ms), ms)
+
+    def convert(self, reply: Any) -> list[WriteOutcome] | int:
+        """A write.lua reply as outcomes; WAIT's (a number of replicas) as it is."""
+        return reply if isinstance(reply, int) else _outcomes(reply)
+
+    def check(self, reply: Any) -> None:
+        """WAIT's reply: fewer replicas than asked refuse the batch (503, retried: the write
+        path drops what a retry repeats)."""
+        if isinstance(reply, BaseException) or int(reply) < self.count:
+            raise StoreRefused(
+                "NOREPLICAS",
+                f"{reply} of {self.count} replicas confirmed the batch within {self.timeout} s "
+                "(LATEST_REDIS_WAIT_REPLICAS): not acknowledged, retry",
+            )

@@ -38,7 +38,7 @@ def test_credentials_are_needed_and_checked(server: ServerThread) -> None:
             assert answer.json()["error"]["type"] == "unauthorized"
             assert answer.headers["www-authenticate"].startswith("Bearer")
         assert http.post("/ingest", json=packet("a/1")).status_code == 401
-        assert http.get("/healthz").json() == {"status": "ok"}
+        assert http.get("/healthz").json()["status"] == "ok"
         assert http.get("/readyz").status_code == 200
 
 

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 
 import httpx
+import pytest
 import redis
 
 from latest_server import keys
@@ -27,6 +28,7 @@ from tests.es.conftest import EsServerThread
 INDEX = "backend-latest"
 
 
+@pytest.mark.redis_both  # history and the feed in a Redis Cluster too (lua/append.lua)
 def test_latest_documents_live_in_elasticsearch(
     settings: Settings,
     es_server: Callable[..., EsServerThread],

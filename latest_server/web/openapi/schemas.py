@@ -218,8 +218,11 @@ SCHEMAS: dict[str, Schema] = {
     },
     "Health": {
         "type": "object",
-        "required": ["status"],
-        "properties": {"status": {"const": "ok"}},
+        "required": ["status", "pid"],
+        "properties": {
+            "status": {"const": "ok"},
+            "pid": {"type": "integer", "description": "the answering process (serve --workers)"},
+        },
     },
     "Ready": {
         "type": "object",
