@@ -76,7 +76,7 @@ async def test_ties_last_writer_wins_in_external_gte(redis: Redis) -> None:
         [
             packet("a", 1_700_000_000, n=1),
             packet("a", 1_700_000_000, n=2),
-            packet("a", 4_000_000_000),
+            packet("a", 1_600_000_000),
         ]
     )
     assert [o.applied for o in outcomes] == [True, True, False]
