@@ -1,4 +1,4 @@
-"""``latest-server serve|consume|offload|merge|doctor``: flags override the environment, the
+"""``latest-server serve|consume|offload|merge|reindex|doctor``: flags override the environment, the
 Redis to use is chosen (REDIS_URL or the data directory's embedded Valkey), then the server runs
 until stopped (runner.py), the job runs once (jobs.py) or the checks run (doctor.py)."""
 
@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--session", dest="job_session", metavar="ID", help="the variables of a session"
     )
     add_setting_flags(merge)
+    reindex = commands.add_parser(
+        "reindex", help="rebuild the index of variables (GET /variables) from what Redis holds"
+    )
+    add_setting_flags(reindex)
     doctor = commands.add_parser(
         "doctor",
         help="check Redis, RabbitMQ, the object store, the tokens file and the bind address; "

@@ -13,6 +13,7 @@ from latest_server.offload import OffloadTrigger
 from latest_server.packets import Packet
 from latest_server.sessions import Refusal, SessionStore
 from latest_server.stores.base import DeleteOutcome, LatestStore, WriteOutcome
+from latest_server.stores.variables import VariableIndex
 
 
 @dataclass(slots=True)
@@ -71,8 +72,10 @@ class Ingestor:
         offload: OffloadTrigger | None = None,
         *,
         sessions: SessionStore | None = None,
+        variables: VariableIndex | None = None,
     ) -> None:
         self.latest = latest
+        self.variables = variables  # the index of variables (GET /variables), kept here
         self.sessions = sessions
         self.offload = offload
         self.totals = BatchResult()
@@ -89,16 +92,16 @@ class Ingestor:
         ``edge`` (metrics.EDGES: http, amqp, es) labels the batch's metrics."""
         documents: list[tuple[int, Packet]] = []
         tracked: list[tuple[int, Packet]] = []  # session samples, by position among those written
+        written: list[Packet] = []  # what the store got, in order: one outcome each
 
         def take() -> Iterator[Packet]:
-            written = 0
             for i, packet in enumerate(packets):
                 if packet.session_doc is not None and self.sessions is not None:
                     documents.append((i, packet))
                     continue
                 if packet.session_id is not None:
-                    tracked.append((written, packet))
-                written += 1
+                    tracked.append((len(written), packet))
+                written.append(packet)
                 yield packet
 
         started = time.perf_counter()
@@ -110,6 +113,10 @@ class Ingestor:
             if exc.condition == "OOM" and self.offload is not None:
                 self.offload.poke()
             raise
+        if self.variables is not None:
+            # Before the batch is acknowledged: a crash after the write and before this leaves
+            # the batch unacknowledged, and its retry indexes the variables.
+            await self.variables.written(written, outcomes)
         result = BatchResult(outcomes=outcomes)
         if self.sessions is not None:
             if tracked:
