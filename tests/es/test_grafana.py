@@ -15,10 +15,14 @@ from zoneinfo import ZoneInfo
 import httpx
 import orjson
 import pytest
+from redis.asyncio import Redis
 
 from latest_server import keys
 from latest_server.resources import Resources
 from latest_server.settings import Settings
+from latest_server.web.es.errors import IllegalArgument
+from latest_server.web.es.query import Fields, plan
+from latest_server.web.es.rows import variables
 from tests.es.conftest import EsServerThread
 from tests.es.grafana import (
     COUNT,
@@ -37,6 +41,7 @@ from tests.es.grafana import (
 )
 
 NDJSON = {"content-type": "application/x-ndjson"}
+FIELDS = Fields(Settings())
 
 
 @pytest.fixture
@@ -378,3 +383,14 @@ async def test_bounds_of_a_search(
         body = orjson.dumps({"index": "latest"}) + b"\n"
         unpaired = await client.post("/_msearch", content=body, headers=NDJSON)
         assert unpaired.status_code == 400
+
+
+async def test_without_latest_hashes_a_search_names_its_ids(redis: Redis) -> None:
+    """LATEST_BACKEND=elasticsearch keeps the latest documents, the listing, elsewhere: a search
+    that would list the variables is refused, not answered empty; one naming them is planned."""
+    listing = plan({"match_all": {}}, FIELDS)
+    with pytest.raises(IllegalArgument, match="a filter naming the ids is required"):
+        await variables(redis, listing, "latest", "", 10, listed=False)
+    named = plan({"terms": {"id": ["b", "a"]}}, FIELDS)
+    found = await variables(redis, named, "latest", "", 10, listed=False)
+    assert [(v.id, v.key) for v in found] == [("a", keys.key_for("a")), ("b", keys.key_for("b"))]

@@ -40,14 +40,22 @@ class Variable:
 
 @redis_bounded
 async def variables(
-    redis: Redis, plan: Plan, index: str, namespace: str, limit: int
+    redis: Redis, plan: Plan, index: str, namespace: str, limit: int, *, listed: bool = True
 ) -> list[Variable]:
-    """The variables of ``index`` that ``plan`` covers, sorted by id; a 400 past ``limit``."""
+    """The variables of ``index`` that ``plan`` covers, sorted by id; a 400 past ``limit``.
+    Without ``listed`` (the latest documents are not in Redis: LATEST_BACKEND=elasticsearch),
+    a search must name its ids."""
     named = plan.exact_ids()
     if named is not None:
         if len(named) > limit:
             raise _too_many(limit)
         return [Variable(index, v, keys.key_for(v, namespace)) for v in sorted(named)]
+    if not listed:
+        raise IllegalArgument(
+            "with LATEST_BACKEND=elasticsearch the latest documents are in Elasticsearch and "
+            "cannot be listed here: a filter naming the ids is required (term, terms, or "
+            "query_string id:<value> without wildcards)"
+        )
     found: list[Variable] = []
     batch: list[str] = []
 

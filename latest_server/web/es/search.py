@@ -66,7 +66,14 @@ async def execute(ctx: Context, targets: list[tuple[str, str]], search: Search) 
     chosen: list[es_rows.Variable] = []
     for index, namespace in targets:
         room = settings.es_search_max_variables - len(chosen)
-        chosen += await es_rows.variables(ctx.resources.redis, search.plan, index, namespace, room)
+        chosen += await es_rows.variables(
+            ctx.resources.redis,
+            search.plan,
+            index,
+            namespace,
+            room,
+            listed=settings.backend != "elasticsearch",
+        )
     limit = None if search.needs_all else search.offset + search.size
     data = await es_rows.read(ctx.resources.history, chosen, search.plan, limit, search.desc)
     total: Any = {"value": len(data), "relation": "eq" if data.complete else "gte"}
