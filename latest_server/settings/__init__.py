@@ -25,6 +25,7 @@ from latest_server.settings.core import (
     CoreSettings,
 )
 from latest_server.settings.iudx import IudxSettings
+from latest_server.settings.query import QuerySettings
 
 __all__ = [
     "BACKENDS",
@@ -39,7 +40,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Settings(IudxSettings, CoreSettings):
+class Settings(QuerySettings, IudxSettings, CoreSettings):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         if environ is None:
