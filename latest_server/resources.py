@@ -20,6 +20,7 @@ from latest_server.redis_client import REDIS_DOWN, Scripts, check_server, connec
 from latest_server.sessions import EndHook, Session, SessionStore
 from latest_server.settings import Settings
 from latest_server.stores import open_latest_store, open_object_store
+from latest_server.stores.aggregate import Aggregator
 from latest_server.stores.base import LatestStore, ObjectStore
 from latest_server.stores.history import HistoryStore
 
@@ -41,6 +42,7 @@ class Resources:
     ready_checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
     sessions: SessionStore | None = None
     session_jobs: SessionJobs | None = None  # completion detector + end-hook runner
+    aggregates: Aggregator | None = None  # aggregations over every tier (stores/aggregate.py)
 
     @classmethod
     async def open(cls, settings: Settings, *, on_end: EndHook | None = None) -> Resources:
@@ -79,6 +81,7 @@ class Resources:
         sessions = SessionStore(redis, scripts, completion_delay=settings.completion_delay)
         session_jobs = SessionJobs(sessions, settings, on_end or merge_on_end(merger))
         session_jobs.start()
+        history = HistoryStore(redis, scripts, objects)
         return cls(
             settings,
             redis,
@@ -86,19 +89,22 @@ class Resources:
             Ingestor(latest, trigger, sessions=sessions),
             PacketParser(settings),
             objects,
-            HistoryStore(redis, scripts, objects),
+            history,
             offloader,
             merger,
             trigger,
             scripts,
             sessions=sessions,
             session_jobs=session_jobs,
+            aggregates=Aggregator(history, objects_url(settings), settings),
         )
 
     async def close(self) -> None:
         if self.session_jobs is not None:
             await self.session_jobs.close()
         await self.trigger.close(cancel=True)
+        if self.aggregates is not None:
+            self.aggregates.close()
         await self.latest.close()  # its own client (Elasticsearch), or the Redis one
         await self.redis.aclose()
 

@@ -25,6 +25,7 @@ from latest_server.settings.core import (
     CoreSettings,
 )
 from latest_server.settings.iudx import IudxSettings
+from latest_server.settings.query import QuerySettings
 from latest_server.settings.search import SearchSettings
 
 __all__ = [
@@ -40,7 +41,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Settings(SearchSettings, IudxSettings, CoreSettings):
+class Settings(SearchSettings, QuerySettings, IudxSettings, CoreSettings):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         if environ is None:
