@@ -219,7 +219,7 @@ def _groups(labels: np.ndarray, count: int) -> list[np.ndarray]:
 
 
 def _histogram(node: Node, hist: buckets.Histogram, run: Run, rows: np.ndarray) -> dict[str, Any]:
-    keys, labels = buckets.assign(hist, run.rows.ts_ms[rows], run.max_buckets)
+    keys, labels = buckets.assign(hist, run.rows.ts[rows], run.max_buckets)
     out = []
     for key, positions in zip(keys.tolist(), _groups(labels, len(keys)), strict=True):
         if len(positions) < hist.min_doc_count:
@@ -236,30 +236,38 @@ def _split(node: Node, terms: Terms, run: Run, rows: np.ndarray) -> dict[str, An
     groups = _groups(data.var[rows], len(data.variables))
     found = []
     for number, positions in enumerate(groups):
-        if len(positions) < terms.min_doc_count or (terms.min_doc_count and not len(positions)):
+        if len(positions) < terms.min_doc_count:
             continue
         inside = rows[positions]
-        found.append((data.variables[number].id, inside, evaluate(node.children, run, inside)))
-    metrics_by_name = {c.name: c.metric for c in node.children if c.metric is not None}
+        answers = evaluate(node.children, run, inside)
+        found.append((data.variables[number].id, len(inside), answers))
+    answer = split_answer(terms, found, node.children)
+    run.count(len(answer["buckets"]))
+    return answer
+
+
+def split_answer(
+    terms: Terms, found: list[tuple[str, int, dict[str, Any]]], children: list[Node]
+) -> dict[str, Any]:
+    """A ``terms`` answer from (id, doc_count, sub-answers) of each variable: ordered, cut to
+    ``size``, the rest counted in ``sum_other_doc_count``."""
+    named = {c.name: c.metric for c in children if c.metric is not None}
     for key, ascending in reversed(terms.order):  # stable sorts, the last key first
-        found.sort(key=lambda f: _order_key(f, key, metrics_by_name), reverse=not ascending)
+        found.sort(key=lambda f: _order_key(f, key, named), reverse=not ascending)
     kept, rest = found[: terms.size], found[terms.size :]
-    run.count(len(kept))
     return {
         "doc_count_error_upper_bound": 0,
-        "sum_other_doc_count": sum(len(inside) for _, inside, _ in rest),
-        "buckets": [{"key": k, "doc_count": len(inside)} | answers for k, inside, answers in kept],
+        "sum_other_doc_count": sum(count for _, count, _ in rest),
+        "buckets": [{"key": k, "doc_count": count} | answers for k, count, answers in kept],
     }
 
 
-def _order_key(
-    found: tuple[str, np.ndarray, dict[str, Any]], key: str, named: dict[str, Any]
-) -> Any:
-    variable, inside, answers = found
+def _order_key(found: tuple[str, int, dict[str, Any]], key: str, named: dict[str, Any]) -> Any:
+    variable, count, answers = found
     if key == "_key":
         return variable
     if key == "_count":
-        return len(inside)
+        return count
     name, _, path = key.partition(".")
     metric = named.get(name)
     if metric is None:

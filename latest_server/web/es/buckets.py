@@ -1,25 +1,22 @@
-"""The buckets of a ``date_histogram``: fixed intervals (``fixed_interval``, and a legacy
-``interval`` that is not a calendar unit), calendar intervals (``calendar_interval``:
-minute … year, in the wall time of ``time_zone``), ``offset``, ``extended_bounds``, and the
-``format`` of each bucket's ``key_as_string``.
-
-A bucket's ``key`` is the epoch milliseconds of its start. Fixed intervals are counted from the
-epoch in the zone's UTC offset at the first bucket (for a zone with daylight saving time a fixed
-interval of a day or more keeps that offset across a change, where Elasticsearch re-rounds at
-it); calendar buckets follow the zone's wall clock, so a day is 23 or 25 hours long across a
-change, as in Elasticsearch.
+"""The ``date_histogram`` of a search: its options read (``fixed_interval``,
+``calendar_interval``, a legacy ``interval`` of either, ``time_zone``, ``offset``,
+``min_doc_count``, ``extended_bounds``, ``format``) and each bucket's ``key_as_string``. The
+buckets themselves are the aggregation engine's (stores/buckets.py): fixed and calendar
+intervals rounded in the zone's local time, a day 23 or 25 hours long across a DST change, as
+in Elasticsearch. A bucket's ``key`` is the epoch milliseconds of its start.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 
+from latest_server.errors import BadRequest
+from latest_server.stores import buckets as engine_buckets
 from latest_server.web.es.errors import IllegalArgument, ParseError, TooManyBuckets, Unsupported
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -50,6 +47,7 @@ class Histogram:
 
     fixed_ms: int | None
     calendar: str | None
+    zone_name: str  # as the request gave it (the engine's tz)
     zone: tzinfo
     offset_ms: int
     fmt: str | None
@@ -89,18 +87,12 @@ def parse_offset(text: Any) -> int:
     return sign * parse_fixed(value.lstrip("+-"), "date_histogram.offset")
 
 
-def parse_zone(text: Any) -> tzinfo:
-    if text is None or str(text).upper() in ("UTC", "Z", "GMT"):
-        return UTC
-    value = str(text)
-    found = re.fullmatch(r"([+-])(\d{2}):?(\d{2})", value)
-    if found:
-        delta = timedelta(hours=int(found.group(2)), minutes=int(found.group(3)))
-        return timezone(-delta if found.group(1) == "-" else delta)
+def parse_zone(text: Any) -> tuple[str, tzinfo]:
+    name = "UTC" if text is None else str(text)
     try:
-        return ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise IllegalArgument(f"Unknown time-zone ID: {value}") from None
+        return name, engine_buckets.zone(name)
+    except BadRequest:
+        raise IllegalArgument(f"Unknown time-zone ID: {name}") from None
 
 
 def parse(spec: dict[str, Any], bounds: tuple[int, int] | None) -> Histogram:
@@ -138,7 +130,7 @@ def parse(spec: dict[str, Any], bounds: tuple[int, int] | None) -> Histogram:
     return Histogram(
         fixed,
         calendar,
-        parse_zone(spec.get("time_zone")),
+        *parse_zone(spec.get("time_zone")),
         parse_offset(spec.get("offset")),
         fmt,
         min_doc_count,
@@ -146,81 +138,29 @@ def parse(spec: dict[str, Any], bounds: tuple[int, int] | None) -> Histogram:
     )
 
 
-def assign(hist: Histogram, ts_ms: np.ndarray, max_buckets: int) -> tuple[np.ndarray, np.ndarray]:
-    """(keys: the start of every bucket from the first to the last, data and extended bounds
-    included; the bucket of each row as an index into keys)."""
-    ends = [int(ts_ms.min()), int(ts_ms.max())] if len(ts_ms) else []
+def interval(hist: Histogram) -> engine_buckets.Interval:
+    """The engine's interval of a histogram."""
+    if hist.fixed_ms is not None:
+        return engine_buckets.Interval(fixed=hist.fixed_ms * 1000)
+    return engine_buckets.Interval(calendar=hist.calendar)
+
+
+def assign(hist: Histogram, ts_us: np.ndarray, max_buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    """(keys: the start, epoch ms, of every bucket from the first to the last, data and extended
+    bounds included; the bucket of each row as an index into keys)."""
+    shift = hist.offset_ms * 1000
+    ends = [int(ts_us.min()), int(ts_us.max())] if len(ts_us) else []
     if hist.bounds is not None:
-        ends += list(hist.bounds)
+        ends += [hist.bounds[0] * 1000, hist.bounds[1] * 1000]
     if not ends:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    low, high = min(ends), max(ends)
-    if hist.fixed_ms is not None:
-        size = hist.fixed_ms
-        shift = _offset_ms(hist.zone, low) - hist.offset_ms
-        first = (low + shift) // size * size - shift
-        count = (high - first) // size + 1
-        if count > max_buckets:
-            raise TooManyBuckets(max_buckets)
-        keys = first + size * np.arange(count, dtype=np.int64)
-        return keys, (ts_ms - first) // size
-    assert hist.calendar is not None
-    starts = _calendar_starts(hist, low, high, max_buckets)
-    return starts, np.searchsorted(starts, ts_ms, side="right") - 1
-
-
-def _offset_ms(zone: tzinfo, at_ms: int) -> int:
-    offset = (EPOCH + at_ms * ONE_MS).astimezone(zone).utcoffset() or timedelta(0)
-    return offset // ONE_MS
-
-
-def _calendar_starts(hist: Histogram, low: int, high: int, max_buckets: int) -> np.ndarray:
-    unit, zone, offset = hist.calendar, hist.zone, hist.offset_ms
-    moment = _floor((EPOCH + (low - offset) * ONE_MS).astimezone(zone), str(unit))
-    starts = []
-    while True:
-        start = (moment.astimezone(UTC) - EPOCH) // ONE_MS + offset
-        if start > high:
-            break
-        starts.append(start)
-        if len(starts) > max_buckets:
-            raise TooManyBuckets(max_buckets)
-        moment = _next(moment, str(unit))
-    return np.array(starts, np.int64)
-
-
-def _floor(moment: datetime, unit: str) -> datetime:
-    moment = moment.replace(second=0, microsecond=0)
-    if unit == "minute":
-        return moment
-    moment = moment.replace(minute=0)
-    if unit == "hour":
-        return moment
-    moment = _wall(moment.replace(hour=0))
-    if unit == "day":
-        return moment
-    if unit == "week":
-        return _wall(moment.replace(tzinfo=None) - timedelta(days=moment.weekday()), moment)
-    if unit == "month":
-        return _wall(moment.replace(day=1))
-    if unit == "quarter":
-        return _wall(moment.replace(day=1, month=(moment.month - 1) // 3 * 3 + 1))
-    return _wall(moment.replace(day=1, month=1))
-
-
-def _wall(moment: datetime, like: datetime | None = None) -> datetime:
-    """``moment``'s wall time in its (or ``like``'s) zone, its UTC offset worked out again."""
-    zone = (like or moment).tzinfo
-    return moment.replace(tzinfo=None).replace(tzinfo=zone, fold=0)
-
-
-def _next(moment: datetime, unit: str) -> datetime:
-    if unit in ("minute", "hour"):  # absolute: an hour is an hour, also across a change
-        step = timedelta(minutes=1) if unit == "minute" else timedelta(hours=1)
-        return (moment.astimezone(UTC) + step).astimezone(moment.tzinfo)
-    if unit in ("day", "week"):
-        days = 1 if unit == "day" else 7
-        return _wall(moment.replace(tzinfo=None) + timedelta(days=days), moment)
-    months = {"month": 1, "quarter": 3, "year": 12}[unit]
-    index = moment.year * 12 + moment.month - 1 + months
-    return _wall(moment.replace(year=index // 12, month=index % 12 + 1))
+    step = interval(hist)
+    try:
+        starts = engine_buckets.bucket_range(min(ends) - shift, max(ends) - shift, step, hist.zone)
+    except BadRequest:
+        raise TooManyBuckets(max_buckets) from None
+    if len(starts) > max_buckets:
+        raise TooManyBuckets(max_buckets)
+    own = engine_buckets.bucket_starts(ts_us - shift, step, hist.zone)
+    keys: np.ndarray = (starts + shift) // 1000
+    return keys, np.searchsorted(starts, own)

@@ -116,11 +116,12 @@ def compute(metric: Metric, values: np.ndarray, distinct: int | None = None) -> 
     }
     if kind == "stats":
         return stats
-    return stats | _extended(values, metric.sigma)
+    squares = float(np.square(values).sum())
+    return stats | extended(n, stats["sum"], squares, metric.sigma)
 
 
-def _extended(values: np.ndarray, sigma: float) -> dict[str, Any]:
-    n = len(values)
+def extended(n: int, total: float, squares: float, sigma: float) -> dict[str, Any]:
+    """extended_stats' spread of ``n`` numbers of sum ``total`` and sum of squares ``squares``."""
     if not n:
         nothing = {
             "upper": None,
@@ -140,8 +141,7 @@ def _extended(values: np.ndarray, sigma: float) -> dict[str, Any]:
             "std_deviation_sampling": None,
             "std_deviation_bounds": nothing,
         }
-    mean = float(values.mean())
-    squares = float(np.square(values).sum())
+    mean = total / n
     population = max(squares / n - mean * mean, 0.0)
     sampling = max((squares - n * mean * mean) / (n - 1), 0.0) if n > 1 else math.inf
     deviation, deviation_sampling = math.sqrt(population), math.sqrt(sampling)

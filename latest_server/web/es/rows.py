@@ -108,6 +108,12 @@ class Rows:
     _numbers: dict[str, np.ndarray] = field(default_factory=dict)
     _columns: dict[str, pa.Array] | None = None
 
+    @classmethod
+    def none(cls, chosen: list[Variable]) -> Rows:
+        """No rows read (the aggregations were the engine's, no hit was asked)."""
+        nothing = np.empty(0, np.int64)
+        return cls(chosen, nothing, nothing, nothing, pa.array([], pa.binary()), False)
+
     def __len__(self) -> int:
         return len(self.ts)
 

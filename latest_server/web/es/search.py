@@ -20,6 +20,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from latest_server.web.es import engine as es_engine
 from latest_server.web.es import request as search_request
 from latest_server.web.es import rows as es_rows
 from latest_server.web.es import wire
@@ -74,11 +75,34 @@ async def execute(ctx: Context, targets: list[tuple[str, str]], search: Search) 
             room,
             listed=settings.backend != "elasticsearch",
         )
-    limit = None if search.needs_all else search.offset + search.size
-    data = await es_rows.read(ctx.resources.history, chosen, search.plan, limit, search.desc)
-    total: Any = {"value": len(data), "relation": "eq" if data.complete else "gte"}
+    fields = Fields(settings)
+    engine = ctx.resources.aggregates
+    shapes = {}
+    if engine is not None and chosen and not search.plan.empty:
+        shapes = {n.name: s for n in search.aggs if (s := es_engine.shape_of(n, fields))}
+    rest = [node for node in search.aggs if node.name not in shapes]
+    needs_all = bool(rest) or (search.size == 0 and not shapes)
+    limit = None if needs_all else search.offset + search.size
+    if limit == 0:
+        data = es_rows.Rows.none(chosen)
+    else:
+        data = await es_rows.read(ctx.resources.history, chosen, search.plan, limit, search.desc)
+    found: dict[str, Any] = {}
+    entries = len(data) if data.complete else None
+    for name, shape in shapes.items():
+        assert engine is not None
+        max_buckets = settings.es_search_max_buckets
+        found[name], entries = await es_engine.answer(
+            engine, shape, chosen, search.plan, max_buckets
+        )
+    if rest:
+        run = Run(data, fields, settings.es_search_max_buckets)
+        found |= evaluate(rest, run, np.arange(len(data)))
+    total: Any = {"value": len(data), "relation": "gte"}
+    if entries is not None:
+        total = {"value": entries, "relation": "eq"}
     if search.total_as_int:
-        total = len(data)
+        total = total["value"]
     answer: dict[str, Any] = {
         "took": 0,
         "timed_out": False,
@@ -86,8 +110,7 @@ async def execute(ctx: Context, targets: list[tuple[str, str]], search: Search) 
         "hits": {"total": total, "max_score": None, "hits": _hits(ctx, data, search)},
     }
     if search.aggs:
-        run = Run(data, Fields(settings), settings.es_search_max_buckets)
-        answer["aggregations"] = evaluate(search.aggs, run, np.arange(len(data)))
+        answer["aggregations"] = {node.name: found[node.name] for node in search.aggs}
     answer["took"] = int((time.monotonic() - started) * 1000)
     return answer
 
