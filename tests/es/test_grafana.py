@@ -327,6 +327,11 @@ async def test_search_count_and_hits_over_every_tier(
     hits = page.json()["hits"]["hits"]
     assert [h["_source"] for h in hits] == [{"temp": e.temp} for e in inside]
     assert [h["sort"][0] for h in hits] == [e.ts_ms for e in inside]
+    filtered = await client.post(
+        "/latest/_search?filter_path=hits.hits._source.temp",
+        json={"query": {"term": {"id": "room/2"}}, "size": 3, "sort": [{"ts": "asc"}]},
+    )
+    assert filtered.json() == {"hits": {"hits": [{"_source": {"temp": e.temp}} for e in mine[:3]]}}
     every = await client.post("/latest/_count", json={"query": {"terms": {"id": list(VARIABLES)}}})
     assert every.json()["count"] == len(entries)
     listed = await client.get("/latest/_count")  # no filter on the id: every variable listed

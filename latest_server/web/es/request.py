@@ -59,6 +59,7 @@ class Search:
     source: SourceFilter
     wanted: tuple[Wanted, ...]
     total_as_int: bool
+    raw: bool = True  # sources may be answered as their bytes (no filter_path looks inside)
 
     @property
     def needs_all(self) -> bool:

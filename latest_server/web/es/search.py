@@ -135,7 +135,7 @@ def _hits(ctx: Context, data: es_rows.Rows, search: Search) -> list[dict[str, An
         }
         source: Any = None
         if search.source.enabled:
-            if search.source.whole and not search.wanted:
+            if search.source.whole and not search.wanted and search.raw:
                 hit["_source"] = orjson.Fragment(doc)
             else:
                 source = orjson.loads(doc)
@@ -199,6 +199,7 @@ async def search(ctx: Context, request: Request, index: str) -> Response:
     if "q" in params:
         raise Unsupported("q", "put the query in the body")
     targets = await resolve(ctx, index, params.get("ignore_unavailable") == "true")
+    parsed.raw = wire.raw(request)
     return wire.respond(request, await execute(ctx, targets, parsed))
 
 
@@ -242,6 +243,7 @@ async def msearch(ctx: Context, request: Request, index: str | None = None) -> R
     for header, body in pairs:
         try:
             parsed = search_request.parse(body, totals, fields)
+            parsed.raw = wire.raw(request)
             expression = header.get("index", index)
             if expression is None:
                 raise Unsupported("a search of every index", "name the index in the header")
