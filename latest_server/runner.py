@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import signal
 import socket
@@ -17,12 +18,14 @@ import uvicorn
 from aio_pika.exceptions import AMQPError
 from starlette.applications import Starlette
 
+from latest_server.auth.authenticator import Authenticator
 from latest_server.consumer import Consumer
 from latest_server.embedded import EmbeddedValkey
 from latest_server.errors import LatestError
 from latest_server.resources import Resources, unusable
 from latest_server.settings import Settings
 from latest_server.web.app import create_app, create_es_app, http_options, server_options
+from latest_server.web.limits import TokenBuckets
 
 log = logging.getLogger("latest_server")
 
@@ -90,7 +93,12 @@ def _config(
     )
 
 
-def es_server(settings: Settings, resources: Resources) -> tuple[_Server, socket.socket] | None:
+def es_server(
+    settings: Settings,
+    resources: Resources,
+    authenticator: Authenticator,
+    buckets: TokenBuckets | None = None,
+) -> tuple[_Server, socket.socket] | None:
     """The Elasticsearch-compatible API's listener on LATEST_ES_PORT (0: none). A port that is
     taken is logged and skipped: the main API keeps running."""
     if not settings.es_port:
@@ -107,7 +115,10 @@ def es_server(settings: Settings, resources: Resources) -> tuple[_Server, socket
         )
         return None
     config = _config(
-        create_es_app(settings, resources=resources), settings, settings.es_port, http_options
+        create_es_app(settings, resources=resources, authenticator=authenticator, buckets=buckets),
+        settings,
+        settings.es_port,
+        http_options,
     )
     log.info("Elasticsearch-compatible API on %s:%s", settings.host, settings.es_port)
     return _Server(config), sock
@@ -138,7 +149,46 @@ def http_socket(settings: Settings) -> socket.socket:
         ) from exc
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def access_check(settings: Settings) -> Authenticator:
+    """The authenticator of both listeners. Without tokens every request may do everything,
+    so the server keeps to loopback unless LATEST_INSECURE says otherwise (logged every start)."""
+    authenticator = Authenticator(settings)
+    if authenticator.enabled:
+        log.info("access: %s; SIGHUP rereads them", authenticator.describe())
+        return authenticator
+    if is_loopback(settings.host):
+        log.info(
+            "access: no tokens configured (LATEST_TOKENS_FILE, LATEST_JWT_PUBLIC_KEY_FILE, "
+            "LATEST_JWKS_FILE): every request may do everything, so the server listens on "
+            "loopback (%s) only",
+            settings.host,
+        )
+        return authenticator
+    if not settings.insecure:
+        raise LatestError(
+            f"refusing to serve {settings.host} without tokens: anyone who reaches it could "
+            "write, delete and read everything. Configure LATEST_TOKENS_FILE or a JWT key, or "
+            "listen on 127.0.0.1, or pass --insecure (LATEST_INSECURE=true) to accept that"
+        )
+    log.warning(
+        "INSECURE: serving %s without tokens (LATEST_INSECURE): anyone who reaches the ports "
+        "may write, delete and read everything",
+        settings.host,
+    )
+    return authenticator
+
+
 async def run(command: str, settings: Settings, embedded: EmbeddedValkey | None = None) -> None:
+    authenticator = access_check(settings) if command == "serve" else None
     http = http_socket(settings) if command == "serve" else None
     try:
         resources = await Resources.open(settings)
@@ -165,10 +215,12 @@ async def run(command: str, settings: Settings, embedded: EmbeddedValkey | None 
             resources.ready_checks["consumer"] = lambda: consumer is not None and consumer.connected
             tasks.append(asyncio.create_task(consumer.run(), name="consumer"))
             stops.append(consumer.stop)
-        if http is not None:
-            config = _config(
-                create_app(settings, resources=resources), settings, settings.port, server_options
+        if http is not None and authenticator is not None:
+            buckets = TokenBuckets.of(settings)  # one rate per client, on both listeners
+            app = create_app(
+                settings, resources=resources, authenticator=authenticator, buckets=buckets
             )
+            config = _config(app, settings, settings.port, server_options)
             server = _Server(config)
 
             async def stop_server() -> None:
@@ -177,7 +229,7 @@ async def run(command: str, settings: Settings, embedded: EmbeddedValkey | None 
             tasks.append(asyncio.create_task(server.serve(sockets=[http]), name="http"))
             stops.append(stop_server)
             servers.append(server)
-            es_listener = es_server(settings, resources)
+            es_listener = es_server(settings, resources, authenticator, buckets)
             if es_listener is not None:
                 es, sock = es_listener
 
@@ -193,6 +245,8 @@ async def run(command: str, settings: Settings, embedded: EmbeddedValkey | None 
         stopping = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
+        if authenticator is not None and authenticator.enabled:
+            loop.add_signal_handler(signal.SIGHUP, authenticator.reload)
         waiter = asyncio.create_task(stopping.wait())
         await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
         log.info("stopping")

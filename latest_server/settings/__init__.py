@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from latest_server.errors import ConfigError
+from latest_server.settings.access import AccessSettings
 from latest_server.settings.core import (
     BACKENDS,
     ES_VERSION_SCALES,
@@ -25,6 +26,7 @@ from latest_server.settings.core import (
     CoreSettings,
 )
 from latest_server.settings.iudx import IudxSettings
+from latest_server.settings.limits import LimitSettings
 from latest_server.settings.query import QuerySettings
 from latest_server.settings.search import SearchSettings
 
@@ -41,7 +43,9 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Settings(SearchSettings, QuerySettings, IudxSettings, CoreSettings):
+class Settings(
+    SearchSettings, QuerySettings, AccessSettings, LimitSettings, IudxSettings, CoreSettings
+):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         if environ is None:

@@ -11,14 +11,13 @@ from starlette.responses import Response
 from latest_server.errors import BadRequest, NotFound
 from latest_server.resources import Resources
 from latest_server.stores.base import LatestDoc
-from latest_server.web._request import json_error, read_decoded
-
-MAX_IDS = 10_000
+from latest_server.web._request import covered, json_error, mget_bound, read_decoded
 
 
 async def get_latest(request: Request) -> Response:
     resources: Resources = request.app.state.resources
     variable_id: str = request.path_params["variable_id"]
+    covered(request, [variable_id])
     if not variable_id:
         raise NotFound("name a variable: GET /latest/{id} (the id URL-encoded)")
     [found] = await resources.latest.mget([variable_id])
@@ -33,6 +32,9 @@ async def get_latest(request: Request) -> Response:
     return Response(found.doc, headers=headers, media_type="application/json")
 
 
+LIST_PARAMS = ("id",)  # GET /latest?id=a&id=b
+
+
 async def list_latest(request: Request) -> Response:
     ids = request.query_params.getlist("id")
     if not ids:
@@ -41,11 +43,14 @@ async def list_latest(request: Request) -> Response:
 
 
 async def mget_latest(request: Request) -> Response:
-    """The body is bounded and decoded as ``/ingest``'s (LATEST_MAX_BODY_BYTES, gzip)."""
-    limit = request.app.state.resources.settings.max_body_bytes
+    """The body is decoded as ``/ingest``'s (gzip) and bounded by LATEST_MAX_MGET_BYTES (or
+    LATEST_MAX_BODY_BYTES, the bound of every body, when that is lower)."""
+    limit, setting = mget_bound(request.app.state.resources.settings)
     raw = await read_decoded(request, limit)
     if raw is None:
-        return json_error(413, "too_large", f"request body is larger than {limit} bytes")
+        return json_error(
+            413, "too_large", f"request body is larger than {limit} bytes ({setting})"
+        )
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -57,9 +62,15 @@ async def mget_latest(request: Request) -> Response:
 
 
 async def _many(request: Request, ids: list[str]) -> Response:
-    if len(ids) > MAX_IDS:
-        raise BadRequest(f"at most {MAX_IDS} ids per call, got {len(ids)}")
     resources: Resources = request.app.state.resources
+    most = resources.settings.max_mget_ids
+    if len(ids) > most:
+        return json_error(
+            413,
+            "too_many_ids",
+            f"at most {most} ids per call (LATEST_MAX_MGET_IDS), got {len(ids)}",
+        )
+    covered(request, ids)
     docs = await resources.latest.mget(ids)
     return Response(
         orjson.dumps({"docs": [_item(i, d) for i, d in zip(ids, docs, strict=True)]}),
