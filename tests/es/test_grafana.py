@@ -10,6 +10,7 @@ import math
 import statistics
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -24,11 +25,13 @@ from latest_server.settings import Settings
 from latest_server.web.es.errors import IllegalArgument
 from latest_server.web.es.query import Fields, plan
 from latest_server.web.es.rows import variables
+from tests.auth.helpers import bearer, write_tokens
 from tests.es.conftest import EsServerThread
 from tests.es.grafana import (
     COUNT,
     FROM_MS,
     MSEARCH,
+    T0,
     TIME_FIELD,
     TO_MS,
     VARIABLES,
@@ -421,3 +424,36 @@ async def test_without_latest_hashes_a_search_names_its_ids(redis: Redis) -> Non
     named = plan({"terms": {"id": ["b", "a"]}}, FIELDS)
     found = await variables(redis, named, "latest", "", 10, listed=False)
     assert [(v.id, v.key) for v in found] == [("a", keys.key_for("a")), ("b", keys.key_for("b"))]
+
+
+async def test_tokens_see_their_prefixes_and_indices(
+    settings: Settings, tmp_path: Path, es_server: Callable[..., EsServerThread]
+) -> None:
+    """A search needs ``read`` only (Grafana's token), covers only the token's variables (as
+    Elasticsearch's document-level security) and indices (403 otherwise)."""
+    server = es_server(settings, tokens_file=str(write_tokens(tmp_path / "tokens.toml")))
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        for doc in ({"id": "a/1", "ts": T0, "v": 1}, {"id": "x/1", "ts": T0, "v": 2, "hidden": 3}):
+            put = await client.put(
+                f"/latest/_doc/{doc['id'].replace('/', '%2F')}", json=doc, headers=bearer("both")
+            )
+            assert put.status_code == 201
+        everything = {"size": 10, "query": {"match_all": {}}}
+        named = {"size": 0, "query": {"term": {"id": "x/1"}}}
+        reply = await client.post(
+            MSEARCH, content=msearch_body(everything, named), headers=NDJSON | bearer("reader")
+        )
+        assert reply.status_code == 200
+        listed, other = reply.json()["responses"]
+        assert [h["_source"]["id"] for h in listed["hits"]["hits"]] == ["a/1"]
+        assert other["hits"]["total"]["value"] == 0
+        search = await client.post("/latest/_search", json=everything, headers=bearer("both"))
+        assert [h["_source"]["id"] for h in search.json()["hits"]["hits"]] == ["a/1", "x/1"]
+        fields = (await client.get("/latest/_mapping", headers=bearer("reader"))).json()
+        assert "hidden" not in fields["latest"]["mappings"]["properties"]
+        assert "v" in fields["latest"]["mappings"]["properties"]
+        writer = await client.post("/latest/_search", json={}, headers=bearer("writer"))
+        assert writer.status_code == 403
+        other_index = await client.post("/latest/_count", json={}, headers=bearer("logs"))
+        assert other_index.status_code == 403
+        assert other_index.json()["error"]["type"] == "security_exception"

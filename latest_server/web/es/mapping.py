@@ -21,16 +21,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from latest_server import keys
+from latest_server.access import Principal, principal_of
 from latest_server.redis_client import redis_bounded
 from latest_server.stores import tiers
 from latest_server.stores.segments import NUMBER_PREFIX
 from latest_server.web.es import wire
 from latest_server.web.es.context import Context
-from latest_server.web.es.errors import IllegalArgument, IndexNotFound
+from latest_server.web.es.errors import ActionUnauthorized, IllegalArgument, IndexNotFound
 from latest_server.web.es.indices import check_name
 from latest_server.web.es.query import Plan
 from latest_server.web.es.rows import Variable, variables
 
+ACTION = "indices:admin/mappings/get"
 SAMPLE_VARIABLES = 200
 SAMPLE_ENTRIES = 20
 SAMPLE_OBJECTS = 5
@@ -45,14 +47,19 @@ async def _index(ctx: Context, index: str) -> str:
     return ctx.indices.namespace(index)
 
 
-async def fields_of(ctx: Context, index: str) -> dict[str, str]:
-    """Dotted path → type of the fields seen in a sample of the index's data."""
+async def fields_of(ctx: Context, index: str, principal: Principal) -> dict[str, str]:
+    """Dotted path → type of the fields seen in a sample of the index's data (of the variables
+    the principal covers)."""
+    if not principal.covers_index(index):
+        raise ActionUnauthorized(ACTION, principal.name, f" on index [{index}]")
     namespace = await _index(ctx, index)
     redis = ctx.resources.redis
     try:
-        sample = await variables(redis, Plan(), index, namespace, SAMPLE_VARIABLES)
+        sample = await variables(
+            redis, Plan(), index, namespace, SAMPLE_VARIABLES, allowed=principal.covers
+        )
     except IllegalArgument:  # more variables than the sample: the first ones listed
-        sample = await _first(ctx, index, namespace)
+        sample = await _first(ctx, index, namespace, principal)
     found: dict[str, str] = {}
     for doc in await _documents(redis, sample):
         _walk(doc, "", found, 0)
@@ -66,7 +73,7 @@ async def fields_of(ctx: Context, index: str) -> dict[str, str]:
     return found
 
 
-async def _first(ctx: Context, index: str, namespace: str) -> list[Variable]:
+async def _first(ctx: Context, index: str, namespace: str, principal: Principal) -> list[Variable]:
     redis = ctx.resources.redis
     found: list[Variable] = []
     async for name in redis.scan_iter(match=f"{keys.PREFIX}:*:latest", count=1000):
@@ -75,7 +82,7 @@ async def _first(ctx: Context, index: str, namespace: str) -> list[Variable]:
         if variable is None:
             continue
         text = variable.decode() if isinstance(variable, bytes) else str(variable)
-        if keys.key_for(text, namespace) == key:
+        if keys.key_for(text, namespace) == key and principal.covers(text):
             found.append(Variable(index, text, key))
             if len(found) >= SAMPLE_VARIABLES:
                 break
@@ -160,12 +167,12 @@ def properties(found: dict[str, str]) -> dict[str, Any]:
 
 
 async def mapping(ctx: Context, request: Request, index: str) -> Response:
-    found = await fields_of(ctx, index)
+    found = await fields_of(ctx, index, principal_of(request.scope))
     return wire.respond(request, {index: {"mappings": {"properties": properties(found)}}})
 
 
 async def field_caps(ctx: Context, request: Request, index: str) -> Response:
-    found = await fields_of(ctx, index)
+    found = await fields_of(ctx, index, principal_of(request.scope))
     wanted = request.query_params.get("fields", "*")
     patterns = [p.strip() for p in wanted.split(",") if p.strip()] or ["*"]
     answer: dict[str, Any] = {}

@@ -11,6 +11,7 @@ history but has no id there, and is left out of such a listing.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,13 +41,22 @@ class Variable:
 
 @redis_bounded
 async def variables(
-    redis: Redis, plan: Plan, index: str, namespace: str, limit: int, *, listed: bool = True
+    redis: Redis,
+    plan: Plan,
+    index: str,
+    namespace: str,
+    limit: int,
+    *,
+    listed: bool = True,
+    allowed: Callable[[str], bool] = lambda variable: True,
 ) -> list[Variable]:
-    """The variables of ``index`` that ``plan`` covers, sorted by id; a 400 past ``limit``.
-    Without ``listed`` (the latest documents are not in Redis: LATEST_BACKEND=elasticsearch),
-    a search must name its ids."""
+    """The variables of ``index`` that ``plan`` covers and ``allowed`` lets the request see
+    (the principal's prefixes: others are left out, as by Elasticsearch's document-level
+    security), sorted by id; a 400 past ``limit``. Without ``listed`` (the latest documents are
+    not in Redis: LATEST_BACKEND=elasticsearch), a search must name its ids."""
     named = plan.exact_ids()
     if named is not None:
+        named = {v for v in named if allowed(v)}
         if len(named) > limit:
             raise _too_many(limit)
         return [Variable(index, v, keys.key_for(v, namespace)) for v in sorted(named)]
@@ -64,7 +74,7 @@ async def variables(
         for key, variable in zip(batch, ids, strict=True):
             if variable is None or keys.key_for(variable, namespace) != key:
                 continue  # deleted, or another index's
-            if plan.matches(variable):
+            if plan.matches(variable) and allowed(variable):
                 found.append(Variable(index, variable, key))
                 if len(found) > limit:
                     raise _too_many(limit)

@@ -20,16 +20,24 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from latest_server.access import Principal, principal_of
 from latest_server.web.es import engine as es_engine
 from latest_server.web.es import request as search_request
 from latest_server.web.es import rows as es_rows
 from latest_server.web.es import wire
 from latest_server.web.es.aggs import Run, evaluate
 from latest_server.web.es.context import Context
-from latest_server.web.es.errors import EsError, IndexNotFound, ParseError, Unsupported
+from latest_server.web.es.errors import (
+    ActionUnauthorized,
+    EsError,
+    IndexNotFound,
+    ParseError,
+    Unsupported,
+)
 from latest_server.web.es.query import Fields
 from latest_server.web.es.request import Search, Wanted
 
+ACTION = "indices:data/read/search"
 SHARDS = {"total": 1, "successful": 1, "skipped": 0, "failed": 0}
 HEADER_KEYS = {
     "index",
@@ -47,13 +55,18 @@ HEADER_KEYS = {
 }
 
 
-async def resolve(ctx: Context, expression: Any, ignore_unavailable: bool) -> list[tuple[str, str]]:
-    """(index, namespace) of each index an expression (``a,b`` or a list) names."""
+async def resolve(
+    ctx: Context, expression: Any, ignore_unavailable: bool, principal: Principal
+) -> list[tuple[str, str]]:
+    """(index, namespace) of each index an expression (``a,b`` or a list) names; a 403 for
+    one the principal does not cover."""
     names = expression if isinstance(expression, list) else str(expression).split(",")
     found = []
     for name in (str(n).strip() for n in names):
         if not name or "*" in name or name == "_all":
             raise Unsupported(f"index [{name or '_all'}]", "name the index (no patterns)")
+        if not principal.covers_index(name):
+            raise ActionUnauthorized(ACTION, principal.name, f" on index [{name}]")
         if await ctx.indices.exists(name):
             found.append((name, ctx.indices.namespace(name)))
         elif not ignore_unavailable:
@@ -61,7 +74,9 @@ async def resolve(ctx: Context, expression: Any, ignore_unavailable: bool) -> li
     return found
 
 
-async def execute(ctx: Context, targets: list[tuple[str, str]], search: Search) -> dict[str, Any]:
+async def execute(
+    ctx: Context, targets: list[tuple[str, str]], search: Search, principal: Principal
+) -> dict[str, Any]:
     started = time.monotonic()
     settings = ctx.settings
     chosen: list[es_rows.Variable] = []
@@ -74,6 +89,7 @@ async def execute(ctx: Context, targets: list[tuple[str, str]], search: Search) 
             namespace,
             room,
             listed=settings.backend != "elasticsearch",
+            allowed=principal.covers,
         )
     fields = Fields(settings)
     engine = ctx.resources.aggregates
@@ -198,9 +214,10 @@ async def search(ctx: Context, request: Request, index: str) -> Response:
     parsed = search_request.parse(body, params, Fields(ctx.settings))
     if "q" in params:
         raise Unsupported("q", "put the query in the body")
-    targets = await resolve(ctx, index, params.get("ignore_unavailable") == "true")
+    principal = principal_of(request.scope)
+    targets = await resolve(ctx, index, params.get("ignore_unavailable") == "true", principal)
     parsed.raw = wire.raw(request)
-    return wire.respond(request, await execute(ctx, targets, parsed))
+    return wire.respond(request, await execute(ctx, targets, parsed, principal))
 
 
 async def count(ctx: Context, request: Request, index: str) -> Response:
@@ -211,8 +228,9 @@ async def count(ctx: Context, request: Request, index: str) -> Response:
     if extra:
         raise ParseError(f"request does not support [{','.join(extra)}]")
     parsed = search_request.parse(body, {"size": "0"}, Fields(ctx.settings))
-    targets = await resolve(ctx, index, request.query_params.get("ignore_unavailable") == "true")
-    answer = await execute(ctx, targets, parsed)
+    principal = principal_of(request.scope)
+    ignore = request.query_params.get("ignore_unavailable") == "true"
+    answer = await execute(ctx, await resolve(ctx, index, ignore, principal), parsed, principal)
     total = answer["hits"]["total"]
     return wire.respond(request, {"count": total["value"], "_shards": SHARDS})
 
@@ -238,6 +256,7 @@ async def msearch(ctx: Context, request: Request, index: str | None = None) -> R
         pairs.append((header, body))
     params = _query_params(request)
     fields = Fields(ctx.settings)
+    principal = principal_of(request.scope)
     totals = {k: v for k, v in params.items() if k == "rest_total_hits_as_int"}
     responses = []
     for header, body in pairs:
@@ -248,8 +267,8 @@ async def msearch(ctx: Context, request: Request, index: str | None = None) -> R
             if expression is None:
                 raise Unsupported("a search of every index", "name the index in the header")
             ignore = header.get("ignore_unavailable", params.get("ignore_unavailable") == "true")
-            targets = await resolve(ctx, expression, bool(ignore))
-            responses.append(await execute(ctx, targets, parsed) | {"status": 200})
+            targets = await resolve(ctx, expression, bool(ignore), principal)
+            responses.append(await execute(ctx, targets, parsed, principal) | {"status": 200})
         except EsError as exc:
             responses.append(exc.body())
     took = int((time.monotonic() - started) * 1000)
