@@ -127,7 +127,8 @@ def read_object(store: ObjectStore, name: str, spec: Spec, part: tuple[int, int]
 def hot_rows(entries: pa.Table, fields: tuple[str, ...]) -> pa.Table:
     """The rows of hot entries (ts, seq, hash, doc): numbers parsed from the documents, by
     pyarrow's JSON reader where the documents parse as one table, else one by one."""
-    found = segments.number_columns(entries.column("doc")) if entries.num_rows else {}
+    parse = entries.num_rows and fields
+    found = segments.number_columns(entries.column("doc")) if parse else {}
     numbers = {}
     for f in fields:
         column = found.get(f)
