@@ -1,14 +1,16 @@
 """Aggregations the aggregation engine answers (stores/aggregate.py: every tier, parts in
 parallel, a result cache), in the shapes Grafana's metric queries take:
 
-- a ``date_histogram`` of numeric metrics (one series over every variable of the search);
-- a ``terms`` on the id of such a ``date_histogram``, or of numeric metrics (one per variable);
+- a ``date_histogram`` of numeric metrics, or of none (Grafana's Count, a log volume: the
+  entries' counts, read without their documents), one series over every variable searched;
+- a ``terms`` on the id of such a ``date_histogram``, or of numeric metrics or none (one
+  bucket per variable);
 - a numeric metric alone (one bucket over the window).
 
 Numeric metrics are ``min``, ``max``, ``avg``, ``sum``, ``stats``, ``extended_stats`` and
 ``percentiles`` of a document leaf. Other shapes (``value_count`` and ``cardinality``, which
-count strings too; a histogram without metrics, as a log volume; an ``offset``; nesting beyond
-these) are worked out from the rows by web/es/aggs.py, with the engine's buckets.
+count strings too; an ``offset``; nesting beyond these) are worked out from the rows by
+web/es/aggs.py, with the engine's buckets.
 """
 
 from __future__ import annotations
@@ -55,14 +57,14 @@ def _numeric(nodes: list[Node], fields: Fields) -> tuple[metrics.Metric, ...] | 
         if fields.is_id(metric.field) or fields.is_time(metric.field):
             return None
         found.append(metric)
-    return tuple(found) or None
+    return tuple(found)
 
 
 def shape_of(node: Node, fields: Fields) -> Shape | None:
     """How the engine answers ``node`` (a top-level aggregation), or None."""
     if node.metric is not None:
         alone = _numeric([node], fields)
-        return None if alone is None else Shape(node, None, None, alone, [])
+        return None if not alone else Shape(node, None, None, alone, [])
     if node.histogram is not None:
         inner = _numeric(node.children, fields)
         if inner is None or node.histogram.offset_ms:
@@ -90,7 +92,7 @@ async def answer(
     query = AggQuery(
         keys=tuple(v.key for v in chosen),
         fields=tuple(sorted({m.field for m in wanted})),
-        aggs=tuple(sorted({KINDS[m.kind] for m in wanted})),
+        aggs=tuple(sorted({KINDS[m.kind] for m in wanted})) or ("count",),
         lo=plan.lo,
         hi=plan.hi,
         interval=None if hist is None else buckets.interval(hist),
