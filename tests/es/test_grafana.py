@@ -177,6 +177,16 @@ async def test_terms_split_with_min_and_max(es: tuple[httpx.AsyncClient, list[En
             (k, min((e.temp for e in i), default=None)) for k, i in expected
         ]
     assert answer["hits"]["total"]["value"] == len(entries)
+    # a dashboard variable's values: Grafana's terms lookup (size 500, by key)
+    lookup = {
+        "size": 0,
+        "query": time_filter(),
+        "aggs": {"1": {"terms": {"field": "id", "size": 500, "order": {"_key": "asc"}}}},
+    }
+    [values] = await msearch(client, lookup)
+    assert [(b["key"], b["doc_count"]) for b in values["aggregations"]["1"]["buckets"]] == [
+        (v, sum(e.variable == v for e in entries)) for v in VARIABLES
+    ]
 
 
 async def test_raw_data_and_logs(es: tuple[httpx.AsyncClient, list[Entry]]) -> None:
