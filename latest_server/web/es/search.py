@@ -10,6 +10,7 @@ by web/es/request.py (body), web/es/query.py (query) and web/es/aggs.py (aggrega
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from latest_server.web.es.context import Context
 from latest_server.web.es.errors import (
     ActionUnauthorized,
     EsError,
+    IllegalArgument,
     IndexNotFound,
     ParseError,
     Unsupported,
@@ -38,6 +40,7 @@ from latest_server.web.es.query import Fields
 from latest_server.web.es.request import Search, Wanted
 
 ACTION = "indices:data/read/search"
+MSEARCH_CONCURRENCY = 4  # searches of one _msearch at once (Grafana sends one per query)
 SHARDS = {"total": 1, "successful": 1, "skipped": 0, "failed": 0}
 HEADER_KEYS = {
     "index",
@@ -258,21 +261,35 @@ async def msearch(ctx: Context, request: Request, index: str | None = None) -> R
     fields = Fields(ctx.settings)
     principal = principal_of(request.scope)
     totals = {k: v for k, v in params.items() if k == "rest_total_hits_as_int"}
-    responses = []
-    for header, body in pairs:
-        try:
-            parsed = search_request.parse(body, totals, fields)
-            parsed.raw = wire.raw(request)
-            expression = header.get("index", index)
-            if expression is None:
-                raise Unsupported("a search of every index", "name the index in the header")
-            ignore = header.get("ignore_unavailable", params.get("ignore_unavailable") == "true")
-            targets = await resolve(ctx, expression, bool(ignore), principal)
-            responses.append(await execute(ctx, targets, parsed, principal) | {"status": 200})
-        except EsError as exc:
-            responses.append(exc.body())
+    gate = asyncio.Semaphore(_concurrency(params.get("max_concurrent_searches")))
+
+    async def one(header: dict[str, Any], body: Any) -> dict[str, Any]:
+        async with gate:
+            try:
+                parsed = search_request.parse(body, totals, fields)
+                parsed.raw = wire.raw(request)
+                expression = header.get("index", index)
+                if expression is None:
+                    raise Unsupported("a search of every index", "name the index in the header")
+                default = params.get("ignore_unavailable") == "true"
+                ignore = bool(header.get("ignore_unavailable", default))
+                targets = await resolve(ctx, expression, ignore, principal)
+                return await execute(ctx, targets, parsed, principal) | {"status": 200}
+            except EsError as exc:
+                return exc.body()
+
+    responses = await asyncio.gather(*(one(header, body) for header, body in pairs))
     took = int((time.monotonic() - started) * 1000)
     return wire.respond(request, {"took": took, "responses": responses})
+
+
+def _concurrency(value: str | None) -> int:
+    """``max_concurrent_searches``: searches of one ``_msearch`` run side by side."""
+    if value is None:
+        return MSEARCH_CONCURRENCY
+    if not value.isdigit() or int(value) < 1:
+        raise IllegalArgument(f"[max_concurrent_searches] must be a positive integer: [{value}]")
+    return int(value)
 
 
 async def msearch_all(ctx: Context, request: Request) -> Response:
