@@ -165,3 +165,9 @@ def _metric(metric: metrics.Metric, found: dict[str, Any] | None) -> dict[str, A
         return stats
     squares = float(spread["sum_of_squares"] or 0.0)
     return stats | metrics.extended(n, total, squares, metric.sigma)
+
+
+async def count(engine: Aggregator, chosen: list[Variable], plan: Plan) -> int:
+    """The entries of the window (``hits.total``), counted without reading a document."""
+    query = AggQuery(tuple(v.key for v in chosen), (), ("count",), plan.lo, plan.hi)
+    return (await engine.aggregate(query)).entries

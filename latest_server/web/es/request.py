@@ -59,6 +59,7 @@ class Search:
     source: SourceFilter
     wanted: tuple[Wanted, ...]
     total_as_int: bool
+    track_total: int | None = 10_000  # hits counted exactly up to this (track_total_hits)
     raw: bool = True  # sources may be answered as their bytes (no filter_path looks inside)
 
     @property
@@ -112,7 +113,19 @@ def parse(body: Any, params: Mapping[str, str], fields: Fields) -> Search:
         source=source_filter(params, body.get("_source")),
         wanted=_wanted(body.get("docvalue_fields")) + _wanted(body.get("fields")),
         total_as_int=params.get("rest_total_hits_as_int") in ("true", ""),
+        track_total=_track(params.get("track_total_hits", body.get("track_total_hits", True))),
     )
+
+
+def _track(value: Any) -> int | None:
+    """``track_total_hits``: true (up to 10 000, Elasticsearch's default), false, or a bound."""
+    if value in (True, "true", ""):
+        return 10_000
+    if value in (False, "false"):
+        return None
+    if value == -1 or value == "-1":  # Elasticsearch's "every hit", as true in 7.x+
+        return 2**62
+    return _int(value, "track_total_hits")
 
 
 def _sort(spec: Any, fields: Fields) -> tuple[tuple[str, ...], bool]:

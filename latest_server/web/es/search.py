@@ -117,9 +117,15 @@ async def execute(
     if rest:
         run = Run(data, fields, settings.es_search_max_buckets)
         found |= evaluate(rest, run, np.arange(len(data)))
+    counted = engine is not None and chosen and not search.plan.empty
+    if entries is None and search.track_total is not None and counted:
+        assert engine is not None
+        entries = await es_engine.count(engine, chosen, search.plan)
     total: Any = {"value": len(data), "relation": "gte"}
     if entries is not None:
         total = {"value": entries, "relation": "eq"}
+        if search.track_total is not None and entries > search.track_total:
+            total = {"value": search.track_total, "relation": "gte"}
     if search.total_as_int:
         total = total["value"]
     answer: dict[str, Any] = {
@@ -231,6 +237,7 @@ async def count(ctx: Context, request: Request, index: str) -> Response:
     if extra:
         raise ParseError(f"request does not support [{','.join(extra)}]")
     parsed = search_request.parse(body, {"size": "0"}, Fields(ctx.settings))
+    parsed.track_total = 2**62  # a count is exact
     principal = principal_of(request.scope)
     ignore = request.query_params.get("ignore_unavailable") == "true"
     answer = await execute(ctx, await resolve(ctx, index, ignore, principal), parsed, principal)
