@@ -471,3 +471,42 @@ async def test_tokens_see_their_prefixes_and_indices(
         other_index = await client.post("/latest/_count", json={}, headers=bearer("logs"))
         assert other_index.status_code == 403
         assert other_index.json()["error"]["type"] == "security_exception"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"query": []},
+        {"size": "many"},
+        {"sort": 5},
+        {"query": {"range": {"ts": {"gte": "yesterday"}}}},
+        {"query": {"terms": {"id": "a"}}},
+        {"query": {"query_string": {"query": "id:(a OR b"}}},
+        {"aggs": {"h": {"date_histogram": {"field": "ts", "fixed_interval": "abc"}}}},
+        {"aggs": {"h": {"date_histogram": {"field": "ts", "calendar_interval": "2d"}}}},
+        {"aggs": {"h": {"date_histogram": {"field": "ts", "interval": "1m", "time_zone": "Mars"}}}},
+        {
+            "aggs": {
+                "h": {
+                    "date_histogram": {"field": "ts", "fixed_interval": "1m", "min_doc_count": -1}
+                }
+            }
+        },
+        {"aggs": {"p": {"percentiles": {"field": "v", "percents": [200]}}}},
+        {"aggs": {"p": {"percentiles": {"field": "v", "percents": ["x"]}}}},
+        {"aggs": {"t": {"terms": {"field": "id", "size": 0}}}},
+        {"aggs": {"t": {"terms": {"field": "id", "order": {"_count": "up"}}}}},
+        {"aggs": {"a": {"avg": {"field": "v"}, "aggs": {"b": {"max": {"field": "v"}}}}}},
+        {"aggs": {"a": {"avg": {}}}},
+        {"aggs": {"x": {"avg": {"field": "v"}, "max": {"field": "v"}}}},
+    ],
+)
+async def test_bad_input_is_a_400(
+    settings: Settings, es_server: Callable[..., EsServerThread], body: dict[str, Any]
+) -> None:
+    server = es_server(settings)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        query = {"query": {"term": {"id": "a"}}}
+        reply = await client.post("/latest/_search", json=query | body)
+        assert reply.status_code == 400, reply.text
+        assert reply.json()["error"]["type"].endswith("_exception")
