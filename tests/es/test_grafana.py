@@ -510,3 +510,38 @@ async def test_bad_input_is_a_400(
         reply = await client.post("/latest/_search", json=query | body)
         assert reply.status_code == 400, reply.text
         assert reply.json()["error"]["type"].endswith("_exception")
+
+
+@pytest.mark.parametrize("direction", ["desc", "asc"])
+async def test_log_context_pages_with_search_after(
+    es: tuple[httpx.AsyncClient, list[Entry]], direction: str
+) -> None:
+    """Grafana's log context (data_query.go processLogsQuery with sortDirection and
+    searchAfter): pages of a logs query, each after the last hit's ``sort`` values, cover every
+    entry once, in order, across variables and tiers."""
+    client, entries = es
+    body: dict[str, Any] = {
+        "size": 7,
+        "query": time_filter(),
+        "sort": {
+            TIME_FIELD: {"order": direction, "unmapped_type": "boolean"},
+            "_doc": {"order": direction},
+        },
+        "docvalue_fields": [TIME_FIELD],
+        "script_fields": {},
+        "aggs": {"1": {"date_histogram": histogram("60000ms")}},
+    }
+    seen: list[tuple[str, int]] = []
+    after = None
+    for _ in range(len(entries)):
+        page_body = body if after is None else body | {"search_after": after}
+        [page] = await msearch(client, page_body)
+        assert page["status"] == 200, page
+        hits = page["hits"]["hits"]
+        assert page["hits"]["total"] == {"value": len(entries), "relation": "eq"}
+        if not hits:
+            break
+        seen += [(h["_source"]["id"], h["_source"]["ts"]) for h in hits]
+        after = hits[-1]["sort"]
+    expected = sorted(((e.variable, e.doc["ts"]) for e in entries), key=lambda p: (p[1], p[0]))
+    assert seen == (expected if direction == "asc" else expected[::-1])

@@ -1,7 +1,8 @@
 """A search request body (``_search``, one body of ``_msearch``) → a ``Search``: the plan
 (web/es/query.py), the aggregations (web/es/aggs.py), and how hits are paged, sorted and shown.
-Keys outside the subset are a 400 naming them; ``highlight`` is taken and answers no
-highlights (no query here matches text)."""
+Keys outside the subset are a 400 naming them; ``search_after`` pages on from a hit's ``sort``
+values (the time, and ``_doc``: ``<ts µs>:<seq>:<id>``, the order of hits); ``highlight`` is
+taken and answers no highlights (no query here matches text)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from latest_server.web.es import aggs
 from latest_server.web.es.errors import IllegalArgument, ParseError, Unsupported
 from latest_server.web.es.filtering import SourceFilter, source_filter
 from latest_server.web.es.query import Fields, Plan, plan
+from latest_server.web.es.rows import After
 
 MAX_WINDOW = 10_000  # Elasticsearch's index.max_result_window
 TAKEN = {
@@ -35,6 +37,7 @@ TAKEN = {
     "profile",
     "track_scores",
     "stored_fields",
+    "search_after",
 }
 OFF_ONLY = ("version", "seq_no_primary_term", "explain", "profile")
 
@@ -59,6 +62,7 @@ class Search:
     source: SourceFilter
     wanted: tuple[Wanted, ...]
     total_as_int: bool
+    after: After | None = None  # search_after
     track_total: int | None = 10_000  # hits counted exactly up to this (track_total_hits)
     raw: bool = True  # sources may be answered as their bytes (no filter_path looks inside)
 
@@ -101,6 +105,7 @@ def parse(body: Any, params: Mapping[str, str], fields: Fields) -> Search:
             f"[{MAX_WINDOW}] but was [{size + offset}]."
         )
     keys, desc = _sort(body.get("sort"), fields)
+    after = _after(body.get("search_after"), keys, offset)
     spec = body.get("aggs", body.get("aggregations"))
     return Search(
         plan=plan(body.get("query"), fields),
@@ -113,8 +118,32 @@ def parse(body: Any, params: Mapping[str, str], fields: Fields) -> Search:
         source=source_filter(params, body.get("_source")),
         wanted=_wanted(body.get("docvalue_fields")) + _wanted(body.get("fields")),
         total_as_int=params.get("rest_total_hits_as_int") in ("true", ""),
+        after=after,
         track_total=_track(params.get("track_total_hits", body.get("track_total_hits", True))),
     )
+
+
+def _after(values: Any, keys: tuple[str, ...], offset: int) -> After | None:
+    """``search_after``: the ``sort`` values of the last hit of the page before."""
+    if values is None:
+        return None
+    if not keys or keys[0] != "time":
+        raise Unsupported("search_after", "it follows a sort on the time field")
+    if not isinstance(values, list) or len(values) != len(keys):
+        raise IllegalArgument(
+            f"search_after has {len(values) if isinstance(values, list) else 0} "
+            f"value(s) but sort has {len(keys)}."
+        )
+    if offset:
+        raise IllegalArgument("`from` parameter must be set to 0 when `search_after` is used.")
+    found = After(_int(values[0], "search_after") * 1000)
+    if "_doc" in keys:
+        mark = values[keys.index("_doc")]
+        parts = mark.split(":", 2) if isinstance(mark, str) else []
+        if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+            raise ParseError(f"search_after: [{mark}] is not a _doc sort value of a hit here")
+        found = After(int(parts[0]), int(parts[1]), parts[2])
+    return found
 
 
 def _track(value: Any) -> int | None:

@@ -158,16 +158,51 @@ class Rows:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class After:
+    """``search_after``: hits past the entry at ``ts`` µs, seq ``seq`` of variable ``id``, in
+    the order (ts, id, seq); without ``id``, past the millisecond of ``ts``."""
+
+    ts: int
+    seq: int = 0
+    id: str | None = None
+
+
+def window_of(plan: Plan, desc: bool, variable: Variable, after: After | None) -> Window | None:
+    """The window of ``variable``'s entries a page may hold (None: nothing)."""
+    lo, hi, past = plan.lo, plan.hi, None
+    mark = None if after is None else after.id
+    if after is not None and mark is None:  # past a millisecond
+        if desc:
+            hi = min(hi, after.ts // 1000 * 1000)
+        else:
+            lo = max(lo, (after.ts // 1000 + 1) * 1000)
+    elif after is not None and mark is not None:
+        if variable.id == mark:
+            past = (after.ts, after.seq)
+        elif (variable.id > mark) != desc:  # its entries at ts come after the mark
+            lo, hi = (lo, min(hi, after.ts + 1)) if desc else (max(lo, after.ts), hi)
+        else:
+            lo, hi = (lo, min(hi, after.ts)) if desc else (max(lo, after.ts + 1), hi)
+    return Window(lo, hi, past, desc) if lo < hi else None
+
+
 async def read(
-    history: HistoryStore, chosen: list[Variable], plan: Plan, limit: int | None, desc: bool
+    history: HistoryStore,
+    chosen: list[Variable],
+    plan: Plan,
+    limit: int | None,
+    desc: bool,
+    after: After | None = None,
 ) -> Rows:
-    """The entries of ``plan``'s window of each variable; with ``limit``, the first ``limit`` of
-    each in the direction asked (enough for any page of at most ``limit`` hits)."""
+    """The entries of ``plan``'s window of each variable (past ``after``); with ``limit``, the
+    first ``limit`` of each in the direction asked (enough for any page of at most ``limit``
+    hits)."""
     gate = asyncio.Semaphore(READS_AT_ONCE)
-    window = Window(plan.lo, plan.hi, desc=desc)
 
     async def one(variable: Variable) -> pa.Table:
-        if plan.empty:
+        window = window_of(plan, desc, variable, after)
+        if window is None:
             return segments.empty()
         async with gate:
             page = await history.read(variable.key, window, limit)

@@ -105,7 +105,10 @@ async def execute(
     if limit == 0:
         data = es_rows.Rows.none(chosen)
     else:
-        data = await es_rows.read(ctx.resources.history, chosen, search.plan, limit, search.desc)
+        if search.after is not None and (rest or len(targets) > 1):
+            raise Unsupported("search_after", "with one index, and aggregations of the engine")
+        history = ctx.resources.history
+        data = await es_rows.read(history, chosen, search.plan, limit, search.desc, search.after)
     found: dict[str, Any] = {}
     entries = len(data) if data.complete else None
     for name, shape in shapes.items():
@@ -171,7 +174,11 @@ def _hits(ctx: Context, data: es_rows.Rows, search: Search) -> list[dict[str, An
             if found:
                 hit["fields"] = found
         if search.sorted:
-            hit["sort"] = [ts // 1000 if key == "time" else seq for key in search.sort_keys]
+            marks = [
+                ts // 1000 if key == "time" else f"{ts}:{seq}:{variable.id}"
+                for key in search.sort_keys
+            ]
+            hit["sort"] = marks
         hits.append(hit)
     return hits
 
