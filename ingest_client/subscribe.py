@@ -127,8 +127,8 @@ def _items(frame: dict[str, Any], positions: dict[str, tuple[int, int]]) -> list
         return []
     if kind == "reset":
         lost = tuple(frame["lost"]) if frame.get("lost") else None
-        if lost is not None:
-            positions[frame["id"]] = (frame["epoch"], lost[1])
+        if lost is not None:  # history goes on after lost, or after "seq" when it went back
+            positions[frame["id"]] = (frame["epoch"], frame.get("seq", lost[1]))
         else:
             positions.pop(frame["id"], None)
         return [Reset(frame["id"], frame["epoch"], lost)]  # type: ignore[arg-type]

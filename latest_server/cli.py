@@ -1,4 +1,4 @@
-"""``latest-server serve|consume|offload|merge|doctor``: flags override the environment, the
+"""``latest-server serve|consume|offload|merge|reindex|doctor``: flags override the environment, the
 Redis to use is chosen (REDIS_URL or the data directory's embedded Valkey), then the server runs
 until stopped (runner.py), the job runs once (jobs.py) or the checks run (doctor.py)."""
 
@@ -20,8 +20,8 @@ from latest_server.datadir import DataDirBusy, Owner
 from latest_server.embedded import EmbeddedValkey
 from latest_server.errors import LatestError
 from latest_server.jobs import JOB_COMMANDS
-from latest_server.redact import RedactingFormatter, redact
-from latest_server.runner import run, run_loop
+from latest_server.redact import redact
+from latest_server.runner import configure_logging, run, run_loop
 from latest_server.settings import Settings, describe
 
 log = logging.getLogger("latest_server")
@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--session", dest="job_session", metavar="ID", help="the variables of a session"
     )
     add_setting_flags(merge)
+    reindex = commands.add_parser(
+        "reindex", help="rebuild the index of variables (GET /variables) from what Redis holds"
+    )
+    add_setting_flags(reindex)
     doctor = commands.add_parser(
         "doctor",
         help="check Redis, RabbitMQ, the object store, the tokens file and the bind address; "
@@ -143,12 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env().with_overrides(**args)
     except LatestError as exc:
         parser.error(exc.message)
-    handler = logging.StreamHandler()
-    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(_retries_in_one_line)
-    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
-    logging.getLogger("aio_pika").setLevel(max(logging.WARNING, logging.getLogger().level))
-    logging.getLogger("aiormq").setLevel(max(logging.WARNING, logging.getLogger().level))
+    configure_logging(settings)
     try:
         if command == "consume" and not settings.amqp_url:
             raise LatestError("'consume' needs AMQP_URL (or --amqp-url)")
@@ -166,15 +165,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"latest-server: error: {redact(message)}", file=sys.stderr)
         return 1
     return 0
-
-
-def _retries_in_one_line(record: logging.LogRecord) -> bool:
-    """The Elasticsearch client logs each retried failure as a warning with its traceback (at
-    start-up against an unreachable cluster, a screenful of them): one line each says it all."""
-    if record.name.startswith("elastic_transport") and record.levelno < logging.ERROR:
-        record.exc_info = None
-        record.exc_text = None
-    return True
 
 
 SERVERS = ("serve", "consume")  # run until stopped; every other command is a job

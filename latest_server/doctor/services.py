@@ -8,6 +8,7 @@ from typing import Any
 
 import aio_pika
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
 from latest_server.doctor.findings import TIMEOUT, Finding, fail, ok, warn
@@ -27,10 +28,28 @@ async def check_redis(settings: Settings) -> list[Finding]:
     url = str(settings.redis_url)
     redis = connect(url, socket_connect_timeout=TIMEOUT, socket_timeout=TIMEOUT)
     try:
-        info = await redis.info()
-    except (RedisError, OSError) as exc:
-        return [fail("redis", f"{url} does not answer: {exc}", "start Redis or set REDIS_URL")]
-    try:
+        if isinstance(redis, RedisCluster):  # every primary holds variables: check each
+            try:
+                await redis.initialize()
+                primaries = redis.get_primaries()
+            except (RedisError, OSError) as exc:
+                return [
+                    fail("redis", f"{url} does not answer: {exc}", "start Redis or set REDIS_URL")
+                ]
+            found = [ok("redis", f"{url} answers: a cluster of {len(primaries)} primaries")]
+            for node in primaries:
+                try:
+                    info = await redis.info(target_nodes=node)
+                    save = await redis.config_get("save", target_nodes=node)
+                except (RedisError, OSError) as exc:
+                    found.append(fail("redis", f"{node.name} does not answer: {exc}", "start it"))
+                    continue
+                found += _node_findings(settings, info, str(save.get("save", "")), node.name)
+            return found
+        try:
+            info = await redis.info()
+        except (RedisError, OSError) as exc:
+            return [fail("redis", f"{url} does not answer: {exc}", "start Redis or set REDIS_URL")]
         return [
             ok("redis", f"{url} answers"),
             _version(info),
@@ -41,6 +60,18 @@ async def check_redis(settings: Settings) -> list[Finding]:
         ]
     finally:
         await redis.aclose()
+
+
+def _node_findings(settings: Settings, info: dict[str, Any], save: str, name: str) -> list[Finding]:
+    """A cluster primary's version, policy, persistence and memory, each named by the node."""
+    if int(info.get("aof_enabled", 0)):
+        persistence = ok("redis", "persistence: append-only file")
+    elif save.strip():
+        persistence = ok("redis", f"persistence: snapshots (save {save})")
+    else:
+        persistence = warn("redis", 'no persistence (appendonly no, save "")')
+    findings = [_version(info), _policy(info), persistence, _memory(settings, info)]
+    return [Finding(f.level, f.area, f"{name}: {f.message}", f.fix) for f in findings]
 
 
 def _version(info: dict[str, Any]) -> Finding:

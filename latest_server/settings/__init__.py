@@ -25,15 +25,18 @@ from latest_server.settings.core import (
     VERSION_TYPES,
     CoreSettings,
 )
+from latest_server.settings.durability import DurabilitySettings
 from latest_server.settings.iudx import IudxSettings
 from latest_server.settings.limits import LimitSettings
 from latest_server.settings.query import QuerySettings
+from latest_server.settings.scale import QUEUE_TYPES, ScaleSettings
 from latest_server.settings.search import SearchSettings
 
 __all__ = [
     "BACKENDS",
     "ES_VERSION_SCALES",
     "LOG_LEVELS",
+    "QUEUE_TYPES",
     "TIME_UNITS",
     "VERSION_TYPES",
     "Settings",
@@ -44,7 +47,14 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Settings(
-    SearchSettings, QuerySettings, AccessSettings, LimitSettings, IudxSettings, CoreSettings
+    SearchSettings,
+    QuerySettings,
+    DurabilitySettings,
+    ScaleSettings,
+    AccessSettings,
+    LimitSettings,
+    IudxSettings,
+    CoreSettings,
 ):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -22,7 +22,9 @@ class CoreSettings:
         "REDIS_URL",
         None,
         parse.optional_url,
-        "Redis URL (redis://, rediss://, unix://). Unset: start an embedded Valkey server.",
+        "Redis URL (redis://, rediss://, unix://), or a Redis Cluster's "
+        "(redis+cluster://host:port,host:port, rediss+cluster://). "
+        "Unset: start an embedded Valkey server.",
     )
     amqp_url: str | None = setting(
         "AMQP_URL",

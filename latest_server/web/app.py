@@ -19,7 +19,7 @@ from latest_server.web import errors
 from latest_server.web._request import Mount, param
 from latest_server.web.es import routes as es
 from latest_server.web.guard import Guard
-from latest_server.web.http import health, history, ingest, iudx, latest
+from latest_server.web.http import health, history, ingest, iudx, latest, variables
 from latest_server.web.http import sessions as session_routes
 from latest_server.web.http.params import strict
 from latest_server.web.http_timeouts import BodyTimeout, header_timeout_protocol
@@ -64,6 +64,7 @@ def create_app(
         Route("/latest", strict(latest.list_latest, *latest.LIST_PARAMS), methods=["GET"]),
         Route("/latest/_mget", strict(latest.mget_latest), methods=["POST"]),
         Route("/latest/" + param("variable_id"), strict(latest.get_latest), methods=["GET"]),
+        Route("/variables", strict(variables.list_variables, *variables.PARAMS), methods=["GET"]),
         Route("/history", history_route, methods=["GET"]),
         Route("/history/" + param("variable_id"), history_route, methods=["GET"]),
         Route(

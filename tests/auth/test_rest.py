@@ -38,7 +38,7 @@ def test_credentials_are_needed_and_checked(server: ServerThread) -> None:
             assert answer.json()["error"]["type"] == "unauthorized"
             assert answer.headers["www-authenticate"].startswith("Bearer")
         assert http.post("/ingest", json=packet("a/1")).status_code == 401
-        assert http.get("/healthz").json() == {"status": "ok"}
+        assert http.get("/healthz").json()["status"] == "ok"
         assert http.get("/readyz").status_code == 200
 
 
@@ -195,3 +195,25 @@ def test_the_description_is_open_and_the_iudx_api_keeps_to_the_prefixes(
             assert inside.status_code == 200 and inside.json()["results"][0]["n"] == 1
             outside = http.get(f"/ngsi-ld/{version}/entities/b/1", headers=bearer("reader"))
             assert outside.status_code == 403 and outside.json()["error"]["type"] == "forbidden"
+
+
+def test_listings_keep_to_the_prefixes(server: ServerThread) -> None:
+    """GET /variables and GET /latest?prefix= list only under one of the token's prefixes: a
+    broader prefix is a 403, never a page of ids the token may not read."""
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        batch = [packet("a/1"), packet("a/2"), packet("b/1")]
+        assert http.post("/ingest", json=batch, headers=bearer("both")).json()["accepted"] == 3
+        for path in ("/variables", "/latest"):
+            inside = http.get(path, params={"prefix": "a/"}, headers=bearer("reader"))
+            assert inside.status_code == 200, inside.text
+            body = inside.json()
+            found = body["variables"] if path == "/variables" else body["docs"]
+            assert [item["id"] for item in found] == ["a/1", "a/2"]
+            for prefix in ("", "b/", "a"):
+                outside = http.get(path, params={"prefix": prefix}, headers=bearer("reader"))
+                assert outside.status_code == 403, (path, prefix)
+                assert outside.json()["error"]["type"] == "forbidden"
+            everything = http.get(path, params={"prefix": ""}, headers=bearer("both")).json()
+            listed = everything["variables"] if path == "/variables" else everything["docs"]
+            assert [item["id"] for item in listed] == ["a/1", "a/2", "b/1"]
+        assert http.get("/variables", headers=bearer("writer")).status_code == 403  # no read

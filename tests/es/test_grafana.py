@@ -430,14 +430,18 @@ async def test_bounds_of_a_search(
 
 
 async def test_without_latest_hashes_a_search_names_its_ids(redis: Redis) -> None:
-    """LATEST_BACKEND=elasticsearch keeps the latest documents, the listing, elsewhere: a search
-    that would list the variables is refused, not answered empty; one naming them is planned."""
+    """LATEST_BACKEND=elasticsearch keeps the latest documents of an index other than the main
+    one (which the index of variables lists) in Elasticsearch: a search that would list that
+    index's variables is refused, not answered empty; one naming them is planned."""
     listing = plan({"match_all": {}}, FIELDS)
     with pytest.raises(IllegalArgument, match="a filter naming the ids is required"):
-        await variables(redis, listing, "latest", "", 10, listed=False)
+        await variables(redis, listing, "logs", "logs", 10, listed=False)
     named = plan({"terms": {"id": ["b", "a"]}}, FIELDS)
-    found = await variables(redis, named, "latest", "", 10, listed=False)
-    assert [(v.id, v.key) for v in found] == [("a", keys.key_for("a")), ("b", keys.key_for("b"))]
+    found = await variables(redis, named, "logs", "logs", 10, listed=False)
+    assert [(v.id, v.key) for v in found] == [
+        ("a", keys.key_for("a", "logs")),
+        ("b", keys.key_for("b", "logs")),
+    ]
 
 
 async def test_tokens_see_their_prefixes_and_indices(

@@ -2,8 +2,9 @@
 Grafana's data source lists them (its field pickers, the time field of its settings).
 
 Built from the data, at a bounded cost: the latest documents of at most ``SAMPLE_VARIABLES`` of
-the index's variables, the newest ``SAMPLE_ENTRIES`` history entries in Redis of each, and the
-``n:`` columns (numeric leaves) of the newest object of at most ``SAMPLE_OBJECTS`` of them.
+the index's variables (the first of the index of variables, or of a SCAN for another index),
+the newest ``SAMPLE_ENTRIES`` history entries in Redis of each, and the ``n:`` columns
+(numeric leaves) of the newest object of at most ``SAMPLE_OBJECTS`` of them.
 Numbers are ``double``, strings ``keyword``, booleans ``boolean``, objects ``object`` (with
 ``properties``); the id is ``keyword`` and every name of the time field (LATEST_TIME_FIELD) seen,
 and always its first, is ``date``.
@@ -54,12 +55,15 @@ async def fields_of(ctx: Context, index: str, principal: Principal) -> dict[str,
         raise ActionUnauthorized(ACTION, principal.name, f" on index [{index}]")
     namespace = await _index(ctx, index)
     redis = ctx.resources.redis
-    try:
-        sample = await variables(
-            redis, Plan(), index, namespace, SAMPLE_VARIABLES, allowed=principal.covers
-        )
-    except IllegalArgument:  # more variables than the sample: the first ones listed
-        sample = await _first(ctx, index, namespace, principal)
+    if not namespace:  # the index of variables: its first ids, under the token's prefixes
+        sample = await _catalogued(ctx, index, principal)
+    else:
+        try:
+            sample = await variables(
+                redis, Plan(), index, namespace, SAMPLE_VARIABLES, allowed=principal.covers
+            )
+        except IllegalArgument:  # more variables than the sample: the first ones listed
+            sample = await _first(ctx, index, namespace, principal)
     found: dict[str, str] = {}
     for doc in await _documents(redis, sample):
         _walk(doc, "", found, 0)
@@ -71,6 +75,14 @@ async def fields_of(ctx: Context, index: str, principal: Principal) -> dict[str,
             found[name] = DATE
     found[settings.id_field] = TEXT
     return found
+
+
+async def _catalogued(ctx: Context, index: str, principal: Principal) -> list[Variable]:
+    found: list[Variable] = []
+    for prefix in principal.prefixes or ("",):
+        ids, _ = await ctx.resources.variables.ids(prefix, SAMPLE_VARIABLES)
+        found += [Variable(index, v, keys.key_for(v)) for v in ids if principal.covers(v)]
+    return found[:SAMPLE_VARIABLES]
 
 
 async def _first(ctx: Context, index: str, namespace: str, principal: Principal) -> list[Variable]:

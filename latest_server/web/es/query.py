@@ -71,6 +71,20 @@ class Plan:
     def matches(self, variable: str) -> bool:
         return all(test.matches(variable) for test in self.tests)
 
+    def prefix(self) -> str:
+        """A prefix of every id the plan covers (from its globs' literal beginnings)."""
+        longest = ""
+        for test in self.tests:
+            if test.exact or not test.patterns:
+                continue
+            heads = [re.split(r"[*?\[]", pattern, maxsplit=1)[0] for pattern in test.patterns]
+            common = heads[0]
+            for head in heads[1:]:
+                while not head.startswith(common):
+                    common = common[:-1]
+            longest = max(longest, common, key=len)
+        return longest
+
 
 class Fields:
     """The field names a search may use, from the settings."""

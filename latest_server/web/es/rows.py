@@ -1,11 +1,11 @@
-"""The documents a search covers: which variables (listed or named), and their history entries
-in the plan's time window, read from every tier (stores/history.py: Redis, transfer and merged
-objects, de-duplicated), as one set of rows with the numbers of each field on demand.
+"""The documents a search covers: which variables (named, or listed), and their history
+entries in the plan's time window, read from every tier (stores/history.py: Redis, transfer and
+merged objects, de-duplicated), as one set of rows with the numbers of each field on demand.
 
-Without a filter naming ids, the index's variables are listed by a bounded SCAN of the latest
-hashes (``lv:*:latest``), at most LATEST_ES_SEARCH_MAX_VARIABLES of them: past that the search is
-a 400 asking for a filter on the id. A variable whose latest document was deleted keeps its
-history but has no id there, and is left out of such a listing.
+Without a filter naming ids, the main index's variables are listed from the index of variables
+kept by the write path (stores/variables.py: one sorted set, paged by prefix), another index's
+by a bounded SCAN of the latest hashes (``lv:*:latest``); at most LATEST_ES_SEARCH_MAX_VARIABLES
+of them: past that the search is a 400 asking for a filter on the id.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 import orjson
 import pyarrow as pa
-from redis.asyncio import Redis
 
 from latest_server import keys
 from latest_server.redis_client import redis_bounded
 from latest_server.stores import segments
 from latest_server.stores.history import HistoryStore
 from latest_server.stores.segments import Window
+from latest_server.stores.variables import VariableIndex
 from latest_server.web.es.errors import IllegalArgument
 from latest_server.web.es.query import Plan
 
@@ -41,7 +41,7 @@ class Variable:
 
 @redis_bounded
 async def variables(
-    redis: Redis,
+    redis: Any,
     plan: Plan,
     index: str,
     namespace: str,
@@ -49,22 +49,30 @@ async def variables(
     *,
     listed: bool = True,
     allowed: Callable[[str], bool] = lambda variable: True,
+    catalog: VariableIndex | None = None,
+    prefixes: tuple[str, ...] | None = None,
 ) -> list[Variable]:
     """The variables of ``index`` that ``plan`` covers and ``allowed`` lets the request see
-    (the principal's prefixes: others are left out, as by Elasticsearch's document-level
-    security), sorted by id; a 400 past ``limit``. Without ``listed`` (the latest documents are
-    not in Redis: LATEST_BACKEND=elasticsearch), a search must name its ids."""
+    (the principal's ``prefixes``: others are left out, as by Elasticsearch's document-level
+    security), sorted by id; a 400 past ``limit``.
+
+    Listed from the index of variables (``catalog``, stores/variables.py) for the main index,
+    under the longest literal prefix of the plan's id globs; for another index (a namespace,
+    which that index does not hold) by a bounded SCAN of the latest hashes. Without ``listed``
+    (LATEST_BACKEND=elasticsearch: no latest hash in Redis) such an index needs its ids named."""
     named = plan.exact_ids()
     if named is not None:
         named = {v for v in named if allowed(v)}
         if len(named) > limit:
             raise _too_many(limit)
         return [Variable(index, v, keys.key_for(v, namespace)) for v in sorted(named)]
+    if catalog is not None and not namespace:
+        return await _catalogued(catalog, plan, index, limit, allowed, prefixes)
     if not listed:
         raise IllegalArgument(
-            "with LATEST_BACKEND=elasticsearch the latest documents are in Elasticsearch and "
-            "cannot be listed here: a filter naming the ids is required (term, terms, or "
-            "query_string id:<value> without wildcards)"
+            "with LATEST_BACKEND=elasticsearch the latest documents of this index are in "
+            "Elasticsearch and cannot be listed here: a filter naming the ids is required "
+            "(term, terms, or query_string id:<value> without wildcards)"
         )
     found: list[Variable] = []
     batch: list[str] = []
@@ -89,7 +97,39 @@ async def variables(
     return sorted(found, key=lambda v: v.id)
 
 
-async def _ids(redis: Redis, batch: list[str]) -> list[str | None]:
+async def _catalogued(
+    catalog: VariableIndex,
+    plan: Plan,
+    index: str,
+    limit: int,
+    allowed: Callable[[str], bool],
+    prefixes: tuple[str, ...] | None,
+) -> list[Variable]:
+    found: list[Variable] = []
+    for prefix in _prefixes(plan.prefix(), prefixes):
+        async for variable in catalog.every(prefix):
+            if plan.matches(variable) and allowed(variable):
+                found.append(Variable(index, variable, keys.key_for(variable)))
+                if len(found) > limit:
+                    raise _too_many(limit)
+    return sorted(found, key=lambda v: v.id)
+
+
+def _prefixes(wanted: str, granted: tuple[str, ...] | None) -> list[str]:
+    """The prefixes to list: ``wanted`` within each of the ``granted`` ones (None: every id)."""
+    if granted is None:
+        return [wanted]
+    found = set()
+    for prefix in granted:
+        if prefix.startswith(wanted):
+            found.add(prefix)
+        elif wanted.startswith(prefix):
+            found.add(wanted)
+    # a prefix inside another lists nothing new
+    return sorted(p for p in found if not any(p != q and p.startswith(q) for q in found))
+
+
+async def _ids(redis: Any, batch: list[str]) -> list[str | None]:
     async with redis.pipeline(transaction=False) as pipe:
         for key in batch:
             pipe.hget(keys.latest(key), "id")

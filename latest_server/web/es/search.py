@@ -93,6 +93,8 @@ async def execute(
             room,
             listed=settings.backend != "elasticsearch",
             allowed=principal.covers,
+            catalog=ctx.resources.variables,
+            prefixes=principal.prefixes,
         )
     fields = Fields(settings)
     engine = ctx.resources.aggregates

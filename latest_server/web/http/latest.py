@@ -1,4 +1,5 @@
-"""Latest values: GET /latest/{id}, GET /latest?id=…&id=…, POST /latest/_mget (one round trip)."""
+"""Latest values: GET /latest/{id}, GET /latest?id=…&id=…, GET /latest?prefix=…&limit=…&cursor=…
+(the variables under a prefix, a page at a time), POST /latest/_mget (one round trip)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from latest_server.errors import BadRequest, NotFound
 from latest_server.resources import Resources
 from latest_server.stores.base import LatestDoc
 from latest_server.web._request import covered, json_error, mget_bound, read_decoded
+from latest_server.web.cursors import encode_id_cursor
+from latest_server.web.http import variables
 
 
 async def get_latest(request: Request) -> Response:
@@ -32,14 +35,40 @@ async def get_latest(request: Request) -> Response:
     return Response(found.doc, headers=headers, media_type="application/json")
 
 
-LIST_PARAMS = ("id",)  # GET /latest?id=a&id=b
+# GET /latest?id=a&id=b, or GET /latest?prefix=a&limit=100&cursor=…
+LIST_PARAMS = ("id", *variables.PARAMS)
+PREFIX_LIMIT = 1_000  # documents per page by default (at most LATEST_MAX_MGET_IDS)
 
 
 async def list_latest(request: Request) -> Response:
-    ids = request.query_params.getlist("id")
+    query = request.query_params
+    ids = query.getlist("id")
+    paged = [name for name in variables.PARAMS if name in query]
+    if ids and paged:
+        raise BadRequest(
+            f"give ids or a prefix, not both: [id] with [{'], ['.join(paged)}]",
+            reason="bad_parameter",
+        )
+    if paged:
+        return await _prefixed(request)
     if not ids:
-        raise BadRequest("give at least one id: /latest?id=a&id=b")
+        raise BadRequest("give at least one id: /latest?id=a&id=b, or a prefix: /latest?prefix=a")
     return await _many(request, ids)
+
+
+async def _prefixed(request: Request) -> Response:
+    """A page of the latest documents of the variables under ``prefix``, in id order, and the
+    cursor of the next page (``next``, null on the last)."""
+    resources: Resources = request.app.state.resources
+    most = resources.settings.max_mget_ids
+    prefix, limit, after = variables.page(request, min(PREFIX_LIMIT, most), most)
+    ids, last = await resources.variables.ids(prefix, limit, after)
+    docs = await resources.latest.mget(ids)
+    body = {
+        "docs": [_item(i, d) for i, d in zip(ids, docs, strict=True)],
+        "next": None if last is None else encode_id_cursor(last),
+    }
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 async def mget_latest(request: Request) -> Response:

@@ -11,7 +11,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from latest_server.sessions import STATES
+from latest_server.stores import variables
 from latest_server.web.http import history, latest, sessions
+from latest_server.web.http import variables as variable_routes
 from latest_server.web.http.ingest import NDJSON_TYPES
 from latest_server.web.openapi import iudx
 from latest_server.web.openapi.schemas import JSON, headers, json_content, ref
@@ -54,10 +56,10 @@ QUERY: dict[str, dict[str, Any]] = {
     # GET /latest
     "id": {
         "schema": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
-        "required": True,
         "style": "form",
         "explode": True,
-        "description": "variable ids (repeat the parameter); too many is refused, naming the bound",
+        "description": "variable ids (repeat the parameter); too many is refused, naming the "
+        "bound. Give ids or `prefix`, not both",
     },
     # GET /sessions (its `limit` is not history's: see SESSION_QUERY)
     "state": {"schema": {"type": "string", "enum": list(STATES)}},
@@ -94,6 +96,31 @@ HISTORY_QUERY: dict[str, dict[str, Any]] = {
         "schema": {"type": "string"},
         "description": "with agg=percentiles: the percents, comma-separated",
     },
+}
+UNDER = "only the variables whose id starts with it (in the byte order of their UTF-8)"
+PREFIX = {"schema": {"type": "string"}, "description": UNDER}
+PAGE_CURSOR = {"schema": {"type": "string"}, "description": "the previous page's `next`"}
+VARIABLES_QUERY = {
+    "prefix": PREFIX,
+    "limit": {
+        "schema": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": variables.MAX_LIMIT,
+            "default": variables.DEFAULT_LIMIT,
+        },
+        "description": "variables per page",
+    },
+    "cursor": PAGE_CURSOR,
+}
+LATEST_QUERY = {
+    "prefix": {**PREFIX, "description": UNDER + ": a page of their latest documents"},
+    "limit": {
+        "schema": {"type": "integer", "minimum": 1},
+        "description": f"with `prefix`: documents per page (default {latest.PREFIX_LIMIT}, "
+        "at most LATEST_MAX_MGET_IDS)",
+    },
+    "cursor": PAGE_CURSOR,
 }
 SESSION_QUERY = {
     "limit": {
@@ -249,9 +276,9 @@ def operations() -> dict[str, dict[str, Operation]]:
         "/latest": {
             "get": {
                 "operationId": "list_latest",
-                "summary": "Many latest documents, by repeated `id`",
+                "summary": "Many latest documents, by repeated `id` or a page under a `prefix`",
                 "tags": ["read"],
-                "parameters": query(latest.LIST_PARAMS),
+                "parameters": query(latest.LIST_PARAMS, LATEST_QUERY),
                 "responses": {**LATEST_MANY, **common("413")},
             }
         },
@@ -266,6 +293,20 @@ def operations() -> dict[str, dict[str, Operation]]:
             }
         },
         "/latest/{variable_id}": {"get": LATEST_ONE},
+        "/variables": {
+            "get": {
+                "operationId": "list_variables",
+                "summary": "The variables under a prefix, in id order, a page at a time",
+                "description": "From the index the write path keeps: each variable's latest "
+                "version and its number of history entries.",
+                "tags": ["read"],
+                "parameters": query(variable_routes.PARAMS, VARIABLES_QUERY),
+                "responses": {
+                    **ok("a page of variables", json_content(ref("Variables"))),
+                    **common(),
+                },
+            }
+        },
         "/history": {"get": HISTORY_NO_ID},
         "/history/{variable_id}": {"get": HISTORY},
         "/sessions": {

@@ -107,7 +107,46 @@ SCHEMAS: dict[str, Schema] = {
     "LatestDocs": {
         "type": "object",
         "required": ["docs"],
-        "properties": {"docs": {"type": "array", "items": ref("LatestItem")}},
+        "properties": {
+            "docs": {"type": "array", "items": ref("LatestItem")},
+            "next": {
+                "type": ["string", "null"],
+                "description": "with `prefix`: the cursor of the next page; null on the last",
+            },
+        },
+    },
+    "Variable": {
+        "type": "object",
+        "required": ["id", "version", "entries", "deleted"],
+        "properties": {
+            "id": {"type": "string"},
+            "version": {
+                "type": ["integer", "null"],
+                "description": "the latest document's version: its time in µs since the epoch "
+                "(UTC), unless an Elasticsearch request gave another; null when deleted",
+            },
+            "entries": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "history entries appended to the variable (its last seq), "
+                "in Redis and in objects",
+            },
+            "deleted": {
+                "type": "boolean",
+                "description": "no latest document (an Elasticsearch DELETE); history stays",
+            },
+        },
+    },
+    "Variables": {
+        "type": "object",
+        "required": ["variables", "next"],
+        "properties": {
+            "variables": {"type": "array", "items": ref("Variable")},
+            "next": {
+                "type": ["string", "null"],
+                "description": "the cursor of the next page; null on the last",
+            },
+        },
     },
     "Entry": {
         "type": "object",
@@ -179,8 +218,11 @@ SCHEMAS: dict[str, Schema] = {
     },
     "Health": {
         "type": "object",
-        "required": ["status"],
-        "properties": {"status": {"const": "ok"}},
+        "required": ["status", "pid"],
+        "properties": {
+            "status": {"const": "ok"},
+            "pid": {"type": "integer", "description": "the answering process (serve --workers)"},
+        },
     },
     "Ready": {
         "type": "object",
