@@ -28,7 +28,9 @@ from latest_server.settings.core import (
 from latest_server.settings.durability import DurabilitySettings
 from latest_server.settings.iudx import IudxSettings
 from latest_server.settings.limits import LimitSettings
+from latest_server.settings.query import QuerySettings
 from latest_server.settings.scale import QUEUE_TYPES, ScaleSettings
+from latest_server.settings.search import SearchSettings
 
 __all__ = [
     "BACKENDS",
@@ -45,7 +47,14 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Settings(
-    DurabilitySettings, ScaleSettings, AccessSettings, LimitSettings, IudxSettings, CoreSettings
+    SearchSettings,
+    QuerySettings,
+    DurabilitySettings,
+    ScaleSettings,
+    AccessSettings,
+    LimitSettings,
+    IudxSettings,
+    CoreSettings,
 ):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
