@@ -29,6 +29,7 @@ from latest_server.redis_client import (
 from latest_server.sessions import EndHook, Session, SessionStore
 from latest_server.settings import Settings
 from latest_server.stores import open_latest_store, open_object_store
+from latest_server.stores.aggregate import Aggregator
 from latest_server.stores.base import LatestStore, ObjectStore
 from latest_server.stores.history import HistoryStore
 from latest_server.stores.variables import VariableIndex
@@ -54,6 +55,7 @@ class Resources:
     ready_checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
     sessions: SessionStore | None = None
     session_jobs: SessionJobs | None = None  # completion detector + end-hook runner
+    aggregates: Aggregator | None = None  # aggregations over every tier (stores/aggregate.py)
     # At start-up, the index rebuilt when its key is missing while variables exist.
     reindexing: asyncio.Task[None] | None = None
 
@@ -94,6 +96,7 @@ class Resources:
         sessions = SessionStore(redis, scripts, completion_delay=settings.completion_delay)
         session_jobs = SessionJobs(sessions, settings, on_end or merge_on_end(merger))
         session_jobs.start()
+        history = HistoryStore(redis, scripts, objects)
         variables = VariableIndex(redis, scripts)
         return cls(
             settings,
@@ -102,7 +105,7 @@ class Resources:
             Ingestor(latest, trigger, sessions=sessions, variables=variables),
             PacketParser(settings),
             objects,
-            HistoryStore(redis, scripts, objects),
+            history,
             offloader,
             merger,
             trigger,
@@ -110,6 +113,7 @@ class Resources:
             variables,
             sessions=sessions,
             session_jobs=session_jobs,
+            aggregates=Aggregator(history, objects_url(settings), settings),
             reindexing=asyncio.create_task(_ensure_index(variables)),
         )
 
@@ -121,6 +125,8 @@ class Resources:
         if self.session_jobs is not None:
             await self.session_jobs.close()
         await self.trigger.close(cancel=True)
+        if self.aggregates is not None:
+            self.aggregates.close()
         await self.latest.close()  # its own client (Elasticsearch), or the Redis one
         await self.redis.aclose()
 

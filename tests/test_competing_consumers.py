@@ -108,15 +108,19 @@ async def run(
     children: list[Child] = [
         latest_server(spawn, "consume", env, f"consumer{i}") for i in range(consumers)
     ]
+
+    async def all_consuming() -> bool:
+        return (await queue_state(amqp, settings.queue))[1] == len(children)
+
     if kill_one:
+        # Every consumer on the queue first (a process may take a while to start on a busy
+        # machine), then a third written: the one killed was competing with the others.
+        await until("every consumer on the queue", all_consuming, 60, *children)
         await until("a third written", lambda: _more_than(redis, distinct // 3), 60, *children)
         ready, consuming = await queue_state(amqp, settings.queue)
         assert ready > 0 and consuming == consumers, "killed after the queue was drained"
         children[0].kill()
         children[0] = latest_server(spawn, "consume", env, "replacement")
-
-    async def all_consuming() -> bool:
-        return (await queue_state(amqp, settings.queue))[1] == len(children)
 
     await until("every consumer on the queue", all_consuming, 60, *children)
 

@@ -29,7 +29,9 @@ from latest_server.settings.durability import DurabilitySettings
 from latest_server.settings.iudx import IudxSettings
 from latest_server.settings.limits import LimitSettings
 from latest_server.settings.observability import LOG_FORMATS, ObservabilitySettings
+from latest_server.settings.query import QuerySettings
 from latest_server.settings.scale import QUEUE_TYPES, ScaleSettings
+from latest_server.settings.search import SearchSettings
 
 __all__ = [
     "BACKENDS",
@@ -48,6 +50,8 @@ __all__ = [
 @dataclass(frozen=True)
 class Settings(
     ObservabilitySettings,
+    SearchSettings,
+    QuerySettings,
     DurabilitySettings,
     ScaleSettings,
     AccessSettings,

@@ -3,7 +3,9 @@ request's route here before it runs (``required``: a scope and the action's name
 deletes and reads then check each document's index and variable id (``check_op``, ``denied``):
 an operation of a ``_bulk`` or ``_mget`` that is not allowed fails alone, with a 403 item.
 
-Scopes: reads (``_doc`` GET, ``_source``, ``_mget``) need ``read``; index, create, update and
+Scopes: reads (``_doc`` GET, ``_source``, ``_mget``, and the searches: ``_search``, ``_msearch``,
+``_count``, ``_mapping``, ``_field_caps``, answered over the indices and variables the principal
+covers only) need ``read``; index, create, update and
 ``_bulk`` need ``write`` (a ``delete`` line of a ``_bulk`` needs ``admin``); ``DELETE`` of a
 document and creating an index need ``admin``. Housekeeping that reads or changes nothing
 (``/``, ``_license``, ``_nodes``, health, index and template existence, ``_refresh``) needs only
@@ -24,6 +26,13 @@ OP_ACTIONS = {
     "delete": "indices:data/write/delete",
 }
 MANAGED = ("_index_template", "_template", "_ilm")
+SEARCHES = {  # read-only, whatever the method: searches send their bodies by POST
+    "_search": "indices:data/read/search",
+    "_msearch": "indices:data/read/msearch",
+    "_count": "indices:data/read/search",
+    "_mapping": "indices:admin/mappings/get",
+    "_field_caps": "indices:data/read/field_caps",
+}
 
 
 def required(method: str, parts: list[str]) -> tuple[str | None, str]:
@@ -44,6 +53,8 @@ def required(method: str, parts: list[str]) -> tuple[str | None, str]:
         return WRITE, "indices:data/write/bulk"
     if last == "_mget":
         return READ, "indices:data/read/mget"
+    if last in SEARCHES:
+        return READ, SEARCHES[last]
     if len(parts) == 1:  # an index
         return (None, "indices:admin/get") if reading else (ADMIN, "indices:admin/create")
     if reading:

@@ -27,6 +27,7 @@ from latest_server.stores.segments import Window
 from latest_server.web._request import covered
 from latest_server.web.cursors import decode_cursor, encode_cursor
 from latest_server.web.entries import entries_as_dicts
+from latest_server.web.http import aggregate
 
 MAX_LIMIT = 10_000
 DEFAULT_LIMIT = 1_000
@@ -37,13 +38,29 @@ MARKED_POINTS = 100  # a series this short gets a marker on every point
 # The date above short ranges' hour ticks (ISO dates: ConciseDateFormatter's offset line).
 OFFSET_FORMATS = ["", "%Y", "%Y-%m", "%Y-%m-%d", "%Y-%m-%d", "%Y-%m-%d %H:%M"]
 MORE = "more"  # the default CSV's last column: fields beyond those of the first page
-PARAMS = ("format", "order", "from", "to", "cursor", "limit", "field", "fields", "points")
+PARAMS = (
+    "format",
+    "order",
+    "from",
+    "to",
+    "cursor",
+    "limit",
+    "field",
+    "fields",
+    "points",
+    *aggregate.PARAMS,
+)
 EDGE = 2**62
 
 
 async def get_history(request: Request) -> Response:
-    """The route; a query answered (not refused) is timed to its answer's start, by format."""
+    """The route; a query answered (not refused) is timed to its answer's start, by format
+    (``aggregate`` for an aggregation, web/http/aggregate.py)."""
     started = time.perf_counter()
+    if aggregate.wanted(request.query_params):
+        response = await aggregate.get_aggregate(request)
+        metrics.history_query("aggregate", started)
+        return response
     response = await _history(request)
     metrics.history_query(request.query_params.get("format", "json"), started)
     return response

@@ -64,6 +64,39 @@ QUERY: dict[str, dict[str, Any]] = {
     # GET /sessions (its `limit` is not history's: see SESSION_QUERY)
     "state": {"schema": {"type": "string", "enum": list(STATES)}},
 }
+# GET /history with agg=, lastN= or at= (web/http/aggregate.py)
+HISTORY_QUERY: dict[str, dict[str, Any]] = {
+    "agg": {
+        "schema": {"type": "string"},
+        "description": "aggregates of the numeric `field`(s), comma-separated: min, max, avg, "
+        "sum, count, first, last, cardinality, percentiles, extended_stats",
+    },
+    "interval": {
+        "schema": {"type": "string"},
+        "description": "with `agg`: buckets of a fixed (`1m`, `30s`) or calendar (`day`, `1M`) "
+        "interval; none: one bucket over the range",
+    },
+    "tz": {"schema": {"type": "string", "default": "UTC"}, "description": "buckets' time zone"},
+    "id": {
+        "schema": {"type": "array", "items": {"type": "string", "minLength": 1}},
+        "style": "form",
+        "explode": True,
+        "description": "with `agg`, `lastN` or `at`: more variables (repeat the parameter)",
+    },
+    "lastN": {
+        "schema": {"type": "integer", "minimum": 1},
+        "description": "the last N entries of each variable",
+    },
+    "at": {"schema": TIME, "description": "the value in force at this time"},
+    "min_doc_count": {
+        "schema": {"type": "integer", "minimum": 0},
+        "description": "with `agg` and `interval`: 0 keeps empty buckets",
+    },
+    "percents": {
+        "schema": {"type": "string"},
+        "description": "with agg=percentiles: the percents, comma-separated",
+    },
+}
 UNDER = "only the variables whose id starts with it (in the byte order of their UTF-8)"
 PREFIX = {"schema": {"type": "string"}, "description": UNDER}
 PAGE_CURSOR = {"schema": {"type": "string"}, "description": "the previous page's `next`"}
@@ -224,14 +257,14 @@ HISTORY: Operation = {
     "operationId": "get_history",
     "summary": "A time range of a variable's history, from every tier",
     "tags": ["read"],
-    "parameters": [VARIABLE, *query(history.PARAMS)],
+    "parameters": [VARIABLE, *query(history.PARAMS, HISTORY_QUERY)],
     "responses": HISTORY_RESPONSES,
 }
 HISTORY_NO_ID: Operation = {
     "operationId": "history_without_id",
     "summary": "Always 404: name a variable, /history/{variable_id}",
     "tags": ["read"],
-    "parameters": query(history.PARAMS),
+    "parameters": query(history.PARAMS, HISTORY_QUERY),
     "responses": HISTORY_RESPONSES,
 }
 

@@ -1,0 +1,203 @@
+"""The parts of an aggregation: rows of one tier read as numbers, de-duplicated, turned into a
+partial (partials.py). A ``Task`` (some row groups of an object, or the objects of one cluster
+with the hot rows of its time span) runs here in-process, in a thread, or in a worker process
+of the query pool: it is picklable and opens its own object store.
+
+Rows travel as Arrow tables with the columns ``ts``, ``seq``, ``hash`` and ``v:<field>`` (float64,
+NaN where an entry holds no number at the field).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from latest_server.settings import Settings
+from latest_server.stores import buckets, open_object_store, partials, segments
+from latest_server.stores.base import ObjectStore
+from latest_server.stores.segments import NUMBER_PREFIX, Window
+
+VALUE = "v:"
+KEYS = ("ts", "seq", "hash")
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """What every part of one query computes: its window, fields and buckets."""
+
+    lo: int
+    hi: int
+    fields: tuple[str, ...]
+    interval: buckets.Interval | None  # None: one bucket, keyed 0
+    tz: str = "UTC"
+    values: bool = False  # keep each bucket's values (cardinality, percentiles)
+
+    @property
+    def window(self) -> Window:
+        return Window(self.lo, self.hi)
+
+
+@dataclass(frozen=True)
+class Task:
+    """Row-group slice ``part`` = (k, K) of one object, or whole objects (several, or with
+    ``hot`` rows of their time span), to be de-duplicated together."""
+
+    objects_url: str
+    settings: Settings
+    names: tuple[str, ...]
+    spec: Spec
+    part: tuple[int, int] = (0, 1)
+    hot: pa.Table | None = None
+
+
+_STORES: dict[tuple[str, Settings], ObjectStore] = {}
+
+
+def _store(url: str, settings: Settings) -> ObjectStore:
+    """The object store of a worker process, opened once."""
+    found = _STORES.get((url, settings))
+    if found is None:
+        found = _STORES[(url, settings)] = open_object_store(url, settings)
+    return found
+
+
+def run(task: Task, store: ObjectStore | None = None) -> partials.Partial:
+    """The partial of a task (in a worker process, or in the parent with its ``store``)."""
+    return partial_of(rows_of(task, store), task.spec)
+
+
+def rows_of(task: Task, store: ObjectStore | None = None) -> pa.Table:
+    store = store or _store(task.objects_url, task.settings)
+    tables = [read_object(store, name, task.spec, task.part) for name in task.names]
+    if task.hot is not None:
+        tables.append(task.hot)
+    if len(tables) == 1 and task.hot is None:
+        return tables[0]  # one object: sorted, and without duplicates (see aggregate.py)
+    return deduplicate(pa.concat_tables(tables))
+
+
+def read_object(store: ObjectStore, name: str, spec: Spec, part: tuple[int, int]) -> pa.Table:
+    """Slice ``part`` of the row groups of object ``name`` that overlap the window: ts, seq,
+    hash and the ``n:`` columns of the fields (the documents only for a field without one)."""
+    window = spec.window
+    with store.open(name) as source:
+        parquet = pq.ParquetFile(source, pre_buffer=True)
+        present = set(parquet.schema_arrow.names)
+        stored = [f for f in spec.fields if NUMBER_PREFIX + f in present]
+        columns = [*KEYS, *(NUMBER_PREFIX + f for f in stored)]
+        if len(stored) < len(spec.fields):
+            columns.append("doc")
+        meta = parquet.metadata
+        ts_index = parquet.schema_arrow.get_field_index("ts")
+        groups = []
+        inside = True
+        for index in range(meta.num_row_groups):
+            stats = meta.row_group(index).column(ts_index).statistics
+            if stats is None or not stats.has_min_max:
+                groups.append(index)
+                inside = False
+            elif window.overlaps(stats.min, stats.max):
+                groups.append(index)
+                inside = inside and window.contains(stats.min, stats.max)
+        k, of = part
+        groups = groups[k * len(groups) // of : (k + 1) * len(groups) // of]
+        if not groups:
+            return empty_rows(spec.fields)
+        prefetch = getattr(source, "prefetch", None)
+        if prefetch is not None:  # a remote object: every chunk needed, side by side
+            indices = [parquet.schema_arrow.get_field_index(c) for c in columns]
+            prefetch(segments._chunk_ranges(meta, groups, indices))
+        table = parquet.read_row_groups(groups, columns=columns)
+    if not inside:
+        table = table.filter(window.mask(table))
+    numbers = {}
+    for f in spec.fields:
+        if f in stored:
+            numbers[f] = table.column(NUMBER_PREFIX + f)
+        else:
+            numbers[f] = segments.numbers(table.column("doc"), tuple(f.split(".")))
+    return _rows(table, numbers)
+
+
+def hot_rows(entries: pa.Table, fields: tuple[str, ...]) -> pa.Table:
+    """The rows of hot entries (ts, seq, hash, doc): numbers parsed from the documents, by
+    pyarrow's JSON reader where the documents parse as one table, else one by one."""
+    parse = entries.num_rows and fields
+    found = segments.number_columns(entries.column("doc")) if parse else {}
+    numbers = {}
+    for f in fields:
+        column = found.get(f)
+        if column is None:
+            column = segments.numbers(entries.column("doc"), tuple(f.split(".")))
+        numbers[f] = column
+    return _rows(entries, numbers)
+
+
+def _rows(table: pa.Table, numbers: dict[str, Any]) -> pa.Table:
+    arrays = [table.column(k) for k in KEYS]
+    names = list(KEYS)
+    for f, column in numbers.items():
+        filled = pc.fill_null(column, np.nan) if column.null_count else column
+        arrays.append(filled)
+        names.append(VALUE + f)
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def empty_rows(fields: tuple[str, ...]) -> pa.Table:
+    return pa.Table.from_arrays(
+        [
+            pa.array([], pa.int64()),
+            pa.array([], pa.int64()),
+            pa.array([], pa.binary(20)),
+            *(pa.array([], pa.float64()) for _ in fields),
+        ],
+        names=[*KEYS, *(VALUE + f for f in fields)],
+    )
+
+
+def deduplicate(table: pa.Table) -> pa.Table:
+    """Rows sorted by (ts, seq), one per seq (an entry read from two tiers) and one per
+    (ts, hash) (a packet redelivered after its first copy left Redis): the lowest seq, as
+    history reads keep (segments.deduplicate)."""
+    table = segments.sort(table)
+    n = table.num_rows
+    if n < 2:
+        return table
+    keep = np.ones(n, dtype=bool)
+    seq = table.column("seq").to_numpy()
+    if not np.all(seq[1:] > seq[:-1]):
+        _, first = np.unique(seq, return_index=True)
+        if len(first) != n:
+            keep[:] = False
+            keep[first] = True
+    ts = table.column("ts").to_numpy()
+    kept = np.flatnonzero(keep)
+    kept_ts = ts[kept]
+    tied = np.flatnonzero(kept_ts[1:] == kept_ts[:-1])
+    if len(tied):
+        rows = kept[np.unique(np.concatenate([tied, tied + 1]))]
+        hashes = table.column("hash").take(pa.array(rows)).to_pylist()
+        seen: set[tuple[int, bytes]] = set()
+        for i, digest in zip(rows.tolist(), hashes, strict=True):
+            identity = (int(ts[i]), digest)
+            if identity in seen:
+                keep[i] = False
+            else:
+                seen.add(identity)
+    return table if keep.all() else table.filter(pa.array(keep))
+
+
+def partial_of(rows: pa.Table, spec: Spec) -> partials.Partial:
+    ts = rows.column("ts").to_numpy()
+    seq = rows.column("seq").to_numpy()
+    if spec.interval is None:
+        starts = np.zeros(len(ts), np.int64)
+    else:
+        starts = buckets.bucket_starts(ts, spec.interval, buckets.zone(spec.tz))
+    numbers = {f: rows.column(VALUE + f).to_numpy() for f in spec.fields}
+    return partials.from_rows(starts, ts, seq, numbers, spec.values)
