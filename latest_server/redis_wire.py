@@ -46,6 +46,8 @@ CONNECTION_LOST = (*REDIS_DOWN, OSError)
 # A script that names its keys in ARGV (numkeys 0, so that one call may touch several slots of a
 # node) meets a slot that moved as this error, not as MOVED.
 NON_LOCAL = "Script attempted to access a non local key"
+# What a script's command meets on a node that sees the cluster down (during a failover).
+SCRIPT_CLUSTER_DOWN = "while the cluster is down"
 
 
 def is_cluster(client: Client) -> bool:

@@ -30,7 +30,15 @@ from latest_server import keys
 from latest_server.errors import StoreRefused
 from latest_server.packets import Packet
 from latest_server.redis_client import REDIS_DOWN, Scripts, redis_bounded, store_error
-from latest_server.redis_wire import NodeWriter, node_of, ready, refresh, slot_moved, slot_of
+from latest_server.redis_wire import (
+    SCRIPT_CLUSTER_DOWN,
+    NodeWriter,
+    node_of,
+    ready,
+    refresh,
+    slot_moved,
+    slot_of,
+)
 from latest_server.stores.base import WriteOutcome
 from latest_server.stores.latest_redis import (
     FIRST_CHUNK,
@@ -58,6 +66,7 @@ class ClusterLatestStore(RedisLatestStore):
         super().__init__(redis, scripts, version_type=version_type)
         self.cross_slot = cross_slot
         self.resent = 0  # packets sent again to another node (or after loading the scripts)
+        self.down = False  # the last packet refused was refused by a cluster that is down
 
     @redis_bounded
     async def write_batch(self, packets: Iterable[Packet]) -> list[WriteOutcome]:
@@ -74,8 +83,11 @@ class ClusterLatestStore(RedisLatestStore):
             if attempt:
                 await asyncio.sleep(pause)
                 pause *= 2
+        down = self.down
         raise StoreRefused(
-            "TRYAGAIN", f"Redis Cluster kept moving the slots of {len(pending)} packets"
+            "CLUSTERDOWN" if down else "TRYAGAIN",
+            f"Redis Cluster {'was down' if down else 'kept moving slots'} for {len(pending)} "
+            "packets of the batch",
         )
 
     async def _pass(self, items: Iterable[Item], outcomes: dict[int, WriteOutcome]) -> list[Item]:
@@ -106,9 +118,10 @@ class ClusterLatestStore(RedisLatestStore):
                 for item, outcome in zip(call, reply, strict=True):
                     if isinstance(outcome, WriteOutcome):
                         outcomes[item[0]] = outcome
-                    else:  # a packet of a slot that moved: not written
+                    else:  # a packet of a slot that moved, or of a cluster down: not written
                         moved.append(ResponseError(outcome))
                         again.append(item)
+                        self.down = SCRIPT_CLUSTER_DOWN in outcome
         for exc in moved:  # MOVED corrects one slot; the others read the map once, then stop
             await refresh(client, exc)
             if not isinstance(exc, MovedError):
