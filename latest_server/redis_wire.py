@@ -68,6 +68,13 @@ def slot_of(name: str) -> int:
     return int(key_slot(name.encode()))
 
 
+@functools.lru_cache(maxsize=65_536)
+def tag_slot(tag: str) -> int:
+    """The slot of every key whose hash tag is ``tag`` (``lv:{tag}:…``): ``slot_of`` without
+    building a key name, for the write path."""
+    return int(key_slot(tag.encode()))
+
+
 async def ready(client: RedisCluster) -> RedisCluster:
     """``client`` with its slot map loaded (once; again after a refresh was asked for)."""
     return await client.initialize()

@@ -26,18 +26,16 @@ from redis.asyncio import RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import MovedError, NoScriptError, ResponseError
 
-from latest_server import keys
 from latest_server.errors import StoreRefused
 from latest_server.packets import Packet
 from latest_server.redis_client import REDIS_DOWN, Scripts, redis_bounded, store_error
 from latest_server.redis_wire import (
     SCRIPT_CLUSTER_DOWN,
     NodeWriter,
-    node_of,
     ready,
     refresh,
     slot_moved,
-    slot_of,
+    tag_slot,
 )
 from latest_server.stores.base import WriteOutcome
 from latest_server.stores.latest_redis import (
@@ -139,12 +137,14 @@ class ClusterLatestStore(RedisLatestStore):
         """Each node's (or slot's) packets in calls of FIRST_CHUNK growing to WRITE_CHUNK, each
         call written to its node as soon as it is full, the rest at the end."""
         sha = self.scripts.shas["write"]
+        slots = client.nodes_manager.slots_cache  # a slot's primary first (node_of, inlined)
+        by_node = self.cross_slot
         open_calls: dict[Any, tuple[ClusterNode, list[Item]]] = {}
         sizes: dict[Any, int] = {}
         for item in items:
-            name = keys.latest(item[1].key)
-            node = node_of(client, name)
-            group: Any = node if self.cross_slot else slot_of(name)
+            slot = tag_slot(item[1].key)  # every key of a variable is lv:{key}:…
+            node = slots[slot][0]
+            group: Any = node if by_node else slot
             call = open_calls.get(group)
             if call is None:
                 call = open_calls[group] = (node, [])

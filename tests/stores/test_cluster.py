@@ -29,7 +29,7 @@ from latest_server.redis_client import (
     load_scripts,
     store_error,
 )
-from latest_server.redis_wire import node_of, ready, slot_of
+from latest_server.redis_wire import node_of, ready, slot_of, tag_slot
 from latest_server.resources import Resources
 from latest_server.settings import Settings
 from latest_server.stores.latest_cluster import ClusterLatestStore
@@ -115,6 +115,7 @@ async def test_a_batch_over_every_primary_is_one_call_per_chunk_of_each_node(
         on_node[node] = on_node.get(node, 0) + 1
         sample[node] = keys.latest(p.key)
     assert len(on_node) == 3  # the batch spans all three primaries
+    assert all(tag_slot(p.key) == slot_of(keys.latest(p.key)) for p in packets)
     for node, name in sample.items():  # as the cluster itself says (CLUSTER KEYSLOT, SLOTS)
         assert redis_cluster_nodes.primary_of(name).address == node
 
