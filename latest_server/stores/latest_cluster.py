@@ -44,7 +44,7 @@ from latest_server.stores.latest_redis import (
     RedisLatestStore,
 )
 
-RESENDS = 6  # passes of a batch's refused calls before it is given up (the edge retries it)
+RESENDS = 6  # passes of a batch's refused packets before it is given up (the edge retries it)
 RESEND_PAUSE = 0.05  # seconds before the second resend, doubled each time: 1.55 s in all, past
 # redis-py's least interval between two refreshes of the slot map (1 s)
 Item = tuple[int, Packet]  # a packet and its place in the batch
@@ -73,14 +73,15 @@ class ClusterLatestStore(RedisLatestStore):
         outcomes: dict[int, WriteOutcome] = {}
         pending = await self._pass(enumerate(packets), outcomes)
         pause = RESEND_PAUSE
-        for attempt in range(RESENDS + 1):
-            if attempt:
-                pending = await self._pass(pending, outcomes)
+        for attempt in range(RESENDS):
             if not pending:
                 return [outcomes[index] for index in range(len(outcomes))]
-            if attempt:
+            if attempt:  # the first resend at once: the slot map was just corrected
                 await asyncio.sleep(pause)
                 pause *= 2
+            pending = await self._pass(pending, outcomes)
+        if not pending:
+            return [outcomes[index] for index in range(len(outcomes))]
         down = self.down
         raise StoreRefused(
             "CLUSTERDOWN" if down else "TRYAGAIN",
@@ -103,10 +104,13 @@ class ClusterLatestStore(RedisLatestStore):
         again: list[Item] = []
         moved: list[ResponseError] = []
         for node, calls in sent.items():
+            loaded = False
             for call, reply in zip(calls, replies[node], strict=True):
                 if isinstance(reply, ResponseError):
                     if isinstance(reply, NoScriptError):
-                        await self.scripts.load_on(node)
+                        if not loaded:  # once for all of that node's calls
+                            await self.scripts.load_on(node)
+                            loaded = True
                     elif slot_moved(reply):
                         moved.append(reply)
                     else:
