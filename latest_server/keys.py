@@ -59,7 +59,8 @@ def history_index(key: str) -> str:
 
 def meta(key: str) -> str:
     """Hash with fields ``e`` (epoch), ``s`` (last seq) and ``b`` (base: the last seq before the
-    epoch began, so the epoch's entries are ``b < seq <= s``) of the variable's stream."""
+    epoch began, so the epoch's entries are ``b < seq <= s``) of the variable's stream, and
+    ``id`` (the variable id, set with a new epoch)."""
     return _k(key, "meta")
 
 
@@ -73,6 +74,14 @@ def feed(key: str) -> str:
 def write_keys(key: str) -> tuple[str, str, str, str]:
     """The KEYS of lua/write.lua, in order."""
     return latest(key), history(key), history_index(key), meta(key)
+
+
+# --- the index of variables ----------------------------------------------------------------
+# One sorted set of every variable id (main namespace), score 0, so ZRANGE BYLEX pages it by
+# prefix (stores/variables.py). Its own hash tag: one key, one Redis Cluster slot, never touched
+# by the per-variable scripts (their keys are in the variables' slots).
+
+VARIABLES = f"{PREFIX}:{{vars}}:ids"
 
 
 # --- offload and merge -------------------------------------------------------------------------
@@ -217,3 +226,18 @@ def session_keys(session_key: str) -> tuple[str, str, str, str, str]:
 # --- the Elasticsearch-compatible API ----------------------------------------------------------
 
 ES_INDICES = f"{PREFIX}:es:indices"  # set: the index names that exist (created or written to)
+
+
+# --- the RedisJSON layout of IUDX readers (LATEST_BACKEND=redisjson) ---------------------------
+# One RedisJSON key per resource group, outside the lv: namespace (readers name it), holding one
+# member per resource: ``_<sha1>`` → its latest packet. See stores/latest_redisjson.py.
+
+
+def iudx_group(prefix: str, group: str) -> str:
+    """The RedisJSON key of resource group ``group``: ``<prefix><group id>`` (``iudx:…``)."""
+    return f"{prefix}{group}"
+
+
+def iudx_member(digest: str) -> str:
+    """The legacy JSON path of a resource's member in its group key: ``._<sha1 hex>``."""
+    return f"._{digest}"

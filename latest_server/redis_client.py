@@ -47,6 +47,7 @@ P = ParamSpec("P")
 
 SCRIPTS = (
     "write",
+    "variables",  # a page of GET /variables
     "read_hot",
     "read_seq",  # seq ranges for websocket subscribers
     "transfer",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,9 @@ from latest_server.settings import Settings
 from latest_server.stores import open_latest_store, open_object_store
 from latest_server.stores.base import LatestStore, ObjectStore
 from latest_server.stores.history import HistoryStore
+from latest_server.stores.variables import VariableIndex
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,10 +49,13 @@ class Resources:
     merger: Merger
     trigger: OffloadTrigger
     scripts: Scripts  # every Lua script, loaded once, shared by the stores and jobs
+    variables: VariableIndex  # the index of variables (GET /variables), kept by the ingestor
     # Extra readiness conditions, e.g. "consumer": lambda: consumer.connected.
     ready_checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
     sessions: SessionStore | None = None
     session_jobs: SessionJobs | None = None  # completion detector + end-hook runner
+    # At start-up, the index rebuilt when its key is missing while variables exist.
+    reindexing: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, settings: Settings, *, on_end: EndHook | None = None) -> Resources:
@@ -85,11 +94,12 @@ class Resources:
         sessions = SessionStore(redis, scripts, completion_delay=settings.completion_delay)
         session_jobs = SessionJobs(sessions, settings, on_end or merge_on_end(merger))
         session_jobs.start()
+        variables = VariableIndex(redis, scripts)
         return cls(
             settings,
             redis,
             latest,
-            Ingestor(latest, trigger, sessions=sessions),
+            Ingestor(latest, trigger, sessions=sessions, variables=variables),
             PacketParser(settings),
             objects,
             HistoryStore(redis, scripts, objects),
@@ -97,16 +107,29 @@ class Resources:
             merger,
             trigger,
             scripts,
+            variables,
             sessions=sessions,
             session_jobs=session_jobs,
+            reindexing=asyncio.create_task(_ensure_index(variables)),
         )
 
     async def close(self) -> None:
+        if self.reindexing is not None:
+            self.reindexing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.reindexing
         if self.session_jobs is not None:
             await self.session_jobs.close()
         await self.trigger.close(cancel=True)
         await self.latest.close()  # its own client (Elasticsearch), or the Redis one
         await self.redis.aclose()
+
+
+async def _ensure_index(variables: VariableIndex) -> None:
+    try:
+        await variables.ensure()
+    except StoreUnavailable as exc:  # the next start tries again; `latest-server reindex` too
+        log.warning("the index of variables was not checked: %s", exc)
 
 
 def unusable(service: str, setting: str, url: str, exc: Exception) -> StoreUnavailable:

@@ -176,6 +176,7 @@ BAD = {
     "bad_id": b'{"id": ["x"], "observationDateTime": "2024-01-01T00:00:00Z"}',
     "missing_time": b'{"id": "x"}',
     "bad_time": b'{"id": "x", "observationDateTime": "the day after tomorrow"}',
+    "future_time": b'{"id": "x", "ts": 4102444800}',  # 2100-01-01, past LATEST_MAX_FUTURE
     "too_large": b'{"id": "x", "ts": 1700000000, "blob": "' + b"z" * 3000 + b'"}',
     "too_deep": b'{"id": "x", "ts": 1700000000, "deep": ' + b"[" * 300 + b"]" * 300 + b"}",
     "bad_session": b'{"id": "run", "ts": 1700000000, "@session": {"state": "dancing"}}',

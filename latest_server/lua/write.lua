@@ -10,7 +10,8 @@
 -- KEYS[2] lv:{k}:h       stream: entry id <seq>-0, fields t (ts µs), d (doc)
 -- KEYS[3] lv:{k}:i       sorted set: score ts, member <seq as 16 digits><digest hex>
 --                         (dedup + time index; ties sort by seq; digest: canonical.digest)
--- KEYS[4] lv:{k}:meta    hash: e (epoch), s (last seq), b (the last seq before the epoch began)
+-- KEYS[4] lv:{k}:meta    hash: e (epoch), s (last seq), b (the last seq before the epoch began),
+--                         id (the variable id, set with the epoch: the index's reindex reads it)
 -- ARGV[1] variable id   ARGV[2] ts (µs, integer)   ARGV[3] doc (JSON)   ARGV[4] digest hex of doc
 -- ARGV[5] "1" for external_gte (>=), "0" for external (>), "c" for create (only when no
 --         document is there)   ARGV[6] feed channel lv:{k}:feed
@@ -72,7 +73,7 @@ local function write(K, A)
       local last = redis.call('XREVRANGE', K[2], '+', '-', 'COUNT', 1)
       local s = 0
       if last[1] then s = tonumber(string.match(last[1][1], '^(%d+)')) end
-      redis.call('HSET', K[4], 'e', epoch, 's', s, 'b', s)
+      redis.call('HSET', K[4], 'e', epoch, 's', s, 'b', s, 'id', A[1])
     end
     -- Numbers become text through Lua's float format (sprintf "%.14g"), about as costly as
     -- the command: the increment is given as text, and the seq made into text once, with '%d'.
@@ -103,6 +104,7 @@ local function write(K, A)
   return {applied, seq, epoch, current or '', existed, entry}
 end
 
+-- driver: each packet's KEYS and ARGV, in their strides (lua/iudx_write.lua reuses what is above)
 -- In a Redis Cluster one call carries the packets of many slots of one node, which Redis allows
 -- only for keys it was not told of (the allow-cross-slot-keys flag): numkeys is 0 and the
 -- packets' KEYS follow all their ARGV. A packet of a slot the node no longer serves (the

@@ -12,7 +12,7 @@ from latest_server.setting_values import setting
 VERSION_TYPES = ("external", "external_gte")
 TIME_UNITS = ("auto", "s", "ms", "us", "ns")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-BACKENDS = ("redis", "elasticsearch")
+BACKENDS = ("redis", "elasticsearch", "redisjson")
 ES_VERSION_SCALES = ("epoch", "raw")
 
 
@@ -112,7 +112,8 @@ class CoreSettings:
         "LATEST_MAX_BODY_BYTES",
         67_108_864,
         parse.positive_int,
-        "Largest HTTP ingest body, in bytes.",
+        "Largest HTTP request body (POST /ingest, the ES _bulk and document writes, any other), "
+        "in bytes; larger: 413.",
     )
     log_level: str = setting("LATEST_LOG_LEVEL", "info", parse.choice(*LOG_LEVELS), "Log level.")
     objects_url: str | None = setting(
@@ -222,7 +223,8 @@ class CoreSettings:
         "LATEST_BACKEND",
         "redis",
         parse.choice(*BACKENDS),
-        "Where latest documents live: redis, or elasticsearch (ELASTICSEARCH_URL); history and "
+        "Where latest documents live: redis, elasticsearch (ELASTICSEARCH_URL), or redisjson "
+        "(Redis, and also the RedisJSON layout of IUDX readers: LATEST_IUDX_*); history and "
         "the live feed stay in Redis.",
     )
     elasticsearch_url: str | None = setting(

@@ -27,6 +27,12 @@ LATEST_BACKENDS = {
     "https": "latest_server.stores.latest_es:ElasticsearchLatestStore",
 }
 
+# LATEST_BACKEND=redisjson: the Redis store, and the RedisJSON layout of IUDX readers beside it.
+REDISJSON_BACKENDS = {
+    scheme: "latest_server.stores.latest_redisjson:RedisJsonLatestStore"
+    for scheme in ("redis", "rediss", "unix")
+}
+
 OBJECT_BACKENDS = {
     "file": "latest_server.stores.objects_file:FileObjectStore",
     "s3": "latest_server.stores.objects_s3:S3ObjectStore",
@@ -38,7 +44,8 @@ async def open_latest_store(
 ) -> LatestStore:
     """A LatestStore for ``url``; ``redis`` (connected to REDIS_URL) keeps history and the feed,
     through ``scripts`` (the process' registry; by default the backend loads its own)."""
-    backend = backend_class(url, LATEST_BACKENDS)
+    table = REDISJSON_BACKENDS if settings.backend == "redisjson" else LATEST_BACKENDS
+    backend = backend_class(url, table)
     store: LatestStore = await backend.from_url(
         url, redis=redis, settings=settings, scripts=scripts
     )

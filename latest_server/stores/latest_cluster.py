@@ -97,7 +97,10 @@ class ClusterLatestStore(RedisLatestStore):
         try:
             async with NodeWriter() as writer:
                 await self._send(client, writer, items, sent)
-                replies = await writer.replies(_node_outcomes)
+                if self.replicas.count:  # LATEST_REDIS_WAIT_REPLICAS: after each node's calls
+                    for node in list(sent):
+                        await writer.send(node, self.replicas.command())
+                replies = await writer.replies(_replies)
         except REDIS_DOWN:
             await refresh(client)  # a primary may have failed over: the edge's retry finds it
             raise
@@ -105,6 +108,8 @@ class ClusterLatestStore(RedisLatestStore):
         moved: list[ResponseError] = []
         for node, calls in sent.items():
             loaded = False
+            if self.replicas.count:
+                self.replicas.check(replies[node].pop())
             for call, reply in zip(calls, replies[node], strict=True):
                 if isinstance(reply, ResponseError):
                     if isinstance(reply, NoScriptError):
@@ -172,6 +177,11 @@ class ClusterLatestStore(RedisLatestStore):
         packets = [packet for _, packet in call]
         await writer.send(node, self._command(sha, self.gte, packets, undeclared=self.cross_slot))
         sent.setdefault(node, []).append(call)
+
+
+def _replies(reply: Any) -> Any:
+    """A write.lua call's reply (``_node_outcomes``), or WAIT's (a number of replicas)."""
+    return reply if isinstance(reply, int) else _node_outcomes(reply)
 
 
 def _node_outcomes(replies: list[Any]) -> list[WriteOutcome | str]:

@@ -124,7 +124,7 @@ class ElasticsearchLatestStore:
         calls = (
             (
                 (keys.history(p.key), keys.history_index(p.key), keys.meta(p.key)),
-                (p.ts_us, p.raw, p.digest, keys.feed(p.key)),
+                (p.ts_us, p.raw, p.digest, keys.feed(p.key), p.variable_id),
             )
             for p in packets
         )

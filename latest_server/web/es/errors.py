@@ -118,6 +118,26 @@ class TooLarge(EsError, status=413, type="content_too_long_exception"):
     pass
 
 
+CHALLENGE = 'Basic realm="latest-server", ApiKey, Bearer'
+
+
+class NotAuthenticated(EsError, status=401, type="security_exception"):
+    """No credentials, or ones that are not valid; the response carries ``WWW-Authenticate``."""
+
+    def __init__(self, reason: str) -> None:
+        challenges = ['Basic realm="latest-server"', "ApiKey", "Bearer"]
+        super().__init__(reason, header={"WWW-Authenticate": challenges})
+
+
+class SecurityForbidden(EsError, status=403, type="security_exception"):
+    """Valid credentials (or none needed) that do not allow the request."""
+
+
+class ActionUnauthorized(SecurityForbidden):
+    def __init__(self, action: str, user: str, why: str = "") -> None:
+        super().__init__(f"action [{action}] is unauthorized for user [{user}]{why}")
+
+
 class Unavailable(EsError, status=503, type="unavailable_shards_exception"):
     """The store is unreachable: clients and Logstash retry a 503."""
 
