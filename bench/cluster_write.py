@@ -64,15 +64,16 @@ def packets(count: int, variables: int) -> list[Packet]:
     return found
 
 
-async def rate(ingestor: Ingestor, batches: list[list[Packet]]) -> float:
-    start = time.perf_counter()
+async def rate(ingestor: Ingestor, batches: list[list[Packet]]) -> tuple[float, float]:
+    """Packets/s, and the client's CPU µs per packet (steadier than a rate on a busy machine)."""
+    start, cpu = time.perf_counter(), time.process_time()
     written = 0
     for batch in batches:
         result = await ingestor.write_batch(iter(batch))
         written += len(result.outcomes)
-    elapsed = time.perf_counter() - start
+    elapsed, used = time.perf_counter() - start, time.process_time() - cpu
     assert written == sum(map(len, batches))
-    return written / elapsed
+    return written / elapsed, used / written * 1e6
 
 
 async def run(args: argparse.Namespace, single_url: str, cluster_url: str) -> None:
@@ -100,12 +101,18 @@ async def run(args: argparse.Namespace, single_url: str, cluster_url: str) -> No
         await rate(ingestor(), batches[:10])
         await client.flushdb()
     rates: dict[str, list[float]] = {name: [] for name in targets}
+    cpus: dict[str, list[float]] = {name: [] for name in targets}
     for round_ in range(args.rounds):
         for name in ORDERS[round_ % len(ORDERS)]:
             client, ingestor = targets[name]
             await client.flushdb()
-            rates[name].append(await rate(ingestor(), batches))
-            print(f"round {round_ + 1} {name:8} {rates[name][-1]:10,.0f} packets/s", flush=True)
+            speed, cpu = await rate(ingestor(), batches)
+            rates[name].append(speed)
+            cpus[name].append(cpu)
+            print(
+                f"round {round_ + 1} {name:8} {speed:10,.0f} packets/s {cpu:6.1f} µs CPU/packet",
+                flush=True,
+            )
     for client in (single, cluster):
         await client.flushdb()
         await client.aclose()
@@ -115,7 +122,8 @@ async def run(args: argparse.Namespace, single_url: str, cluster_url: str) -> No
         f"medians of {args.rounds} rounds:"
     )
     for name, value in medians.items():
-        print(f"  {name:8} {value:10,.0f} packets/s")
+        cpu = statistics.median(cpus[name])
+        print(f"  {name:8} {value:10,.0f} packets/s {cpu:6.1f} µs client CPU/packet")
     print(f"ratio by-node/by-slot: {medians['by-node'] / medians['by-slot']:.2f}")
     print(f"ratio cluster/single: {medians['by-node'] / medians['single']:.2f}")
 

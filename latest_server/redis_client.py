@@ -16,6 +16,7 @@ from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import (
+    AskError,
     BusyLoadingError,
     ClusterDownError,
     MasterDownError,
@@ -31,6 +32,7 @@ from latest_server.errors import ConfigError, StoreRefused, StoreUnavailable, Un
 from latest_server.redis_wire import (
     CONNECTION_LOST,
     REDIS_DOWN,
+    SCRIPT_CLUSTER_DOWN,
     Client,
     connection_options,
     is_cluster,
@@ -102,6 +104,9 @@ REFUSAL_CLASSES: tuple[tuple[type[Exception], str], ...] = (
     (TryAgainError, "TRYAGAIN"),
     (MasterDownError, "MASTERDOWN"),
     (ClusterDownError, "CLUSTERDOWN"),
+    # A slot still moving after redis-py's (or the write path's) own resends: a reshard or a
+    # failover in progress (MovedError is an AskError).
+    (AskError, "TRYAGAIN"),
 )
 EPISODE_QUIET = 60.0  # seconds without a condition after which its next occurrence is logged again
 
@@ -112,6 +117,8 @@ def refusal(exc: BaseException) -> str | None:
         if isinstance(exc, cls):
             return code
     if isinstance(exc, ResponseError):
+        if SCRIPT_CLUSTER_DOWN in str(exc):  # a script's command, on a cluster that is down
+            return "CLUSTERDOWN"
         code = str(exc).partition(" ")[0]
         return code if code in REFUSALS else None
     return None

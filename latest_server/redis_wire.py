@@ -46,6 +46,8 @@ CONNECTION_LOST = (*REDIS_DOWN, OSError)
 # A script that names its keys in ARGV (numkeys 0, so that one call may touch several slots of a
 # node) meets a slot that moved as this error, not as MOVED.
 NON_LOCAL = "Script attempted to access a non local key"
+# What a script's command meets on a node that sees the cluster down (during a failover).
+SCRIPT_CLUSTER_DOWN = "while the cluster is down"
 
 
 def is_cluster(client: Client) -> bool:
@@ -64,6 +66,13 @@ def slot_moved(exc: BaseException) -> bool:
 def slot_of(name: str) -> int:
     """The cluster slot of a key (its hash tag's when it has one)."""
     return int(key_slot(name.encode()))
+
+
+@functools.lru_cache(maxsize=65_536)
+def tag_slot(tag: str) -> int:
+    """The slot of every key whose hash tag is ``tag`` (``lv:{tag}:…``): ``slot_of`` without
+    building a key name, for the write path."""
+    return int(key_slot(tag.encode()))
 
 
 async def ready(client: RedisCluster) -> RedisCluster:

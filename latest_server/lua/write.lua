@@ -108,9 +108,10 @@ end
 -- In a Redis Cluster one call carries the packets of many slots of one node, which Redis allows
 -- only for keys it was not told of (the allow-cross-slot-keys flag): numkeys is 0 and the
 -- packets' KEYS follow all their ARGV. A packet of a slot the node no longer serves (the
--- caller's slot map is out of date) fails at its first command, before it writes anything: its
--- reply is the error's text, the call goes on, and the caller sends it to the right node. A
--- variable's packets share a slot, so either all of them in a call are written, or none.
+-- caller's slot map is out of date), or one met while the cluster is down (a failover), fails at
+-- its first command, before it writes anything: its reply is the error's text, the call goes
+-- on, and the caller sends it again (to the right node). A variable's packets share a slot, so
+-- either all of them in a call are written, or none.
 local names, base, n = KEYS, 0, #KEYS / 4
 local undeclared = n == 0
 if undeclared then names, n = ARGV, #ARGV / 12; base = 8 * n end
@@ -123,7 +124,8 @@ for i = 0, n - 1 do
     local ok, result = pcall(write, k, a)
     if not ok then
       local text = type(result) == 'table' and result.err or tostring(result)
-      if not string.find(text, 'non local key', 1, true) then error(result) end
+      if not (string.find(text, 'non local key', 1, true)
+              or string.find(text, 'cluster is down', 1, true)) then error(result) end
       result = text
     end
     results[i + 1] = result

@@ -26,11 +26,17 @@ from redis.asyncio import RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import MovedError, NoScriptError, ResponseError
 
-from latest_server import keys
 from latest_server.errors import StoreRefused
 from latest_server.packets import Packet
 from latest_server.redis_client import REDIS_DOWN, Scripts, redis_bounded, store_error
-from latest_server.redis_wire import NodeWriter, node_of, ready, refresh, slot_moved, slot_of
+from latest_server.redis_wire import (
+    SCRIPT_CLUSTER_DOWN,
+    NodeWriter,
+    ready,
+    refresh,
+    slot_moved,
+    tag_slot,
+)
 from latest_server.stores.base import WriteOutcome
 from latest_server.stores.latest_redis import (
     FIRST_CHUNK,
@@ -38,7 +44,7 @@ from latest_server.stores.latest_redis import (
     RedisLatestStore,
 )
 
-RESENDS = 6  # passes of a batch's refused calls before it is given up (the edge retries it)
+RESENDS = 6  # passes of a batch's refused packets before it is given up (the edge retries it)
 RESEND_PAUSE = 0.05  # seconds before the second resend, doubled each time: 1.55 s in all, past
 # redis-py's least interval between two refreshes of the slot map (1 s)
 Item = tuple[int, Packet]  # a packet and its place in the batch
@@ -58,6 +64,7 @@ class ClusterLatestStore(RedisLatestStore):
         super().__init__(redis, scripts, version_type=version_type)
         self.cross_slot = cross_slot
         self.resent = 0  # packets sent again to another node (or after loading the scripts)
+        self.down = False  # the last packet refused was refused by a cluster that is down
 
     @redis_bounded
     async def write_batch(self, packets: Iterable[Packet]) -> list[WriteOutcome]:
@@ -66,16 +73,20 @@ class ClusterLatestStore(RedisLatestStore):
         outcomes: dict[int, WriteOutcome] = {}
         pending = await self._pass(enumerate(packets), outcomes)
         pause = RESEND_PAUSE
-        for attempt in range(RESENDS + 1):
-            if attempt:
-                pending = await self._pass(pending, outcomes)
+        for attempt in range(RESENDS):
             if not pending:
                 return [outcomes[index] for index in range(len(outcomes))]
-            if attempt:
+            if attempt:  # the first resend at once: the slot map was just corrected
                 await asyncio.sleep(pause)
                 pause *= 2
+            pending = await self._pass(pending, outcomes)
+        if not pending:
+            return [outcomes[index] for index in range(len(outcomes))]
+        down = self.down
         raise StoreRefused(
-            "TRYAGAIN", f"Redis Cluster kept moving the slots of {len(pending)} packets"
+            "CLUSTERDOWN" if down else "TRYAGAIN",
+            f"Redis Cluster {'was down' if down else 'kept moving slots'} for {len(pending)} "
+            "packets of the batch",
         )
 
     async def _pass(self, items: Iterable[Item], outcomes: dict[int, WriteOutcome]) -> list[Item]:
@@ -96,12 +107,15 @@ class ClusterLatestStore(RedisLatestStore):
         again: list[Item] = []
         moved: list[ResponseError] = []
         for node, calls in sent.items():
+            loaded = False
             if self.replicas.count:
                 self.replicas.check(replies[node].pop())
             for call, reply in zip(calls, replies[node], strict=True):
                 if isinstance(reply, ResponseError):
                     if isinstance(reply, NoScriptError):
-                        await self.scripts.load_on(node)
+                        if not loaded:  # once for all of that node's calls
+                            await self.scripts.load_on(node)
+                            loaded = True
                     elif slot_moved(reply):
                         moved.append(reply)
                     else:
@@ -111,9 +125,10 @@ class ClusterLatestStore(RedisLatestStore):
                 for item, outcome in zip(call, reply, strict=True):
                     if isinstance(outcome, WriteOutcome):
                         outcomes[item[0]] = outcome
-                    else:  # a packet of a slot that moved: not written
+                    else:  # a packet of a slot that moved, or of a cluster down: not written
                         moved.append(ResponseError(outcome))
                         again.append(item)
+                        self.down = SCRIPT_CLUSTER_DOWN in outcome
         for exc in moved:  # MOVED corrects one slot; the others read the map once, then stop
             await refresh(client, exc)
             if not isinstance(exc, MovedError):
@@ -131,12 +146,14 @@ class ClusterLatestStore(RedisLatestStore):
         """Each node's (or slot's) packets in calls of FIRST_CHUNK growing to WRITE_CHUNK, each
         call written to its node as soon as it is full, the rest at the end."""
         sha = self.scripts.shas["write"]
+        slots = client.nodes_manager.slots_cache  # a slot's primary first (node_of, inlined)
+        by_node = self.cross_slot
         open_calls: dict[Any, tuple[ClusterNode, list[Item]]] = {}
         sizes: dict[Any, int] = {}
         for item in items:
-            name = keys.latest(item[1].key)
-            node = node_of(client, name)
-            group: Any = node if self.cross_slot else slot_of(name)
+            slot = tag_slot(item[1].key)  # every key of a variable is lv:{key}:…
+            node = slots[slot][0]
+            group: Any = node if by_node else slot
             call = open_calls.get(group)
             if call is None:
                 call = open_calls[group] = (node, [])

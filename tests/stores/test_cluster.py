@@ -15,14 +15,21 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import AskError, MovedError, ResponseError
 
 from latest_server import keys
-from latest_server.errors import ConfigError, StoreUnavailable, UnsafeRedisConfig
+from latest_server.errors import ConfigError, StoreRefused, StoreUnavailable, UnsafeRedisConfig
 from latest_server.offload import Offloader
 from latest_server.packets import Packet, PacketParser
 from latest_server.redact import redact
-from latest_server.redis_client import check_server, connect, each_primary, load_scripts
-from latest_server.redis_wire import node_of, ready, slot_of
+from latest_server.redis_client import (
+    check_server,
+    connect,
+    each_primary,
+    load_scripts,
+    store_error,
+)
+from latest_server.redis_wire import node_of, ready, slot_of, tag_slot
 from latest_server.resources import Resources
 from latest_server.settings import Settings
 from latest_server.stores.latest_cluster import ClusterLatestStore
@@ -108,6 +115,7 @@ async def test_a_batch_over_every_primary_is_one_call_per_chunk_of_each_node(
         on_node[node] = on_node.get(node, 0) + 1
         sample[node] = keys.latest(p.key)
     assert len(on_node) == 3  # the batch spans all three primaries
+    assert all(tag_slot(p.key) == slot_of(keys.latest(p.key)) for p in packets)
     for node, name in sample.items():  # as the cluster itself says (CLUSTER KEYSLOT, SLOTS)
         assert redis_cluster_nodes.primary_of(name).address == node
 
@@ -301,9 +309,10 @@ async def test_a_primary_failing_over_is_unavailability_then_its_replica_takes_t
     }
     victim.stop()
     try:
+        # At once, before the replica can take over (cluster-node-timeout is 1 s here):
+        assert not await store.ping()  # /readyz: not ready while a primary is out of reach
         with pytest.raises(StoreUnavailable):
             await store.write_batch(packets)
-        assert not await store.ping()  # /readyz: not ready while a primary is out of reach
         deadline = time.monotonic() + 30
         while "master" not in replica.cli("role").split("\n", 1)[0]:
             assert time.monotonic() < deadline, "the replica did not take over"
@@ -330,3 +339,18 @@ async def test_a_primary_failing_over_is_unavailability_then_its_replica_takes_t
     finally:
         victim.start()  # back as a replica of its former one
         redis_cluster_nodes.wait_ok()
+
+
+def test_a_slot_still_moving_or_a_cluster_down_is_a_refusal_for_now() -> None:
+    """MOVED or ASK met after the resends (a reshard, a failover in progress), and a script
+    meeting a cluster that is down, are StoreRefused: a 503 or a nack, retried, never a 500."""
+    for exc in (MovedError("3999 127.0.0.1:6381"), AskError("3999 127.0.0.1:6381")):
+        error = store_error(exc)
+        assert isinstance(error, StoreRefused) and error.condition == "TRYAGAIN"
+    # a script's command on a node that sees the cluster down (what Redis 7 answers then)
+    down = ResponseError(
+        "user_script:124: ERR Script attempted to execute a command while the cluster is down "
+        "script: d4a6f3d1438dffb21d0190cd0714a1582ee8a94c, on @user_script:124."
+    )
+    error = store_error(down)
+    assert isinstance(error, StoreRefused) and error.condition == "CLUSTERDOWN"
