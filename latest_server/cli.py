@@ -5,11 +5,14 @@ until stopped (runner.py), the job runs once (jobs.py) or the checks run (doctor
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,10 +22,12 @@ from latest_server.auth.tokens import new_token
 from latest_server.datadir import DataDirBusy, Owner
 from latest_server.embedded import EmbeddedValkey
 from latest_server.errors import LatestError
-from latest_server.jobs import JOB_COMMANDS
 from latest_server.redact import redact
-from latest_server.runner import configure_logging, run, run_loop
 from latest_server.settings import Settings, describe
+
+# The runner and the jobs (and through them latest_server.metrics) are imported by ``main``
+# once LATEST_METRICS_DIR is exported: prometheus_client reads PROMETHEUS_MULTIPROC_DIR when
+# the metrics are created (metrics.py). Nothing imported above creates any.
 
 log = logging.getLogger("latest_server")
 
@@ -147,6 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env().with_overrides(**args)
     except LatestError as exc:
         parser.error(exc.message)
+    export_metrics_dir(command, settings)
+    from latest_server.jobs import JOB_COMMANDS as JOBS
+    from latest_server.runner import configure_logging, run, run_loop
+
     configure_logging(settings)
     try:
         if command == "consume" and not settings.amqp_url:
@@ -156,8 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from latest_server.doctor import doctor_command  # only this command needs it
 
                 run_loop(doctor_command(settings))
-            elif command in JOB_COMMANDS:
-                run_loop(JOB_COMMANDS[command](settings, **job_args))
+            elif command in JOBS:
+                run_loop(JOBS[command](settings, **job_args))
             else:
                 run_loop(run(command, settings, embedded))
     except (LatestError, ConnectionError, OSError) as exc:
@@ -215,6 +224,21 @@ def redis_for(command: str, settings: Settings) -> Iterator[tuple[Settings, Embe
             embedded.stop()
     finally:
         ownership.release()
+
+
+def export_metrics_dir(command: str, settings: Settings) -> None:
+    """LATEST_METRICS_DIR as PROMETHEUS_MULTIPROC_DIR, before the metrics exist (the workers of
+    ``serve --workers`` inherit it). Several workers and no directory: one of their own, so that
+    the /metrics of whichever answers sums them all; removed at exit."""
+    directory = settings.metrics_dir
+    if not directory and command == "serve" and settings.workers > 1:
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            return
+        directory = tempfile.mkdtemp(prefix="latest-metrics-")
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
 
 
 def _http_address(command: str, settings: Settings) -> str | None:

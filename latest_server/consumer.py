@@ -37,6 +37,7 @@ from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError, ChannelPreconditionFailed
 from pamqp.common import FieldTable
 
+from latest_server import metrics
 from latest_server.errors import ConfigError, StoreUnavailable
 from latest_server.ingestor import BatchResult, Ingestor, Origins
 from latest_server.packets import Packet, PacketParser, Rejection
@@ -72,6 +73,7 @@ class Consumer:
         self.processed = 0  # messages acknowledged
         self.dead_lettered = 0  # packets published to the dead-letter exchange
         self.in_hand = 0  # messages of the batch being processed
+        self.depth: asyncio.Task[None] | None = None  # reads the queue's depth (metrics)
 
     @property
     def connected(self) -> bool:
@@ -105,6 +107,7 @@ class Consumer:
             self.dead_letters = await self.channel.get_exchange(s.dead_letter_exchange)
             self.queue = await self.channel.get_queue(s.queue)
         await self._consume()
+        self.depth = asyncio.create_task(metrics.watch_queue_depth(self.connection, s.queue))
         reopen = getattr(self.channel, "reopen_callbacks", None)
         if reopen is not None:  # a robust channel: consume again on the new channel
             reopen.add(self._on_reopen)
@@ -187,6 +190,7 @@ class Consumer:
         self.inbox.put_nowait(None)  # wakes run() if it waits for a first message
 
     async def close(self) -> None:
+        await metrics.stop(self.depth)
         if self.connection is not None:
             await self.connection.close()
 
@@ -262,6 +266,7 @@ class Consumer:
                 log.warning("dead-lettering failed; the batch will be redelivered", exc_info=True)
                 return
             self.dead_lettered += len(rejections)
+            metrics.dead_lettered([r.reason for _, r in rejections])
         try:
             last = live[-1]
             await last.channel.basic_ack(_tag(last), multiple=multiple)
@@ -286,7 +291,7 @@ class Consumer:
         failures = 0
         while True:
             try:
-                written = await self.ingestor.write_batch(packets)
+                written = await self.ingestor.write_batch(packets, edge="amqp")
             except Exception as exc:  # the consumer outlives every error; see above
                 failures += 1
                 unavailable = isinstance(exc, StoreUnavailable)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from latest_server import metrics
 from latest_server.errors import StoreRefused
 from latest_server.offload import OffloadTrigger
 from latest_server.packets import Packet
@@ -78,14 +80,16 @@ class Ingestor:
         self.offload = offload
         self.totals = BatchResult()
 
-    async def write_batch(self, packets: Iterable[Packet]) -> BatchResult:
+    async def write_batch(self, packets: Iterable[Packet], *, edge: str = "other") -> BatchResult:
         """Write packets in one round trip. Raises StoreUnavailable when the store cannot be
         reached; part of the batch may then be written, and the caller retries the whole batch,
         which is safe because every write is idempotent. ``packets`` may be a generator: the store
         builds its commands from it as it sends them.
 
         Session documents (packets.SESSION_FIELD) are applied to their session, after the samples
-        of the same batch are written: a session that ends finds its last samples in history."""
+        of the same batch are written: a session that ends finds its last samples in history.
+
+        ``edge`` (metrics.EDGES: http, amqp, es) labels the batch's metrics."""
         documents: list[tuple[int, Packet]] = []
         tracked: list[tuple[int, Packet]] = []  # session samples, by position among those written
         written: list[Packet] = []  # what the store got, in order: one outcome each
@@ -100,6 +104,7 @@ class Ingestor:
                 written.append(packet)
                 yield packet
 
+        started = time.perf_counter()
         try:
             outcomes = await self.latest.write_batch(take())
         except StoreRefused as exc:
@@ -132,6 +137,13 @@ class Ingestor:
         self.totals.accepted += result.accepted
         self.totals.stale += result.stale
         self.totals.duplicates += result.duplicates
+        metrics.edge(edge).written(
+            len(outcomes) + len(documents),
+            result.accepted,
+            result.stale,
+            result.duplicates,
+            time.perf_counter() - started,
+        )
         if self.offload is not None:
             self.offload.poke()  # cheap: a clock check; memory is read at most once a second
         return result

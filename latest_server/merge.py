@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from latest_server import keys
+from latest_server import keys, metrics
 from latest_server.errors import LatestError
 from latest_server.lock import JobLock
 from latest_server.offload import Offloader
@@ -65,6 +65,7 @@ class Merger:
         )
         if not await lock.acquire():
             report.busy = True
+            metrics.job_run("merge", "busy")
             return report
         try:
             job = f"m{lock.fence}"
@@ -73,7 +74,11 @@ class Merger:
             await self.offloader.transfer(key, lock, job)
             lock.check()
             await asyncio.to_thread(self._compact, key, report, lock)
+            metrics.job_run("merge", "busy" if report.busy else "done", report.entries)
             return report
+        except Exception as exc:
+            metrics.job_failed("merge", exc)
+            raise
         finally:
             await lock.release()
 
@@ -98,6 +103,7 @@ class Merger:
             # Someone else wrote this generation (we lost the lock): leave every input alone.
             report.busy = True
             return
+        metrics.job_bytes("merge", len(data))
         for info in inputs:
             self.objects.delete(info.name)
         report.entries = table.num_rows

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
-from latest_server import keys
+from latest_server import keys, metrics
 from latest_server.canonical import stored_digest
 from latest_server.errors import StoreUnavailable
 from latest_server.lock import JobLock, LockLost
@@ -83,7 +83,7 @@ class Offloader:
         """used_memory / maxmemory (or LATEST_OFFLOAD_MAX_BYTES); None when there is no limit.
         On a cluster, the fullest primary's: one full primary refuses its slots' writes."""
         ratios = await self.memory_ratios()
-        return max(ratios.values()) if ratios else None
+        return metrics.memory_ratio(max(ratios.values()) if ratios else None)
 
     async def memory_ratios(self) -> dict[str, float]:
         """``memory_ratio`` of every primary, by node name (``""`` for one Redis); empty when
@@ -117,6 +117,7 @@ class Offloader:
         variable regardless of memory (``latest-server offload --all``)."""
         lock = self.lock()
         if not await lock.acquire():
+            metrics.job_run("offload", "busy")
             return None
         report = JobReport(job=f"o{lock.fence}")
         try:
@@ -148,7 +149,11 @@ class Offloader:
                 report.entries,
                 report.variables,
             )
+            metrics.job_run("offload", "done", report.entries)
             return report
+        except Exception as exc:
+            metrics.job_failed("offload", exc)
+            raise
         finally:
             await lock.release()
 
@@ -254,6 +259,7 @@ class Offloader:
         table = segments.from_columns(ts, seqs, [stored_digest(d) for d in docs], docs)
         name = keys.transfer_object(key, epoch, min(seqs), max(seqs), min(ts), max(ts))
         data = segments.encode(table, {"epoch": str(epoch), "key": key})
+        metrics.job_bytes("offload", len(data))
         if not self.objects.put(name, data):
             log.info("transfer object %s already existed (a retried job)", name)
         return name

@@ -19,11 +19,11 @@ import uvicorn
 from aio_pika.exceptions import AMQPError
 from starlette.applications import Starlette
 
+from latest_server import logs, metrics
 from latest_server.auth.authenticator import Authenticator
 from latest_server.consumer import Consumer
 from latest_server.embedded import EmbeddedValkey
 from latest_server.errors import LatestError
-from latest_server.redact import RedactingFormatter
 from latest_server.resources import Resources, unusable
 from latest_server.settings import Settings
 from latest_server.web.app import create_app, create_es_app, http_options, server_options
@@ -63,8 +63,7 @@ def bound_ports(settings: Settings, http: socket.socket, es: socket.socket | Non
 def configure_logging(settings: Settings) -> None:
     """One line per record, passwords masked (redact.py), at LATEST_LOG_LEVEL; the AMQP
     client's chatter at warnings only."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler = logs.handler(settings.log_format)  # text or JSON lines (logs.py)
     handler.addFilter(_retries_in_one_line)
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
     logging.getLogger("aio_pika").setLevel(max(logging.WARNING, logging.getLogger().level))
@@ -121,6 +120,7 @@ def _config(
         port=port,
         log_level=settings.log_level,
         access_log=False,
+        log_config=None,  # uvicorn's lines through our handler: LATEST_LOG_FORMAT, redact
         lifespan="on",
         **options(settings),
     )
@@ -246,6 +246,7 @@ async def run(
     """Serve until SIGTERM/SIGINT. ``worker``: 0 in the process started, which starts the other
     LATEST_WORKERS - 1 of ``serve`` (workers.py); their index in them, and ``parent`` the pid
     of the process that started them."""
+    metrics.check(settings.metrics_dir)
     authenticator = access_check(settings) if command == "serve" else None
     http = http_socket(settings) if command == "serve" else None
     es_sock = es_socket(settings) if http is not None else None
@@ -326,6 +327,7 @@ async def run(
         for task in tasks:
             await task  # the consumer finishes the batch in hand; errors surface here
     finally:
+        metrics.process_exit()
         for task in background:
             task.cancel()
         if pool is not None and not pool.stopping:

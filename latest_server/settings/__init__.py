@@ -28,6 +28,7 @@ from latest_server.settings.core import (
 from latest_server.settings.durability import DurabilitySettings
 from latest_server.settings.iudx import IudxSettings
 from latest_server.settings.limits import LimitSettings
+from latest_server.settings.observability import LOG_FORMATS, ObservabilitySettings
 from latest_server.settings.query import QuerySettings
 from latest_server.settings.scale import QUEUE_TYPES, ScaleSettings
 from latest_server.settings.search import SearchSettings
@@ -35,6 +36,7 @@ from latest_server.settings.search import SearchSettings
 __all__ = [
     "BACKENDS",
     "ES_VERSION_SCALES",
+    "LOG_FORMATS",
     "LOG_LEVELS",
     "QUEUE_TYPES",
     "TIME_UNITS",
@@ -47,6 +49,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Settings(
+    ObservabilitySettings,
     SearchSettings,
     QuerySettings,
     DurabilitySettings,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from latest_server import metrics
 from latest_server.errors import ObjectMissing
 from latest_server.settings import Settings
 from latest_server.stores.base import ObjectInfo
@@ -59,6 +60,7 @@ class FileObjectStore:
             raise ObjectMissing(f"no object {name!r}") from None
         self.requests += 1
         self.bytes_read += len(data)
+        metrics.OBJECT_READ_BYTES.inc(len(data))
         return data
 
     def get_range(self, name: str, start: int, length: int) -> bytes:
@@ -70,6 +72,7 @@ class FileObjectStore:
             raise ObjectMissing(f"no object {name!r}") from None
         self.requests += 1
         self.bytes_read += len(data)
+        metrics.OBJECT_READ_BYTES.inc(len(data))
         return data
 
     def size(self, name: str) -> int:
@@ -122,6 +125,7 @@ class CountingFile:
         data: bytes = self.handle.read(size)
         self.store.requests += 1
         self.store.bytes_read += len(data)
+        metrics.OBJECT_READ_BYTES.inc(len(data))
         return data
 
     def seek(self, offset: int, whence: int = 0) -> int:

@@ -21,6 +21,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from latest_server import metrics
 from latest_server.errors import ObjectMissing, StoreUnavailable
 from latest_server.settings import Settings
 from latest_server.stores.base import ObjectInfo
@@ -108,6 +109,7 @@ class S3ObjectStore:
         data: bytes = reply["Body"].read()
         self.requests += 1
         self.bytes_read += len(data)
+        metrics.OBJECT_READ_BYTES.inc(len(data))
         return reply, data
 
     @_bounded

@@ -20,10 +20,12 @@ from latest_server.web._request import Mount, param
 from latest_server.web.es import routes as es
 from latest_server.web.guard import Guard
 from latest_server.web.http import health, history, ingest, iudx, latest, variables
+from latest_server.web.http import metrics as metrics_route
 from latest_server.web.http import sessions as session_routes
 from latest_server.web.http.params import strict
 from latest_server.web.http_timeouts import BodyTimeout, header_timeout_protocol
 from latest_server.web.limits import Gate, Gated, Limits, TokenBuckets
+from latest_server.web.observe import Observe
 from latest_server.web.openapi import routes as openapi
 from latest_server.web.ws import direct as ws_direct
 from latest_server.web.ws.endpoint import WebsocketEndpoint
@@ -89,6 +91,7 @@ def create_app(
         WebSocketRoute("/ws", WebsocketEndpoint()),
         Route("/healthz", strict(health.healthz), methods=["GET"]),
         Route("/readyz", strict(health.readyz), methods=["GET"]),
+        Route("/metrics", strict(metrics_route.get_metrics), methods=["GET"]),
         # The REST API's document (web/openapi/operations.py), and Swagger UI on it, offline.
         Route("/openapi.json", strict(openapi.openapi_json), methods=["GET"]),
         Route("/docs", strict(openapi.docs), methods=["GET"]),
@@ -101,6 +104,7 @@ def create_app(
         exception_handlers=errors.HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
         middleware=[
+            observe(settings),  # first: it counts and logs what the others refuse too
             *cors(settings),
             # The guard first: the limits count by the token it finds (access.client_key).
             guard(settings, authenticator, settings.es_prefix),
@@ -143,6 +147,7 @@ def create_es_app(
         routes=es.ROUTES,
         lifespan=lifespan,
         middleware=[
+            observe(settings),
             guard(settings, authenticator, ""),
             Middleware(Limits, settings=settings, es=True, buckets=buckets),
             body_timeout(settings),
@@ -177,6 +182,12 @@ def cors(settings: Settings) -> list[Middleware]:
             max_age=600,
         )
     ]
+
+
+def observe(settings: Settings) -> Middleware:
+    """Request ids, metrics and the access log (web/observe.py), around every other middleware
+    (it hands ``ServerSend`` the server's own ``send``)."""
+    return Middleware(Observe, log_requests=settings.access_log)
 
 
 def body_timeout(settings: Settings) -> Middleware:

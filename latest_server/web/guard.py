@@ -15,9 +15,8 @@ Variable prefixes are checked where the ids are known: the REST routes (``_reque
 ``/ingest`` per packet), the websocket per subscribed id, the ES writer and reads per document.
 A websocket upgrade without credentials is let in as ``NOBODY``: it authenticates with its first
 message (``{"type": "auth", "token": ...}``, web/ws/endpoint.py). ``/healthz``, ``/readyz``,
-``/openapi.json`` and ``/docs`` (with its assets)
-are always open. Without tokens every request is ``ANONYMOUS`` (the runner keeps the server on
-loopback then)."""
+``/metrics``, ``/openapi.json`` and ``/docs`` (with its assets) are always open. Without
+tokens every request is ``ANONYMOUS`` (the runner keeps the server on loopback then)."""
 
 from __future__ import annotations
 
@@ -47,7 +46,7 @@ from latest_server.web.es.wire import JSON, PRODUCT_HEADER
 
 # Open without a token: the probes, and the API's description with its page and the page's
 # assets (a browser loads those without an Authorization header).
-OPEN = frozenset(("/healthz", "/readyz", "/openapi.json", "/docs"))
+OPEN = frozenset(("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"))
 OPEN_PREFIX = "/docs/static/"
 CHANGING = frozenset(("POST", "PUT", "PATCH", "DELETE"))
 REST_CHALLENGE = 'Bearer realm="latest-server"'

@@ -23,6 +23,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from latest_server import metrics
 from latest_server.errors import LatestError
 from latest_server.web._request import param, suggestion, unknown
 from latest_server.web.es import bulk as es_bulk
@@ -269,8 +270,10 @@ async def dispatch(request: Request) -> Response:
     try:
         found = match(parts)
         if found is None:
+            request.scope[metrics.ROUTE_KEY] = metrics.UNMATCHED
             raise NoHandler(method, unquote(path))
         handlers, values = found
+        request.scope[metrics.ROUTE_KEY] = TEMPLATES[id(handlers)]
         handler = handlers.get(method)
         if handler is None:
             raise MethodNotAllowed(method, unquote(path), sorted(handlers))
@@ -286,6 +289,17 @@ async def dispatch(request: Request) -> Response:
         log.exception("Elasticsearch-compatible API: %s %s failed", method, path)
         return error_response(request, EsError(f"{type(exc).__name__}: {exc}"))
 
+
+def _template(pattern: tuple[str, ...]) -> str:
+    """A pattern's path template, for metrics and the access log: ``/{index}/_doc/{id}``."""
+    names = [
+        part if part != "*" else "{index}" if at == 0 else "{id}" if at == 2 else "{name}"
+        for at, part in enumerate(pattern)
+    ]
+    return "/" + "/".join(names)
+
+
+TEMPLATES = {id(handlers): _template(pattern) for pattern, handlers in TABLE}
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE"]
 ROUTES = [

@@ -143,7 +143,7 @@ class Updates:
                 version=min(current.version + 1, MAX_US),
                 version_type="external_gte",
             )
-        batch = await self.ingestor.write_batch([packet])
+        batch = await self.ingestor.write_batch([packet], edge="es")
         result = self.indexing.written(write, packet, batch.outcomes[0])
         if result.status == 201 and current is None:
             return result

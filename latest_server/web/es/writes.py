@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from latest_server import keys
+from latest_server import keys, metrics
 from latest_server.access import ANONYMOUS, Principal
 from latest_server.errors import PacketRejected
 from latest_server.ingestor import Ingestor, Origins
@@ -113,28 +113,36 @@ class Writer:
         add = origins.add
         prefixed = principal.prefixes is not None
 
+        reasons: list[str] = []  # the reason of each op refused before the store (metrics)
+
         def packets() -> Iterator[Packet]:
             for position in range(start, end):
                 op = ops[position]
                 if op.error is not None:
                     results[position] = failure(op, op.error)
+                    reasons.append(op.error.type)
                     continue
                 try:
                     self._decode(op)
                     packet = self.packet(op, op.source)
                 except EsError as exc:
                     results[position] = failure(op, exc)
+                    reasons.append(exc.type)
                     continue
                 except PacketRejected as exc:
                     results[position] = failure(op, DocumentParsing(exc.message))
+                    reasons.append(exc.code)
                     continue
                 if prefixed and not principal.covers(packet.variable_id):
                     refused = authz.denied(principal, authz.OP_ACTIONS[op.op], op.index, op.doc_id)
                     results[position] = failure(op, refused or EsError("forbidden"))
+                    reasons.append("forbidden")
                     continue
                 yield add((position, self._item(op, packet)), packet)
 
-        batch = await self.ingestor.write_batch(packets())
+        batch = await self.ingestor.write_batch(packets(), edge="es")
+        if reasons:
+            metrics.rejected("es", reasons)
         for (position, item), packet, outcome in origins.outcomes(batch):
             results[position] = self.written(ops[position], packet, outcome, item)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,7 +18,7 @@ import pyarrow as pa
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from latest_server import keys
+from latest_server import keys, metrics
 from latest_server.errors import BadRequest, NotFound, PacketRejected
 from latest_server.packets import lookup
 from latest_server.resources import Resources
@@ -53,8 +54,19 @@ EDGE = 2**62
 
 
 async def get_history(request: Request) -> Response:
+    """The route; a query answered (not refused) is timed to its answer's start, by format
+    (``aggregate`` for an aggregation, web/http/aggregate.py)."""
+    started = time.perf_counter()
     if aggregate.wanted(request.query_params):
-        return await aggregate.get_aggregate(request)
+        response = await aggregate.get_aggregate(request)
+        metrics.history_query("aggregate", started)
+        return response
+    response = await _history(request)
+    metrics.history_query(request.query_params.get("format", "json"), started)
+    return response
+
+
+async def _history(request: Request) -> Response:
     resources: Resources = request.app.state.resources
     variable_id: str = request.path_params.get("variable_id", "")
     covered(request, [variable_id])

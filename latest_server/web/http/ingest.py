@@ -9,6 +9,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from latest_server import metrics
 from latest_server.access import principal_of
 from latest_server.ingestor import Origins
 from latest_server.packets import Packet
@@ -45,7 +46,7 @@ async def ingest(request: Request) -> Response:
             else:
                 rejected.append({"index": item.index, "error": item.reason, "detail": item.detail})
 
-    result = await resources.ingestor.write_batch(packets())
+    result = await resources.ingestor.write_batch(packets(), edge="http")
     count = len(origins.packets) + len(rejected)  # every item, now that the write took them all
     refused = origins.refused(result)  # session documents refused at write time (bad_transition)
     if refused:
@@ -53,6 +54,8 @@ async def ingest(request: Request) -> Response:
             {"index": position, "error": r.reason, "detail": r.detail} for position, _, r in refused
         ]
         rejected.sort(key=lambda item: int(str(item["index"])))
+    if rejected:
+        metrics.rejected("http", (str(item["error"]) for item in rejected))
     answer = {
         "accepted": result.accepted,
         "stale": result.stale,

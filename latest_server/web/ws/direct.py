@@ -41,7 +41,7 @@ class ServerSend:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
-            scope[SCOPE_KEY] = send
+            scope.setdefault(SCOPE_KEY, send)  # web/observe.py, outside, may have set it
         await self.app(scope, receive, send)
 
 

@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from latest_server import keys
+from latest_server import keys, metrics
 from latest_server.access import (
     AUTHENTICATE_KEY,
     READ,
@@ -90,6 +90,7 @@ async def _serve(hub: Hub, ws: WebSocket, send: Send) -> None:
     hub.sockets.add(socket)
     sender = socket.sender = asyncio.create_task(socket.send_loop(), name="ws-send")
     gone: int | None = None  # the code of the disconnect received
+    metrics.WS_CLIENTS.inc()
     try:
         while not socket.closed:
             message: Message | None
@@ -110,6 +111,7 @@ async def _serve(hub: Hub, ws: WebSocket, send: Send) -> None:
     except WebSocketDisconnect:
         pass
     finally:
+        metrics.WS_CLIENTS.dec()
         hub.sockets.discard(socket)
         if socket.closer is not None:
             gone = await _discard_until(ws, socket.closer) or gone

@@ -9,9 +9,11 @@ import asyncio
 import collections
 import logging
 from collections.abc import Iterable
+from typing import Literal
 
 from redis.exceptions import RedisError
 
+from latest_server import metrics
 from latest_server.errors import StoreUnavailable
 from latest_server.feed import LiveFeed
 from latest_server.resources import Resources
@@ -29,6 +31,14 @@ CATCHUPS = 16  # concurrent catch-ups per process
 PROBE_BATCH = 200  # variables per round trip of the tail probe
 
 
+class CatchUps(asyncio.Semaphore):
+    """The cap on concurrent catch-up reads; each read that takes a slot is counted."""
+
+    async def acquire(self) -> Literal[True]:
+        metrics.WS_CATCHUPS.inc()
+        return await super().acquire()
+
+
 class Hub:
     def __init__(self, resources: Resources, settings: Settings) -> None:
         self.settings = settings
@@ -36,7 +46,7 @@ class Hub:
         self.feed = LiveFeed(resources.redis)
         self.ranges = RangeReader(resources.redis, resources.history.scripts, resources.objects)
         self.frames = FrameCache()
-        self.catchups = asyncio.Semaphore(CATCHUPS)
+        self.catchups = CatchUps(CATCHUPS)
         self.sockets: set[Socket] = set()
         self.connections = 0  # sockets accepted or being accepted (LATEST_WS_MAX_CONNECTIONS)
         # the same per client (access.client_key): LATEST_WS_MAX_CONNECTIONS_PER_CLIENT

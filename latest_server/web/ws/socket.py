@@ -30,6 +30,7 @@ import orjson
 from starlette.types import Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from latest_server import metrics
 from latest_server.settings import Settings
 from latest_server.web.ws.direct import DirectWriter, abort, header
 from latest_server.web.ws.protocol import CLOSE_SLOW
@@ -39,6 +40,8 @@ from latest_server.web.ws.tasks import stop_tasks
 log = logging.getLogger(__name__)
 
 PENDING_BYTES = 65_536  # frames taken for a direct write are written once they are this large
+# A live entry (or a control frame) found the queue full: subscriptions read from the stores.
+SLOW_OVERFLOW = metrics.WS_SLOW.labels("overflow")
 # Seconds a 4008 close frame waits for a client that stopped reading: one that reads again (after
 # a pause, a GC, a debugger) learns why it was closed and resumes with since; one that never does
 # is dropped then. Other closes (shutdown) wait LATEST_WS_SEND_TIMEOUT.
@@ -97,6 +100,7 @@ class Socket:
         self.direct = DirectWriter.of(ws.scope)  # None: every frame goes through ``send``
         self.pending: list[bytes] = []  # headers and frames to write directly, in order
         self.pending_bytes = 0
+        self.tally = metrics.tally_of(ws.scope)  # bytes written around ASGI count here
 
     # --- queueing --------------------------------------------------------------------------
 
@@ -128,6 +132,7 @@ class Socket:
         if self.queued + len(frame) > self.limit and self.queued:
             self._overflow()
             subscription.rolled_back(first)
+            SLOW_OVERFLOW.inc()
             return False
         self._append(_Item(frame, subscription, first, last))
         return True
@@ -157,7 +162,8 @@ class Socket:
         if item.subscription is None and self.queued + len(item.frame) > self.limit and self.queued:
             # A control frame cannot be read again from the stores, entries can: drop those
             # first, then, if control frames alone fill the queue, the client is too slow.
-            self._overflow()
+            if self._overflow():
+                SLOW_OVERFLOW.inc()
             if self.queued + len(item.frame) > self.limit:
                 self.queue.clear()
                 self.queued = 0
@@ -175,10 +181,11 @@ class Socket:
             self.space.clear()
         self.ready.set()
 
-    def _overflow(self) -> None:
+    def _overflow(self) -> int:
+        """Drop the queued entries, rolling their subscriptions back; how many were."""
         dropped: dict[Subscription, int] = {}
         if all(item.subscription is None for item in self.queue):
-            return
+            return 0
         kept: deque[_Item] = deque()
         for item in self.queue:
             if item.subscription is None:
@@ -192,6 +199,7 @@ class Socket:
         log.info("websocket client is slow: %d streams read from the stores", len(dropped))
         for subscription, first in dropped.items():
             subscription.rolled_back(first)
+        return len(dropped)
 
     def _write_now(self, frame: bytes) -> None:
         """Write a frame while the sender is idle, without waking it. Straight to the transport
@@ -217,7 +225,9 @@ class Socket:
             try:
                 waiting = coro.send(None)
             except StopIteration:
+                metrics.WS_FRAMES.inc()
                 return  # written
+            metrics.WS_FRAMES.inc()  # the sender finishes it before anything else
             self.suspended = (coro, waiting)
             self.writing_since = asyncio.get_running_loop().time()
         except (WebSocketDisconnect, RuntimeError, OSError) as exc:
@@ -230,12 +240,14 @@ class Socket:
         (empty while frames were pending), for the sender to write through ``send``: it waits
         for the client, and the queue's limit and the stall timeout apply."""
         pending, self.pending = self.pending, []
-        self.pending_bytes = 0
+        size, self.pending_bytes = self.pending_bytes, 0
         if not pending or self.closed:
             return
         assert self.direct is not None
         if self.direct.open():
             self.direct.write(pending)
+            metrics.WS_FRAMES.inc(len(pending) >> 1)  # a header and a payload per frame
+            self.tally.bytes_out += size
             return
         frames = pending[1::2]
         self.queue.extendleft(_Item(frame, None, 0, 0) for frame in reversed(frames))
@@ -246,6 +258,7 @@ class Socket:
         timer per frame: on a busy fan-out those timers were a twentieth of the CPU."""
         clock = asyncio.get_running_loop().time
         send = self.send
+        frames = metrics.WS_FRAMES
         try:
             while True:
                 self.idle = True
@@ -263,6 +276,7 @@ class Socket:
                         self.space.set()
                     self.writing_since = clock()
                     await send({"type": "websocket.send", "text": item.frame.decode()})
+                    frames.inc()
                 self.writing_since = None
                 self.ready.clear()
         except (WebSocketDisconnect, RuntimeError, OSError):
@@ -275,6 +289,7 @@ class Socket:
         """The client does not keep up (a write waited past LATEST_WS_SEND_TIMEOUT, or its
         replies fill its queue): stop the sender and close with 4008."""
         log.info("websocket client is too slow (%s): closing with %d", why, CLOSE_SLOW)
+        metrics.WS_SLOW.labels("closed").inc()
         if self.sender is not None:
             await stop_tasks([self.sender])
         await self.close(CLOSE_SLOW, "slow consumer: resume with since")
