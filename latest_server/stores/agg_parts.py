@@ -45,7 +45,7 @@ class Spec:
 @dataclass(frozen=True)
 class Task:
     """Row-group slice ``part`` = (k, K) of one object, or whole objects (several, or with
-    ``hot`` rows of their time span), to be de-duplicated together."""
+    ``hot`` entries of their time span: ts, seq, hash, doc), to be de-duplicated together."""
 
     objects_url: str
     settings: Settings
@@ -53,6 +53,7 @@ class Task:
     spec: Spec
     part: tuple[int, int] = (0, 1)
     hot: pa.Table | None = None
+    hashes: bool = False  # keep the hash column, even of one object alone
 
 
 _STORES: dict[tuple[str, Settings], ObjectStore] = {}
@@ -73,23 +74,31 @@ def run(task: Task, store: ObjectStore | None = None) -> partials.Partial:
 
 def rows_of(task: Task, store: ObjectStore | None = None) -> pa.Table:
     store = store or _store(task.objects_url, task.settings)
-    tables = [read_object(store, name, task.spec, task.part) for name in task.names]
+    alone = len(task.names) == 1 and task.hot is None and not task.hashes
+    # One object alone in its span is sorted and holds no duplicates (see aggregate.py): its
+    # hashes (20 incompressible bytes a row, most of what a read of numbers would fetch) are
+    # not needed.
+    tables = [read_object(store, n, task.spec, task.part, hashes=not alone) for n in task.names]
     if task.hot is not None:
-        tables.append(task.hot)
-    if len(tables) == 1 and task.hot is None:
-        return tables[0]  # one object: sorted, and without duplicates (see aggregate.py)
+        tables.append(hot_rows(task.hot, task.spec.fields))
+    if alone:
+        return tables[0]
     return deduplicate(pa.concat_tables(tables))
 
 
-def read_object(store: ObjectStore, name: str, spec: Spec, part: tuple[int, int]) -> pa.Table:
+def read_object(
+    store: ObjectStore, name: str, spec: Spec, part: tuple[int, int], *, hashes: bool = True
+) -> pa.Table:
     """Slice ``part`` of the row groups of object ``name`` that overlap the window: ts, seq,
-    hash and the ``n:`` columns of the fields (the documents only for a field without one)."""
+    hash (unless not ``hashes``) and the ``n:`` columns of the fields (the documents only for
+    a field without one)."""
     window = spec.window
     with store.open(name) as source:
         parquet = pq.ParquetFile(source, pre_buffer=True)
         present = set(parquet.schema_arrow.names)
         stored = [f for f in spec.fields if NUMBER_PREFIX + f in present]
-        columns = [*KEYS, *(NUMBER_PREFIX + f for f in stored)]
+        keys = KEYS if hashes else KEYS[:2]
+        columns = [*keys, *(NUMBER_PREFIX + f for f in stored)]
         if len(stored) < len(spec.fields):
             columns.append("doc")
         meta = parquet.metadata
@@ -107,7 +116,7 @@ def read_object(store: ObjectStore, name: str, spec: Spec, part: tuple[int, int]
         k, of = part
         groups = groups[k * len(groups) // of : (k + 1) * len(groups) // of]
         if not groups:
-            return empty_rows(spec.fields)
+            return empty_rows(spec.fields, hashes)
         prefetch = getattr(source, "prefetch", None)
         if prefetch is not None:  # a remote object: every chunk needed, side by side
             indices = [parquet.schema_arrow.get_field_index(c) for c in columns]
@@ -121,7 +130,7 @@ def read_object(store: ObjectStore, name: str, spec: Spec, part: tuple[int, int]
             numbers[f] = table.column(NUMBER_PREFIX + f)
         else:
             numbers[f] = segments.numbers(table.column("doc"), tuple(f.split(".")))
-    return _rows(table, numbers)
+    return _rows(table, numbers, hashes)
 
 
 def hot_rows(entries: pa.Table, fields: tuple[str, ...]) -> pa.Table:
@@ -137,9 +146,9 @@ def hot_rows(entries: pa.Table, fields: tuple[str, ...]) -> pa.Table:
     return _rows(entries, numbers)
 
 
-def _rows(table: pa.Table, numbers: dict[str, Any]) -> pa.Table:
-    arrays = [table.column(k) for k in KEYS]
-    names = list(KEYS)
+def _rows(table: pa.Table, numbers: dict[str, Any], hashes: bool = True) -> pa.Table:
+    names = list(KEYS if hashes else KEYS[:2])
+    arrays = [table.column(k) for k in names]
     for f, column in numbers.items():
         filled = pc.fill_null(column, np.nan) if column.null_count else column
         arrays.append(filled)
@@ -147,15 +156,14 @@ def _rows(table: pa.Table, numbers: dict[str, Any]) -> pa.Table:
     return pa.Table.from_arrays(arrays, names=names)
 
 
-def empty_rows(fields: tuple[str, ...]) -> pa.Table:
+def empty_rows(fields: tuple[str, ...], hashes: bool = True) -> pa.Table:
+    keys = [pa.array([], pa.int64()), pa.array([], pa.int64()), pa.array([], pa.binary(20))]
+    names = list(KEYS)
+    if not hashes:
+        keys, names = keys[:2], names[:2]
     return pa.Table.from_arrays(
-        [
-            pa.array([], pa.int64()),
-            pa.array([], pa.int64()),
-            pa.array([], pa.binary(20)),
-            *(pa.array([], pa.float64()) for _ in fields),
-        ],
-        names=[*KEYS, *(VALUE + f for f in fields)],
+        [*keys, *(pa.array([], pa.float64()) for _ in fields)],
+        names=[*names, *(VALUE + f for f in fields)],
     )
 
 

@@ -128,7 +128,7 @@ class AggResult:
 @dataclass
 class _Plan:
     tasks: list[tuple[str, Task]] = field(default_factory=list)  # (key, task)
-    local: list[tuple[str, pa.Table]] = field(default_factory=list)  # hot rows alone
+    local: list[tuple[str, pa.Table]] = field(default_factory=list)  # hot entries alone
     rows: int = 0  # estimated rows to read
 
 
@@ -245,11 +245,11 @@ class Aggregator:
     async def _plan(self, variables: tuple[str, ...], spec: Spec) -> _Plan:
         plan = _Plan()
         for key in variables:
+            # documents parsed later, by the tasks and beside them (see _run)
             hot = await self.history.read_hot(key, spec.window, ALL)
-            rows = await asyncio.to_thread(agg_parts.hot_rows, hot, spec.fields)
             listed = await asyncio.to_thread(tiers.list_objects, self.history.objects, key)
             chosen = [s for s in listed if spec.window.overlaps(s.min_ts, s.max_ts)]
-            self._plan_variable(plan, key, rows, chosen, spec)
+            self._plan_variable(plan, key, hot, chosen, spec)
         return plan
 
     def _plan_variable(
@@ -260,6 +260,7 @@ class Aggregator:
         chosen: list[tiers.StoredObject],
         spec: Spec,
     ) -> None:
+        """Tasks for ``rows`` (the hot entries: ts, seq, hash, doc) and the objects chosen."""
         ts = rows.column("ts").to_numpy()
         taken = np.zeros(len(ts), dtype=bool)
         for cluster in _clusters(chosen):
@@ -285,26 +286,27 @@ class Aggregator:
 
     async def _run(self, plan: _Plan, spec: Spec) -> list[tuple[str, Partial]]:
         loop = asyncio.get_running_loop()
-        found = [
-            (key, agg_parts.partial_of(agg_parts.deduplicate(rows), spec))
-            for key, rows in plan.local
-        ]
-        if not plan.tasks:
-            return found
         parallel = self.workers > 0 and plan.rows >= self.parallel_rows and len(plan.tasks) > 1
         executor: Executor = self.pool() if parallel else self._threads
         store = None if parallel else self.history.objects
+        fields = spec.fields
+
+        def alone(entries: pa.Table) -> Partial:
+            rows = agg_parts.hot_rows(entries, fields)
+            return agg_parts.partial_of(agg_parts.deduplicate(rows), spec)
+
+        # the tasks first: the hot entries' documents are parsed while they run
+        cold = [
+            loop.run_in_executor(executor, agg_parts.run, task, store) for _, task in plan.tasks
+        ]
+        hot = [loop.run_in_executor(self._threads, alone, entries) for _, entries in plan.local]
         try:
-            parts = await asyncio.gather(
-                *(
-                    loop.run_in_executor(executor, agg_parts.run, task, store)
-                    for _, task in plan.tasks
-                )
-            )
+            parts = await asyncio.gather(*cold, *hot)
         except BrokenProcessPool:
             self._pool = None  # a worker died (killed, out of memory): a fresh pool next time
             raise StoreUnavailable("a query worker died; try again") from None
-        return found + [(key, part) for (key, _), part in zip(plan.tasks, parts, strict=True)]
+        owners = [key for key, _ in plan.tasks] + [key for key, _ in plan.local]
+        return list(zip(owners, parts, strict=True))
 
     async def last(
         self, variables: tuple[str, ...], fields: tuple[str, ...], window: Window, n: int
@@ -328,7 +330,7 @@ class Aggregator:
                 held = _numbered(agg_parts.deduplicate(pa.concat_tables(tables)), fields)
                 if held.num_rows >= n and stored.max_ts < held.column("ts")[-n].as_py():
                     break
-                task = Task(self.objects_url, self.settings, (stored.name,), spec)
+                task = Task(self.objects_url, self.settings, (stored.name,), spec, hashes=True)
                 tables.append(
                     await asyncio.to_thread(agg_parts.rows_of, task, self.history.objects)
                 )
