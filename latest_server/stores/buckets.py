@@ -224,5 +224,6 @@ def bucket_range(lo: int, hi: int, interval: Interval, tz: tzinfo) -> Any:
 
 def iso(start: int, tz: tzinfo) -> str:
     """A bucket key as ISO-8601 in ``tz`` (milliseconds, with the offset)."""
-    moment = datetime.fromtimestamp(start // US, tz) + timedelta(microseconds=start % US)
+    # replace, not + timedelta: that would drop the fold of a repeated autumn hour
+    moment = datetime.fromtimestamp(start // US, tz).replace(microsecond=start % US)
     return moment.isoformat(timespec="milliseconds")
