@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pj
 import pyarrow.parquet as pq
 
 from latest_server.settings import Settings
@@ -134,16 +135,49 @@ def read_object(
 
 
 def hot_rows(entries: pa.Table, fields: tuple[str, ...]) -> pa.Table:
-    """The rows of hot entries (ts, seq, hash, doc): numbers parsed from the documents, by
-    pyarrow's JSON reader where the documents parse as one table, else one by one."""
-    found = segments.number_columns(entries.column("doc")) if entries.num_rows else {}
+    """The rows of hot entries (ts, seq, hash, doc): numbers parsed from the documents by
+    pyarrow's JSON reader, told to read only the fields (as float64) and skip the rest; one
+    document at a time where that fails (a field that is text in some document)."""
+    docs = entries.column("doc")
     numbers = {}
     for f in fields:
-        column = found.get(f)
-        if column is None:
-            column = segments.numbers(entries.column("doc"), tuple(f.split(".")))
-        numbers[f] = column
+        column = json_numbers(docs, f) if entries.num_rows else None
+        numbers[f] = segments.numbers(docs, tuple(f.split("."))) if column is None else column
     return _rows(entries, numbers)
+
+
+def json_numbers(docs: pa.Array | pa.ChunkedArray, path: str) -> pa.Array | None:
+    """The float64 at dotted ``path`` of each document (null where absent), or None if some
+    document holds anything but a number (or an object on the way) there."""
+    if isinstance(docs, pa.ChunkedArray):
+        docs = docs.combine_chunks()
+    parts = path.split(".")
+    kind: pa.DataType = pa.float64()
+    for part in reversed(parts[1:]):
+        kind = pa.struct([pa.field(part, kind)])
+    schema = pa.schema([pa.field(parts[0], kind)])
+    lines = pc.binary_join_element_wise(docs, pa.scalar(b"", pa.binary()), b"\n")
+    offsets = np.frombuffer(lines.buffers()[1], np.int32)[
+        lines.offset : lines.offset + len(lines) + 1
+    ]
+    data = lines.buffers()[2][int(offsets[0]) : int(offsets[-1])]
+    longest = pc.max(pc.binary_length(docs)).as_py() or 0
+    try:
+        parsed = pj.read_json(
+            pa.BufferReader(data),
+            read_options=pj.ReadOptions(block_size=max(1 << 20, 2 * longest)),
+            parse_options=pj.ParseOptions(
+                explicit_schema=schema, unexpected_field_behavior="ignore"
+            ),
+        )
+    except pa.ArrowException:
+        return None
+    if parsed.num_rows != len(docs):
+        return None
+    column: Any = parsed.column(0).combine_chunks()
+    for _part in parts[1:]:
+        column = pc.struct_field(column, [0])
+    return column
 
 
 def _rows(table: pa.Table, numbers: dict[str, Any], hashes: bool = True) -> pa.Table:
