@@ -93,7 +93,7 @@ def zone(name: str) -> tzinfo:
         return timezone(-delta if sign == "-" else delta)
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a path-like or NUL name
         raise BadRequest(
             f"unknown time zone {name!r} (an IANA name such as Europe/Paris, or ±HH:MM)",
             reason="bad_time_zone",
