@@ -68,7 +68,7 @@ VARIABLES_AT_ONCE = 16  # variables whose tiers are read side by side
 class AggQuery:
     keys: tuple[str, ...]
     fields: tuple[str, ...]
-    aggs: tuple[str, ...] = ("avg",)
+    aggs: tuple[str, ...] = ("avg",)  # () with fields=(): only each bucket's docs
     lo: int = -EDGE
     hi: int = EDGE
     interval: buckets.Interval | None = None
@@ -80,12 +80,15 @@ class AggQuery:
 
     def check(self) -> None:
         unknown = [a for a in self.aggs if a not in AGGS]
-        if unknown or not self.aggs:
+        if unknown or (self.fields and not self.aggs):
             raise BadRequest(
                 f"unknown aggregation {', '.join(unknown) or '(none)'}: takes {', '.join(AGGS)}",
                 reason="bad_aggregation",
             )
-        if not self.fields or any(not f or f.startswith(".") or ".." in f for f in self.fields):
+        # no fields (and no aggs): the entries per bucket alone (a date_histogram's doc_count)
+        if (self.aggs and not self.fields) or any(
+            not f or f.startswith(".") or ".." in f for f in self.fields
+        ):
             raise BadRequest("name the numeric field(s): field=<dotted path>", reason="bad_field")
         if not all(0 <= p <= 100 for p in self.percents):
             raise BadRequest("percents must be between 0 and 100", reason="bad_aggregation")

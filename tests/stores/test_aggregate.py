@@ -209,6 +209,11 @@ async def test_aggregates_equal_brute_force_over_every_tier(
         check(series, reference(rows[variable], interval, tz))
     merged = await stores.aggregates.aggregate(dataclasses.replace(query, per_variable=False))
     check(merged.series[0], reference(rows["a"] + rows["b"], interval, tz))
+    counted = await stores.aggregates.aggregate(dataclasses.replace(query, fields=(), aggs=()))
+    want = reference(rows["a"], interval, tz)
+    assert [(b.start, b.docs, b.values) for b in counted.series[0].buckets] == [
+        (start, docs, {}) for start, (docs, _) in want.items()
+    ]
 
 
 async def test_a_window_percentiles_and_empty_buckets(stores: Resources) -> None:
