@@ -45,7 +45,6 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 from cachetools import TTLCache
 
@@ -53,8 +52,8 @@ from latest_server import keys
 from latest_server.errors import BadRequest, ObjectMissing, StoreUnavailable
 from latest_server.redis_client import redis_bounded
 from latest_server.settings import Settings
-from latest_server.stores import agg_parts, agg_plan, buckets, partials, tiers
-from latest_server.stores.agg_parts import Spec, Task
+from latest_server.stores import agg_parts, agg_plan, agg_points, buckets, partials, tiers
+from latest_server.stores.agg_parts import Spec
 from latest_server.stores.history import ALL, RELIST_ATTEMPTS, HistoryStore
 from latest_server.stores.partials import AGGS, DEFAULT_PERCENTS, NEEDS_VALUES, Partial
 from latest_server.stores.segments import Window
@@ -331,59 +330,26 @@ class Aggregator:
         """Per variable, its last ``n`` entries of ``window`` (by ts, then seq) holding a number
         at one of ``fields`` at least: columns ts, seq, v:<field> (NaN: none), in time order.
         Objects are read newest first, only while they may hold one of the last ``n``."""
-        spec = Spec(window.lo, window.hi, fields, None)
-        out = {}
-        for key in variables:
-            hot = await self.history.read_hot(key, spec.window, ALL)
-            rows = await asyncio.to_thread(agg_parts.hot_rows, hot, fields)
-            listed = await asyncio.to_thread(tiers.list_objects, self.history.objects, key)
-            chosen = sorted(
-                (s for s in listed if spec.window.overlaps(s.min_ts, s.max_ts)),
-                key=lambda s: s.max_ts,
-                reverse=True,
+        found = await asyncio.gather(
+            *(
+                agg_points.last(self.history, self.objects_url, self.settings, k, fields, window, n)
+                for k in variables
             )
-            tables = [rows]
-            for stored in chosen:
-                held = _numbered(agg_parts.deduplicate(pa.concat_tables(tables)), fields)
-                if held.num_rows >= n and stored.max_ts < held.column("ts")[-n].as_py():
-                    break
-                task = Task(self.objects_url, self.settings, (stored.name,), spec, hashes=True)
-                tables.append(
-                    await asyncio.to_thread(agg_parts.rows_of, task, self.history.objects)
-                )
-            table = _numbered(agg_parts.deduplicate(pa.concat_tables(tables)), fields)
-            table = table.slice(max(0, table.num_rows - n))
-            out[key] = table.drop_columns(["hash"])
-        return out
+        )
+        return dict(zip(variables, found, strict=True))
 
     async def at(
         self, variables: tuple[str, ...], fields: tuple[str, ...], moment: int
     ) -> dict[str, dict[str, tuple[int, int, float] | None]]:
         """Per variable and field, the (ts, seq, value) in force at ``moment`` (µs): the entry
         with a number there of greatest ts <= moment, ties by greatest seq; None if none."""
-        query = AggQuery(variables, fields, ("last",), hi=moment + 1)
-        spec = Spec(query.lo, query.hi, fields, None)
-        found, _tasks = await self._collect(variables, spec)
-        out: dict[str, dict[str, tuple[int, int, float] | None]] = {}
-        for key in variables:
-            parts = [p for k, p in found if k == key]
-            merged = partials.merge(parts) if parts else partials.empty_partial(fields, False)
-            out[key] = {}
-            for name, part in merged.fields.items():
-                if not len(merged.starts) or not part.count[0]:
-                    out[key][name] = None
-                    continue
-                ts, seq, value = part.last[0]
-                out[key][name] = (int(ts), int(seq), float(value))
-        return out
-
-
-def _numbered(table: pa.Table, fields: tuple[str, ...]) -> pa.Table:
-    """Rows holding a number at one of ``fields`` at least."""
-    held = np.zeros(table.num_rows, dtype=bool)
-    for f in fields:
-        held |= ~np.isnan(table.column(agg_parts.VALUE + f).to_numpy())
-    return table if held.all() else table.filter(pa.array(held))
+        found = await asyncio.gather(
+            *(
+                agg_points.at(self.history, self.objects_url, self.settings, k, fields, moment)
+                for k in variables
+            )
+        )
+        return dict(zip(variables, found, strict=True))
 
 
 def _hot_partial(entries: pa.Table, spec: Spec) -> Partial:
