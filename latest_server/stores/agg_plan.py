@@ -21,7 +21,7 @@ from latest_server.stores import tiers
 from latest_server.stores.agg_parts import Spec, Task
 from latest_server.stores.segments import ROW_GROUP_ROWS, Window
 
-ROWS_PER_TASK = 4 * ROW_GROUP_ROWS  # a task's share of an object
+ROWS_PER_TASK = 8 * ROW_GROUP_ROWS  # a task's share of an object
 MAX_TASKS_PER_OBJECT = 64
 
 
