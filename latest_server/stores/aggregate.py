@@ -306,8 +306,15 @@ class Aggregator:
         bound = asyncio.Semaphore(VARIABLES_AT_ONCE)
 
         async def one(key: str) -> list[tiers.StoredObject]:
+            # One LIST of both kinds (merged sorts first): the second listing of _collect
+            # catches a merge that one listing saw half of, as it catches any other move.
             async with bound:
-                listed = await asyncio.to_thread(tiers.list_objects, self.history.objects, key)
+                found = await asyncio.to_thread(self.history.objects.list, keys.history_prefix(key))
+            listed = [
+                tiers.StoredObject(o.name, *keys.parse_object(o.name))
+                for o in found
+                if o.name.rsplit("/", 2)[-2] in ("merged", "transfer")
+            ]
             return [s for s in listed if spec.window.overlaps(s.min_ts, s.max_ts)]
 
         found = await asyncio.gather(*(one(key) for key in variables))
