@@ -261,19 +261,13 @@ class Aggregator:
             }
             try:
                 hot = await self._hot(variables, spec)
-                again = await self._list(variables, spec)
             except BaseException:
                 await _settle([f for futures in started.values() for f in futures])
                 raise
-            if {k: [s.name for s in v] for k, v in again.items()} != {
-                k: [s.name for s in v] for k, v in listed.items()
-            }:
-                await _settle([f for futures in started.values() for f in futures])
-                continue  # objects came or went: list again
             owners: list[str] = []
             pending: list[Any] = []
             dropped: list[Any] = []
-            for key in variables:
+            for key in variables:  # the hot entries start too, before the second listing
                 redone, rest = agg_plan.with_hot(clusters[key], hot[key], spec)
                 for cluster, task in redone:
                     pending.append(loop.run_in_executor(executor, agg_parts.run, task, store))
@@ -287,6 +281,16 @@ class Aggregator:
                 if id(cluster) in started:
                     pending += started[id(cluster)]
                     owners += [cluster.key] * len(started[id(cluster)])
+            try:
+                again = await self._list(variables, spec)
+            except BaseException:
+                await _settle(pending + dropped)
+                raise
+            if {k: [s.name for s in v] for k, v in again.items()} != {
+                k: [s.name for s in v] for k, v in listed.items()
+            }:
+                await _settle(pending + dropped)
+                continue  # objects came or went: list again
             try:
                 parts = await asyncio.gather(*pending)
             except ObjectMissing:
