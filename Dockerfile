@@ -8,6 +8,9 @@ COPY pyproject.toml README.md ./
 COPY latest_server ./latest_server
 COPY ingest_client ./ingest_client
 RUN pip install --no-cache-dir .
+# Every interface, to be reached from outside the container: the server then refuses to start
+# without tokens (LATEST_TOKENS_FILE, or a JWT key) unless LATEST_INSECURE=true says it is meant
+# (README "Running it on a network").
 ENV LATEST_HOST=0.0.0.0 LATEST_DATA_DIR=/data
 # the HTTP API, and the Elasticsearch-compatible API (LATEST_ES_PORT)
 EXPOSE 8000 9200

@@ -31,10 +31,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def get(url: str) -> tuple[int, bytes]:
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     """Status and body of a GET, whatever the status."""
     try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
+        request = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=5) as answer:
             return int(answer.status), bytes(answer.read())
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()

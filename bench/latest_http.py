@@ -23,6 +23,10 @@ Needs wrk (``apt-get install wrk``). Run (about 2 minutes with the defaults)::
 
     .venv/bin/python bench/latest_http.py [--variables 10000] [--seconds 10] [--rounds 5]
 
+``--token``: ours runs with a tokens file (LATEST_TOKENS_FILE) of one read token, and wrk sends
+it as ``Authorization: Bearer`` to ours (the bare app checks nothing): what authentication costs
+a read, to compare with a run without.
+
 Uses Redis db 14 (``--redis-url``; flushed before and after: run one benchmark at a time). The
 last line printed is ``ratio ours/bare: X.XX``.
 """
@@ -55,6 +59,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from latest_server import keys
+from latest_server.auth.tokens import new_token
 from latest_server.packets import Packet, PacketParser
 from latest_server.settings import Settings
 from latest_server.stores.latest_redis import RedisLatestStore
@@ -65,10 +70,12 @@ WARMUP_SECONDS = 3
 WRITE_BATCH = 500
 
 WRK_SCRIPT = """
--- Cycle through the ids; args[1] is the path prefix. Each thread starts elsewhere in the list.
+-- Cycle through the ids; args[1] is the path prefix, args[2] a bearer token if any. Each thread
+-- starts elsewhere in the list.
 local ids = {%(ids)s}
 local threads = 0
 local prefix
+local headers = {}
 local i
 
 function setup(thread)
@@ -78,12 +85,13 @@ end
 
 function init(args)
   prefix = args[1]
+  if args[2] then headers["Authorization"] = "Bearer " .. args[2] end
   i = (start or 0) %% #ids
 end
 
 function request()
   i = i %% #ids + 1
-  return wrk.format("GET", prefix .. ids[i])
+  return wrk.format("GET", prefix .. ids[i], headers)
 end
 """
 
@@ -198,6 +206,7 @@ def wrk(
     args: argparse.Namespace,
     seconds: int,
     cpus: set[int] | None,
+    token: str | None = None,
 ) -> WrkRun:
     command = [
         "wrk",
@@ -209,6 +218,7 @@ def wrk(
         base_url,
         "--",
         prefix,
+        *([token] if token else []),
     ]
     output = subprocess.run(
         command, capture_output=True, text=True, check=True, preexec_fn=pinned(cpus)
@@ -222,10 +232,11 @@ def wrk(
     return WrkRun(float(rate.group(1)), latency.group(1), "; ".join(errors), int(count.group(1)))
 
 
-def check_same_answers(ours: str, bare: str, ids: list[str]) -> None:
+def check_same_answers(ours: str, bare: str, ids: list[str], token: str | None) -> None:
+    headers = {"Authorization": f"Bearer {token}"} if token else None
     for variable_id in (ids[0], ids[len(ids) // 2], ids[-1]):
         path = quote(variable_id, safe="")
-        ours_answer, bare_answer = get(ours + path), get(bare + path)
+        ours_answer, bare_answer = get(ours + path, headers), get(bare + path)
         if ours_answer[0] != 200 or ours_answer != bare_answer:
             raise RuntimeError(f"the two servers answer {variable_id!r} differently")
 
@@ -239,6 +250,13 @@ def measure(
     env = {k: v for k, v in os.environ.items() if k != "AMQP_URL" and not k.startswith("LATEST_")}
     env.update(REDIS_URL=args.redis_url, LATEST_HOST=HOST, LATEST_LOG_LEVEL=LOG_LEVEL)
     env.update(LATEST_DATA_DIR=data_dir, LATEST_ES_PORT="0")  # no Elasticsearch-compatible API
+    token = None
+    ours_env = {**env}
+    if args.token:
+        token, table = new_token("bench", ("read",))
+        tokens = Path(data_dir) / "tokens.toml"
+        tokens.write_text(table)
+        ours_env["LATEST_TOKENS_FILE"] = str(tokens)
     ours_port, bare_port = free_port(), free_port()
     bare_command = [sys.executable, __file__, f"--bare-loop={args.bare_loop}"]
     bare_command += [f"--redis-url={args.redis_url}", f"--serve-bare={bare_port}"]
@@ -253,7 +271,7 @@ def measure(
         server(
             "latest-server serve",
             ours_command(),
-            {**env, "LATEST_PORT": str(ours_port)},
+            {**ours_env, "LATEST_PORT": str(ours_port)},
             f"{targets['ours'][0]}/healthz",
             preexec_fn=pinned(server_cpus),
         ) as ours_process,
@@ -269,23 +287,29 @@ def measure(
         lua.write(WRK_SCRIPT % {"ids": ", ".join(f'"{quote(v, safe="")}"' for v in ids)})
         lua.flush()
         script = Path(lua.name)
-        check_same_answers("".join(targets["ours"]), "".join(targets["bare"]), ids)
+        check_same_answers("".join(targets["ours"]), "".join(targets["bare"]), ids, token)
+        if token:
+            refused = get("".join(targets["ours"]) + quote(ids[0], safe=""))[0]
+            if refused != 401:
+                raise RuntimeError(f"ours answers {refused} without the token, not 401")
         print(
             f"wrk: {args.threads} threads, {args.connections} connections, {args.seconds} s per "
             f"run, {args.rounds} runs of each target, alternating, after a {WARMUP_SECONDS} s "
             f"warm-up; the bare app on the {args.bare_loop} event loop; "
+            + ("ours with a bearer token; " if token else "")
             + (
                 f"servers pinned to CPU {sorted(server_cpus)}, wrk to CPU {sorted(wrk_cpus or ())}"
                 if server_cpus
                 else "nothing pinned"
             )
         )
-        for base, prefix in targets.values():
-            wrk(script, base, prefix, args, WARMUP_SECONDS, wrk_cpus)
+        tokens_of = {"ours": token, "bare": None}
+        for name, (base, prefix) in targets.items():
+            wrk(script, base, prefix, args, WARMUP_SECONDS, wrk_cpus, tokens_of[name])
         for round_ in range(1, args.rounds + 1):
             for name, (base, prefix) in targets.items():
                 before = process_cpu(pids[name])
-                run = wrk(script, base, prefix, args, args.seconds, wrk_cpus)
+                run = wrk(script, base, prefix, args, args.seconds, wrk_cpus, tokens_of[name])
                 cost = (process_cpu(pids[name]) - before) / max(run.requests, 1) * 1e6
                 rates[name].append(run.requests_per_second)
                 costs[name].append(cost)
@@ -324,6 +348,11 @@ def main() -> None:
         dest="pin",
         action="store_false",
         help="leave the servers and wrk to the scheduler instead of pinning them to CPUs",
+    )
+    parser.add_argument(
+        "--token",
+        action="store_true",
+        help="ours with a tokens file, every request with a bearer token (the cost of auth)",
     )
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 import websockets
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 RECONNECT_MAX = 10.0
 
@@ -59,17 +59,20 @@ async def subscribe(
     latest: bool = False,
     reconnect: bool = True,
     max_reconnects: int | None = None,
+    token: str | None = None,
 ) -> AsyncIterator[Entry | Reset]:
     """Entries of ``ids`` in seq order per variable: history (everything, or ``since``
     positions, or ``from_time`` on, or only the ``latest`` document), then live ones.
 
     With ``reconnect`` (the default) a lost connection is retried forever, or ``max_reconnects``
-    times in a row, resuming from the positions seen; otherwise the iterator ends with it."""
+    times in a row, resuming from the positions seen; otherwise the iterator ends with it.
+    ``token``: the server's API token (or JWT), sent in the upgrade's ``Authorization``."""
+    extra = {"Authorization": f"Bearer {token}"} if token else None
     positions: dict[str, tuple[int, int]] = dict(since or {})
     attempts = 0
     while True:
         try:
-            async with websockets.connect(url, max_size=None) as ws:
+            async with websockets.connect(url, max_size=None, additional_headers=extra) as ws:
                 await _subscribe(ws, ids, positions, from_time, latest)
                 attempts = 0
                 async for raw in ws:
@@ -79,6 +82,11 @@ async def subscribe(
             # 1012): resume all the same.
             if not reconnect:
                 return
+        except InvalidStatus as exc:
+            if exc.response.status_code in (401, 403):  # the token: retrying will not help
+                raise
+            if not reconnect or (max_reconnects is not None and attempts >= max_reconnects):
+                raise
         except (ConnectionClosed, InvalidHandshake, OSError, TimeoutError):
             if not reconnect or (max_reconnects is not None and attempts >= max_reconnects):
                 raise
@@ -119,8 +127,8 @@ def _items(frame: dict[str, Any], positions: dict[str, tuple[int, int]]) -> list
         return []
     if kind == "reset":
         lost = tuple(frame["lost"]) if frame.get("lost") else None
-        if lost is not None:
-            positions[frame["id"]] = (frame["epoch"], lost[1])
+        if lost is not None:  # history goes on after lost, or after "seq" when it went back
+            positions[frame["id"]] = (frame["epoch"], frame.get("seq", lost[1]))
         else:
             positions.pop(frame["id"], None)
         return [Reset(frame["id"], frame["epoch"], lost)]  # type: ignore[arg-type]

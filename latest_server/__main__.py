@@ -1,3 +1,4 @@
 from latest_server.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # not when a worker process (spawn) imports it
+    raise SystemExit(main())

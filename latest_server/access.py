@@ -1,6 +1,6 @@
 """Who is asking: the ``Principal`` a request or a websocket acts as, and what it may touch.
 
-The web layer's authentication middleware (``web/auth``) resolves each request's credentials to a
+The web layer's guard (``web/guard.py``, with ``auth/``) resolves each request's credentials to a
 ``Principal`` and stores it in the ASGI scope; every other piece (routes, limits, metrics, the
 access log) reads it with ``principal_of``. With no tokens configured every request is
 ``ANONYMOUS``, which may do everything (the server then keeps to loopback).
@@ -18,6 +18,9 @@ ADMIN = "admin"
 SCOPES = (READ, WRITE, ADMIN)
 
 SCOPE_KEY = "latest.principal"  # the key in the ASGI scope
+# In a websocket's scope: a callable, secret → Principal (raising errors.Unauthorized), for a
+# client that sends its token in its first message rather than in the upgrade's headers.
+AUTHENTICATE_KEY = "latest.authenticate"
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class Principal:
 
 
 ANONYMOUS = Principal("anonymous", frozenset(SCOPES), authenticated=False)
+# A websocket that has not authenticated yet, where tokens are needed: may do nothing.
+NOBODY = Principal("nobody", frozenset(), authenticated=False)
 
 
 def principal_of(scope: Mapping[str, Any]) -> Principal:

@@ -1,6 +1,6 @@
-"""``latest-server serve|consume|offload|merge``: flags override the environment, the Redis to use
-is chosen (REDIS_URL or the data directory's embedded Valkey), then the server runs until stopped
-(runner.py) or the job runs once (jobs.py)."""
+"""``latest-server serve|consume|offload|merge|reindex|doctor``: flags override the environment, the
+Redis to use is chosen (REDIS_URL or the data directory's embedded Valkey), then the server runs
+until stopped (runner.py), the job runs once (jobs.py) or the checks run (doctor.py)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,16 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from latest_server import __version__, datadir
+from latest_server.auth.tokens import new_token
 from latest_server.datadir import DataDirBusy, Owner
 from latest_server.embedded import EmbeddedValkey
 from latest_server.errors import LatestError
 from latest_server.jobs import JOB_COMMANDS
-from latest_server.redact import RedactingFormatter, redact
-from latest_server.runner import run, run_loop
+from latest_server.redact import redact
+from latest_server.runner import configure_logging, run, run_loop
 from latest_server.settings import Settings, describe
 
 log = logging.getLogger("latest_server")
@@ -32,11 +34,14 @@ def flag_for(env: str) -> str:
 def add_setting_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("settings (each overrides its environment variable)")
     for name, env, default, text in describe():
+        switch = default in ("true", "false")  # a boolean: --insecure alone means true
         group.add_argument(
             flag_for(env),
             dest=name,
             default=argparse.SUPPRESS,
             metavar="VALUE",
+            nargs="?" if switch else None,
+            const="true" if switch else None,
             help=f"{text} [env {env}; default {default or 'unset'}]",
         )
 
@@ -77,7 +82,55 @@ def build_parser() -> argparse.ArgumentParser:
         "--session", dest="job_session", metavar="ID", help="the variables of a session"
     )
     add_setting_flags(merge)
+    reindex = commands.add_parser(
+        "reindex", help="rebuild the index of variables (GET /variables) from what Redis holds"
+    )
+    add_setting_flags(reindex)
+    doctor = commands.add_parser(
+        "doctor",
+        help="check Redis, RabbitMQ, the object store, the tokens file and the bind address; "
+        "exit 1 on any FAIL",
+    )
+    add_setting_flags(doctor)
+    token = commands.add_parser(
+        "token", help="make a new API token: prints it, and the table to add to LATEST_TOKENS_FILE"
+    )
+    token.add_argument("--name", dest="job_name", required=True, help="who uses it (logs, limits)")
+    token.add_argument(
+        "--scopes", dest="job_scopes", required=True, help="comma-separated: read, write, admin"
+    )
+    token.add_argument(
+        "--prefix",
+        dest="job_prefixes",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="variable-id prefix it is limited to (repeatable; none: every variable)",
+    )
+    token.add_argument(
+        "--index",
+        dest="job_indices",
+        action="append",
+        default=[],
+        metavar="INDEX",
+        help="Elasticsearch index it is limited to (repeatable; none: every index)",
+    )
     return parser
+
+
+def make_token(job_args: dict[str, Any]) -> int:
+    """``latest-server token``: the secret on stdout's first line, then its [[tokens]] table."""
+    scopes = tuple(s.strip() for s in job_args["job_scopes"].split(",") if s.strip())
+    secret, table = new_token(
+        job_args["job_name"],
+        scopes,
+        tuple(job_args["job_prefixes"]),
+        tuple(job_args["job_indices"]),
+    )
+    print(secret)
+    print("# add to LATEST_TOKENS_FILE (only the hash is kept; the token is shown once):")
+    print(table, end="")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,21 +138,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = vars(parser.parse_args(argv))
     command = args.pop("command", None) or "serve"
     job_args = {name: args.pop(name) for name in list(args) if name.startswith("job_")}
+    if command == "token":
+        try:
+            return make_token(job_args)
+        except LatestError as exc:
+            parser.error(exc.message)
     try:
         settings = Settings.from_env().with_overrides(**args)
     except LatestError as exc:
         parser.error(exc.message)
-    handler = logging.StreamHandler()
-    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(_retries_in_one_line)
-    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
-    logging.getLogger("aio_pika").setLevel(max(logging.WARNING, logging.getLogger().level))
-    logging.getLogger("aiormq").setLevel(max(logging.WARNING, logging.getLogger().level))
+    configure_logging(settings)
     try:
         if command == "consume" and not settings.amqp_url:
             raise LatestError("'consume' needs AMQP_URL (or --amqp-url)")
         with redis_for(command, settings) as (settings, embedded):
-            if command in JOB_COMMANDS:
+            if command == "doctor":
+                from latest_server.doctor import doctor_command  # only this command needs it
+
+                run_loop(doctor_command(settings))
+            elif command in JOB_COMMANDS:
                 run_loop(JOB_COMMANDS[command](settings, **job_args))
             else:
                 run_loop(run(command, settings, embedded))
@@ -108,15 +165,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"latest-server: error: {redact(message)}", file=sys.stderr)
         return 1
     return 0
-
-
-def _retries_in_one_line(record: logging.LogRecord) -> bool:
-    """The Elasticsearch client logs each retried failure as a warning with its traceback (at
-    start-up against an unreachable cluster, a screenful of them): one line each says it all."""
-    if record.name.startswith("elastic_transport") and record.levelno < logging.ERROR:
-        record.exc_info = None
-        record.exc_text = None
-    return True
 
 
 SERVERS = ("serve", "consume")  # run until stopped; every other command is a job

@@ -7,8 +7,14 @@ consumer's time. The consumer registers itself again whenever the robust channel
 
 A batch is acknowledged with one ``multiple=True`` ack after Redis answered. While Redis is
 unreachable, or refuses writes (out of memory, a read-only replica, ...), nothing is acknowledged;
-the batch is retried with backoff and RabbitMQ keeps the messages. So is a batch that fails for
-any other reason (a bug): logged, never acknowledged, never the end of the consumer. Rejected
+the batch is retried with backoff and RabbitMQ keeps the messages. A batch that fails for any
+other reason (a bug, or a message that meets one) is logged, never acknowledged, never the end of
+the consumer: on a classic queue it is retried in place; on a quorum queue
+(``LATEST_QUEUE_TYPE=quorum``) each of its messages is processed alone, and one that fails again
+is nacked back to the queue, which dead-letters it after ``LATEST_DELIVERY_LIMIT`` deliveries.
+
+Any number of consumers may share one queue: a packet's effect does not depend on which
+consumer writes it or in which order (the write script's compare-and-set and dedup). Rejected
 packets are published to the dead-letter exchange (with publisher confirms) with an
 ``x-latest-error`` header before the batch is acknowledged, so nothing is ever dropped.
 """
@@ -28,9 +34,10 @@ from aio_pika.abc import (
 )
 from aiormq.abc import AbstractChannel as UnderlayChannel
 from aiormq.abc import DeliveredMessage
-from aiormq.exceptions import AMQPError, ChannelInvalidStateError
+from aiormq.exceptions import AMQPError, ChannelInvalidStateError, ChannelPreconditionFailed
+from pamqp.common import FieldTable
 
-from latest_server.errors import StoreUnavailable
+from latest_server.errors import ConfigError, StoreUnavailable
 from latest_server.ingestor import BatchResult, Ingestor, Origins
 from latest_server.packets import Packet, PacketParser, Rejection
 from latest_server.settings import Settings
@@ -91,7 +98,7 @@ class Consumer:
             )
             dlq = await self.channel.declare_queue(s.dead_letter_queue, durable=True)
             await dlq.bind(self.dead_letters, "#")
-            self.queue = await self.channel.declare_queue(s.queue, durable=True)
+            self.queue = await self._declare_queue()
             for binding in s.binding_keys:
                 await self.queue.bind(exchange, binding)
         else:
@@ -102,6 +109,24 @@ class Consumer:
         if reopen is not None:  # a robust channel: consume again on the new channel
             reopen.add(self._on_reopen)
         log.info("consuming from queue %r (prefetch %d)", s.queue, s.prefetch)
+
+    async def _declare_queue(self) -> AbstractQueue:
+        """The queue of LATEST_QUEUE_TYPE. A quorum queue dead-letters, through the broker, a
+        message delivered more than LATEST_DELIVERY_LIMIT times without an ack (at least once:
+        the broker keeps it until the dead-letter queue confirmed it). A queue of the other type
+        already there is a clear error, not a channel error."""
+        s = self.settings
+        assert self.connection is not None and self.channel is not None
+        arguments = queue_arguments(s)
+        try:
+            return await self.channel.declare_queue(s.queue, durable=True, arguments=arguments)
+        except ChannelPreconditionFailed as exc:
+            await self.close()  # the consumer never starts: nothing of it stays open
+            raise ConfigError(
+                f"the queue {s.queue!r} (LATEST_QUEUE) exists with other arguments than "
+                f"LATEST_QUEUE_TYPE={s.queue_type} declares ({exc}): set LATEST_QUEUE_TYPE to "
+                "the type it has, or LATEST_QUEUE to a new queue (a queue's type cannot change)"
+            ) from exc
 
     async def _consume(self) -> None:
         assert self.channel is not None and self.queue is not None
@@ -171,6 +196,48 @@ class Consumer:
         live = [m for m in batch if _channel_open(m)]
         if not live:
             return
+        if self.settings.queue_type != "quorum":
+            await self._settle(live, retry_failures=True)  # a failure is retried in place
+            return
+        try:
+            await self._settle(live, retry_failures=False)
+        except Exception as exc:  # not Redis being unavailable (waited out): a bug, or poison
+            log.error(
+                "a batch of %d messages failed (%s: %s); settling each message alone",
+                len(live),
+                type(exc).__name__,
+                exc,
+                exc_info=True,
+            )
+            await self._isolate(live)
+
+    async def _isolate(self, messages: list[DeliveredMessage]) -> None:
+        """Each message of a failed batch processed alone: those that succeed are acked, one
+        that fails again goes back to the quorum queue (a nack with requeue counts as a
+        delivery), which dead-letters it past LATEST_DELIVERY_LIMIT."""
+        for message in messages:
+            try:
+                await self._settle([message], retry_failures=False, multiple=False)
+            except Exception as exc:  # the consumer outlives every error
+                log.error(
+                    "a message failed (%s: %s); returned to the queue (delivery count %s, "
+                    "dead-lettered past %d)",
+                    type(exc).__name__,
+                    exc,
+                    (message.header.properties.headers or {}).get("x-delivery-count", 0),
+                    self.settings.delivery_limit,
+                )
+                try:
+                    await message.channel.basic_nack(_tag(message), multiple=False, requeue=True)
+                except AMQP_FAILURES:
+                    log.warning("nack failed (connection lost); it will be redelivered")
+
+    async def _settle(
+        self, live: list[DeliveredMessage], *, retry_failures: bool, multiple: bool = True
+    ) -> None:
+        """Parse, write, dead-letter what was rejected, and ack ``live`` (the last one's tag
+        with ``multiple``). ``retry_failures``: a write failing for any reason but Redis'
+        unavailability is retried in place, else it raises."""
         origins: Origins[tuple[DeliveredMessage, int]] = Origins()  # message, index in it
         rejections: list[tuple[DeliveredMessage, Rejection]] = []
         for message in live:
@@ -180,7 +247,7 @@ class Consumer:
                 else:
                     rejections.append((message, item))
         if origins.packets:
-            written = await self._write(origins.packets)
+            written = await self._write(origins.packets, retry_failures)
             if written is None:
                 return  # stopping while Redis is down: nothing acked, RabbitMQ redelivers
             # Session documents refused at write time: dead-lettered like a parse rejection.
@@ -197,7 +264,7 @@ class Consumer:
             self.dead_lettered += len(rejections)
         try:
             last = live[-1]
-            await last.channel.basic_ack(_tag(last), multiple=True)
+            await last.channel.basic_ack(_tag(last), multiple=multiple)
         except AMQP_FAILURES:
             log.warning(
                 "ack failed (connection lost); the batch will be redelivered", exc_info=True
@@ -205,14 +272,15 @@ class Consumer:
             return
         self.processed += len(live)
 
-    async def _write(self, packets: list[Packet]) -> BatchResult | None:
+    async def _write(self, packets: list[Packet], retry_failures: bool) -> BatchResult | None:
         """The batch written, retried with backoff for as long as it fails; None when stopping
         gave up on it (nothing acknowledged: RabbitMQ redelivers it).
 
         Redis unavailable, or refusing writes for now (out of memory, read-only, ...: the
         condition is logged once, where it enters the error tree), is waited out. Any other
-        error (a script error, WRONGTYPE: a bug) is logged with its traceback once, then one line
-        per attempt: it must not end the consumer, and it must not spin either."""
+        error (a script error, WRONGTYPE: a bug, or a message that meets one) raises unless
+        ``retry_failures``; retried, it is logged with its traceback once, then one line per
+        attempt: it must not end the consumer, and it must not spin either."""
         backoff = BACKOFF_START
         give_up_at: float | None = None
         failures = 0
@@ -222,6 +290,8 @@ class Consumer:
             except Exception as exc:  # the consumer outlives every error; see above
                 failures += 1
                 unavailable = isinstance(exc, StoreUnavailable)
+                if not unavailable and not retry_failures:
+                    raise
                 if self.stopping.is_set():
                     give_up_at = give_up_at or time.monotonic() + self.stop_grace
                     if time.monotonic() > give_up_at:
@@ -280,6 +350,20 @@ class Consumer:
             ),
             routing_key=message.routing_key or "",
         )
+
+
+def queue_arguments(settings: Settings) -> FieldTable | None:
+    """The arguments of the queue LATEST_QUEUE_TYPE declares: none for a classic one (as it
+    always was), the type, delivery limit and dead-letter exchange for a quorum one."""
+    if settings.queue_type != "quorum":
+        return None
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": settings.delivery_limit,
+        "x-dead-letter-exchange": settings.dead_letter_exchange,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",  # what at-least-once dead-lettering requires
+    }
 
 
 def _channel_open(message: DeliveredMessage) -> bool:

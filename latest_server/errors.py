@@ -11,10 +11,12 @@ RejectReason = Literal[
     "bad_id",
     "missing_time",
     "bad_time",
+    "future_time",  # dated further ahead of the server clock than LATEST_MAX_FUTURE
     "too_large",
     "too_deep",  # nested deeper than a document can be stored (packets.MAX_DEPTH)
     "bad_session",  # a session document ("@session" object) that is malformed
     "bad_transition",  # a session document asking for a state change the session cannot make
+    "forbidden",  # a variable outside the prefixes of the request's token
 ]
 REJECT_REASONS: tuple[RejectReason, ...] = get_args(RejectReason)
 
@@ -52,6 +54,20 @@ class BadRequest(LatestError):
 
 class NotFound(LatestError):
     reason = "not_found"
+
+
+class Unauthorized(LatestError):
+    """No credentials where they are needed, or ones that are not valid (unknown, expired, badly
+    signed): 401."""
+
+    reason = "unauthorized"
+
+
+class Forbidden(LatestError):
+    """Valid credentials that do not allow this request (a scope, a prefix, an index, an
+    Origin): 403."""
+
+    reason = "forbidden"
 
 
 class StoreUnavailable(LatestError):

@@ -11,6 +11,7 @@ from latest_server.offload import OffloadTrigger
 from latest_server.packets import Packet
 from latest_server.sessions import Refusal, SessionStore
 from latest_server.stores.base import DeleteOutcome, LatestStore, WriteOutcome
+from latest_server.stores.variables import VariableIndex
 
 
 @dataclass(slots=True)
@@ -69,8 +70,10 @@ class Ingestor:
         offload: OffloadTrigger | None = None,
         *,
         sessions: SessionStore | None = None,
+        variables: VariableIndex | None = None,
     ) -> None:
         self.latest = latest
+        self.variables = variables  # the index of variables (GET /variables), kept here
         self.sessions = sessions
         self.offload = offload
         self.totals = BatchResult()
@@ -85,16 +88,16 @@ class Ingestor:
         of the same batch are written: a session that ends finds its last samples in history."""
         documents: list[tuple[int, Packet]] = []
         tracked: list[tuple[int, Packet]] = []  # session samples, by position among those written
+        written: list[Packet] = []  # what the store got, in order: one outcome each
 
         def take() -> Iterator[Packet]:
-            written = 0
             for i, packet in enumerate(packets):
                 if packet.session_doc is not None and self.sessions is not None:
                     documents.append((i, packet))
                     continue
                 if packet.session_id is not None:
-                    tracked.append((written, packet))
-                written += 1
+                    tracked.append((len(written), packet))
+                written.append(packet)
                 yield packet
 
         try:
@@ -105,6 +108,10 @@ class Ingestor:
             if exc.condition == "OOM" and self.offload is not None:
                 self.offload.poke()
             raise
+        if self.variables is not None:
+            # Before the batch is acknowledged: a crash after the write and before this leaves
+            # the batch unacknowledged, and its retry indexes the variables.
+            await self.variables.written(written, outcomes)
         result = BatchResult(outcomes=outcomes)
         if self.sessions is not None:
             if tracked:

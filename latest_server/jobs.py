@@ -1,7 +1,8 @@
-"""The one-shot jobs of the command line: ``latest-server offload`` and ``latest-server merge``.
+"""The one-shot jobs of the command line: ``latest-server offload``, ``latest-server merge`` and
+``latest-server reindex``.
 
-Each opens the resources as a server does, runs its job once, prints what it did and closes
-them; ``cli`` runs them on the event loop."""
+Each opens the resources as a server does (``reindex`` needs only Redis), runs its job once,
+prints what it did and closes them; ``cli`` runs them on the event loop."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from tqdm import tqdm
 
 from latest_server.errors import LatestError
 from latest_server.keys import key_for
-from latest_server.redis_client import redis_bounded
+from latest_server.redis_client import connect, load_scripts, redis_bounded
 from latest_server.resources import Resources
 from latest_server.settings import Settings
+from latest_server.stores.variables import VariableIndex
 
 
 @redis_bounded  # Redis lost mid-job: one line, and the next job finishes this one's work
@@ -85,4 +87,20 @@ async def merge_command(
         await resources.close()
 
 
-JOB_COMMANDS: dict[str, Any] = {"offload": offload_command, "merge": merge_command}
+@redis_bounded
+async def reindex_command(settings: Settings) -> None:
+    """Add every variable Redis holds to the index of variables (GET /variables): a repair, safe
+    while servers write (the index only gains ids)."""
+    redis = connect(str(settings.redis_url))
+    try:
+        found = await VariableIndex(redis, await load_scripts(redis)).reindex()
+        print(f"indexed {found} variables")
+    finally:
+        await redis.aclose()
+
+
+JOB_COMMANDS: dict[str, Any] = {
+    "offload": offload_command,
+    "merge": merge_command,
+    "reindex": reindex_command,
+}

@@ -59,7 +59,8 @@ def history_index(key: str) -> str:
 
 def meta(key: str) -> str:
     """Hash with fields ``e`` (epoch), ``s`` (last seq) and ``b`` (base: the last seq before the
-    epoch began, so the epoch's entries are ``b < seq <= s``) of the variable's stream."""
+    epoch began, so the epoch's entries are ``b < seq <= s``) of the variable's stream, and
+    ``id`` (the variable id, set with a new epoch)."""
     return _k(key, "meta")
 
 
@@ -75,10 +76,20 @@ def write_keys(key: str) -> tuple[str, str, str, str]:
     return latest(key), history(key), history_index(key), meta(key)
 
 
+# --- the index of variables ----------------------------------------------------------------
+# One sorted set of every variable id (main namespace), score 0, so ZRANGE BYLEX pages it by
+# prefix (stores/variables.py). Its own hash tag: one key, one Redis Cluster slot, never touched
+# by the per-variable scripts (their keys are in the variables' slots).
+
+VARIABLES = f"{PREFIX}:{{vars}}:ids"
+
+
 # --- offload and merge -------------------------------------------------------------------------
 
-OFFLOAD_LOCK = f"{PREFIX}:offload:lock"
-OFFLOAD_FENCE = f"{PREFIX}:offload:fence"
+# The offload job's lock and fencing counter, in one slot of a Redis Cluster (lock_acquire.lua
+# touches both).
+OFFLOAD_LOCK = f"{PREFIX}:{{offload}}:lock"
+OFFLOAD_FENCE = f"{PREFIX}:{{offload}}:fence"
 # SCAN patterns: every live history stream, every job-owned stream.
 HISTORY_PATTERN = f"{PREFIX}:*:h"
 JOB_HISTORY_PATTERN = f"{PREFIX}:*:h:x:*"
@@ -101,6 +112,11 @@ def jobs(key: str) -> str:
 
 def merge_lock(key: str) -> str:
     return _k(key, "merge")
+
+
+def merge_fence(key: str) -> str:
+    """The fencing counter of the variable's merges (its job ids ``m<n>``), in the lock's slot."""
+    return _k(key, "merge:fence")
 
 
 def key_of(redis_key: str) -> str:

@@ -14,10 +14,9 @@ import contextlib
 import logging
 import secrets
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from latest_server.redis_client import REDIS_DOWN, Scripts, store_error
+from latest_server.redis_client import REDIS_DOWN, Client, Scripts, store_error
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +27,7 @@ class LockLost(Exception):
 
 class JobLock:
     def __init__(
-        self, redis: Redis, scripts: Scripts, name: str, fence_key: str, *, ttl: float = 30.0
+        self, redis: Client, scripts: Scripts, name: str, fence_key: str, *, ttl: float = 30.0
     ) -> None:
         self.redis = redis
         self.scripts = scripts
@@ -55,6 +54,13 @@ class JobLock:
         self.lost.clear()
         self._heartbeat = asyncio.create_task(self._beat(), name=f"heartbeat {self.name}")
         return True
+
+    async def verify(self) -> None:
+        """``check``, and ask Redis that the lock is still this holder's (raise LockLost)."""
+        self.check()
+        if await self.redis.get(self.name) != self.token.encode():
+            self.lost.set()
+            raise LockLost(self.name)
 
     def check(self) -> None:
         if self.lost.is_set():

@@ -32,7 +32,6 @@ class MergeBusy(LatestError):
     reason = "merge_busy"
 
 
-MERGE_FENCE = "lv:merge:fence"
 EVERYTHING = segments.Window(-(2**62), 2**62)
 
 
@@ -58,7 +57,11 @@ class Merger:
     async def merge_key(self, key: str) -> MergeReport:
         report = MergeReport(key)
         lock = JobLock(
-            self.redis, self.offloader.scripts, keys.merge_lock(key), MERGE_FENCE, ttl=self.lock_ttl
+            self.redis,
+            self.offloader.scripts,
+            keys.merge_lock(key),
+            keys.merge_fence(key),
+            ttl=self.lock_ttl,
         )
         if not await lock.acquire():
             report.busy = True

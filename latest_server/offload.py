@@ -1,6 +1,6 @@
 """Offload: move history from Redis to transfer objects when Redis memory runs high.
 
-One job at a time across all processes (``JobLock`` on ``lv:offload:lock``). For each variable,
+One job at a time across all processes (``JobLock`` on ``lv:{offload}:lock``). For each variable,
 largest first, until memory is below the target ratio:
 
 1. ``RENAME lv:{k}:h → lv:{k}:h:x:<job>`` (and its index) in ``transfer.lua``: atomic; new writes
@@ -23,13 +23,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
-from redis.asyncio import Redis
-
 from latest_server import keys
 from latest_server.canonical import stored_digest
 from latest_server.errors import StoreUnavailable
 from latest_server.lock import JobLock, LockLost
-from latest_server.redis_client import Scripts, redis_bounded, send_raw
+from latest_server.redis_client import Client, Scripts, each_primary, redis_bounded, send_raw
+from latest_server.redis_wire import is_cluster, node_name, slot_of
 from latest_server.settings import Settings
 from latest_server.stores import segments
 from latest_server.stores.base import ObjectStore
@@ -56,7 +55,7 @@ Progress = Callable[[int], None]
 
 @dataclass(eq=False)
 class Offloader:
-    redis: Redis
+    redis: Client
     scripts: Scripts
     objects: ObjectStore
     _: KW_ONLY
@@ -67,7 +66,7 @@ class Offloader:
 
     @classmethod
     def from_settings(
-        cls, redis: Redis, scripts: Scripts, objects: ObjectStore, settings: Settings
+        cls, redis: Client, scripts: Scripts, objects: ObjectStore, settings: Settings
     ) -> Offloader:
         return cls(
             redis,
@@ -82,19 +81,28 @@ class Offloader:
     @redis_bounded
     async def memory_ratio(self) -> float | None:
         """used_memory / maxmemory (or LATEST_OFFLOAD_MAX_BYTES); None when there is no limit.
+        On a cluster, the fullest primary's: one full primary refuses its slots' writes."""
+        ratios = await self.memory_ratios()
+        return max(ratios.values()) if ratios else None
+
+    async def memory_ratios(self) -> dict[str, float]:
+        """``memory_ratio`` of every primary, by node name (``""`` for one Redis); empty when
+        there is no limit.
 
         A moved variable's keys are freed by Redis' lazy-free thread after the UNLINK returns:
         until ``lazyfree_pending_objects`` is back to 0, used_memory still counts them, and a
         job reading it then would move one variable more than it needs (seen in CI)."""
         for _ in range(LAZYFREE_POLLS):
-            info = await self.redis.info("memory")
-            if not int(info.get("lazyfree_pending_objects", 0)):
+            infos = await each_primary(self.redis, "INFO", "memory")
+            if not any(int(info.get("lazyfree_pending_objects", 0)) for info in infos.values()):
                 break
             await asyncio.sleep(LAZYFREE_POLL_SECONDS)
-        limit = int(info.get("maxmemory", 0)) or self.max_bytes
-        if not limit:
-            return None
-        return int(info["used_memory"]) / limit
+        ratios = {}
+        for node, info in infos.items():
+            limit = int(info.get("maxmemory", 0)) or self.max_bytes
+            if limit:
+                ratios[node] = int(info["used_memory"]) / limit
+        return ratios
 
     def lock(self) -> JobLock:
         return JobLock(
@@ -113,16 +121,20 @@ class Offloader:
         report = JobReport(job=f"o{lock.fence}")
         try:
             report.recovered = await self.recover(lock, report.job)
+            ratios: dict[str, float] = {}
             if not everything:
-                ratio = await self.memory_ratio()
-                if ratio is None or ratio <= self.ratio:
+                ratios = await self.memory_ratios()
+                if not ratios or max(ratios.values()) <= self.ratio:
                     return report
-            for moved, key in enumerate(await self.variables_by_size()):
+            for moved, key in enumerate(await self.variables_by_size(ratios)):
                 # INFO memory costs ~0.2 ms, far less than moving one variable: check each time.
                 if not everything and moved:
-                    ratio = await self.memory_ratio()
-                    if ratio is not None and ratio < self.target_ratio:
+                    ratios = await self.memory_ratios()
+                    if not ratios or max(ratios.values()) < self.target_ratio:
                         break
+                node = node_name(self.redis, keys.history(key))
+                if not everything and ratios.get(node, 0.0) < self.target_ratio:
+                    continue  # a cluster's primary with room (or no limit) keeps its history
                 entries, name = await self.transfer(key, lock, report.job)
                 if name:
                     report.variables += 1
@@ -140,8 +152,10 @@ class Offloader:
         finally:
             await lock.release()
 
-    async def variables_by_size(self) -> list[str]:
-        """Variable keys with live history, largest stream first."""
+    async def variables_by_size(self, ratios: dict[str, float] | None = None) -> list[str]:
+        """Variable keys with live history, largest stream first; on a cluster, those of the
+        fullest primary (by ``ratios``, per node name) before those of the next. The SCAN
+        visits every primary."""
         names = [
             name async for name in self.redis.scan_iter(match=keys.HISTORY_PATTERN, count=1000)
         ]
@@ -151,8 +165,15 @@ class Offloader:
         for name in names:
             pipe.xlen(name)
         sizes = await pipe.execute()
-        ranked = sorted(zip(sizes, names, strict=True), reverse=True)
-        return [keys.key_of(_text(name)) for size, name in ranked if size]
+        fullness = ratios or {}
+        ranked = sorted(
+            (
+                (fullness.get(node_name(self.redis, _text(name)), 0.0), size, name)
+                for size, name in zip(sizes, names, strict=True)
+            ),
+            reverse=True,
+        )
+        return [keys.key_of(_text(name)) for _, size, name in ranked if size]
 
     async def transfer(self, key: str, lock: JobLock, job: str) -> tuple[int, str | None]:
         """Move one variable's live history to a transfer object: (entries, object name)."""
@@ -165,7 +186,7 @@ class Offloader:
                 keys.history_job(key, job),
                 keys.history_index_job(key, job),
                 keys.jobs(key),
-                lock.name,
+                *await self._lock_keys(key, lock),
             ],
             [lock.token, job],
         )
@@ -204,12 +225,28 @@ class Offloader:
         finished = await self.scripts.call(
             self.redis,
             "finish",
-            [source, keys.history_index_job(key, job), keys.jobs(key), lock.name],
+            [
+                source,
+                keys.history_index_job(key, job),
+                keys.jobs(key),
+                *await self._lock_keys(key, lock),
+            ],
             [lock.token, job],
         )
         if finished == -1:
             raise LockLost(lock.name)
         return len(seqs), name
+
+    async def _lock_keys(self, key: str, lock: JobLock) -> list[str]:
+        """The lock as a KEY of a job's script on variable ``key``, which checks its token in
+        the same atomic step. On a Redis Cluster a script's keys share a slot: the offload
+        lock, in a slot of its own, is checked by a read just before instead (a merge's lock
+        is in the variable's slot). Each step stays safe without the atomic check: a job only
+        ever deletes its own copy once its object is durable, and objects are create-only."""
+        if not is_cluster(self.redis) or slot_of(lock.name) == slot_of(keys.history(key)):
+            return [lock.name]
+        await lock.verify()
+        return []
 
     def _write(
         self, key: str, epoch: int, ts: list[int], seqs: list[int], docs: list[bytes]
@@ -285,7 +322,7 @@ class OffloadTrigger:
             await asyncio.gather(self.task, return_exceptions=True)
 
 
-async def _xrange(redis: Redis, stream: str, start: str, count: int) -> list[Any]:
+async def _xrange(redis: Client, stream: str, start: str, count: int) -> list[Any]:
     """XRANGE from ``start`` as Redis answers it, ``[[id, [field, value, ...]], ...]``: the
     reply callback of redis-py builds a dict per entry, which costs more than Redis reading it."""
     (reply,) = await send_raw(redis, [("XRANGE", stream, start, "+", "COUNT", count)])

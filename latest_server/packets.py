@@ -29,6 +29,7 @@ MAX_DEPTH = 254
 SESSION_FIELD = "@session"
 SESSION_STATES = ("waiting", "open", "closed", "truncated", "failed")
 MAX_SESSION_INFO_BYTES = 65_536
+NO_HORIZON = -MAX_US  # PacketParser.horizon_us before its clock is first read
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +104,9 @@ class PacketParser:
         self.time_unit = settings.time_unit
         self.default_tz = ZoneInfo(settings.default_tz) if settings.default_tz else None
         self.max_bytes = settings.max_packet_bytes
+        self.max_future_us = round(settings.max_future * 1_000_000)  # 0: no bound
+        # A time up to here is not too far ahead (check_future); without a bound, every time.
+        self.horizon_us = NO_HORIZON if self.max_future_us else MAX_US
 
     def parse_message(self, body: bytes, *, ndjson: bool = False) -> list[Packet | Rejection]:
         """Every packet of a message, in order, each a ``Packet`` or a ``Rejection``."""
@@ -196,11 +200,14 @@ class PacketParser:
         for name in ("start", "end"):
             bound = value.get(name)
             try:
-                bounds.append(None if bound is None else self._to_us(bound))
+                bound_us = None if bound is None else self._to_us(bound)
             except (ValueError, OverflowError, TypeError) as exc:
                 raise PacketRejected(
                     "bad_session", f"{SESSION_FIELD}.{name} is not a time: {exc}"
                 ) from None
+            if bound_us is not None:
+                self.check_future(bound_us, f"{SESSION_FIELD}.{name} {_preview(bound)}")
+            bounds.append(bound_us)
         info = value.get("info")
         if info is not None and not isinstance(info, dict):
             raise PacketRejected("bad_session", f"{SESSION_FIELD}.info must be an object")
@@ -230,9 +237,12 @@ class PacketParser:
         gave it (None: none) and ``compared`` maps it to the scale every path compares.
 
         The history time is the document's time field when it has a usable one (``document_time``),
-        else ``sent`` read as an epoch time, else the arrival time: a document is never refused
-        for its time. ``@session`` is not read: such a writer stores documents as they are.
-        Raises ``too_large`` before anything of the version is looked at."""
+        else ``sent`` read as an epoch time, else the arrival time: a document is refused for
+        its time only when that is past LATEST_MAX_FUTURE (``future_time``; a ``sent`` that far
+        ahead, on a scale that allows it, gives the arrival time). ``@session`` is not read:
+        such a writer stores documents as they are.
+        Raises ``too_large`` before anything of the version is looked at, and ``future_time``
+        for a document time past LATEST_MAX_FUTURE (``compared`` bounds the version itself)."""
         if len(raw) > self.max_bytes:
             raise PacketRejected(
                 "too_large", f"packet is {len(raw)} bytes, the limit is {self.max_bytes}"
@@ -275,12 +285,14 @@ class PacketParser:
     def _stamp(self, document: dict[str, Any], sent: int | None) -> int:
         found = self.document_time(document)
         if found is not None:
+            self.check_future(found, f"document time {_preview(self._time_value(document))}")
             return found
+        now = time.time_ns() // 1000
         if sent is not None:
             ts_us = epoch_to_us(sent, self.time_unit)
-            if ts_us < MAX_US:
+            if ts_us < MAX_US and not (self.max_future_us and ts_us > now + self.max_future_us):
                 return ts_us
-        return time.time_ns() // 1000
+        return now
 
     def _variable_id(self, document: dict[str, Any]) -> str:
         text = self.id_text(document)
@@ -307,7 +319,10 @@ class PacketParser:
         if value is None:
             names = ", ".join(".".join(path) for path in self.time_paths)
             raise PacketRejected("missing_time", f"packet has none of the time fields {names}")
-        return self.time_to_us(value)
+        ts_us = self.time_to_us(value)
+        if ts_us > self.horizon_us:  # check_future's first line, inlined: once per packet
+            self.check_future(ts_us, f"time {_preview(value)}")
+        return ts_us
 
     def time_to_us(self, value: Any) -> int:
         """A time as ingest reads it (ISO-8601 or an epoch number) → µs; else bad_time."""
@@ -318,6 +333,24 @@ class PacketParser:
         if not -MAX_US < ts_us < MAX_US:
             raise PacketRejected("bad_time", f"time {_preview(value)} is out of range")
         return ts_us
+
+    def check_future(self, ts_us: int, what: str) -> None:
+        """``future_time`` when ``ts_us`` is further ahead of the server clock than
+        LATEST_MAX_FUTURE: one packet dated years ahead would otherwise be the latest value
+        for ever (every later packet is older), a poisoning no one can undo.
+
+        The clock is read only for a time past ``horizon_us``, the bound as of the last
+        reading (reading it costs more than the rest of the check): an old horizon is
+        stricter than the clock, never laxer, and is moved on before anything is refused."""
+        if ts_us <= self.horizon_us or not self.max_future_us:
+            return
+        self.horizon_us = time.time_ns() // 1000 + self.max_future_us
+        if ts_us > self.horizon_us:
+            raise PacketRejected(
+                "future_time",
+                f"{what} is more than {self.max_future_us / 1e6:g} s ahead of the server clock "
+                "(LATEST_MAX_FUTURE)",
+            )
 
     def _to_us(self, value: Any) -> int:
         if isinstance(value, bool):

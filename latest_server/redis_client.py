@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
-import hiredis
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import (
+    AskError,
     BusyLoadingError,
     ClusterDownError,
     MasterDownError,
@@ -24,11 +26,20 @@ from redis.exceptions import (
     ResponseError,
     TryAgainError,
 )
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from latest_server import lua
-from latest_server.errors import StoreRefused, StoreUnavailable, UnsafeRedisConfig
+from latest_server.errors import ConfigError, StoreRefused, StoreUnavailable, UnsafeRedisConfig
+from latest_server.redis_wire import (
+    CONNECTION_LOST,
+    REDIS_DOWN,
+    SCRIPT_CLUSTER_DOWN,
+    Client,
+    connection_options,
+    is_cluster,
+    send_each,
+    send_node,
+    send_raw,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,6 +47,7 @@ P = ParamSpec("P")
 
 SCRIPTS = (
     "write",
+    "variables",  # a page of GET /variables
     "read_hot",
     "read_seq",  # seq ranges for websocket subscribers
     "transfer",
@@ -54,11 +66,17 @@ SCRIPTS = (
 SAFE_POLICIES = ("noeviction",)
 MAX_CONNECTIONS = 512  # per process; Redis' own limit (maxclients) is 10,000 by default
 POOL_TIMEOUT = 20.0  # seconds a command waits for a free connection
-# Redis could not be reached, or went away mid-command (redis-py wraps socket errors in these).
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
-# A connection lost wherever it is used, also by code that holds one of its own (the live feed's
-# pub/sub connection) and may meet the socket's own errors.
-CONNECTION_LOST = (*REDIS_DOWN, OSError)
+__all__ = [  # what the rest of the code takes from here, sent by hand in redis_wire
+    "CONNECTION_LOST",
+    "REDIS_DOWN",
+    "Client",
+    "connection_options",
+    "is_cluster",
+    "send_each",
+    "send_raw",
+]
+# REDIS_URL schemes of a Redis Cluster, and the scheme of each of its nodes.
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 # Error replies of a Redis that is reachable but cannot take commands for now, by their code, with
 # what the operator is told (once per episode). Each passes by itself, or by what the server does
@@ -86,6 +104,9 @@ REFUSAL_CLASSES: tuple[tuple[type[Exception], str], ...] = (
     (TryAgainError, "TRYAGAIN"),
     (MasterDownError, "MASTERDOWN"),
     (ClusterDownError, "CLUSTERDOWN"),
+    # A slot still moving after redis-py's (or the write path's) own resends: a reshard or a
+    # failover in progress (MovedError is an AskError).
+    (AskError, "TRYAGAIN"),
 )
 EPISODE_QUIET = 60.0  # seconds without a condition after which its next occurrence is logged again
 
@@ -96,6 +117,8 @@ def refusal(exc: BaseException) -> str | None:
         if isinstance(exc, cls):
             return code
     if isinstance(exc, ResponseError):
+        if SCRIPT_CLUSTER_DOWN in str(exc):  # a script's command, on a cluster that is down
+            return "CLUSTERDOWN"
         code = str(exc).partition(" ")[0]
         return code if code in REFUSALS else None
     return None
@@ -162,12 +185,18 @@ class Scripts:
     sources: dict[str, str]
     shas: dict[str, str]
 
-    async def reload(self, redis: Redis) -> None:
-        """SCRIPT LOAD every script again: Redis lost its script cache (a restart)."""
+    async def reload(self, redis: Client) -> None:
+        """SCRIPT LOAD every script again: Redis lost its script cache (a restart). On a
+        cluster, every primary loads them."""
         for name, text in self.sources.items():
-            self.shas[name] = str(await redis.script_load(text))
+            self.shas[name] = _text(await redis.script_load(text))
 
-    async def reloading(self, redis: Redis, send: Callable[[], Awaitable[T]]) -> T:
+    async def load_on(self, node: ClusterNode) -> None:
+        """SCRIPT LOAD every script on one node of a cluster: a replica promoted to primary has
+        none (scripts are not replicated), and answers NOSCRIPT to hand-sent calls."""
+        await send_node(node, [("SCRIPT", "LOAD", text) for text in self.sources.values()])
+
+    async def reloading(self, redis: Client, send: Callable[[], Awaitable[T]]) -> T:
         """``send()``, sent once more after a reload if Redis answered NOSCRIPT. On NOSCRIPT
         nothing ran (a pipeline's calls all fail alike), so sending again is safe."""
         try:
@@ -176,7 +205,7 @@ class Scripts:
             await self.reload(redis)
             return await send()
 
-    async def call(self, redis: Redis, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def call(self, redis: Client, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """EVALSHA, loading the scripts again if Redis lost its cache (a restart)."""
 
         async def send() -> Any:
@@ -185,7 +214,7 @@ class Scripts:
         return await self.reloading(redis, send)
 
     async def pipelined(
-        self, redis: Redis, name: str, calls: Iterable[tuple[Sequence[Any], Sequence[Any]]]
+        self, redis: Client, name: str, calls: Iterable[tuple[Sequence[Any], Sequence[Any]]]
     ) -> list[Any]:
         """One EVALSHA of script ``name`` per (keys, args) of ``calls``, in one round trip, in
         order; the replies, as redis-py gives them."""
@@ -200,75 +229,18 @@ class Scripts:
         return await self.reloading(redis, send)
 
 
-@contextlib.asynccontextmanager
-async def _raw_connection(redis: Redis) -> AsyncIterator[Any]:
-    """A connection of ``redis``'s pool for hand-sent commands. An error reply or a lost
-    connection leaves replies unread: the connection is then closed, never reused."""
-    pool = redis.connection_pool
-    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-    try:
-        yield connection
-    except BaseException:
-        await connection.disconnect()
-        raise
-    finally:
-        await pool.release(connection)
+def connect(url: str, **options: object) -> Client:
+    """A client for redis://, rediss:// or unix:// URLs, or for a Redis Cluster:
+    redis+cluster:// or rediss+cluster:// with one or more nodes (``host:port,host:port``; the
+    client learns the others from them). Values stay bytes (documents are JSON).
 
-
-async def _write(connection: Any, data: bytes) -> None:
-    """Send packed commands. uvloop refuses a write to a transport Redis has already closed
-    with a RuntimeError, which redis-py passes on: it is a lost connection like any other
-    (a batch sent in several writes meets it when Redis goes away between two of them)."""
-    try:
-        await connection.send_packed_command(data)
-    except RuntimeError as exc:
-        raise RedisConnectionError(f"Redis closed the connection: {exc}") from exc
-
-
-async def send_raw(redis: Redis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-    """Replies to ``commands``, sent in one round trip, as Redis gave them. Commands are packed
-    by hiredis (C) and replies skip redis-py's callbacks: on hot paths (a history read, the
-    websocket tail probe) redis-py's packing and reply parsing cost more than Redis answering.
-    An error reply raises.
-
-    Only reads are sent this way (writes go through ``send_each``), so a connection that breaks
-    under them (a pooled one that Redis closed when it restarted) is given up and they are sent
-    once more, on a fresh one."""
-    packed = b"".join(map(hiredis.pack_command, commands))
-    try:
-        return await _send_packed(redis, packed, len(commands))
-    except REDIS_DOWN:
-        return await _send_packed(redis, packed, len(commands))
-
-
-async def _send_packed(redis: Redis, packed: bytes, count: int) -> list[Any]:
-    async with _raw_connection(redis) as connection:
-        await _write(connection, packed)
-        return [await connection.read_response() for _ in range(count)]
-
-
-async def send_each(
-    redis: Redis, commands: Iterable[bytes], convert: Callable[[Any], T]
-) -> list[T]:
-    """``send_raw`` for a long batch built as it goes, of commands already packed (RESP): each is
-    written as soon as ``commands`` yields it, so Redis runs one while the caller builds the next
-    (a write path batch: parsing and packing overlap the scripts). Replies are read once every
-    command is sent, in order on the one connection, each passed through ``convert`` as it
-    arrives, while Redis still runs the later ones."""
-    async with _raw_connection(redis) as connection:
-        sent = 0
-        for command in commands:
-            await _write(connection, command)
-            sent += 1
-        return [convert(await connection.read_response()) for _ in range(sent)]
-
-
-def connect(url: str, **options: object) -> Redis:
-    """A client for redis://, rediss:// or unix:// URLs. Values stay bytes (documents are JSON).
-
-    Its pool holds at most MAX_CONNECTIONS connections, and a command waits (POOL_TIMEOUT) for
-    one rather than failing: redis-py 8's default pool refuses the 101st concurrent command
-    ("Too many connections"), which hundreds of websocket subscriptions opening at once reach."""
+    Its pool holds at most MAX_CONNECTIONS connections (per node of a cluster), and a command
+    waits (POOL_TIMEOUT) for one rather than failing: redis-py 8's default pool refuses the
+    101st concurrent command ("Too many connections"), which hundreds of websocket
+    subscriptions opening at once reach."""
+    scheme = url.partition("://")[0]
+    if scheme in CLUSTER_SCHEMES:
+        return _connect_cluster(url, options)
     # No health_check_interval: it costs a check on every command of the read hot path (a tenth
     # of GET /latest). A dead connection fails its command, which redis-py then sends once more
     # on a new one: a pool built from a URL otherwise retries nothing, and after a Redis restart
@@ -283,38 +255,103 @@ def connect(url: str, **options: object) -> Redis:
     return Redis.from_pool(pool)
 
 
-async def load_scripts(redis: Redis) -> Scripts:
+def _connect_cluster(url: str, options: dict[str, object]) -> RedisCluster:
+    """``redis+cluster://[user:password@]host:port[,host:port...][/0][?option=value...]``: the
+    options are redis-py's URL options, as for one Redis. A cluster has only database 0."""
+    scheme, _, rest = url.partition("://")
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if path.strip("/") not in ("", "0"):
+        raise ConfigError(
+            f"REDIS_URL: a Redis Cluster has only database 0, not {path.strip('/')!r}"
+        )
+    nodes = []
+    for address in filter(None, hosts.split(",")):
+        host, colon, port = address.rpartition(":")
+        if not colon or not port.isdigit():
+            host, port = address, "6379"
+        if not host:
+            raise ConfigError(f"REDIS_URL: {address!r} is not host:port")
+        nodes.append(ClusterNode(host.strip("[]"), int(port)))
+    if not nodes:
+        raise ConfigError("REDIS_URL: a Redis Cluster URL names at least one host:port")
+    one = f"{CLUSTER_SCHEMES[scheme]}://{userinfo}{at}{hosts.split(',')[0]}/0"
+    kwargs: dict[str, Any] = dict(parse_url(one + (f"?{query}" if query else "")))
+    for name in ("host", "port", "db", "path"):
+        kwargs.pop(name, None)
+    if kwargs.pop("connection_class", None) is SSLConnection:
+        kwargs["ssl"] = True
+    kwargs.update(options)
+    return RedisCluster(startup_nodes=nodes, max_connections=MAX_CONNECTIONS, **kwargs)
+
+
+async def each_primary(client: Client, *command: Any) -> dict[str, Any]:
+    """``command``'s reply from every primary of a cluster, by node name (``host:port``), asked
+    of all at once; of the one Redis otherwise (named ``""``). Replies are parsed by redis-py
+    as for one server."""
+    if not isinstance(client, RedisCluster):
+        return {"": await client.execute_command(*command)}  # type: ignore[no-untyped-call]
+    await client.initialize()
+    nodes = client.get_primaries()
+    replies = await asyncio.gather(
+        *(client.execute_command(*command, target_nodes=node) for node in nodes)
+    )
+    return {node.name: reply for node, reply in zip(nodes, replies, strict=True)}
+
+
+async def load_scripts(redis: Client) -> Scripts:
     """The registry, every script loaded once (SCRIPT LOAD); callers reload on NOSCRIPT."""
     scripts = Scripts({name: lua.source(name) for name in SCRIPTS}, {})
     await scripts.reload(redis)
     return scripts
 
 
-async def check_server(redis: Redis) -> list[str]:
-    """Refuse an evicting maxmemory-policy (it silently drops history); warn without persistence.
+async def check_server(client: Client) -> list[str]:
+    """Refuse an evicting maxmemory-policy (it silently drops history); warn without
+    persistence. On a cluster, every primary is checked.
 
     Returns the warnings that were logged.
     """
-    memory = await redis.info("memory")
-    policy = str(memory.get("maxmemory_policy", "noeviction"))
-    if policy not in SAFE_POLICIES:
-        raise UnsafeRedisConfig(
-            f"Redis maxmemory-policy is {policy!r}: it evicts keys and would silently lose "
-            "history. "
-            "Set it to 'noeviction' (CONFIG SET maxmemory-policy noeviction) and restart."
-        )
+    if not isinstance(client, RedisCluster):
+        cluster = await client.info("cluster")
+        if int(cluster.get("cluster_enabled", 0)):
+            raise ConfigError(
+                "REDIS_URL names a node of a Redis Cluster: write it "
+                "redis+cluster://host:port[,host:port...] (rediss+cluster:// for TLS)"
+            )
+    for memory in (await each_primary(client, "INFO", "memory")).values():
+        policy = str(memory.get("maxmemory_policy", "noeviction"))
+        if policy not in SAFE_POLICIES:
+            raise UnsafeRedisConfig(
+                f"Redis maxmemory-policy is {policy!r}: it evicts keys and would silently lose "
+                "history. "
+                "Set it to 'noeviction' (CONFIG SET maxmemory-policy noeviction) and restart."
+            )
     warnings = []
-    persistence = await redis.info("persistence")
-    aof = int(persistence.get("aof_enabled", 0))
+    persistence = list((await each_primary(client, "INFO", "persistence")).values())
     try:
-        save = (await redis.config_get("save")).get("save", "")
+        saves = [
+            reply.get("save", "")
+            for reply in (await each_primary(client, "CONFIG GET", "save")).values()
+        ]
     except ResponseError:  # CONFIG may be disabled on managed Redis; do not guess.
-        save = "unknown"
-    if not aof and not str(save).strip():
+        saves = ["unknown"] * len(persistence)
+    unsafe = sum(
+        1
+        for info, save in zip(persistence, saves, strict=True)
+        if not int(info.get("aof_enabled", 0)) and not str(save).strip()
+    )
+    if unsafe:
+        nodes = "" if len(persistence) == 1 else f" ({unsafe} of {len(persistence)} primaries)"
         warnings.append(
-            'Redis has no persistence (appendonly no, save ""): a Redis restart loses the latest '
-            "values and the history not yet offloaded."
+            f'Redis has no persistence (appendonly no, save ""){nodes}: a Redis restart loses '
+            "the latest values and the history not yet offloaded."
         )
     for message in warnings:
         log.warning(message)
     return warnings
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from latest_server.completion import SessionJobs
@@ -16,19 +18,29 @@ from latest_server.merge import Merger
 from latest_server.offload import Offloader, OffloadTrigger
 from latest_server.packets import PacketParser
 from latest_server.redact import redact
-from latest_server.redis_client import REDIS_DOWN, Scripts, check_server, connect, load_scripts
+from latest_server.redis_client import (
+    REDIS_DOWN,
+    Client,
+    Scripts,
+    check_server,
+    connect,
+    load_scripts,
+)
 from latest_server.sessions import EndHook, Session, SessionStore
 from latest_server.settings import Settings
 from latest_server.stores import open_latest_store, open_object_store
 from latest_server.stores.aggregate import Aggregator
 from latest_server.stores.base import LatestStore, ObjectStore
 from latest_server.stores.history import HistoryStore
+from latest_server.stores.variables import VariableIndex
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class Resources:
     settings: Settings
-    redis: Redis
+    redis: Client
     latest: LatestStore  # Redis, or Elasticsearch (LATEST_BACKEND)
     ingestor: Ingestor
     parser: PacketParser
@@ -38,11 +50,14 @@ class Resources:
     merger: Merger
     trigger: OffloadTrigger
     scripts: Scripts  # every Lua script, loaded once, shared by the stores and jobs
+    variables: VariableIndex  # the index of variables (GET /variables), kept by the ingestor
     # Extra readiness conditions, e.g. "consumer": lambda: consumer.connected.
     ready_checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
     sessions: SessionStore | None = None
     session_jobs: SessionJobs | None = None  # completion detector + end-hook runner
     aggregates: Aggregator | None = None  # aggregations over every tier (stores/aggregate.py)
+    # At start-up, the index rebuilt when its key is missing while variables exist.
+    reindexing: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, settings: Settings, *, on_end: EndHook | None = None) -> Resources:
@@ -82,11 +97,12 @@ class Resources:
         session_jobs = SessionJobs(sessions, settings, on_end or merge_on_end(merger))
         session_jobs.start()
         history = HistoryStore(redis, scripts, objects)
+        variables = VariableIndex(redis, scripts)
         return cls(
             settings,
             redis,
             latest,
-            Ingestor(latest, trigger, sessions=sessions),
+            Ingestor(latest, trigger, sessions=sessions, variables=variables),
             PacketParser(settings),
             objects,
             history,
@@ -94,12 +110,18 @@ class Resources:
             merger,
             trigger,
             scripts,
+            variables,
             sessions=sessions,
             session_jobs=session_jobs,
             aggregates=Aggregator(history, objects_url(settings), settings),
+            reindexing=asyncio.create_task(_ensure_index(variables)),
         )
 
     async def close(self) -> None:
+        if self.reindexing is not None:
+            self.reindexing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.reindexing
         if self.session_jobs is not None:
             await self.session_jobs.close()
         await self.trigger.close(cancel=True)
@@ -107,6 +129,13 @@ class Resources:
             self.aggregates.close()
         await self.latest.close()  # its own client (Elasticsearch), or the Redis one
         await self.redis.aclose()
+
+
+async def _ensure_index(variables: VariableIndex) -> None:
+    try:
+        await variables.ensure()
+    except StoreUnavailable as exc:  # the next start tries again; `latest-server reindex` too
+        log.warning("the index of variables was not checked: %s", exc)
 
 
 def unusable(service: str, setting: str, url: str, exc: Exception) -> StoreUnavailable:

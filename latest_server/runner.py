@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
+import ipaddress
 import logging
 import signal
 import socket
@@ -17,12 +19,16 @@ import uvicorn
 from aio_pika.exceptions import AMQPError
 from starlette.applications import Starlette
 
+from latest_server.auth.authenticator import Authenticator
 from latest_server.consumer import Consumer
 from latest_server.embedded import EmbeddedValkey
 from latest_server.errors import LatestError
+from latest_server.redact import RedactingFormatter
 from latest_server.resources import Resources, unusable
 from latest_server.settings import Settings
 from latest_server.web.app import create_app, create_es_app, http_options, server_options
+from latest_server.web.limits import TokenBuckets
+from latest_server.workers import WorkerPool, watch_parent
 
 log = logging.getLogger("latest_server")
 
@@ -42,6 +48,36 @@ async def _freeze_after_start(servers: Sequence[_Server]) -> None:
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     log.debug("%d start-up objects frozen out of the garbage collector", gc.get_freeze_count())
+
+
+def bound_ports(settings: Settings, http: socket.socket, es: socket.socket | None) -> Settings:
+    """The settings with the ports this process bound: a port 0 becomes the one it got, for
+    the workers to bind the same."""
+    return dataclasses.replace(
+        settings,
+        port=http.getsockname()[1],
+        es_port=es.getsockname()[1] if es is not None else 0,
+    )
+
+
+def configure_logging(settings: Settings) -> None:
+    """One line per record, passwords masked (redact.py), at LATEST_LOG_LEVEL; the AMQP
+    client's chatter at warnings only."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_retries_in_one_line)
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
+    logging.getLogger("aio_pika").setLevel(max(logging.WARNING, logging.getLogger().level))
+    logging.getLogger("aiormq").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _retries_in_one_line(record: logging.LogRecord) -> bool:
+    """The Elasticsearch client logs each retried failure as a warning with its traceback (at
+    start-up against an unreachable cluster, a screenful of them): one line each says it all."""
+    if record.name.startswith("elastic_transport") and record.levelno < logging.ERROR:
+        record.exc_info = None
+        record.exc_text = None
+    return True
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -90,13 +126,13 @@ def _config(
     )
 
 
-def es_server(settings: Settings, resources: Resources) -> tuple[_Server, socket.socket] | None:
-    """The Elasticsearch-compatible API's listener on LATEST_ES_PORT (0: none). A port that is
+def es_socket(settings: Settings) -> socket.socket | None:
+    """The Elasticsearch-compatible API's socket on LATEST_ES_PORT (0: none). A port that is
     taken is logged and skipped: the main API keeps running."""
     if not settings.es_port:
         return None
     try:
-        sock = bound(settings, settings.es_port)
+        return bound(settings, settings.es_port)
     except OSError as exc:
         log.error(
             "Elasticsearch-compatible API is off: cannot listen on %s:%s (%s); "
@@ -106,11 +142,22 @@ def es_server(settings: Settings, resources: Resources) -> tuple[_Server, socket
             exc,
         )
         return None
+
+
+def es_server(
+    settings: Settings,
+    resources: Resources,
+    authenticator: Authenticator,
+    buckets: TokenBuckets | None = None,
+) -> _Server:
     config = _config(
-        create_es_app(settings, resources=resources), settings, settings.es_port, http_options
+        create_es_app(settings, resources=resources, authenticator=authenticator, buckets=buckets),
+        settings,
+        settings.es_port,
+        http_options,
     )
     log.info("Elasticsearch-compatible API on %s:%s", settings.host, settings.es_port)
-    return _Server(config), sock
+    return _Server(config)
 
 
 def bound(settings: Settings, port: int) -> socket.socket:
@@ -121,6 +168,8 @@ def bound(settings: Settings, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if settings.workers > 1:  # every process of `serve --workers N` binds the port
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((settings.host, port))
     except BaseException:
         sock.close()
@@ -138,14 +187,84 @@ def http_socket(settings: Settings) -> socket.socket:
         ) from exc
 
 
-async def run(command: str, settings: Settings, embedded: EmbeddedValkey | None = None) -> None:
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def access_check(settings: Settings) -> Authenticator:
+    """The authenticator of both listeners. Without tokens every request may do everything,
+    so the server keeps to loopback unless LATEST_INSECURE says otherwise (logged every start)."""
+    authenticator = Authenticator(settings)
+    if authenticator.enabled:
+        log.info("access: %s; SIGHUP rereads them", authenticator.describe())
+        return authenticator
+    if is_loopback(settings.host):
+        log.info(
+            "access: no tokens configured (LATEST_TOKENS_FILE, LATEST_JWT_PUBLIC_KEY_FILE, "
+            "LATEST_JWKS_FILE): every request may do everything, so the server listens on "
+            "loopback (%s) only",
+            settings.host,
+        )
+        return authenticator
+    if not settings.insecure:
+        raise LatestError(
+            f"refusing to serve {settings.host} without tokens: anyone who reaches it could "
+            "write, delete and read everything. Configure LATEST_TOKENS_FILE or a JWT key, or "
+            "listen on 127.0.0.1, or pass --insecure (LATEST_INSECURE=true) to accept that"
+        )
+    log.warning(
+        "INSECURE: serving %s without tokens (LATEST_INSECURE): anyone who reaches the ports "
+        "may write, delete and read everything",
+        settings.host,
+    )
+    return authenticator
+
+
+def serve_worker(settings: Settings, index: int, parent: int) -> None:
+    """A worker process of ``serve --workers N`` (workers.py), in a fresh interpreter."""
+    configure_logging(settings)
+    try:
+        run_loop(run("serve", settings, worker=index, parent=parent))
+    except (LatestError, OSError) as exc:
+        log.error("worker %d: %s", index, exc.message if isinstance(exc, LatestError) else exc)
+        raise SystemExit(1) from None
+
+
+async def run(
+    command: str,
+    settings: Settings,
+    embedded: EmbeddedValkey | None = None,
+    *,
+    worker: int = 0,
+    parent: int = 0,
+) -> None:
+    """Serve until SIGTERM/SIGINT. ``worker``: 0 in the process started, which starts the other
+    LATEST_WORKERS - 1 of ``serve`` (workers.py); their index in them, and ``parent`` the pid
+    of the process that started them."""
+    authenticator = access_check(settings) if command == "serve" else None
     http = http_socket(settings) if command == "serve" else None
+    es_sock = es_socket(settings) if http is not None else None
     try:
         resources = await Resources.open(settings)
     except BaseException:
-        if http is not None:
-            http.close()
+        for sock in (http, es_sock):
+            if sock is not None:
+                sock.close()
         raise
+    pool: WorkerPool | None = None
+    background: list[asyncio.Task[None]] = []
+    stopping = asyncio.Event()
+    if http is not None and worker == 0 and settings.workers > 1:
+        pool = WorkerPool(bound_ports(settings, http, es_sock), settings.workers - 1, serve_worker)
+        pool.start()
+        background.append(asyncio.create_task(pool.supervise(), name="workers"))
+    elif worker:
+        background.append(asyncio.create_task(watch_parent(parent, stopping.set)))
     tasks: list[asyncio.Task[Any]] = []
     stops: list[Any] = []
     consumer: Consumer | None = None
@@ -165,10 +284,12 @@ async def run(command: str, settings: Settings, embedded: EmbeddedValkey | None 
             resources.ready_checks["consumer"] = lambda: consumer is not None and consumer.connected
             tasks.append(asyncio.create_task(consumer.run(), name="consumer"))
             stops.append(consumer.stop)
-        if http is not None:
-            config = _config(
-                create_app(settings, resources=resources), settings, settings.port, server_options
+        if http is not None and authenticator is not None:
+            buckets = TokenBuckets.of(settings)  # one rate per client, on both listeners
+            app = create_app(
+                settings, resources=resources, authenticator=authenticator, buckets=buckets
             )
+            config = _config(app, settings, settings.port, server_options)
             server = _Server(config)
 
             async def stop_server() -> None:
@@ -177,25 +298,27 @@ async def run(command: str, settings: Settings, embedded: EmbeddedValkey | None 
             tasks.append(asyncio.create_task(server.serve(sockets=[http]), name="http"))
             stops.append(stop_server)
             servers.append(server)
-            es_listener = es_server(settings, resources)
-            if es_listener is not None:
-                es, sock = es_listener
+            if es_sock is not None:
+                es = es_server(settings, resources, authenticator, buckets)
 
                 async def stop_es() -> None:
                     es.should_exit = True
 
-                tasks.append(asyncio.create_task(es.serve(sockets=[sock]), name="es"))
+                tasks.append(asyncio.create_task(es.serve(sockets=[es_sock]), name="es"))
                 stops.append(stop_es)
                 servers.append(es)
 
         freezer = asyncio.create_task(_freeze_after_start(servers), name="gc-freeze")
         loop = asyncio.get_running_loop()
-        stopping = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
+        if authenticator is not None and authenticator.enabled:
+            loop.add_signal_handler(signal.SIGHUP, authenticator.reload)
         waiter = asyncio.create_task(stopping.wait())
         await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
         log.info("stopping")
+        if pool is not None:
+            await pool.stop()  # the workers first: they use this process' Valkey
         for stop in stops:
             await stop()
         waiter.cancel()
@@ -203,6 +326,10 @@ async def run(command: str, settings: Settings, embedded: EmbeddedValkey | None 
         for task in tasks:
             await task  # the consumer finishes the batch in hand; errors surface here
     finally:
+        for task in background:
+            task.cancel()
+        if pool is not None and not pool.stopping:
+            await pool.stop()
         if supervisor is not None:
             supervisor.cancel()
         if consumer is not None:

@@ -23,12 +23,11 @@ from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 
 from latest_server import keys
 from latest_server.errors import RejectReason, StoreUnavailable
 from latest_server.packets import Packet
-from latest_server.redis_client import REDIS_DOWN, Scripts, redis_bounded
+from latest_server.redis_client import REDIS_DOWN, Client, Scripts, redis_bounded
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +94,7 @@ class Refusal:
 class SessionStore:
     """Session state in Redis. Every change is one Lua script call, pipelined per batch."""
 
-    def __init__(self, redis: Redis, scripts: Scripts, *, completion_delay: float = 30.0) -> None:
+    def __init__(self, redis: Client, scripts: Scripts, *, completion_delay: float = 30.0) -> None:
         self.redis = redis
         self.scripts = scripts
         self.delay_ms = max(1, round(completion_delay * 1000))

@@ -61,6 +61,19 @@ def non_negative_float(value: str) -> float:
     return number
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(value: str) -> float:
+    """Seconds, plain or with a unit: ``300``, ``300s``, ``15m``, ``6h``, ``1d``; 0 or more."""
+    text = value.strip().lower()
+    factor = DURATION_UNITS.get(text[-1:], 0)
+    number = float(text[:-1] if factor else text) * (factor or 1)
+    if not number >= 0 or number == float("inf"):
+        raise ValueError("must be a duration such as 300 (seconds), 300s, 15m, 6h or 1d")
+    return number
+
+
 def boolean(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -75,6 +88,15 @@ def names(value: str) -> tuple[str, ...]:
     if not names:
         raise ValueError("must name at least one value (comma-separated)")
     return names
+
+
+def optional_names(value: str) -> tuple[str, ...]:
+    """A comma-separated list that may be empty."""
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def optional_text(value: str) -> str | None:
+    return value or None
 
 
 def choice(*choices: str) -> Callable[[str], str]:

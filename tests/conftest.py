@@ -1,6 +1,10 @@
 """Shared fixtures. Tests talk to a real Redis and RabbitMQ: a Redis server and a vhost this run
 starts and removes itself (tests/services.py), or TEST_REDIS_URL/TEST_AMQP_URL when set; each test
-gets a flushed Redis database and queue/exchange names of its own."""
+gets a flushed Redis database and queue/exchange names of its own.
+
+A test marked ``redis_both`` runs twice: on the one Redis and on a Redis Cluster of the run's own
+(tests/cluster.py: three primaries with a replica each, started when a test first needs it),
+flushed on every primary around each test."""
 
 from __future__ import annotations
 
@@ -20,13 +24,17 @@ from typing import Any
 
 import aio_pika
 import pytest
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
+from redis.cluster import RedisCluster as SyncRedisCluster
 
 from latest_server.packets import Packet, PacketParser
+from latest_server.redis_client import Client, connect, is_cluster
 from latest_server.resources import Resources
 from latest_server.settings import Settings
 from latest_server.web.app import create_app, server_options
 from latest_server.web.ws.hub import Hub
+from tests.cluster import Cluster, redis_cluster
 from tests.servers import Relay, UvicornThread
 from tests.services import free_port, private_redis, private_vhost
 
@@ -68,16 +76,56 @@ def names() -> dict[str, str]:
     }
 
 
+REDIS_BACKENDS = ("single", "cluster")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``redis_both`` run on each of REDIS_BACKENDS (``redis_url``)."""
+    if "redis_url" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "redis_both"
+    ):
+        metafunc.parametrize("redis_url", REDIS_BACKENDS, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_nodes() -> Iterator[Cluster]:
+    """The run's Redis Cluster (tests/cluster.py), started once, when a test first asks."""
+    with redis_cluster() as started:
+        yield started
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(redis_cluster_nodes: Cluster) -> str:
+    return redis_cluster_nodes.url
+
+
 @pytest.fixture
-def settings(names: dict[str, str], tmp_path: Path) -> Settings:
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """REDIS_URL of the test: the one Redis, or (``redis_both``'s second run) the cluster."""
+    if getattr(request, "param", "single") == "cluster":
+        return str(request.getfixturevalue("redis_cluster_url"))
+    return REDIS_URL
+
+
+def sync_client(url: str) -> Any:
+    """A blocking client of ``url`` (one Redis, or a cluster: redis+cluster://h:p,…)."""
+    if url.startswith("redis+cluster://"):
+        host, _, port = url.removeprefix("redis+cluster://").split(",")[0].rpartition(":")
+        return SyncRedisCluster(host=host, port=int(port))
+    return SyncRedis.from_url(url)
+
+
+@pytest.fixture
+def settings(names: dict[str, str], tmp_path: Path, redis_url: str) -> Settings:
     return Settings(  # type: ignore[arg-type]
-        redis_url=REDIS_URL, amqp_url=AMQP_URL, data_dir=str(tmp_path / "data"), **names
+        redis_url=redis_url, amqp_url=AMQP_URL, data_dir=str(tmp_path / "data"), **names
     )
 
 
 @pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    client = Redis.from_url(REDIS_URL)
+async def redis(redis_url: str) -> AsyncIterator[Client]:
+    """A client of the test's Redis, flushed before and after (every primary of a cluster)."""
+    client: Client = Redis.from_url(redis_url) if redis_url == REDIS_URL else connect(redis_url)
     await client.flushdb()
     yield client
     await client.flushdb()
@@ -87,6 +135,7 @@ async def redis() -> AsyncIterator[Redis]:
 @pytest.fixture
 async def resources(settings: Settings, redis: Redis) -> AsyncIterator[Resources]:
     opened = await Resources.open(settings)
+    assert is_cluster(opened.redis) == (settings.redis_url != REDIS_URL)
     yield opened
     await opened.close()
 
@@ -95,6 +144,7 @@ async def resources(settings: Settings, redis: Redis) -> AsyncIterator[Resources
 async def stores(settings: Settings, objects_url: str, redis: Redis) -> AsyncIterator[Resources]:
     """Resources on each object store (``objects_url``), once the start-up recovery job is done."""
     opened = await Resources.open(dataclasses.replace(settings, objects_url=objects_url))
+    assert is_cluster(opened.redis) == (settings.redis_url != REDIS_URL)
     await opened.trigger.close()  # let the start-up recovery job finish first
     yield opened
     await opened.close()

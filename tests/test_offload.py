@@ -33,6 +33,7 @@ async def seqs(stores: Resources, variable: str, window: Window = EVERYTHING) ->
     return page.entries.column("seq").to_pylist()  # type: ignore[no-any-return]
 
 
+@pytest.mark.redis_both
 async def test_offload_moves_history_to_transfer_objects_and_reads_see_it_all(
     stores: Resources, redis: Redis
 ) -> None:
@@ -50,6 +51,7 @@ async def test_offload_moves_history_to_transfer_objects_and_reads_see_it_all(
     assert await seqs(stores, "a") == [*range(1, 152), 302, *range(152, 301), 301]
 
 
+@pytest.mark.redis_both
 async def test_memory_threshold_moves_the_largest_variables_first(
     stores: Resources, redis: Redis
 ) -> None:
@@ -247,6 +249,7 @@ async def test_a_job_facing_a_silent_s3_gives_its_lock_up_and_the_next_one_finis
 # --- merge ---
 
 
+@pytest.mark.redis_both
 async def test_merge_compacts_every_tier_into_one_object(stores: Resources, redis: Redis) -> None:
     for chunk in range(3):
         await stores.ingestor.write_batch([packet("a", chunk * 100 + n) for n in range(100)])
@@ -270,6 +273,7 @@ async def test_merge_compacts_every_tier_into_one_object(stores: Resources, redi
     assert await stores.merger.all_keys() == [k]
 
 
+@pytest.mark.redis_both
 async def test_redelivery_after_offload_is_removed_by_reads_and_merge(
     stores: Resources, redis: Redis
 ) -> None:
@@ -294,6 +298,7 @@ async def test_redelivery_after_offload_is_removed_by_reads_and_merge(
 # --- everything at once ---
 
 
+@pytest.mark.redis_both
 async def test_writes_offloads_merges_and_reads_concurrently_lose_and_double_nothing(
     stores: Resources,
 ) -> None:
@@ -383,6 +388,7 @@ async def test_an_object_merged_away_between_list_and_read_means_list_again(
     assert merged_during_read[0].inputs == 2
 
 
+@pytest.mark.redis_both
 def test_offload_and_merge_commands(settings: Settings, objects_url: str, redis: Redis) -> None:
     async def write() -> None:
         opened = await Resources.open(dataclasses.replace(settings, objects_url=objects_url))
@@ -446,7 +452,6 @@ HOLD_MERGE_LOCK = textwrap.dedent(
     import asyncio, sys
     from latest_server import keys
     from latest_server.lock import JobLock
-    from latest_server.merge import MERGE_FENCE
     from latest_server.resources import Resources
     from latest_server.settings import Settings
 
@@ -455,7 +460,7 @@ HOLD_MERGE_LOCK = textwrap.dedent(
         await stores.trigger.close()
         lock = JobLock(
             stores.redis, stores.offloader.scripts, keys.merge_lock(keys.key_for(sys.argv[1])),
-            MERGE_FENCE, ttl=stores.merger.lock_ttl,
+            keys.merge_fence(keys.key_for(sys.argv[1])), ttl=stores.merger.lock_ttl,
         )
         assert await lock.acquire()
         print("holding", flush=True)

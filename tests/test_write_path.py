@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from latest_server import keys
@@ -24,7 +23,9 @@ from latest_server.resources import Resources
 from latest_server.settings import Settings
 from latest_server.stores import segments
 from latest_server.stores.segments import Window
-from tests.conftest import REDIS_URL, ServerThread, drain_dead_letters, publish, wait_for
+from tests.conftest import ServerThread, drain_dead_letters, publish, sync_client, wait_for
+
+pytestmark = pytest.mark.redis_both  # on one Redis and on a Redis Cluster
 
 EVERYTHING = Window(-(2**62), 2**62)
 PARSER = PacketParser(Settings())
@@ -39,16 +40,20 @@ SAME = [
 
 
 @pytest.fixture
-def http(settings: Settings, http_server: Callable[..., ServerThread]) -> Iterator[httpx.Client]:
-    server = http_server(settings, amqp_url=None, es_prefix="/es")
+def http(
+    settings: Settings, http_server: Callable[..., ServerThread], request: pytest.FixtureRequest
+) -> Iterator[httpx.Client]:
+    """The server's client; settings overridden by an indirect parameter, if any."""
+    overrides = getattr(request, "param", {})
+    server = http_server(settings, amqp_url=None, es_prefix="/es", **overrides)
     with httpx.Client(base_url=server.url, timeout=10) as client:
         yield client
 
 
 @pytest.fixture
-def redis_sync(http: httpx.Client) -> Iterator[SyncRedis]:
-    """The test's Redis database, for a look at what the server stored."""
-    client = SyncRedis.from_url(REDIS_URL)
+def redis_sync(http: httpx.Client, redis_url: str) -> Iterator[Any]:
+    """The test's Redis database (or cluster), for a look at what the server stored."""
+    client = sync_client(redis_url)
     yield client
     client.close()
 
@@ -457,9 +462,10 @@ def test_raw_scale_compares_versions_as_given(
 # --- versions stay <= 2**53 ----------------------------------------------------------------------
 
 
-def test_versions_stay_at_most_2_53_on_every_path(
-    http: httpx.Client, redis_sync: SyncRedis
-) -> None:
+@pytest.mark.parametrize("http", [{"max_future": 0.0}], indirect=True)
+def test_versions_stay_at_most_2_53_on_every_path(http: httpx.Client, redis_sync: Any) -> None:
+    """With no bound ahead of the clock (LATEST_MAX_FUTURE=0; tests/test_future_time.py has it
+    on), the bound left is 2**53."""
     top = 2**53
 
     def stored(variable: str) -> int:

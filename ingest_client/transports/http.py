@@ -1,4 +1,5 @@
-"""http(s)://host:port[/path]: POST each message to /ingest (or to the URL's own path).
+"""http(s)://[user:token@]host:port[/path]: POST each message to /ingest (or to the URL's own
+path); a token in the URL goes as HTTP Basic (httpx), which the server reads as the token.
 
 ``timeout`` bounds connecting and each read and write (httpx); the async transport also bounds
 the whole request by it, so a server that stops answering is a ``TransportError``, never a
@@ -29,6 +30,17 @@ def ingest_url(url: str) -> str:
     return url.rstrip("/") + "/ingest" if path in ("", "/") else url
 
 
+def shown(url: str) -> str:
+    """``url`` for messages: a token given as its password (``http://user:<token>@host``, sent
+    as HTTP Basic) is never written out."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
+
+
 def _check(response: httpx.Response) -> None:
     status = response.status_code
     if status == 200:
@@ -54,13 +66,14 @@ def _check(response: httpx.Response) -> None:
 class HttpTransport:
     def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT, **options: Any) -> None:
         self.url = ingest_url(url)
+        self.shown = shown(self.url)
         self.client = httpx.Client(timeout=timeout)
 
     def publish(self, message: bytes) -> None:
         try:
             response = self.client.post(self.url, content=message, headers=HEADERS)
         except httpx.HTTPError as exc:
-            raise TransportError(f"POST {self.url} failed: {exc!r}") from exc
+            raise TransportError(f"POST {self.shown} failed: {exc!r}") from exc
         _check(response)
 
     def close(self) -> None:
@@ -70,6 +83,7 @@ class HttpTransport:
 class AsyncHttpTransport:
     def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT, **options: Any) -> None:
         self.url = ingest_url(url)
+        self.shown = shown(self.url)
         self.timeout = timeout
         self.client = httpx.AsyncClient(timeout=timeout)
 
@@ -78,9 +92,9 @@ class AsyncHttpTransport:
             async with asyncio.timeout(self.timeout):
                 response = await self.client.post(self.url, content=message, headers=HEADERS)
         except TimeoutError as exc:
-            raise TransportError(f"POST {self.url}: no answer within {self.timeout}s") from exc
+            raise TransportError(f"POST {self.shown}: no answer within {self.timeout}s") from exc
         except httpx.HTTPError as exc:
-            raise TransportError(f"POST {self.url} failed: {exc!r}") from exc
+            raise TransportError(f"POST {self.shown} failed: {exc!r}") from exc
         _check(response)
 
     async def close(self) -> None:

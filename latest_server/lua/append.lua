@@ -4,9 +4,9 @@
 --
 -- KEYS[1] lv:{k}:h       stream: entry id <seq>-0, fields t (ts µs), d (doc)
 -- KEYS[2] lv:{k}:i       sorted set: score ts, member <seq as 16 digits><digest hex>
--- KEYS[3] lv:{k}:meta    hash: e (epoch), s (last seq)
+-- KEYS[3] lv:{k}:meta    hash: e (epoch), s (last seq), b (base), id (the variable id)
 -- ARGV[1] ts (µs, integer)   ARGV[2] doc (JSON)   ARGV[3] digest hex of doc (canonical.digest)
--- ARGV[4] feed channel lv:{k}:feed
+-- ARGV[4] feed channel lv:{k}:feed   ARGV[5] variable id (kept in meta with a new epoch)
 -- returns {seq, epoch}: seq 0 when the same (ts, doc) is already in the hot history.
 local ts = ARGV[1]
 local digest = ARGV[3]
@@ -25,7 +25,7 @@ if not epoch then
   local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
   local s = 0
   if last[1] then s = tonumber(string.match(last[1][1], '^(%d+)')) end
-  redis.call('HSET', KEYS[3], 'e', epoch, 's', s, 'b', s)
+  redis.call('HSET', KEYS[3], 'e', epoch, 's', s, 'b', s, 'id', ARGV[5])
 end
 local seq = redis.call('HINCRBY', KEYS[3], 's', '1')
 local sq = string.format('%d', seq)  -- as write.lua: once, and as an integer

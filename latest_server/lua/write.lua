@@ -1,3 +1,4 @@
+#!lua flags=allow-cross-slot-keys
 -- write.lua: a batch of packets. For each: append it to history, compare-and-set the latest
 -- document, publish the entry on the live feed -- one atomic step, so no reader sees one without
 -- the others. One call carries many packets (KEYS and ARGV in fixed strides), so a batch costs
@@ -9,7 +10,8 @@
 -- KEYS[2] lv:{k}:h       stream: entry id <seq>-0, fields t (ts µs), d (doc)
 -- KEYS[3] lv:{k}:i       sorted set: score ts, member <seq as 16 digits><digest hex>
 --                         (dedup + time index; ties sort by seq; digest: canonical.digest)
--- KEYS[4] lv:{k}:meta    hash: e (epoch), s (last seq), b (the last seq before the epoch began)
+-- KEYS[4] lv:{k}:meta    hash: e (epoch), s (last seq), b (the last seq before the epoch began),
+--                         id (the variable id, set with the epoch: the index's reindex reads it)
 -- ARGV[1] variable id   ARGV[2] ts (µs, integer)   ARGV[3] doc (JSON)   ARGV[4] digest hex of doc
 -- ARGV[5] "1" for external_gte (>=), "0" for external (>), "c" for create (only when no
 --         document is there)   ARGV[6] feed channel lv:{k}:feed
@@ -71,7 +73,7 @@ local function write(K, A)
       local last = redis.call('XREVRANGE', K[2], '+', '-', 'COUNT', 1)
       local s = 0
       if last[1] then s = tonumber(string.match(last[1][1], '^(%d+)')) end
-      redis.call('HSET', K[4], 'e', epoch, 's', s, 'b', s)
+      redis.call('HSET', K[4], 'e', epoch, 's', s, 'b', s, 'id', A[1])
     end
     -- Numbers become text through Lua's float format (sprintf "%.14g"), about as costly as
     -- the command: the increment is given as text, and the seq made into text once, with '%d'.
@@ -103,11 +105,32 @@ local function write(K, A)
 end
 
 -- driver: each packet's KEYS and ARGV, in their strides (lua/iudx_write.lua reuses what is above)
+-- In a Redis Cluster one call carries the packets of many slots of one node, which Redis allows
+-- only for keys it was not told of (the allow-cross-slot-keys flag): numkeys is 0 and the
+-- packets' KEYS follow all their ARGV. A packet of a slot the node no longer serves (the
+-- caller's slot map is out of date), or one met while the cluster is down (a failover), fails at
+-- its first command, before it writes anything: its reply is the error's text, the call goes
+-- on, and the caller sends it again (to the right node). A variable's packets share a slot, so
+-- either all of them in a call are written, or none.
+local names, base, n = KEYS, 0, #KEYS / 4
+local undeclared = n == 0
+if undeclared then names, n = ARGV, #ARGV / 12; base = 8 * n end
 local results = {}
 local k, a = {}, {}
-for i = 0, #KEYS / 4 - 1 do
-  for j = 1, 4 do k[j] = KEYS[4 * i + j] end
+for i = 0, n - 1 do
+  for j = 1, 4 do k[j] = names[base + 4 * i + j] end
   for j = 1, 8 do a[j] = ARGV[8 * i + j] end
-  results[i + 1] = write(k, a)
+  if undeclared then
+    local ok, result = pcall(write, k, a)
+    if not ok then
+      local text = type(result) == 'table' and result.err or tostring(result)
+      if not (string.find(text, 'non local key', 1, true)
+              or string.find(text, 'cluster is down', 1, true)) then error(result) end
+      result = text
+    end
+    results[i + 1] = result
+  else
+    results[i + 1] = write(k, a)
+  end
 end
 return results

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from latest_server.errors import ConfigError
+from latest_server.settings.access import AccessSettings
 from latest_server.settings.core import (
     BACKENDS,
     ES_VERSION_SCALES,
@@ -24,13 +25,18 @@ from latest_server.settings.core import (
     VERSION_TYPES,
     CoreSettings,
 )
+from latest_server.settings.durability import DurabilitySettings
 from latest_server.settings.iudx import IudxSettings
+from latest_server.settings.limits import LimitSettings
 from latest_server.settings.query import QuerySettings
+from latest_server.settings.scale import QUEUE_TYPES, ScaleSettings
+from latest_server.settings.search import SearchSettings
 
 __all__ = [
     "BACKENDS",
     "ES_VERSION_SCALES",
     "LOG_LEVELS",
+    "QUEUE_TYPES",
     "TIME_UNITS",
     "VERSION_TYPES",
     "Settings",
@@ -40,7 +46,16 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Settings(QuerySettings, IudxSettings, CoreSettings):
+class Settings(
+    SearchSettings,
+    QuerySettings,
+    DurabilitySettings,
+    ScaleSettings,
+    AccessSettings,
+    LimitSettings,
+    IudxSettings,
+    CoreSettings,
+):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         if environ is None:

@@ -22,7 +22,9 @@ class CoreSettings:
         "REDIS_URL",
         None,
         parse.optional_url,
-        "Redis URL (redis://, rediss://, unix://). Unset: start an embedded Valkey server.",
+        "Redis URL (redis://, rediss://, unix://), or a Redis Cluster's "
+        "(redis+cluster://host:port,host:port, rediss+cluster://). "
+        "Unset: start an embedded Valkey server.",
     )
     amqp_url: str | None = setting(
         "AMQP_URL",
@@ -110,7 +112,8 @@ class CoreSettings:
         "LATEST_MAX_BODY_BYTES",
         67_108_864,
         parse.positive_int,
-        "Largest HTTP ingest body, in bytes.",
+        "Largest HTTP request body (POST /ingest, the ES _bulk and document writes, any other), "
+        "in bytes; larger: 413.",
     )
     log_level: str = setting("LATEST_LOG_LEVEL", "info", parse.choice(*LOG_LEVELS), "Log level.")
     objects_url: str | None = setting(

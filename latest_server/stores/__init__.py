@@ -11,14 +11,16 @@ from latest_server.settings import Settings
 from latest_server.stores.base import LatestStore, ObjectStore
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
     from latest_server.redis_client import Scripts
+    from latest_server.redis_wire import Client
 
 LATEST_BACKENDS = {
     "redis": "latest_server.stores.latest_redis:RedisLatestStore",
     "rediss": "latest_server.stores.latest_redis:RedisLatestStore",
     "unix": "latest_server.stores.latest_redis:RedisLatestStore",
+    # A Redis Cluster: batches grouped by node (stores/latest_cluster.py).
+    "redis+cluster": "latest_server.stores.latest_cluster:ClusterLatestStore",
+    "rediss+cluster": "latest_server.stores.latest_cluster:ClusterLatestStore",
     # Elasticsearch (ELASTICSEARCH_URL with LATEST_BACKEND=elasticsearch): latest documents in an
     # index, history and feed still in Redis.
     "http": "latest_server.stores.latest_es:ElasticsearchLatestStore",
@@ -38,7 +40,7 @@ OBJECT_BACKENDS = {
 
 
 async def open_latest_store(
-    url: str, *, redis: Redis, settings: Settings, scripts: Scripts | None = None
+    url: str, *, redis: Client, settings: Settings, scripts: Scripts | None = None
 ) -> LatestStore:
     """A LatestStore for ``url``; ``redis`` (connected to REDIS_URL) keeps history and the feed,
     through ``scripts`` (the process' registry; by default the backend loads its own)."""

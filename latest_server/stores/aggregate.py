@@ -84,10 +84,8 @@ class AggQuery:
                 f"unknown aggregation {', '.join(unknown) or '(none)'}: takes {', '.join(AGGS)}",
                 reason="bad_aggregation",
             )
-        # no fields (and no aggs): the entries per bucket alone (a date_histogram's doc_count)
-        if (self.aggs and not self.fields) or any(
-            not f or f.startswith(".") or ".." in f for f in self.fields
-        ):
+        # no fields: the entries' counts only (a log volume, Grafana's Count), no document read
+        if any(not f or f.startswith(".") or ".." in f for f in self.fields):
             raise BadRequest("name the numeric field(s): field=<dotted path>", reason="bad_field")
         if not all(0 <= p <= 100 for p in self.percents):
             raise BadRequest("percents must be between 0 and 100", reason="bad_aggregation")

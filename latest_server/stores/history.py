@@ -19,11 +19,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from redis.asyncio import Redis
 
 from latest_server import keys
 from latest_server.errors import ObjectMissing, StoreUnavailable
-from latest_server.redis_client import Scripts, redis_bounded, send_raw
+from latest_server.redis_client import Client, Scripts, redis_bounded, send_raw
 from latest_server.stores import segments, tiers
 from latest_server.stores.base import ObjectStore
 from latest_server.stores.segments import SCHEMA, Window
@@ -43,10 +42,10 @@ class Page:
 
 
 class HistoryStore:
-    """Every read of a route goes through ``redis_bounded``: Redis out of reach is
+    """Every read of a route goes through ``redis_bounded``: Client out of reach is
     StoreUnavailable (503), never a redis-py error."""
 
-    def __init__(self, redis: Redis, scripts: Scripts, objects: ObjectStore) -> None:
+    def __init__(self, redis: Client, scripts: Scripts, objects: ObjectStore) -> None:
         self.redis = redis
         self.scripts = scripts
         self.objects = objects
@@ -170,7 +169,7 @@ class _Moved(Exception):
     """A hot source changed between reading its index and its stream (an offload moved it)."""
 
 
-async def _read_hot_ranges(redis: Redis, key: str, window: Window, limit: int) -> pa.Table | None:
+async def _read_hot_ranges(redis: Client, key: str, window: Window, limit: int) -> pa.Table | None:
     """read_hot without the script: None when the seqs are too scattered for ranges."""
     queries = _index_queries(keys.history_index(key), window, limit)
     replies = await send_raw(redis, [("MULTI",), *queries, ("SMEMBERS", keys.jobs(key)), ("EXEC",)])

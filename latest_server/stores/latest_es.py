@@ -22,12 +22,11 @@ from elastic_transport import ConnectionError as TransportConnectionError
 from elastic_transport import ConnectionTimeout, HttpxAsyncHttpNode, TransportError
 from elasticsearch import ApiError, AsyncElasticsearch, ConflictError, NotFoundError
 from elasticsearch.helpers import async_streaming_bulk
-from redis.asyncio import Redis
 
 from latest_server import keys
 from latest_server.errors import StoreUnavailable
 from latest_server.packets import Packet, lookup
-from latest_server.redis_client import Scripts, load_scripts, redis_bounded
+from latest_server.redis_client import Client, Scripts, load_scripts, redis_bounded
 from latest_server.settings import Settings
 from latest_server.stores.base import DeleteOutcome, LatestDoc, WriteOutcome
 
@@ -51,7 +50,7 @@ def _unavailable(exc: Exception) -> StoreUnavailable:
 class ElasticsearchLatestStore:
     def __init__(
         self,
-        redis: Redis,
+        redis: Client,
         scripts: Scripts,
         client: AsyncElasticsearch,
         *,
@@ -68,7 +67,7 @@ class ElasticsearchLatestStore:
 
     @classmethod
     async def from_url(
-        cls, url: str, *, redis: Redis, settings: Settings, scripts: Scripts | None = None
+        cls, url: str, *, redis: Client, settings: Settings, scripts: Scripts | None = None
     ) -> ElasticsearchLatestStore:
         """Connect to ``url`` (``http(s)://user:password@host:9200``) and create the index once."""
         client = AsyncElasticsearch(
@@ -125,7 +124,7 @@ class ElasticsearchLatestStore:
         calls = (
             (
                 (keys.history(p.key), keys.history_index(p.key), keys.meta(p.key)),
-                (p.ts_us, p.raw, p.digest, keys.feed(p.key)),
+                (p.ts_us, p.raw, p.digest, keys.feed(p.key), p.variable_id),
             )
             for p in packets
         )

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Self
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from latest_server import keys
+from latest_server.errors import StoreRefused
 from latest_server.packets import Packet
 from latest_server.redis_client import (
     CONNECTION_LOST,
+    Client,
     Scripts,
+    each_primary,
     load_scripts,
     redis_bounded,
     send_each,
@@ -35,39 +40,56 @@ FIRST_CHUNK = 20
 class RedisLatestStore:
     script = "write"  # the script a batch calls (stores/latest_redisjson.py: iudx_write)
 
-    def __init__(self, redis: Redis, scripts: Scripts, *, version_type: str = "external") -> None:
+    def __init__(self, redis: Client, scripts: Scripts, *, version_type: str = "external") -> None:
         self.redis = redis
         self.scripts = scripts
         self.gte = b"1" if version_type == "external_gte" else b"0"
+        self.replicas = Replicas()
 
     @classmethod
     async def open(
-        cls, redis: Redis, *, version_type: str = "external", scripts: Scripts | None = None
-    ) -> RedisLatestStore:
+        cls, redis: Client, *, version_type: str = "external", scripts: Scripts | None = None
+    ) -> Self:
         """A store on ``redis``, calling ``scripts`` (the process' registry; by default loaded
         here, for a store used alone)."""
         return cls(redis, scripts or await load_scripts(redis), version_type=version_type)
 
     @classmethod
     async def from_url(
-        cls, url: str, *, redis: Redis, settings: Settings, scripts: Scripts | None = None
-    ) -> RedisLatestStore:
+        cls, url: str, *, redis: Client, settings: Settings, scripts: Scripts | None = None
+    ) -> Self:
         """The stores/__init__.py backend entry point: ``redis`` is already connected to ``url``."""
-        return await cls.open(redis, version_type=settings.version_type, scripts=scripts)
+        store = await cls.open(redis, version_type=settings.version_type, scripts=scripts)
+        store.replicas = Replicas(settings.redis_wait_replicas, settings.redis_wait_timeout)
+        return store
 
     @redis_bounded
     async def write_batch(self, packets: Iterable[Packet]) -> list[WriteOutcome]:
         """``packets`` may be built lazily (a generator): each chunk is sent as soon as it is
         packed, so building the next one overlaps Redis running this one."""
+        assert isinstance(self.redis, Redis)
         taken: list[Packet] = []
+        replicas = self.replicas
+        outcomes = self._outcomes  # stores/latest_redisjson.py reads its replies its own way
+        convert: Any = outcomes
+        if replicas.count:  # WAIT's reply (a number) comes last, as it is
+
+            def convert(reply: Any) -> Any:
+                return reply if isinstance(reply, int) else outcomes(reply)
+
         try:
-            replies = await send_each(self.redis, self._commands(packets, taken), self._outcomes)
+            commands = replicas.after(self._commands(packets, taken))
+            replies = await send_each(self.redis, commands, convert)
         except NoScriptError:
             # Redis restarted and lost its script cache. The script is idempotent, so the
             # whole batch is simply sent again (every packet was taken: replies are read
             # after the last command is sent).
             await self.scripts.reload(self.redis)
-            replies = await send_each(self.redis, self._commands(taken, []), self._outcomes)
+            replies = await send_each(
+                self.redis, replicas.after(self._commands(taken, [])), convert
+            )
+        if replicas.count:
+            replicas.check(replies.pop())
         return [outcome for chunk in replies for outcome in chunk]
 
     @staticmethod
@@ -100,12 +122,16 @@ class RedisLatestStore:
         chunk: list[Packet],
         extra_keys: Sequence[bytes] = (),
         extra_args: Sequence[bytes] = (),
+        *,
+        undeclared: bool = False,
     ) -> bytes:
         """``EVALSHA sha numkeys KEYS... ARGV...`` for ``chunk``, packed (RESP) here rather than
         by hiredis: its packer formats each argument's length with ``sprintf``, which made a
         tenth of the write path's instructions; a packet's arguments are one ``%`` here, and
         the parts that repeat with its variable are packed once. ``extra_keys`` and
-        ``extra_args`` (packed) follow write.lua's KEYS and ARGV (iudx_write.lua's)."""
+        ``extra_args`` (packed) follow write.lua's KEYS and ARGV (iudx_write.lua's).
+        ``undeclared``: numkeys 0 and the keys after the arguments, for a call that spans slots
+        of a cluster's node (the redisjson backend refuses a cluster, so never with extras)."""
         names: list[bytes] = []
         args: list[bytes] = []
         for p in chunk:
@@ -136,7 +162,7 @@ class RedisLatestStore:
                 )
             )
         # write.lua's strides: four KEYS and eight ARGV per packet
-        count = b"%d" % (4 * len(chunk) + len(extra_keys))
+        count = b"0" if undeclared else b"%d" % (4 * len(chunk) + len(extra_keys))
         head = b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
             3 + 12 * len(chunk) + len(extra_keys) + len(extra_args),
             len(sha),
@@ -144,6 +170,8 @@ class RedisLatestStore:
             len(count),
             count,
         )
+        if undeclared:
+            return b"".join((head, *args, *names))
         return b"".join((head, *names, *extra_keys, *args, *extra_args))
 
     @redis_bounded
@@ -195,8 +223,9 @@ class RedisLatestStore:
         return DeleteOutcome(result.decode(), int(tombstone), int(current) if current else None)
 
     async def ping(self) -> bool:
+        """Every primary answers (of a cluster; the one Redis otherwise)."""
         try:
-            return bool(await self.redis.ping())
+            return all((await each_primary(self.redis, "PING")).values())
         except CONNECTION_LOST:
             return False
 
@@ -235,3 +264,37 @@ def _outcomes(replies: list[list[Any]]) -> list[WriteOutcome]:
         )
         for r in replies
     ]
+
+
+@dataclass(frozen=True)
+class Replicas:
+    """LATEST_REDIS_WAIT_REPLICAS: a batch is acknowledged only once ``count`` replicas have it
+    (``WAIT`` after its calls, on their connection: WAIT waits for that connection's writes), so
+    that an acknowledged write survives the failover of its primary. 0: no WAIT, no cost."""
+
+    count: int = 0
+    timeout: float = 1.0  # seconds
+
+    def after(self, commands: Iterator[bytes]) -> Iterator[bytes]:
+        """``commands``, then WAIT if asked for."""
+        if not self.count:
+            return commands
+        return itertools.chain(commands, (self.command(),))
+
+    def command(self) -> bytes:
+        count, ms = b"%d" % self.count, b"%d" % max(1, round(self.timeout * 1000))
+        return b"*3\r\n$4\r\nWAIT\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(count), count, len(ms), ms)
+
+    def convert(self, reply: Any) -> list[WriteOutcome] | int:
+        """A write.lua reply as outcomes; WAIT's (a number of replicas) as it is."""
+        return reply if isinstance(reply, int) else _outcomes(reply)
+
+    def check(self, reply: Any) -> None:
+        """WAIT's reply: fewer replicas than asked refuse the batch (503, retried: the write
+        path drops what a retry repeats)."""
+        if isinstance(reply, BaseException) or int(reply) < self.count:
+            raise StoreRefused(
+                "NOREPLICAS",
+                f"{reply} of {self.count} replicas confirmed the batch within {self.timeout} s "
+                "(LATEST_REDIS_WAIT_REPLICAS): not acknowledged, retry",
+            )

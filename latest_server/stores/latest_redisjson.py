@@ -30,6 +30,7 @@ from latest_server.errors import ConfigError
 from latest_server.packets import Packet, lookup
 from latest_server.redact import redact
 from latest_server.redis_client import Scripts, load_scripts, redis_bounded
+from latest_server.redis_wire import Client
 from latest_server.settings import Settings
 from latest_server.stores.base import DeleteOutcome, WriteOutcome
 from latest_server.stores.latest_redis import RedisLatestStore, _bulk_string
@@ -95,10 +96,12 @@ class RedisJsonLatestStore(RedisLatestStore):
 
     @classmethod
     async def from_url(
-        cls, url: str, *, redis: Redis, settings: Settings, scripts: Scripts | None = None
+        cls, url: str, *, redis: Client, settings: Settings, scripts: Scripts | None = None
     ) -> RedisJsonLatestStore:
         """The stores/__init__.py entry point: refuses a Redis without the JSON module, or a
         Redis Cluster (ConfigError, one line), then registers its scripts in ``scripts``."""
+        if isinstance(redis, RedisCluster):
+            raise ConfigError(ON_CLUSTER.format(url=redact(url)))
         await check_json_redis(redis, url)
         scripts = scripts or await load_scripts(redis)
         for name in SCRIPTS:
@@ -207,7 +210,7 @@ class RedisJsonLatestStore(RedisLatestStore):
         return [orjson.dumps(value) for value in members.values()]
 
 
-async def check_json_redis(redis: Redis, url: str) -> None:
+async def check_json_redis(redis: Client, url: str) -> None:
     """Refuse (ConfigError) a Redis Cluster, or a Redis without the JSON module: ``MODULE LIST``
     names it, or (a Redis that has it built in, or has MODULE renamed) ``JSON.GET`` of a missing
     key answers instead of "unknown command"."""

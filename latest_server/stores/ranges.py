@@ -24,11 +24,10 @@ from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from redis.asyncio import Redis
 
 from latest_server import keys
 from latest_server.errors import ObjectMissing
-from latest_server.redis_client import Scripts, redis_bounded, send_raw
+from latest_server.redis_client import Client, Scripts, redis_bounded, send_raw
 from latest_server.stores import tiers
 from latest_server.stores.base import ObjectStore
 
@@ -67,7 +66,7 @@ def _position(epoch: Any, top: Any, base: Any) -> Position:
 
 
 class RangeReader:
-    def __init__(self, redis: Redis, scripts: Scripts, objects: ObjectStore) -> None:
+    def __init__(self, redis: Client, scripts: Scripts, objects: ObjectStore) -> None:
         self.redis = redis
         self.scripts = scripts
         self.objects = objects

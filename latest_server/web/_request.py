@@ -34,7 +34,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import compile_path
 
-from latest_server.errors import BadRequest
+from latest_server.access import principal_of
+from latest_server.errors import BadRequest, Forbidden
+from latest_server.settings import Settings
 
 # --- paths -----------------------------------------------------------------------------------
 
@@ -94,7 +96,26 @@ def json_error(status: int, type_: str, reason: str, **extra: Any) -> Response:
     )
 
 
+def covered(request: Request, ids: Sequence[str]) -> None:
+    """Refuse (403) a request naming a variable outside its token's prefixes."""
+    principal = principal_of(request.scope)
+    if principal.prefixes is None:
+        return
+    outside = [i for i in ids if not principal.covers(i)]
+    if outside:
+        named = ", ".join(repr(i) for i in outside[:5]) + (", ..." if len(outside) > 5 else "")
+        raise Forbidden(f"token {principal.name!r} may not read {named}: outside its prefixes")
+
+
 # --- bodies ----------------------------------------------------------------------------------
+
+
+def mget_bound(settings: Settings) -> tuple[int, str]:
+    """The bound of a multi-get body and the setting that sets it: LATEST_MAX_MGET_BYTES, or
+    LATEST_MAX_BODY_BYTES (every body's) when that is lower."""
+    if settings.max_mget_bytes <= settings.max_body_bytes:
+        return settings.max_mget_bytes, "LATEST_MAX_MGET_BYTES"
+    return settings.max_body_bytes, "LATEST_MAX_BODY_BYTES"
 
 
 async def read_body(request: Request, limit: int) -> bytes | None:

@@ -9,10 +9,12 @@ from starlette.responses import Response
 from latest_server.errors import (
     BadRequest,
     ConfigError,
+    Forbidden,
     LatestError,
     NotFound,
     PacketRejected,
     StoreUnavailable,
+    Unauthorized,
 )
 from latest_server.web._request import json_error
 
@@ -20,10 +22,19 @@ STATUS = {
     BadRequest: 400,
     PacketRejected: 400,
     NotFound: 404,
+    Unauthorized: 401,
+    Forbidden: 403,
     StoreUnavailable: 503,
     ConfigError: 500,
 }
-HTTP_TYPES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+HTTP_TYPES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+}
 
 
 async def latest_error(request: Request, exc: Exception) -> Response:

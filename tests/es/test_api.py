@@ -212,7 +212,7 @@ def test_serve_opens_the_es_listener(tmp_path: Path) -> None:
         )
         assert info.headers["x-elastic-product"] == "Elasticsearch"
         assert info.json()["tagline"] == "You Know, for Search"
-        assert health.json() == {"status": "ok"}
+        assert health.json() == {"status": "ok", "pid": process.pid}
     finally:
         process.terminate()
         process.wait(20)

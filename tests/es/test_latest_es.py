@@ -11,17 +11,24 @@ their own, so the two servers share one Redis database without touching each oth
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 
 import httpx
+import pytest
+import redis
 
+from latest_server import keys
 from latest_server.settings import Settings
-from tests.conftest import ServerThread
+from tests.conftest import REDIS_URL, ServerThread
 from tests.es.conftest import EsServerThread
 
 INDEX = "backend-latest"
 
 
+@pytest.mark.redis_both  # history and the feed in a Redis Cluster too (lua/append.lua)
 def test_latest_documents_live_in_elasticsearch(
     settings: Settings,
     es_server: Callable[..., EsServerThread],
@@ -73,3 +80,63 @@ def test_latest_documents_live_in_elasticsearch(
         assert down.status_code == 503
         assert down.json()["error"]["type"] == "store_unavailable"
         assert http.get("/readyz").status_code == 503
+
+
+def test_variables_of_the_elasticsearch_backend_are_indexed_and_listed(
+    settings: Settings,
+    es_server: Callable[..., EsServerThread],
+    http_server: Callable[..., ServerThread],
+) -> None:
+    """The index of variables is kept with the latest documents in Elasticsearch too: the
+    listing's versions come from the index there, the entry counts from Redis' history."""
+    elasticsearch = es_server(settings)
+    server = http_server(
+        settings,
+        amqp_url=None,
+        backend="elasticsearch",
+        elasticsearch_url=elasticsearch.url,
+        es_index=INDEX,
+    )
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        batch = [
+            {"id": "site/b", "ts": 1_700_000_001},
+            {"id": "site/a", "ts": 1_700_000_002},
+            {"id": "site/a", "ts": 1_700_000_000},  # late
+            {"id": "other", "ts": 1_700_000_000},
+        ]
+        assert http.post("/ingest", json=batch).status_code == 200
+        listed = http.get("/variables", params={"prefix": "site/", "limit": 1}).json()
+        assert listed["variables"] == [
+            {"id": "site/a", "version": 1_700_000_002_000_000, "entries": 2, "deleted": False}
+        ]
+        rest = http.get("/variables", params={"prefix": "site/", "cursor": listed["next"]})
+        assert rest.json() == {
+            "variables": [
+                {"id": "site/b", "version": 1_700_000_001_000_000, "entries": 1, "deleted": False}
+            ],
+            "next": None,
+        }
+        page = http.get("/latest", params={"prefix": "site/"}).json()
+        assert [(d["id"], d["doc"]) for d in page["docs"]] == [
+            ("site/a", batch[1]),
+            ("site/b", batch[0]),
+        ]
+        assert page["next"] is None
+
+        # a reindex finds them by their history's meta (no latest hash in Redis here), and
+        # leaves out the stand-in Elasticsearch's own variables (another namespace)
+        store = redis.Redis.from_url(REDIS_URL)
+        try:
+            store.delete(keys.VARIABLES)
+            assert http.get("/variables").json()["variables"] == []
+            subprocess.run(
+                [sys.executable, "-m", "latest_server", "reindex"],
+                env={**os.environ, "REDIS_URL": REDIS_URL},
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+        finally:
+            store.close()
+        listed = http.get("/variables").json()["variables"]
+        assert [v["id"] for v in listed] == ["other", "site/a", "site/b"]

@@ -81,6 +81,7 @@ def finished(process: subprocess.Popen[str]) -> dict[str, Any]:
     return dict(orjson.loads(out.strip().splitlines()[-1]), returncode=process.returncode, err=err)
 
 
+@pytest.mark.redis_both
 async def test_a_producer_that_finishes_closes_its_session(
     server: tuple[FullServer, RecordingHook], settings: Settings, redis: Redis
 ) -> None:
@@ -115,6 +116,7 @@ async def test_sigint_truncates_the_session(
     await check(running, hook, redis, "e2e-truncated", "truncated", result["sent"])
 
 
+@pytest.mark.redis_both
 async def test_a_closed_session_is_offloaded_and_merged(
     settings: Settings, amqp: Any, redis: Redis
 ) -> None:

@@ -63,7 +63,7 @@ async def test_newer_wins_older_is_stale_but_kept_in_history(redis: Redis) -> No
 async def test_ties_first_writer_wins_in_external(redis: Redis) -> None:
     store = await RedisLatestStore.open(redis)
     outcomes = await store.write_batch(
-        [packet("a", 5_000_000_000, n=1), packet("a", 5_000_000_000, n=2)]
+        [packet("a", 1_700_000_000, n=1), packet("a", 1_700_000_000, n=2)]
     )
     assert [o.applied for o in outcomes] == [True, False]
     assert (await latest_doc(redis, "a"))["n"] == 1
@@ -74,9 +74,9 @@ async def test_ties_last_writer_wins_in_external_gte(redis: Redis) -> None:
     store = await RedisLatestStore.open(redis, version_type="external_gte")
     outcomes = await store.write_batch(
         [
-            packet("a", 5_000_000_000, n=1),
-            packet("a", 5_000_000_000, n=2),
-            packet("a", 4_000_000_000),
+            packet("a", 1_700_000_000, n=1),
+            packet("a", 1_700_000_000, n=2),
+            packet("a", 1_600_000_000),
         ]
     )
     assert [o.applied for o in outcomes] == [True, True, False]

@@ -48,6 +48,7 @@ def fill(client: httpx.Client, settings: Settings, objects_url: str, count: int)
     client.post("/ingest", content=orjson.dumps(body))
 
 
+@pytest.mark.redis_both
 def test_pages_with_a_cursor_cover_every_tier_in_order(
     client: httpx.Client, settings: Settings, objects_url: str
 ) -> None:
@@ -66,6 +67,7 @@ def test_pages_with_a_cursor_cover_every_tier_in_order(
     assert entry == {"ts": T0 * 10**6, "seq": 1, "doc": {"id": "s/1", "ts": T0, "v": 0.0}}
 
 
+@pytest.mark.redis_both
 def test_time_range_order_and_formats(
     client: httpx.Client, settings: Settings, objects_url: str
 ) -> None:
@@ -91,6 +93,7 @@ def test_time_range_order_and_formats(
     assert table.column("seq").to_pylist() == list(range(1, 101))
 
 
+@pytest.mark.redis_both
 def test_downsampled_series_keeps_peaks_and_renders_png(
     client: httpx.Client, settings: Settings, objects_url: str
 ) -> None:

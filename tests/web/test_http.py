@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,6 +26,7 @@ def ingest(client: httpx.Client, body: Any, **kwargs: Any) -> httpx.Response:
     return client.post("/ingest", content=content, **kwargs)
 
 
+@pytest.mark.redis_both
 def test_ingest_object_then_read_latest_with_etag(client: httpx.Client) -> None:
     doc = {"id": "city/sensor 1", "observationDateTime": "2024-05-01T10:00:00+02:00", "pm25": 7}
     response = ingest(client, doc)
@@ -45,6 +47,7 @@ def test_ingest_object_then_read_latest_with_etag(client: httpx.Client) -> None:
     assert changed.status_code == 200
 
 
+@pytest.mark.redis_both
 def test_array_and_ndjson_with_stale_and_rejected_items(client: httpx.Client) -> None:
     batch = [
         {"id": "a", "ts": 1_700_000_002},
@@ -92,6 +95,7 @@ def test_unknown_variable_is_404_json(client: httpx.Client) -> None:
     assert client.delete("/ingest").status_code == 405
 
 
+@pytest.mark.redis_both
 def test_many_ids_in_one_call(client: httpx.Client) -> None:
     ingest(client, [{"id": "a", "ts": 1_700_000_000, "v": 1}, {"id": "b/c", "ts": 1_700_000_001}])
     by_query = client.get("/latest", params=[("id", "a"), ("id", "zz"), ("id", "b/c")]).json()
@@ -118,8 +122,9 @@ def test_many_ids_in_one_call(client: httpx.Client) -> None:
     assert bad.json()["error"]["type"] == "bad_request"
 
 
+@pytest.mark.redis_both
 def test_health_and_readiness(client: httpx.Client) -> None:
-    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/healthz").json() == {"status": "ok", "pid": os.getpid()}
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json() == {"status": "ready", "checks": {"redis": True}}

@@ -49,6 +49,7 @@ def entries_of(got: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+@pytest.mark.redis_both
 async def test_history_from_every_tier_then_live_entries(
     stores: Resources, server: Callable[..., ServerThread]
 ) -> None:
@@ -77,6 +78,7 @@ async def test_history_from_every_tier_then_live_entries(
         assert live[0]["epoch"] == backlog[0]["epoch"]
 
 
+@pytest.mark.redis_both
 async def test_since_resumes_after_a_seq_from_latest_and_from_a_time(
     stores: Resources, server: Callable[..., ServerThread]
 ) -> None:

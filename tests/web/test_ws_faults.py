@@ -19,7 +19,7 @@ import httpx
 import orjson
 import pytest
 import websockets
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from ingest_client import Entry, Reset, subscribe
 from latest_server import keys
@@ -274,8 +274,20 @@ async def epoch_of(stores: Resources, variable: str) -> int:
     return int(await stores.redis.hget(keys.meta(keys.key_for(variable)), "e") or 0)
 
 
-async def kill_feed_connections(redis: Redis) -> int:
-    """CLIENT KILL every pub/sub connection on the test database (the servers' live feeds)."""
+async def kill_feed_connections(redis: Redis | RedisCluster) -> int:
+    """CLIENT KILL every pub/sub connection on the test database (the servers' live feeds); on
+    the tests' cluster, every pub/sub connection of every primary."""
+    if isinstance(redis, RedisCluster):
+        return sum(
+            [
+                int(
+                    await redis.execute_command(
+                        "CLIENT", "KILL", "TYPE", "pubsub", target_nodes=node
+                    )
+                )
+                for node in redis.get_primaries()
+            ]
+        )
     db = redis.connection_pool.connection_kwargs.get("db", 0)
     killed = 0
     for client in await redis.client_list():
@@ -287,6 +299,7 @@ async def kill_feed_connections(redis: Redis) -> int:
     return killed
 
 
+@pytest.mark.redis_both
 async def test_killing_the_pubsub_connection_mid_stream_loses_and_doubles_nothing(
     stores: Resources, http_server: Callable[..., ServerThread]
 ) -> None:

@@ -70,12 +70,12 @@ async def test_streams_end_with_their_socket_whatever_they_wait_for_and_shutdown
         await asyncio.gather(*(client(n) for n in range(start, start + 20)))
     with contextlib.suppress(AssertionError):  # the asserts below say what is left
         await wait_for(
-            lambda: not (hub.sockets or hub.feed._channels or on_server(running, server_tasks)),
+            lambda: not (hub.sockets or hub.feed.channels or on_server(running, server_tasks)),
             within=10,
         )
     assert on_server(running, server_tasks) == []
     assert not hub.sockets and hub.connections == 0
-    assert not hub.feed._channels  # no feed subscription outlives its stream
+    assert not hub.feed.channels  # no feed subscription outlives its stream
     started = time.monotonic()
     await asyncio.to_thread(running.__exit__)  # uvicorn's shutdown, as on SIGTERM
     assert not running.thread.is_alive()

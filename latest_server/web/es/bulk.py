@@ -16,6 +16,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from latest_server.access import principal_of
 from latest_server.web.es import params as es_params
 from latest_server.web.es import wire
 from latest_server.web.es.context import Context
@@ -178,7 +179,7 @@ async def bulk(ctx: Context, request: Request, index: str | None) -> Response:
     es_params.check_refresh(request.query_params)
     data = await wire.body(request, ctx.settings.max_body_bytes)
     ops = parse(data, index)
-    results = await ctx.writer.run(ops)
+    results = await ctx.writer.run(ops, principal_of(request.scope))
     items, errors = answer(ops, results)
     took = int((time.perf_counter() - started) * 1000)
     return wire.respond(request, {"took": took, "errors": errors, "items": items})

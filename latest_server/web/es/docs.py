@@ -16,14 +16,18 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from latest_server.access import principal_of
 from latest_server.stores.base import LatestDoc
+from latest_server.web._request import mget_bound
 from latest_server.web.es import filtering, wire
 from latest_server.web.es import params as es_params
+from latest_server.web.es.authz import denied
 from latest_server.web.es.context import Context
 from latest_server.web.es.errors import (
     IndexNotFound,
     ParseError,
     ResourceNotFound,
+    TooLarge,
     ValidationFailed,
 )
 from latest_server.web.es.filtering import SourceFilter
@@ -69,7 +73,7 @@ async def write(
     check_name(index)
     source = wire.json_body(await wire.body(request, ctx.settings.max_body_bytes))
     op = WriteOp(kind, index, doc_id, source, versioning)
-    [result] = await ctx.writer.run([op])
+    [result] = await ctx.writer.run([op], principal_of(request.scope))
     return _item_response(request, result, forced)
 
 
@@ -83,7 +87,9 @@ async def update(ctx: Context, request: Request, index: str, doc_id: str) -> Res
         raise ValidationFailed(
             "can't provide version in update request, use version_type=internal instead"
         )
-    [result] = await ctx.writer.run([WriteOp("update", index, doc_id, body, versioning)])
+    [result] = await ctx.writer.run(
+        [WriteOp("update", index, doc_id, body, versioning)], principal_of(request.scope)
+    )
     return _item_response(request, result, forced)
 
 
@@ -94,7 +100,9 @@ async def delete(ctx: Context, request: Request, index: str, doc_id: str) -> Res
     versioning = es_params.versioning(params.get("version"), params.get("version_type"), "index")
     if not await ctx.indices.exists(index):
         raise IndexNotFound(index)
-    [result] = await ctx.writer.run([WriteOp("delete", index, doc_id, None, versioning)])
+    [result] = await ctx.writer.run(
+        [WriteOp("delete", index, doc_id, None, versioning)], principal_of(request.scope)
+    )
     return _item_response(request, result, forced)
 
 
@@ -138,6 +146,9 @@ async def _read_one(
     ctx: Context, request: Request, index: str, doc_id: str
 ) -> tuple[SourceFilter, LatestDoc | None]:
     """One document of an index that must exist, and the ``_source`` filter its query asks for."""
+    refused = denied(principal_of(request.scope), "indices:data/read/get", index, doc_id)
+    if refused is not None:
+        raise refused
     if not await ctx.indices.exists(index):
         raise IndexNotFound(index)
     source = filtering.source_filter(request.query_params)
@@ -164,7 +175,8 @@ async def get_source(ctx: Context, request: Request, index: str, doc_id: str) ->
 
 async def mget(ctx: Context, request: Request, index: str | None) -> Response:
     params = request.query_params
-    body = wire.json_body(await wire.body(request, ctx.settings.max_body_bytes), required=False)
+    limit, setting = mget_bound(ctx.settings)
+    body = wire.json_body(await wire.body(request, limit, setting), required=False)
     if body is None:
         raise ValidationFailed("no documents to get")
     if not isinstance(body, dict):
@@ -198,14 +210,29 @@ async def mget(ctx: Context, request: Request, index: str | None) -> Response:
             requests.append((_simple(doc_index or "", "_index"), _simple(doc_id, "_id"), source))
     if not requests:
         raise ValidationFailed("no documents to get")
+    if len(requests) > ctx.settings.max_mget_ids:
+        raise TooLarge(
+            f"at most {ctx.settings.max_mget_ids} documents per _mget (LATEST_MAX_MGET_IDS), "
+            f"got {len(requests)}"
+        )
     if problems:
         raise ValidationFailed(*problems)
+    principal = principal_of(request.scope)
+    refused = {
+        (i, d): error
+        for i, d, _ in requests
+        if (error := denied(principal, "indices:data/read/mget[shard]", i, d)) is not None
+    }
     exists = {name: await ctx.indices.exists(name) for name in {r[0] for r in requests}}
-    readable = [(i, d) for i, d, _ in requests if exists[i]]
+    readable = [(i, d) for i, d, _ in requests if exists[i] and (i, d) not in refused]
     found = iter(await _read(ctx, readable))
     raw = wire.raw(request)
     answers: list[dict[str, Any]] = []
     for doc_index, doc_id, source in requests:
+        error = refused.get((doc_index, doc_id))
+        if error is not None:
+            answers.append({"_index": doc_index, "_id": doc_id, "error": error.cause()})
+            continue
         if not exists[doc_index]:
             answers.append(
                 {"_index": doc_index, "_id": doc_id, "error": IndexNotFound(doc_index).cause()}

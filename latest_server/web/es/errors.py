@@ -59,6 +59,26 @@ class IllegalArgument(EsError, status=400, type="illegal_argument_exception"):
     pass
 
 
+class Unsupported(EsError, status=400, type="illegal_argument_exception"):
+    """A part of the search DSL outside the subset latest-server answers (docs/elasticsearch.md,
+    "Searches"): named in the reason, never ignored, so no answer is silently wrong."""
+
+    def __init__(self, part: str, detail: str = "") -> None:
+        super().__init__(
+            f"[{part}] is not supported by latest-server" + (f": {detail}" if detail else "")
+        )
+
+
+class TooManyBuckets(EsError, status=400, type="too_many_buckets_exception"):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            "Trying to create too many buckets. Must be less than or equal to: "
+            f"[{limit}] but was [{limit + 1}]. This limit can be set by changing the "
+            "[LATEST_ES_SEARCH_MAX_BUCKETS] setting.",
+            max_buckets=limit,
+        )
+
+
 class ValidationFailed(EsError, status=400, type="action_request_validation_exception"):
     """``Validation Failed: 1: <a>;2: <b>;`` from the list of problems."""
 
@@ -116,6 +136,26 @@ class VersionConflict(EsError, status=409, type="version_conflict_engine_excepti
 
 class TooLarge(EsError, status=413, type="content_too_long_exception"):
     pass
+
+
+CHALLENGE = 'Basic realm="latest-server", ApiKey, Bearer'
+
+
+class NotAuthenticated(EsError, status=401, type="security_exception"):
+    """No credentials, or ones that are not valid; the response carries ``WWW-Authenticate``."""
+
+    def __init__(self, reason: str) -> None:
+        challenges = ['Basic realm="latest-server"', "ApiKey", "Bearer"]
+        super().__init__(reason, header={"WWW-Authenticate": challenges})
+
+
+class SecurityForbidden(EsError, status=403, type="security_exception"):
+    """Valid credentials (or none needed) that do not allow the request."""
+
+
+class ActionUnauthorized(SecurityForbidden):
+    def __init__(self, action: str, user: str, why: str = "") -> None:
+        super().__init__(f"action [{action}] is unauthorized for user [{user}]{why}")
 
 
 class Unavailable(EsError, status=503, type="unavailable_shards_exception"):

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from redis.asyncio import Redis
-
 from latest_server import keys
-from latest_server.redis_client import redis_bounded
+from latest_server.redis_client import Client, redis_bounded
 from latest_server.web.es.errors import InvalidIndexName
 
 FORBIDDEN = set('\\/*?"<>| ,#:')
@@ -42,7 +40,7 @@ def check_name(index: str) -> None:
 
 
 class Indices:
-    def __init__(self, redis: Redis, main: str) -> None:
+    def __init__(self, redis: Client, main: str) -> None:
         self.redis = redis
         self.main = main
         self.known = {main}

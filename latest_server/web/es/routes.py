@@ -28,6 +28,8 @@ from latest_server.web._request import param, suggestion, unknown
 from latest_server.web.es import bulk as es_bulk
 from latest_server.web.es import cluster
 from latest_server.web.es import docs as es_docs
+from latest_server.web.es import mapping as es_mapping
+from latest_server.web.es import search as es_search
 from latest_server.web.es.context import Context
 from latest_server.web.es.errors import (
     EsError,
@@ -72,6 +74,7 @@ TABLE: list[tuple[tuple[str, ...], dict[str, Handler]]] = [
     (("_bulk",), {"POST": bulk_all, "PUT": bulk_all}),
     (("_mget",), {"GET": mget_all, "POST": mget_all}),
     (("_refresh",), {"GET": cluster.refresh, "POST": cluster.refresh}),
+    (("_msearch",), {"GET": es_search.msearch_all, "POST": es_search.msearch_all}),
     (("_cluster", "health"), {"GET": cluster.health}),
     (("_cluster", "health", "*"), {"GET": cluster.health}),
     (
@@ -115,6 +118,11 @@ TABLE: list[tuple[tuple[str, ...], dict[str, Handler]]] = [
     (("*", "_mget"), {"GET": es_docs.mget, "POST": es_docs.mget}),
     (("*", "_bulk"), {"POST": es_bulk.bulk, "PUT": es_bulk.bulk}),
     (("*", "_refresh"), {"GET": cluster.refresh, "POST": cluster.refresh}),
+    (("*", "_search"), {"GET": es_search.search, "POST": es_search.search}),
+    (("*", "_msearch"), {"GET": es_search.msearch, "POST": es_search.msearch}),
+    (("*", "_count"), {"GET": es_search.count, "POST": es_search.count}),
+    (("*", "_mapping"), {"GET": es_mapping.mapping}),
+    (("*", "_field_caps"), {"GET": es_mapping.field_caps, "POST": es_mapping.field_caps}),
 ]
 
 
@@ -132,6 +140,19 @@ VERSIONED = ("version", "version_type", "if_seq_no", "if_primary_term")
 READS: tuple[str, ...] = ("_source", "_source_includes", "_source_excludes", "refresh")
 READS += ("preference", "realtime", "routing")
 INDICES = ("allow_no_indices", "expand_wildcards", "ignore_unavailable")
+# Searches: the parameters Grafana's data source and the official client send. ``typed_keys``
+# (which renames aggregations in the answer) and ``q`` are refused rather than ignored.
+SEARCH_COMMON: tuple[str, ...] = (
+    *INDICES,
+    "max_concurrent_shard_requests",
+    "ignore_throttled",
+    "search_type",
+)
+SEARCH_COMMON += ("rest_total_hits_as_int", "pre_filter_shard_size", "ccs_minimize_roundtrips")
+SEARCH: tuple[str, ...] = (*SEARCH_COMMON, "size", "from", "timeout", "track_total_hits")
+SEARCH += ("_source", "_source_includes", "_source_excludes", "preference", "routing")
+SEARCH += ("request_cache", "allow_partial_search_results", "batched_reduce_size")
+MSEARCH = (*SEARCH_COMMON, "max_concurrent_searches", "routing")
 PARAMS: dict[Handler, tuple[str, ...]] = {
     cluster.info: (),
     cluster.license_: ("accept_enterprise", "local"),
@@ -171,6 +192,12 @@ PARAMS: dict[Handler, tuple[str, ...]] = {
     mget_all: READS,
     es_bulk.bulk: (*WRITES, "require_data_stream", "list_executed_pipelines"),
     bulk_all: (*WRITES, "require_data_stream", "list_executed_pipelines"),
+    es_search.search: SEARCH,
+    es_search.count: (*INDICES, "preference", "routing", "ignore_throttled"),
+    es_search.msearch: MSEARCH,
+    es_search.msearch_all: MSEARCH,
+    es_mapping.mapping: (*INDICES, "local", "master_timeout"),
+    es_mapping.field_caps: (*INDICES, "fields", "include_unmapped", "include_empty_fields"),
 }
 
 

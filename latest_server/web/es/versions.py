@@ -15,18 +15,23 @@ written with (``Packet.es_version``).
 
 from __future__ import annotations
 
+import time
+
 from latest_server.times import MAX_US, UNIT_TO_US, epoch_to_us, epoch_unit
 from latest_server.web.es.errors import IllegalArgument
 
 
 class VersionScale:
-    def __init__(self, scale: str, time_unit: str) -> None:
+    def __init__(self, scale: str, time_unit: str, max_future: float = 0.0) -> None:
         self.epoch = scale == "epoch"
         self.time_unit = time_unit
+        self.max_future_us = round(max_future * 1_000_000)  # LATEST_MAX_FUTURE; 0: no bound
+        self.horizon_us = -MAX_US if self.max_future_us else MAX_US  # as packets.PacketParser
 
     def compared(self, version: int) -> int:
         """``version`` (>= 0) as every path compares it; an IllegalArgument past 2**53, which
-        Redis' doubles keep exactly (epoch µs until the year 2255)."""
+        Redis' doubles keep exactly (epoch µs until the year 2255), or on the epoch scale past
+        LATEST_MAX_FUTURE ahead of the clock (read only past the last bound, as packets do)."""
         if not self.epoch:
             if version > MAX_US:
                 raise IllegalArgument(
@@ -41,6 +46,16 @@ class VersionScale:
                 f"version [{version}], an epoch time in {unit}, is after the year 2255 "
                 f"({MAX_US} µs), the latest version latest-server keeps exactly "
                 "(LATEST_ES_VERSION_SCALE=raw compares versions as given)"
+            )
+        if found > self.horizon_us:
+            self.horizon_us = time.time_ns() // 1000 + self.max_future_us
+        if found > self.horizon_us:
+            # A version years ahead (a delete at 2**53 leaves such a tombstone) would win
+            # against every later write: refused as a packet time that far ahead is.
+            unit = epoch_unit(version, self.time_unit)
+            raise IllegalArgument(
+                f"[future_time] version [{version}], an epoch time in {unit}, is more than "
+                f"{self.max_future_us / 1e6:g} s ahead of the server clock (LATEST_MAX_FUTURE)"
             )
         return found
 

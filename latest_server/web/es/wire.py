@@ -23,15 +23,16 @@ PRODUCT_HEADER = {"X-Elastic-Product": "Elasticsearch"}
 JSON = "application/json"
 
 
-async def body(request: Request, limit: int) -> bytes:
+async def body(request: Request, limit: int, setting: str = "LATEST_MAX_BODY_BYTES") -> bytes:
     """The request body, decoded by its ``Content-Encoding`` (web/_request.py: every gzip
-    member, or a 400 ``parse_exception``); 413 past ``limit`` bytes, sent or decoded."""
+    member, or a 400 ``parse_exception``); 413 past ``limit`` bytes (``setting``), sent or
+    decoded."""
     try:
         raw = await read_decoded(request, limit)
     except BadEncoding as exc:
         raise ParseError(exc.message) from None
     if raw is None:
-        raise TooLarge(f"request body is larger than {limit} bytes (LATEST_MAX_BODY_BYTES)")
+        raise TooLarge(f"request body is larger than {limit} bytes ({setting})")
     return raw
 
 

@@ -23,11 +23,13 @@ from typing import Any
 import orjson
 
 from latest_server import keys
+from latest_server.access import ANONYMOUS, Principal
 from latest_server.errors import PacketRejected
 from latest_server.ingestor import Ingestor, Origins
 from latest_server.packets import MAX_ID_LENGTH, Packet, PacketParser, dump
 from latest_server.settings import Settings
 from latest_server.stores.base import LatestStore, WriteOutcome
+from latest_server.web.es import authz
 from latest_server.web.es.errors import DocumentParsing, EsError, IllegalArgument, VersionConflict
 from latest_server.web.es.indices import Indices, check_name
 from latest_server.web.es.ops import SHARDS, ItemResult, WriteOp, auto_id, check_id, failure
@@ -56,14 +58,20 @@ class Writer:
         # (index, _id or None, id field) → (_id, variable id, key): see _resolve
         self.resolved: dict[tuple[str, str | None, str | None], tuple[str, str, str]] = {}
         self.default_gte = settings.version_type == "external_gte"
-        self.versions = VersionScale(settings.es_version_scale, settings.time_unit)
+        self.versions = VersionScale(
+            settings.es_version_scale, settings.time_unit, settings.max_future
+        )
         self.updates = Updates(self, parser, ingestor, latest, indices, self.versions)
 
-    async def run(self, ops: Sequence[WriteOp]) -> list[ItemResult]:
+    async def run(
+        self, ops: Sequence[WriteOp], principal: Principal = ANONYMOUS
+    ) -> list[ItemResult]:
         """Execute ``ops`` in request order: each run of index/create goes to the store as one
         batch (one round trip), its packets built while the store writes the earlier ones; a
         delete or update runs on its own, after the run before it."""
         results: list[ItemResult | None] = [None] * len(ops)
+        for op in ops:
+            authz.check_op(principal, op)
         names = {op.index for op in ops if op.error is None}
         await self.indices.ensure({name for name in names if self.valid(name)})
         count = len(ops)
@@ -73,7 +81,7 @@ class Writer:
             while end < count and (ops[end].op in WRITES or ops[end].error is not None):
                 end += 1
             if end > start:
-                await self._write_run(ops, start, end, results)
+                await self._write_run(ops, start, end, results, principal)
                 start = end
                 continue
             op = ops[start]
@@ -91,13 +99,19 @@ class Writer:
         return [result for result in results if result is not None]
 
     async def _write_run(
-        self, ops: Sequence[WriteOp], start: int, end: int, results: list[ItemResult | None]
+        self,
+        ops: Sequence[WriteOp],
+        start: int,
+        end: int,
+        results: list[ItemResult | None],
+        principal: Principal,
     ) -> None:
         """Index/create ``ops[start:end]`` as one batch; an op that fails before the store gets
         its error item and is left out."""
         # Each packet's position and its item, built while Redis writes the packets before it.
         origins: Origins[tuple[int, dict[str, Any]]] = Origins()
         add = origins.add
+        prefixed = principal.prefixes is not None
 
         def packets() -> Iterator[Packet]:
             for position in range(start, end):
@@ -113,6 +127,10 @@ class Writer:
                     continue
                 except PacketRejected as exc:
                     results[position] = failure(op, DocumentParsing(exc.message))
+                    continue
+                if prefixed and not principal.covers(packet.variable_id):
+                    refused = authz.denied(principal, authz.OP_ACTIONS[op.op], op.index, op.doc_id)
+                    results[position] = failure(op, refused or EsError("forbidden"))
                     continue
                 yield add((position, self._item(op, packet)), packet)
 
@@ -162,6 +180,8 @@ class Writer:
                 source, raw, variable_id, key, sent, version_type, self.versions.compared
             )
         except PacketRejected as exc:
+            if exc.code == "future_time":
+                raise IllegalArgument(f"[future_time] {exc.message}") from None
             if exc.code != "too_large":
                 raise
             raise IllegalArgument(

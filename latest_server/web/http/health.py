@@ -1,6 +1,9 @@
-"""Health: /healthz (the process answers), /readyz (Redis reachable and every edge connected)."""
+"""Health: /healthz (the process answers, and its pid), /readyz (Redis reachable and every edge
+connected)."""
 
 from __future__ import annotations
+
+import os
 
 import orjson
 from starlette.requests import Request
@@ -10,7 +13,10 @@ from latest_server.resources import Resources
 
 
 async def healthz(request: Request) -> Response:
-    return Response(b'{"status":"ok"}', media_type="application/json")
+    """The pid says which process of ``serve --workers N`` answered."""
+    return Response(
+        orjson.dumps({"status": "ok", "pid": os.getpid()}), media_type="application/json"
+    )
 
 
 async def readyz(request: Request) -> Response:

@@ -23,6 +23,7 @@ from latest_server.packets import lookup
 from latest_server.resources import Resources
 from latest_server.stores import segments
 from latest_server.stores.segments import Window
+from latest_server.web._request import covered
 from latest_server.web.cursors import decode_cursor, encode_cursor
 from latest_server.web.entries import entries_as_dicts
 from latest_server.web.http import aggregate
@@ -56,6 +57,7 @@ async def get_history(request: Request) -> Response:
         return await aggregate.get_aggregate(request)
     resources: Resources = request.app.state.resources
     variable_id: str = request.path_params.get("variable_id", "")
+    covered(request, [variable_id])
     if not variable_id:
         raise NotFound("name a variable: GET /history/{id} (the id URL-encoded)")
     query = request.query_params

@@ -20,6 +20,7 @@ from starlette.responses import Response
 from latest_server.errors import StoreUnavailable
 from latest_server.resources import Resources
 from latest_server.stores.latest_redisjson import RedisJsonLatestStore
+from latest_server.web._request import covered
 
 MAX_ID_CHARS = 512  # the IUDX resource server's limit on an id (its API documentation)
 DEFAULT_SIZE = 10  # the data plane's page size when none is given
@@ -92,6 +93,7 @@ async def _answer(request: Request, flavor: Flavor) -> Response:
         raise Refused("name a resource: /entities/{id}")
     if len(entity_id) > MAX_ID_CHARS:
         raise Refused(f"an id has at most {MAX_ID_CHARS} characters")
+    covered(request, [entity_id])  # a token limited to prefixes reads only under them: 403
     page, size = _page(request, flavor)
     [found] = await resources.latest.mget([entity_id])
     docs: list[bytes] | None = [found.doc] if found is not None else None

@@ -6,20 +6,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import orjson
 from redis.exceptions import RedisError
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from latest_server import keys
-from latest_server.errors import PacketRejected, StoreUnavailable
+from latest_server.access import (
+    AUTHENTICATE_KEY,
+    READ,
+    Principal,
+    client_key,
+    principal_of,
+    set_principal,
+)
+from latest_server.errors import PacketRejected, StoreUnavailable, Unauthorized
 from latest_server.web._request import json_error
 from latest_server.web.ws import protocol
 from latest_server.web.ws.direct import abort, stuck
 from latest_server.web.ws.hub import Hub
-from latest_server.web.ws.protocol import CLOSE_SERVER_SHUTDOWN, CLOSE_TRY_AGAIN
+from latest_server.web.ws.protocol import CLOSE_POLICY, CLOSE_SERVER_SHUTDOWN, CLOSE_TRY_AGAIN
 from latest_server.web.ws.socket import Socket
 from latest_server.web.ws.tasks import stop_tasks
 
@@ -40,20 +49,35 @@ async def websocket(ws: WebSocket, send: Send) -> None:
     hub: Hub = ws.app.state.hub
     cap = hub.settings.ws_max_connections
     if hub.connections >= cap:
-        return await _refuse(ws, cap)
+        log.warning("websocket refused: %d connections open (LATEST_WS_MAX_CONNECTIONS)", cap)
+        return await _refuse(
+            ws, f"this server holds at most {cap} websocket connections; try again later"
+        )
+    client = client_key(ws.scope)
+    per_client = hub.settings.ws_max_connections_per_client
+    if hub.per_client[client] >= per_client:
+        log.info("websocket refused: %s holds %d connections", client, per_client)
+        return await _refuse(
+            ws,
+            f"this client holds {per_client} websocket connections, the most one client may "
+            "(LATEST_WS_MAX_CONNECTIONS_PER_CLIENT); close one or try again later",
+        )
     hub.connections += 1
+    hub.per_client[client] += 1
     try:
         await ws.accept()
         await _serve(hub, ws, send)
     finally:
         hub.connections -= 1
+        hub.per_client[client] -= 1
+        if not hub.per_client[client]:
+            del hub.per_client[client]
 
 
-async def _refuse(ws: WebSocket, cap: int) -> None:
-    """Answer an upgrade past LATEST_WS_MAX_CONNECTIONS with 503 (or, where the server cannot
-    answer an upgrade with a response, accept and close with 1013, "try again later")."""
-    log.warning("websocket refused: %d connections open (LATEST_WS_MAX_CONNECTIONS)", cap)
-    reason = f"this server holds at most {cap} websocket connections; try again later"
+async def _refuse(ws: WebSocket, reason: str) -> None:
+    """Answer an upgrade past LATEST_WS_MAX_CONNECTIONS (or past the client's share,
+    LATEST_WS_MAX_CONNECTIONS_PER_CLIENT) with 503 (or, where the server cannot answer an
+    upgrade with a response, accept and close with 1013, "try again later")."""
     if "websocket.http.response" in ws.scope.get("extensions", {}):
         await ws.send_denial_response(json_error(503, "too_many_connections", reason))
         return
@@ -68,7 +92,13 @@ async def _serve(hub: Hub, ws: WebSocket, send: Send) -> None:
     gone: int | None = None  # the code of the disconnect received
     try:
         while not socket.closed:
-            message = await ws.receive()
+            message: Message | None
+            if AUTHENTICATE_KEY in ws.scope:  # no credentials yet: an auth message is due
+                message = await _receive_before(ws, socket, hub.settings.ws_auth_timeout)
+                if message is None:
+                    break
+            else:
+                message = await ws.receive()
             if message["type"] == "websocket.disconnect":
                 gone = message.get("code")
                 break
@@ -90,6 +120,20 @@ async def _serve(hub: Hub, ws: WebSocket, send: Send) -> None:
             # once its buffer is written: from a client that reads nothing, never, and the
             # shutdown waits for every connection. Dropped now.
             abort(ws.scope)
+
+
+async def _receive_before(ws: WebSocket, socket: Socket, within: float) -> Message | None:
+    """The next message of a socket that has not authenticated, or None once the socket is
+    closed with 1008 because its ``auth`` message is overdue (LATEST_WS_AUTH_TIMEOUT since the
+    upgrade)."""
+    deadline = ws.scope.setdefault("latest.auth_deadline", time.monotonic() + within)
+    try:
+        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            return await ws.receive()
+    except TimeoutError:
+        socket.error("unauthorized", f"no auth message within {within:g} s")
+        await socket.close(CLOSE_POLICY, "authenticate first")
+        return None
 
 
 async def _discard_until(ws: WebSocket, closer: asyncio.Task[None]) -> int | None:
@@ -138,12 +182,22 @@ async def handle(hub: Hub, socket: Socket, text: str) -> None:
     op = message.get("op")
     if op == "ping":
         return socket.control({"type": "pong"})
+    if op == "auth" or message.get("type") == "auth":
+        return authenticate(socket, message)
+    if not principal_of(socket.ws.scope).can(READ):
+        return socket.error(
+            "unauthorized", 'authenticate first: send {"type": "auth", "token": "<token>"}'
+        )
     if op in ("subscribe", "unsubscribe") and "sessions" in message:
         sessions = protocol.ids(message, "sessions")
         if sessions is None:
             return socket.error("bad_sessions", '"sessions" must be a non-empty list of ids')
+        principal = principal_of(socket.ws.scope)
+        if principal.prefixes is not None and op == "subscribe":
+            sessions = covered(socket, principal, sessions, "session")
         if op == "subscribe":
-            await watch(hub, socket, sessions)
+            if sessions:
+                await watch(hub, socket, sessions)
         else:
             hub.unwatch(socket, sessions)
             socket.watched.difference_update(sessions)
@@ -166,6 +220,47 @@ async def handle(hub: Hub, socket: Socket, text: str) -> None:
     return socket.error(
         "unknown_op", f"unknown op {str(op)[:64]!r}: use subscribe, unsubscribe or ping"
     )
+
+
+def authenticate(socket: Socket, message: dict[str, Any]) -> None:
+    """``{"type": "auth", "token": "..."}``: the socket acts as the token's principal from now
+    on. Only a socket that came without credentials, where tokens are needed, authenticates."""
+    scope = socket.ws.scope
+    check = scope.get(AUTHENTICATE_KEY)
+    if check is None:  # authenticated by its upgrade's header, or no tokens are needed
+        return socket.control({"type": "authenticated", "name": principal_of(scope).name})
+    token = message.get("token")
+    if not isinstance(token, str) or not token:
+        return socket.error("unauthorized", '"token" must be a non-empty string')
+    try:
+        principal = check(token)
+    except Unauthorized as exc:
+        return socket.error("unauthorized", exc.message)
+    if not principal.can(READ):
+        return socket.error("forbidden", f"token {principal.name!r} lacks the 'read' scope")
+    set_principal(scope, principal)
+    del scope[AUTHENTICATE_KEY]
+    return socket.control({"type": "authenticated", "name": principal.name})
+
+
+def covered(socket: Socket, principal: Principal, ids: list[str], kind: str = "id") -> list[str]:
+    """The ids ``principal`` may read; an error frame naming each other one (as ``kind``: a
+    variable's ``id``, or a ``session``)."""
+    allowed = []
+    for variable_id in ids:
+        if principal.covers(variable_id):
+            allowed.append(variable_id)
+            continue
+        socket.control(
+            {
+                "type": "error",
+                "reason": "forbidden",
+                kind: variable_id,
+                "message": f"token {principal.name!r} may not read this {kind} "
+                "(outside its prefixes)",
+            }
+        )
+    return allowed
 
 
 async def watch(hub: Hub, socket: Socket, sessions: list[str]) -> None:
@@ -194,6 +289,11 @@ async def subscribe(hub: Hub, socket: Socket, message: dict[str, Any]) -> None:
     ids = protocol.ids(message)
     if ids is None:
         return socket.error("bad_ids", '"ids" must be a non-empty list of variable ids')
+    principal = principal_of(socket.ws.scope)
+    if principal.prefixes is not None:
+        ids = covered(socket, principal, ids)
+        if not ids:
+            return None
     modes = [name for name in ("since", "from", "latest") if message.get(name) not in (None, False)]
     if len(modes) > 1:
         return socket.error(

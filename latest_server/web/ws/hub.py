@@ -6,6 +6,7 @@ LATEST_WS_MAX_CONNECTIONS sockets (endpoint.py answers the next upgrade 503)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Iterable
 
@@ -38,6 +39,8 @@ class Hub:
         self.catchups = asyncio.Semaphore(CATCHUPS)
         self.sockets: set[Socket] = set()
         self.connections = 0  # sockets accepted or being accepted (LATEST_WS_MAX_CONNECTIONS)
+        # the same per client (access.client_key): LATEST_WS_MAX_CONNECTIONS_PER_CLIENT
+        self.per_client: collections.Counter[str] = collections.Counter()
         self._closing: set[asyncio.Task[None]] = set()  # slow sockets being closed
         self._probe: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None

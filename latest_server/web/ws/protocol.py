@@ -13,6 +13,7 @@ CLOSE_SLOW = 4008  # "slow: resume with since" (Centrifugo uses 3008)
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN = 1013
 CLOSE_SERVER_SHUTDOWN = 1012  # "service restart": what uvicorn's shutdown sends
+CLOSE_POLICY = 1008  # "policy violation": no auth message in LATEST_WS_AUTH_TIMEOUT
 MAX_ID_LENGTH = 1024
 FRAME_CACHE = 100_000  # variables whose last entry frame is kept
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from latest_server.stores.ranges import Entry
+
 Buffered = tuple[int, int, int, bytes]  # a live entry held while switching: epoch, seq, ts, doc
 
 
@@ -31,4 +33,16 @@ def splice(epoch: int, seq: int, buffered: Sequence[Buffered]) -> list[Buffered]
         return None
     if all(found == seq + n for n, (found, _) in enumerate(rest, start=1)):
         return [b for _, b in rest]
+    return None
+
+
+def diverged(sent: Iterable[tuple[int, int]], seq: int, stored: Iterable[Entry]) -> int | None:
+    """The first seq at or below ``seq`` among the last entries ``sent`` (seq, ts) whose stored
+    entry is another one (another ts): history was replaced from there (a failover to a replica
+    that lacked them, and newer writes took their seqs). None if every one is as sent; a seq no
+    tier holds is not counted (the range reader names it as lost)."""
+    ts_of = {entry.seq: entry.ts for entry in stored}
+    for sent_seq, ts in sent:
+        if sent_seq <= seq and ts_of.get(sent_seq, ts) != ts:
+            return sent_seq
     return None

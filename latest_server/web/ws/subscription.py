@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import Any, Literal, Protocol
 
 import orjson
@@ -40,7 +41,7 @@ from latest_server.errors import StoreUnavailable
 from latest_server.feed import LiveFeed
 from latest_server.stores.ranges import Position, Range, RangeReader
 from latest_server.web.ws.protocol import FrameCache, entry
-from latest_server.web.ws.splice import Buffered, read_to, splice
+from latest_server.web.ws.splice import Buffered, diverged, read_to, splice
 from latest_server.web.ws.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ SWITCH_AT = 512  # entries behind the top below which catching up ends and switc
 BUFFER_LIMIT = 20_000  # live entries buffered while switching; past it, catch up again
 CHUNK_BYTES = 65_536  # about this much per backlog frame (a burst, as RTA sends)
 RETRY_MIN, RETRY_MAX = 0.1, 5.0  # seconds between reads while a store is unavailable
+CHECKED = 256  # last entries sent whose seq and ts are checked against the stores on confirmed
 
 
 class Outbox(Protocol):
@@ -100,6 +102,8 @@ class Subscription:
         self.buffer: list[Buffered] | None = None
         self.wake = asyncio.Event()
         self.probe_top = 0  # the top seen by the previous tail probe
+        self.sent: deque[tuple[int, int]] = deque(maxlen=CHECKED)  # (seq, ts) of the last sent
+        self.check = False  # the feed resubscribed: are the entries sent still those stored?
         self.task: asyncio.Task[None] | None = None
         self.closed = False  # final: no mode change brings the subscription back
 
@@ -187,6 +191,11 @@ class Subscription:
             )
             self.epoch = position.epoch
             self.seq = position.base
+            self.sent.clear()
+        elif self.seq is not None and self.seq > position.top:
+            # History went back: a failover promoted a replica that lacked the last entries
+            # sent (replication is asynchronous); the next entries take their seqs again.
+            self._went_back(position.top + 1)
         if self.seq is None or self.seq < position.base:
             self.seq = position.base
         return True
@@ -224,6 +233,13 @@ class Subscription:
                 self._go_live()  # nothing stored yet: the first entry will start the epoch
                 return
             assert self.epoch is not None and self.seq is not None
+            if self.check and self.sent:
+                self.check = False
+                low = min(self.sent[0][0] - 1, self.seq)
+                stored = await self.ranges.read_range(self.key, self.epoch, low, self.seq)
+                first = diverged(self.sent, self.seq, stored.entries)
+                if stored.position.epoch == self.epoch and first is not None:
+                    self._went_back(first)
             high = read_to(position.top, self.epoch, self.buffer or [])
             if high - self.seq > BUFFER_LIMIT:
                 self.mode = "catchup"  # too far behind to switch in one read
@@ -249,6 +265,17 @@ class Subscription:
                     return
             self._go_live()
             return
+
+    def _went_back(self, first: int) -> None:
+        """History from ``first`` on is not what was sent: a reset names it; what follows is new."""
+        assert self.seq is not None
+        lost = [first, self.seq]
+        self.seq = first - 1
+        while self.sent and self.sent[-1][0] >= first:
+            self.sent.pop()
+        self.outbox.control(
+            {"type": "reset", "id": self.id, "epoch": self.epoch, "lost": lost, "seq": self.seq}
+        )
 
     def _read_again(self) -> None:
         if not self.closed:
@@ -287,6 +314,7 @@ class Subscription:
                 pages.append((self._lost_frame(gap), gap[1]))
                 gap = next(lost, None)
             last = stored.seq
+            self.sent.append((stored.seq, stored.ts))
             if self.from_us is not None and stored.ts < self.from_us:
                 continue  # before the asked time: skipped, but it counts for contiguity
             chunk.append(entry(self.epoch, stored))
@@ -327,8 +355,10 @@ class Subscription:
                 self.mode = "catchup"
 
     def confirmed(self) -> None:
-        """The feed (re)subscribed: whatever was published meanwhile is in the stores."""
+        """The feed (re)subscribed: what was published meanwhile is in the stores (and what was
+        sent may not be, after a failover: checked when switching)."""
         if self.mode == "live":
+            self.check = True
             self.buffer = []
             self._fall_back("switching")
 
@@ -359,6 +389,7 @@ class Subscription:
         if not self.outbox.offer(self.frames.entry(self.id, epoch, seq, ts, doc), self, seq):
             return False
         self.seq = seq
+        self.sent.append((seq, ts))
         return True
 
     def _fall_back(self, mode: Mode) -> None:
