@@ -58,6 +58,7 @@ class Task:
     part: tuple[int, int] = (0, 1)
     hot: pa.Table | None = None
     hashes: bool = False  # keep the hash column, even of one object alone
+    whole: bool = False  # small objects: one GET of each, not a footer's and the columns'
 
 
 _STORES: dict[tuple[str, Settings], ObjectStore] = {}
@@ -82,7 +83,10 @@ def rows_of(task: Task, store: ObjectStore | None = None) -> pa.Table:
     # One object alone in its span is sorted and holds no duplicates (see aggregate.py): its
     # hashes (20 incompressible bytes a row, most of what a read of numbers would fetch) are
     # not needed.
-    tables = [read_object(store, n, task.spec, task.part, hashes=not alone) for n in task.names]
+    tables = [
+        read_object(store, n, task.spec, task.part, hashes=not alone, whole=task.whole)
+        for n in task.names
+    ]
     if task.hot is not None:
         tables.append(hot_rows(task.hot, task.spec.fields))
     if alone:
@@ -91,13 +95,20 @@ def rows_of(task: Task, store: ObjectStore | None = None) -> pa.Table:
 
 
 def read_object(
-    store: ObjectStore, name: str, spec: Spec, part: tuple[int, int], *, hashes: bool = True
+    store: ObjectStore,
+    name: str,
+    spec: Spec,
+    part: tuple[int, int],
+    *,
+    hashes: bool = True,
+    whole: bool = False,
 ) -> pa.Table:
     """Slice ``part`` of the row groups of object ``name`` that overlap the window: ts, seq,
     hash (unless not ``hashes``) and the ``n:`` columns of the fields (the documents only for
     a field without one)."""
     window = spec.window
-    with store.open(name) as source:
+    opened = pa.BufferReader(store.get(name)) if whole else store.open(name)
+    with opened as source:
         parquet = pq.ParquetFile(source, pre_buffer=True)
         present = set(parquet.schema_arrow.names)
         stored = [f for f in spec.fields if NUMBER_PREFIX + f in present]

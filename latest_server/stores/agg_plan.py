@@ -11,6 +11,7 @@ join it (the cluster becomes one de-duplicating task); the rest are aggregated a
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +22,7 @@ from latest_server.stores import tiers
 from latest_server.stores.agg_parts import Spec, Task
 from latest_server.stores.segments import ROW_GROUP_ROWS, Window
 
+WHOLE_BYTES = 1024 * 1024  # objects this small are read whole (see agg_parts.HOLE_BYTES)
 ROWS_PER_TASK = 8 * ROW_GROUP_ROWS  # a task's share of an object
 MAX_TASKS_PER_OBJECT = 64
 
@@ -41,12 +43,16 @@ def clusters_of(
     spec: Spec,
     objects_url: str,
     settings: Settings,
+    sizes: Mapping[str, int] | None = None,
 ) -> list[Cluster]:
     """The clusters of a variable's objects that overlap the window, with their tasks (as if
-    no hot entry fell in their span: see with_hot)."""
+    no hot entry fell in their span: see with_hot). Objects of ``sizes`` up to WHOLE_BYTES are
+    read whole, in one request instead of a footer's and the columns'."""
+    sizes = sizes or {}
     out = []
     for group in _overlapping(chosen):
         names = tuple(s.name for s in group)
+        whole = all(sizes.get(name, WHOLE_BYTES + 1) <= WHOLE_BYTES for name in names)
         estimate = sum(_estimate(s, spec.window) for s in group)
         cluster = Cluster(
             key, names, min(s.min_ts for s in group), max(s.max_ts for s in group), estimate
@@ -54,10 +60,11 @@ def clusters_of(
         if len(group) == 1:
             count = max(1, min(MAX_TASKS_PER_OBJECT, math.ceil(estimate / ROWS_PER_TASK)))
             cluster.tasks = [
-                Task(objects_url, settings, names, spec, (k, count)) for k in range(count)
+                Task(objects_url, settings, names, spec, (k, count), whole=whole)
+                for k in range(count)
             ]
         else:
-            cluster.tasks = [Task(objects_url, settings, names, spec)]
+            cluster.tasks = [Task(objects_url, settings, names, spec, whole=whole)]
         out.append(cluster)
     return out
 
@@ -77,7 +84,14 @@ def with_hot(
             continue
         taken |= inside
         first = cluster.tasks[0]
-        task = Task(first.objects_url, first.settings, cluster.names, spec, hot=hot.filter(inside))
+        task = Task(
+            first.objects_url,
+            first.settings,
+            cluster.names,
+            spec,
+            hot=hot.filter(inside),
+            whole=first.whole,
+        )
         redone.append((cluster, task))
     rest = hot.filter(pa.array(~taken)) if taken.any() else hot
     return redone, rest

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 
 from latest_server import keys
 from latest_server.errors import BadRequest, ObjectMissing, StoreUnavailable
@@ -141,6 +141,8 @@ class Aggregator:
                 getsizeof=lambda result: result.nbytes,
             )
         self._pool: ProcessPoolExecutor | None = None
+        # object sizes from the last listings (names are never reused for other content)
+        self._sizes: LRUCache[str, int] = LRUCache(100_000)
         self._threads = ThreadPoolExecutor(THREADS, thread_name_prefix="aggregate")
 
     def close(self) -> None:
@@ -243,7 +245,9 @@ class Aggregator:
         for _attempt in range(RELIST_ATTEMPTS):
             listed = await self._list(variables, spec)
             clusters = {
-                key: agg_plan.clusters_of(key, chosen, spec, self.objects_url, self.settings)
+                key: agg_plan.clusters_of(
+                    key, chosen, spec, self.objects_url, self.settings, self._sizes
+                )
                 for key, chosen in listed.items()
             }
             every = [c for found in clusters.values() for c in found]
@@ -317,6 +321,8 @@ class Aggregator:
                 for o in found
                 if o.name.rsplit("/", 2)[-2] in ("merged", "transfer")
             ]
+            for o in found:
+                self._sizes[o.name] = o.size
             return [s for s in listed if spec.window.overlaps(s.min_ts, s.max_ts)]
 
         found = await asyncio.gather(*(one(key) for key in variables))
