@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pj
 import pyarrow.parquet as pq
 
 from latest_server.settings import Settings
@@ -24,6 +25,9 @@ from latest_server.stores.segments import NUMBER_PREFIX, Window
 
 VALUE = "v:"
 KEYS = ("ts", "seq", "hash")
+# A hole worth reading rather than a request more: ~10 ms a request (S3's first byte, or a
+# loaded moto) at ~200 MB/s is 2 MB.
+HOLE_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +49,7 @@ class Spec:
 @dataclass(frozen=True)
 class Task:
     """Row-group slice ``part`` = (k, K) of one object, or whole objects (several, or with
-    ``hot`` rows of their time span), to be de-duplicated together."""
+    ``hot`` entries of their time span: ts, seq, hash, doc), to be de-duplicated together."""
 
     objects_url: str
     settings: Settings
@@ -53,6 +57,8 @@ class Task:
     spec: Spec
     part: tuple[int, int] = (0, 1)
     hot: pa.Table | None = None
+    hashes: bool = False  # keep the hash column, even of one object alone
+    whole: bool = False  # small objects: one GET of each, not a footer's and the columns'
 
 
 _STORES: dict[tuple[str, Settings], ObjectStore] = {}
@@ -73,23 +79,41 @@ def run(task: Task, store: ObjectStore | None = None) -> partials.Partial:
 
 def rows_of(task: Task, store: ObjectStore | None = None) -> pa.Table:
     store = store or _store(task.objects_url, task.settings)
-    tables = [read_object(store, name, task.spec, task.part) for name in task.names]
+    alone = len(task.names) == 1 and task.hot is None and not task.hashes
+    # One object alone in its span is sorted and holds no duplicates (see aggregate.py): its
+    # hashes (20 incompressible bytes a row, most of what a read of numbers would fetch) are
+    # not needed.
+    tables = [
+        read_object(store, n, task.spec, task.part, hashes=not alone, whole=task.whole)
+        for n in task.names
+    ]
     if task.hot is not None:
-        tables.append(task.hot)
-    if len(tables) == 1 and task.hot is None:
-        return tables[0]  # one object: sorted, and without duplicates (see aggregate.py)
+        tables.append(hot_rows(task.hot, task.spec.fields))
+    if alone:
+        return tables[0]
     return deduplicate(pa.concat_tables(tables))
 
 
-def read_object(store: ObjectStore, name: str, spec: Spec, part: tuple[int, int]) -> pa.Table:
+def read_object(
+    store: ObjectStore,
+    name: str,
+    spec: Spec,
+    part: tuple[int, int],
+    *,
+    hashes: bool = True,
+    whole: bool = False,
+) -> pa.Table:
     """Slice ``part`` of the row groups of object ``name`` that overlap the window: ts, seq,
-    hash and the ``n:`` columns of the fields (the documents only for a field without one)."""
+    hash (unless not ``hashes``) and the ``n:`` columns of the fields (the documents only for
+    a field without one)."""
     window = spec.window
-    with store.open(name) as source:
+    opened = pa.BufferReader(store.get(name)) if whole else store.open(name)
+    with opened as source:
         parquet = pq.ParquetFile(source, pre_buffer=True)
         present = set(parquet.schema_arrow.names)
         stored = [f for f in spec.fields if NUMBER_PREFIX + f in present]
-        columns = [*KEYS, *(NUMBER_PREFIX + f for f in stored)]
+        keys = KEYS if hashes else KEYS[:2]
+        columns = [*keys, *(NUMBER_PREFIX + f for f in stored)]
         if len(stored) < len(spec.fields):
             columns.append("doc")
         meta = parquet.metadata
@@ -107,11 +131,11 @@ def read_object(store: ObjectStore, name: str, spec: Spec, part: tuple[int, int]
         k, of = part
         groups = groups[k * len(groups) // of : (k + 1) * len(groups) // of]
         if not groups:
-            return empty_rows(spec.fields)
+            return empty_rows(spec.fields, hashes)
         prefetch = getattr(source, "prefetch", None)
         if prefetch is not None:  # a remote object: every chunk needed, side by side
             indices = [parquet.schema_arrow.get_field_index(c) for c in columns]
-            prefetch(segments._chunk_ranges(meta, groups, indices))
+            prefetch(spans(segments._chunk_ranges(meta, groups, indices)))
         table = parquet.read_row_groups(groups, columns=columns)
     if not inside:
         table = table.filter(window.mask(table))
@@ -121,26 +145,71 @@ def read_object(store: ObjectStore, name: str, spec: Spec, part: tuple[int, int]
             numbers[f] = table.column(NUMBER_PREFIX + f)
         else:
             numbers[f] = segments.numbers(table.column("doc"), tuple(f.split(".")))
-    return _rows(table, numbers)
+    return _rows(table, numbers, hashes)
+
+
+def spans(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(start, length) ranges joined across holes under HOLE_BYTES: a few columns of many row
+    groups are many small ranges, and a request costs more than the bytes of such a hole
+    (the documents between two row groups' numbers) take to arrive."""
+    out: list[list[int]] = []
+    for start, length in sorted(ranges):
+        if out and start - out[-1][1] <= HOLE_BYTES:
+            out[-1][1] = max(out[-1][1], start + length)
+        else:
+            out.append([start, start + length])
+    return [(a, b - a) for a, b in out]
 
 
 def hot_rows(entries: pa.Table, fields: tuple[str, ...]) -> pa.Table:
-    """The rows of hot entries (ts, seq, hash, doc): numbers parsed from the documents, by
-    pyarrow's JSON reader where the documents parse as one table, else one by one."""
-    parse = entries.num_rows and fields
-    found = segments.number_columns(entries.column("doc")) if parse else {}
+    """The rows of hot entries (ts, seq, hash, doc): numbers parsed from the documents by
+    pyarrow's JSON reader, told to read only the fields (as float64) and skip the rest; one
+    document at a time where that fails (a field that is text in some document)."""
+    docs = entries.column("doc")
     numbers = {}
     for f in fields:
-        column = found.get(f)
-        if column is None:
-            column = segments.numbers(entries.column("doc"), tuple(f.split(".")))
-        numbers[f] = column
+        column = json_numbers(docs, f) if entries.num_rows else None
+        numbers[f] = segments.numbers(docs, tuple(f.split("."))) if column is None else column
     return _rows(entries, numbers)
 
 
-def _rows(table: pa.Table, numbers: dict[str, Any]) -> pa.Table:
-    arrays = [table.column(k) for k in KEYS]
-    names = list(KEYS)
+def json_numbers(docs: pa.Array | pa.ChunkedArray, path: str) -> pa.Array | None:
+    """The float64 at dotted ``path`` of each document (null where absent), or None if some
+    document holds anything but a number (or an object on the way) there."""
+    if isinstance(docs, pa.ChunkedArray):
+        docs = docs.combine_chunks()
+    parts = path.split(".")
+    kind: pa.DataType = pa.float64()
+    for part in reversed(parts[1:]):
+        kind = pa.struct([pa.field(part, kind)])
+    schema = pa.schema([pa.field(parts[0], kind)])
+    lines = pc.binary_join_element_wise(docs, pa.scalar(b"", pa.binary()), b"\n")
+    offsets = np.frombuffer(lines.buffers()[1], np.int32)[
+        lines.offset : lines.offset + len(lines) + 1
+    ]
+    data = lines.buffers()[2][int(offsets[0]) : int(offsets[-1])]
+    longest = pc.max(pc.binary_length(docs)).as_py() or 0
+    try:
+        parsed = pj.read_json(
+            pa.BufferReader(data),
+            read_options=pj.ReadOptions(block_size=max(1 << 20, 2 * longest)),
+            parse_options=pj.ParseOptions(
+                explicit_schema=schema, unexpected_field_behavior="ignore"
+            ),
+        )
+    except pa.ArrowException:
+        return None
+    if parsed.num_rows != len(docs):
+        return None
+    column: Any = parsed.column(0).combine_chunks()
+    for _part in parts[1:]:
+        column = pc.struct_field(column, [0])
+    return column
+
+
+def _rows(table: pa.Table, numbers: dict[str, Any], hashes: bool = True) -> pa.Table:
+    names = list(KEYS if hashes else KEYS[:2])
+    arrays = [table.column(k) for k in names]
     for f, column in numbers.items():
         filled = pc.fill_null(column, np.nan) if column.null_count else column
         arrays.append(filled)
@@ -148,15 +217,14 @@ def _rows(table: pa.Table, numbers: dict[str, Any]) -> pa.Table:
     return pa.Table.from_arrays(arrays, names=names)
 
 
-def empty_rows(fields: tuple[str, ...]) -> pa.Table:
+def empty_rows(fields: tuple[str, ...], hashes: bool = True) -> pa.Table:
+    keys = [pa.array([], pa.int64()), pa.array([], pa.int64()), pa.array([], pa.binary(20))]
+    names = list(KEYS)
+    if not hashes:
+        keys, names = keys[:2], names[:2]
     return pa.Table.from_arrays(
-        [
-            pa.array([], pa.int64()),
-            pa.array([], pa.int64()),
-            pa.array([], pa.binary(20)),
-            *(pa.array([], pa.float64()) for _ in fields),
-        ],
-        names=[*KEYS, *(VALUE + f for f in fields)],
+        [*keys, *(pa.array([], pa.float64()) for _ in fields)],
+        names=[*names, *(VALUE + f for f in fields)],
     )
 
 

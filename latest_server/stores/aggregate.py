@@ -38,39 +38,36 @@ query and each variable's epoch and last seq: a new entry changes the key.
 from __future__ import annotations
 
 import asyncio
-import math
 import multiprocessing
 import os
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 
 from latest_server import keys
 from latest_server.errors import BadRequest, ObjectMissing, StoreUnavailable
 from latest_server.redis_client import redis_bounded
 from latest_server.settings import Settings
-from latest_server.stores import agg_parts, buckets, partials, tiers
-from latest_server.stores.agg_parts import Spec, Task
+from latest_server.stores import agg_parts, agg_plan, agg_points, buckets, partials, tiers
+from latest_server.stores.agg_parts import Spec
 from latest_server.stores.history import ALL, RELIST_ATTEMPTS, HistoryStore
 from latest_server.stores.partials import AGGS, DEFAULT_PERCENTS, NEEDS_VALUES, Partial
-from latest_server.stores.segments import ROW_GROUP_ROWS, Window
+from latest_server.stores.segments import Window
 
 EDGE = 2**62
-ROWS_PER_TASK = 4 * ROW_GROUP_ROWS  # a task's share of an object
-MAX_TASKS_PER_OBJECT = 64
 THREADS = 4  # tasks at once in-process
+VARIABLES_AT_ONCE = 16  # variables whose tiers are read side by side
 
 
 @dataclass(frozen=True)
 class AggQuery:
     keys: tuple[str, ...]
     fields: tuple[str, ...]
-    aggs: tuple[str, ...] = ("avg",)
+    aggs: tuple[str, ...] = ("avg",)  # () with fields=(): only each bucket's docs
     lo: int = -EDGE
     hi: int = EDGE
     interval: buckets.Interval | None = None
@@ -82,7 +79,7 @@ class AggQuery:
 
     def check(self) -> None:
         unknown = [a for a in self.aggs if a not in AGGS]
-        if unknown or not self.aggs:
+        if unknown or (self.fields and not self.aggs):
             raise BadRequest(
                 f"unknown aggregation {', '.join(unknown) or '(none)'}: takes {', '.join(AGGS)}",
                 reason="bad_aggregation",
@@ -126,13 +123,6 @@ class AggResult:
         return size
 
 
-@dataclass
-class _Plan:
-    tasks: list[tuple[str, Task]] = field(default_factory=list)  # (key, task)
-    local: list[tuple[str, pa.Table]] = field(default_factory=list)  # hot rows alone
-    rows: int = 0  # estimated rows to read
-
-
 class Aggregator:
     """Aggregations over ``history``'s tiers; objects at ``objects_url`` (workers reopen it)."""
 
@@ -151,6 +141,8 @@ class Aggregator:
                 getsizeof=lambda result: result.nbytes,
             )
         self._pool: ProcessPoolExecutor | None = None
+        # object sizes from the last listings (names are never reused for other content)
+        self._sizes: LRUCache[str, int] = LRUCache(100_000)
         self._threads = ThreadPoolExecutor(THREADS, thread_name_prefix="aggregate")
 
     def close(self) -> None:
@@ -197,15 +189,7 @@ class Aggregator:
             query.tz,
             values=any(a in NEEDS_VALUES for a in query.aggs),
         )
-        for _attempt in range(RELIST_ATTEMPTS):
-            plan = await self._plan(query.keys, spec)
-            try:
-                found = await self._run(plan, spec)
-            except ObjectMissing:
-                continue  # a merge replaced an object: list again
-            break
-        else:
-            raise StoreUnavailable(f"history kept moving during {RELIST_ATTEMPTS} reads")
+        found, tasks = await self._collect(query.keys, spec)
         by_key: dict[str, list[Partial]] = {key: [] for key in query.keys}
         for key, part in found:
             by_key[key].append(part)
@@ -216,7 +200,7 @@ class Aggregator:
             series = [self._series(key, merged[key], query) for key in query.keys]
         else:
             series = [self._series(None, partials.merge(list(merged.values())), query)]
-        return AggResult(series, entries, len(plan.tasks))
+        return AggResult(series, entries, tasks)
 
     def _series(self, key: str | None, partial: Partial, query: AggQuery) -> Series:
         if query.interval is not None and query.min_doc_count == 0:
@@ -231,6 +215,11 @@ class Aggregator:
                 partial = partials.with_buckets(
                     partial, buckets.bucket_range(lo, hi, query.interval, tz)
                 )
+        if len(partial.starts) > buckets.MAX_BUCKETS:
+            raise BadRequest(
+                f"more than {buckets.MAX_BUCKETS} buckets: widen the interval or narrow the range",
+                reason="too_many_buckets",
+            )
         out = []
         for i, start in enumerate(partial.starts.tolist()):
             docs = int(partial.docs[i])
@@ -243,69 +232,112 @@ class Aggregator:
             out.append(Bucket(start, docs, values))
         return Series(key, out)
 
-    async def _plan(self, variables: tuple[str, ...], spec: Spec) -> _Plan:
-        plan = _Plan()
-        for key in variables:
-            hot = await self.history.read_hot(key, spec.window, ALL)
-            rows = await asyncio.to_thread(agg_parts.hot_rows, hot, spec.fields)
-            listed = await asyncio.to_thread(tiers.list_objects, self.history.objects, key)
-            chosen = [s for s in listed if spec.window.overlaps(s.min_ts, s.max_ts)]
-            self._plan_variable(plan, key, rows, chosen, spec)
-        return plan
+    async def _collect(
+        self, variables: tuple[str, ...], spec: Spec
+    ) -> tuple[list[tuple[str, Partial]], int]:
+        """(variable, partial) of every part of ``variables``' tiers, and the tasks run.
 
-    def _plan_variable(
-        self,
-        plan: _Plan,
-        key: str,
-        rows: pa.Table,
-        chosen: list[tiers.StoredObject],
-        spec: Spec,
-    ) -> None:
-        ts = rows.column("ts").to_numpy()
-        taken = np.zeros(len(ts), dtype=bool)
-        for cluster in _clusters(chosen):
-            lo = min(s.min_ts for s in cluster)
-            hi = max(s.max_ts for s in cluster)
-            inside = (ts >= lo) & (ts <= hi)
-            estimate = sum(_estimate(s, spec.window) for s in cluster)
-            plan.rows += estimate
-            names = tuple(s.name for s in cluster)
-            if len(cluster) == 1 and not inside.any():
-                # one object, alone in its span: its row groups can be split freely
-                count = max(1, min(MAX_TASKS_PER_OBJECT, math.ceil(estimate / ROWS_PER_TASK)))
-                for k in range(count):
-                    task = Task(self.objects_url, self.settings, names, spec, (k, count))
-                    plan.tasks.append((key, task))
-                continue
-            hot = rows.filter(pa.array(inside)) if inside.any() else None
-            taken |= inside
-            plan.tasks.append((key, Task(self.objects_url, self.settings, names, spec, hot=hot)))
-        rest = rows.filter(pa.array(~taken)) if taken.any() else rows
-        if rest.num_rows:
-            plan.local.append((key, rest))
-
-    async def _run(self, plan: _Plan, spec: Spec) -> list[tuple[str, Partial]]:
-        loop = asyncio.get_running_loop()
-        found = [
-            (key, agg_parts.partial_of(agg_parts.deduplicate(rows), spec))
-            for key, rows in plan.local
-        ]
-        if not plan.tasks:
-            return found
-        parallel = self.workers > 0 and plan.rows >= self.parallel_rows and len(plan.tasks) > 1
-        executor: Executor = self.pool() if parallel else self._threads
-        store = None if parallel else self.history.objects
-        try:
-            parts = await asyncio.gather(
-                *(
-                    loop.run_in_executor(executor, agg_parts.run, task, store)
-                    for _, task in plan.tasks
+        Readers read upstream first (an entry moving down in between is met twice, never
+        missed): here the object tasks start on a first LIST, then the hot tier is read, then a
+        second LIST must name the same objects (else nothing moved down unseen is possible:
+        all again), so the objects are read while Redis is. Clusters that hot entries fall in
+        are read again with them (see agg_plan.with_hot)."""
+        for _attempt in range(RELIST_ATTEMPTS):
+            listed = await self._list(variables, spec)
+            clusters = {
+                key: agg_plan.clusters_of(
+                    key, chosen, spec, self.objects_url, self.settings, self._sizes
                 )
-            )
-        except BrokenProcessPool:
-            self._pool = None  # a worker died (killed, out of memory): a fresh pool next time
-            raise StoreUnavailable("a query worker died; try again") from None
-        return found + [(key, part) for (key, _), part in zip(plan.tasks, parts, strict=True)]
+                for key, chosen in listed.items()
+            }
+            every = [c for found in clusters.values() for c in found]
+            rows = sum(c.rows for c in every)
+            tasks = sum(len(c.tasks) for c in every)
+            parallel = self.workers > 0 and rows >= self.parallel_rows and tasks > 1
+            executor: Executor = self.pool() if parallel else self._threads
+            store = None if parallel else self.history.objects
+            loop = asyncio.get_running_loop()
+            started = {
+                id(c): [loop.run_in_executor(executor, agg_parts.run, t, store) for t in c.tasks]
+                for c in every
+            }
+            try:
+                hot = await self._hot(variables, spec)
+            except BaseException:
+                await _settle([f for futures in started.values() for f in futures])
+                raise
+            owners: list[str] = []
+            pending: list[Any] = []
+            dropped: list[Any] = []
+            for key in variables:  # the hot entries start too, before the second listing
+                redone, rest = agg_plan.with_hot(clusters[key], hot[key], spec)
+                for cluster, task in redone:
+                    pending.append(loop.run_in_executor(executor, agg_parts.run, task, store))
+                    owners.append(key)
+                    tasks += 1
+                    dropped += started.pop(id(cluster))
+                if rest.num_rows:
+                    pending.append(loop.run_in_executor(self._threads, _hot_partial, rest, spec))
+                    owners.append(key)
+            for cluster in every:
+                if id(cluster) in started:
+                    pending += started[id(cluster)]
+                    owners += [cluster.key] * len(started[id(cluster)])
+            try:
+                again = await self._list(variables, spec)
+            except BaseException:
+                await _settle(pending + dropped)
+                raise
+            if {k: [s.name for s in v] for k, v in again.items()} != {
+                k: [s.name for s in v] for k, v in listed.items()
+            }:
+                await _settle(pending + dropped)
+                continue  # objects came or went: list again
+            try:
+                parts = await asyncio.gather(*pending)
+            except ObjectMissing:
+                await _settle(pending)
+                continue  # a merge replaced an object: list again
+            except BrokenProcessPool:
+                self._pool = None  # a worker died (killed, out of memory): a new pool next time
+                raise StoreUnavailable("a query worker died; try again") from None
+            finally:
+                await _settle(dropped)
+            return list(zip(owners, parts, strict=True)), tasks
+        raise StoreUnavailable(f"history kept moving during {RELIST_ATTEMPTS} reads")
+
+    async def _list(
+        self, variables: tuple[str, ...], spec: Spec
+    ) -> dict[str, list[tiers.StoredObject]]:
+        bound = asyncio.Semaphore(VARIABLES_AT_ONCE)
+
+        async def one(key: str) -> list[tiers.StoredObject]:
+            # One LIST of both kinds (merged sorts first): the second listing of _collect
+            # catches a merge that one listing saw half of, as it catches any other move.
+            async with bound:
+                found = await asyncio.to_thread(self.history.objects.list, keys.history_prefix(key))
+            listed = [
+                tiers.StoredObject(o.name, *keys.parse_object(o.name))
+                for o in found
+                if o.name.rsplit("/", 2)[-2] in ("merged", "transfer")
+            ]
+            for o in found:
+                self._sizes[o.name] = o.size
+            return [s for s in listed if spec.window.overlaps(s.min_ts, s.max_ts)]
+
+        found = await asyncio.gather(*(one(key) for key in variables))
+        return dict(zip(variables, found, strict=True))
+
+    async def _hot(self, variables: tuple[str, ...], spec: Spec) -> dict[str, pa.Table]:
+        """Each variable's hot entries (documents parsed later, beside the object tasks)."""
+        bound = asyncio.Semaphore(VARIABLES_AT_ONCE)
+
+        async def one(key: str) -> pa.Table:
+            async with bound:
+                return await self.history.read_hot(key, spec.window, ALL)
+
+        found = await asyncio.gather(*(one(key) for key in variables))
+        return dict(zip(variables, found, strict=True))
 
     async def last(
         self, variables: tuple[str, ...], fields: tuple[str, ...], window: Window, n: int
@@ -313,79 +345,33 @@ class Aggregator:
         """Per variable, its last ``n`` entries of ``window`` (by ts, then seq) holding a number
         at one of ``fields`` at least: columns ts, seq, v:<field> (NaN: none), in time order.
         Objects are read newest first, only while they may hold one of the last ``n``."""
-        spec = Spec(window.lo, window.hi, fields, None)
-        out = {}
-        for key in variables:
-            hot = await self.history.read_hot(key, spec.window, ALL)
-            rows = await asyncio.to_thread(agg_parts.hot_rows, hot, fields)
-            listed = await asyncio.to_thread(tiers.list_objects, self.history.objects, key)
-            chosen = sorted(
-                (s for s in listed if spec.window.overlaps(s.min_ts, s.max_ts)),
-                key=lambda s: s.max_ts,
-                reverse=True,
+        found = await asyncio.gather(
+            *(
+                agg_points.last(self.history, self.objects_url, self.settings, k, fields, window, n)
+                for k in variables
             )
-            tables = [rows]
-            for stored in chosen:
-                held = _numbered(agg_parts.deduplicate(pa.concat_tables(tables)), fields)
-                if held.num_rows >= n and stored.max_ts < held.column("ts")[-n].as_py():
-                    break
-                task = Task(self.objects_url, self.settings, (stored.name,), spec)
-                tables.append(
-                    await asyncio.to_thread(agg_parts.rows_of, task, self.history.objects)
-                )
-            table = _numbered(agg_parts.deduplicate(pa.concat_tables(tables)), fields)
-            table = table.slice(max(0, table.num_rows - n))
-            out[key] = table.drop_columns(["hash"])
-        return out
+        )
+        return dict(zip(variables, found, strict=True))
 
     async def at(
         self, variables: tuple[str, ...], fields: tuple[str, ...], moment: int
     ) -> dict[str, dict[str, tuple[int, int, float] | None]]:
         """Per variable and field, the (ts, seq, value) in force at ``moment`` (µs): the entry
         with a number there of greatest ts <= moment, ties by greatest seq; None if none."""
-        query = AggQuery(variables, fields, ("last",), hi=moment + 1)
-        spec = Spec(query.lo, query.hi, fields, None)
-        plan = await self._plan(variables, spec)
-        found = await self._run(plan, spec)
-        out: dict[str, dict[str, tuple[int, int, float] | None]] = {}
-        for key in variables:
-            parts = [p for k, p in found if k == key]
-            merged = partials.merge(parts) if parts else partials.empty_partial(fields, False)
-            out[key] = {}
-            for name, part in merged.fields.items():
-                if not len(merged.starts) or not part.count[0]:
-                    out[key][name] = None
-                    continue
-                ts, seq, value = part.last[0]
-                out[key][name] = (int(ts), int(seq), float(value))
-        return out
+        found = await asyncio.gather(
+            *(
+                agg_points.at(self.history, self.objects_url, self.settings, k, fields, moment)
+                for k in variables
+            )
+        )
+        return dict(zip(variables, found, strict=True))
 
 
-def _numbered(table: pa.Table, fields: tuple[str, ...]) -> pa.Table:
-    """Rows holding a number at one of ``fields`` at least."""
-    held = np.zeros(table.num_rows, dtype=bool)
-    for f in fields:
-        held |= ~np.isnan(table.column(agg_parts.VALUE + f).to_numpy())
-    return table if held.all() else table.filter(pa.array(held))
+def _hot_partial(entries: pa.Table, spec: Spec) -> Partial:
+    rows = agg_parts.hot_rows(entries, spec.fields)
+    return agg_parts.partial_of(agg_parts.deduplicate(rows), spec)
 
 
-def _clusters(chosen: list[tiers.StoredObject]) -> list[list[tiers.StoredObject]]:
-    """Objects grouped where their time ranges overlap (a duplicate shares its ts)."""
-    out: list[list[tiers.StoredObject]] = []
-    end = None
-    for stored in sorted(chosen, key=lambda s: s.min_ts):
-        if end is not None and stored.min_ts <= end:
-            out[-1].append(stored)
-            end = max(end, stored.max_ts)
-        else:
-            out.append([stored])
-            end = stored.max_ts
-    return out
-
-
-def _estimate(stored: tiers.StoredObject, window: Window) -> int:
-    """Rows of the window in an object, from its name: its seqs, by the share of its time."""
-    rows = stored.max_seq - stored.min_seq + 1
-    span = stored.max_ts - stored.min_ts + 1
-    inside = min(stored.max_ts + 1, window.hi) - max(stored.min_ts, window.lo)
-    return max(1, rows * max(inside, 1) // span)
+async def _settle(futures: list[Any]) -> None:
+    """Wait for tasks whose results are not wanted (a process-pool task cannot be cancelled)."""
+    await asyncio.gather(*futures, return_exceptions=True)

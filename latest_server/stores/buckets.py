@@ -93,7 +93,7 @@ def zone(name: str) -> tzinfo:
         return timezone(-delta if sign == "-" else delta)
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a path-like or NUL name
         raise BadRequest(
             f"unknown time zone {name!r} (an IANA name such as Europe/Paris, or ±HH:MM)",
             reason="bad_time_zone",
@@ -224,5 +224,6 @@ def bucket_range(lo: int, hi: int, interval: Interval, tz: tzinfo) -> Any:
 
 def iso(start: int, tz: tzinfo) -> str:
     """A bucket key as ISO-8601 in ``tz`` (milliseconds, with the offset)."""
-    moment = datetime.fromtimestamp(start // US, tz) + timedelta(microseconds=start % US)
+    # replace, not + timedelta: that would drop the fold of a repeated autumn hour
+    moment = datetime.fromtimestamp(start // US, tz).replace(microsecond=start % US)
     return moment.isoformat(timespec="milliseconds")

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 
 from latest_server.settings import Settings
+from tests.auth.helpers import bearer, write_tokens
 from tests.conftest import ServerThread
 from tests.web.test_history import T0, fill
 
@@ -137,3 +139,39 @@ def test_many_variables_need_ids_and_unknown_ones_are_404(client: httpx.Client) 
     assert client.get("/history/nobody?agg=avg&field=v").status_code == 404
     empty = client.get("/history?id=nobody&agg=avg,count&field=v").json()
     assert empty["variables"] == [{"variable": "nobody", "buckets": []}]
+
+
+def test_variables_under_a_prefix(client: httpx.Client) -> None:
+    body = [{"id": f"p/{k}", "ts": T0 + n, "v": k} for k in range(3) for n in range(5)]
+    body.append({"id": "q/0", "ts": T0, "v": 100})
+    client.post("/ingest", content=orjson.dumps(body))
+    answer = client.get(
+        "/history", params={"prefix": "p/", "agg": "sum,count", "field": "v"}
+    ).json()
+    assert [v["variable"] for v in answer["variables"]] == ["p/0", "p/1", "p/2"]
+    assert [v["buckets"][0]["values"]["v"] for v in answer["variables"]] == [
+        {"sum": 5.0 * k, "count": 5} for k in range(3)
+    ]
+    both = client.get("/history", params={"prefix": "p/", "id": "q/0", "agg": "sum", "field": "v"})
+    assert both.status_code == 400
+
+
+def test_a_token_reads_aggregates_only_under_its_prefixes(
+    settings: Settings, tmp_path: Path, http_server: Callable[..., ServerThread]
+) -> None:
+    tokens = write_tokens(tmp_path / "tokens.toml")
+    server = http_server(settings, amqp_url=None, tokens_file=str(tokens))
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        body = [{"id": "a/1", "ts": T0, "v": 1}, {"id": "b/1", "ts": T0, "v": 2}]
+        http.post("/ingest", content=orjson.dumps(body), headers=bearer("both"))
+        query = {"agg": "sum", "field": "v"}
+        assert http.get("/history/a%2F1", params=query, headers=bearer("reader")).status_code == 200
+        for refused in (
+            http.get("/history/b%2F1", params=query, headers=bearer("reader")),
+            http.get("/history", params={**query, "id": ["a/1", "b/1"]}, headers=bearer("reader")),
+            http.get("/history", params={**query, "prefix": ""}, headers=bearer("reader")),
+            http.get("/history/b%2F1", params={"at": T0, "field": "v"}, headers=bearer("reader")),
+        ):
+            assert refused.status_code == 403, refused.text
+        under = http.get("/history", params={**query, "prefix": "a/"}, headers=bearer("reader"))
+        assert [v["variable"] for v in under.json()["variables"]] == ["a/1"]

@@ -13,13 +13,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from latest_server import keys
-from latest_server.errors import BadRequest, NotFound, PacketRejected
+from latest_server.access import principal_of
+from latest_server.errors import BadRequest, Forbidden, NotFound, PacketRejected
 from latest_server.resources import Resources
 from latest_server.stores import buckets
 from latest_server.stores.aggregate import AggQuery, Aggregator, AggResult
 from latest_server.stores.segments import Window
+from latest_server.web._request import covered
 
-PARAMS = ("agg", "interval", "tz", "id", "lastN", "at", "min_doc_count", "percents")
+PARAMS = ("agg", "interval", "tz", "id", "prefix", "lastN", "at", "min_doc_count", "percents")
 MAX_VARIABLES = 1_000
 MAX_LAST = 10_000
 EDGE = 2**62
@@ -45,7 +47,8 @@ async def get_aggregate(request: Request) -> Response:
             raise BadRequest(f"'{name}' is for entries and series, not with {given[0]}")
     if query.get("format", "json") != "json":
         raise BadRequest(f"{given[0]} answers JSON only (format=json)")
-    ids = _variables(request)
+    ids = await _variables(request, resources)
+    covered(request, ids)
     path = "variable_id" in request.path_params
     if path and not await resources.history.exists(keys.key_for(ids[0])):
         raise NotFound(f"no history for variable {ids[0]!r}")
@@ -96,15 +99,30 @@ async def get_aggregate(request: Request) -> Response:
     return _json(_buckets(ids, result, request_query))
 
 
-def _variables(request: Request) -> list[str]:
+async def _variables(request: Request, resources: Resources) -> list[str]:
+    """The ids of the path, of ``id=`` or under ``prefix=`` (the variable index, at most
+    MAX_VARIABLES of them)."""
     path_id = request.path_params.get("variable_id")
     ids = request.query_params.getlist("id")
+    prefix = request.query_params.get("prefix")
+    if sum(bool(x) for x in (path_id, ids, prefix is not None)) > 1:
+        raise BadRequest("name the variables one way: in the path, with id=, or with prefix=")
     if path_id:
-        if ids:
-            raise BadRequest("name the variables either in the path or with id=, not both")
         return [path_id]
+    if prefix is not None:
+        principal = principal_of(request.scope)
+        if principal.prefixes is not None and not prefix.startswith(principal.prefixes):
+            raise Forbidden(f"token {principal.name!r} may not read under {prefix!r}")
+        found, more = await resources.variables.ids(prefix, MAX_VARIABLES)
+        if more is not None:
+            raise BadRequest(
+                f"more than {MAX_VARIABLES} variables under prefix {prefix!r}: narrow it"
+            )
+        return found
     if not ids:
-        raise BadRequest("name the variables: GET /history/{id} or GET /history?id=…&id=…")
+        raise BadRequest(
+            "name the variables: GET /history/{id}, GET /history?id=…&id=… or ?prefix=…"
+        )
     if len(ids) > MAX_VARIABLES:
         raise BadRequest(f"at most {MAX_VARIABLES} variables per request")
     return list(dict.fromkeys(ids))

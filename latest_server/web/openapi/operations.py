@@ -83,6 +83,11 @@ HISTORY_QUERY: dict[str, dict[str, Any]] = {
         "explode": True,
         "description": "with `agg`, `lastN` or `at`: more variables (repeat the parameter)",
     },
+    "prefix": {
+        "schema": {"type": "string"},
+        "description": "with `agg`, `lastN` or `at`: the variables whose id starts with it "
+        "(at most 1 000)",
+    },
     "lastN": {
         "schema": {"type": "integer", "minimum": 1},
         "description": "the last N entries of each variable",
