@@ -180,3 +180,33 @@ def test_docs_loads_local_assets_only(client: httpx.Client) -> None:
     assert 'url: "openapi.json"' in start and "validatorUrl: null" in start
     assert "SwaggerUIBundle" in client.get("/docs/static/swagger-ui-bundle.js").text
     assert "Apache License" in client.get("/docs/static/LICENSE").text
+
+
+def test_aggregation_answers_match_their_schemas(client: httpx.Client) -> None:
+    """The history API's agg=, lastN= and at= answers, from a real server, validate against the
+    schemas the document gives them (schemathesis seldom builds a valid aggregation itself)."""
+    import jsonschema
+    from referencing import Registry, Resource
+
+    document = client.get("/openapi.json").json()
+    registry = Registry().with_resource("urn:doc", Resource.opaque(document))  # type: ignore[var-annotated]
+    packets = [{"id": "agg/1", "ts": 1_700_000_000 + i, "t": float(i)} for i in range(30)]
+    assert client.post("/ingest", json=packets).json()["accepted"] == 30
+    span = {"from": "1700000000", "to": "1700000100"}
+    answers = {
+        "Aggregates": client.get(
+            "/history",
+            params={"id": "agg/1", "agg": "min,max,avg,count", "field": "t", "interval": "10s"}
+            | span,
+        ),
+        "LastEntries": client.get("/history/agg/1", params={"lastN": "3", "field": "t"} | span),
+        "ValuesAt": client.get("/history/agg/1", params={"at": "1700000012", "field": "t"}),
+    }
+    for name, answer in answers.items():
+        assert answer.status_code == 200, (name, answer.text)
+        body = answer.json()
+        schema = {"$ref": f"urn:doc#/components/schemas/{name}"}
+        jsonschema.Draft202012Validator(schema, registry=registry).validate(body)
+        assert body["variables"][0]["variable"] == "agg/1"
+    buckets = answers["Aggregates"].json()["variables"][0]["buckets"]
+    assert [b["docs"] for b in buckets] == [10, 10, 10]

@@ -249,7 +249,17 @@ HISTORY_RESPONSES = {
     **ok(
         "entries of the range (or a series), in the format asked for",
         {
-            JSON: {"schema": {"oneOf": [ref("HistoryPage"), ref("Series")]}},
+            JSON: {
+                "schema": {
+                    "oneOf": [
+                        ref("HistoryPage"),
+                        ref("Series"),
+                        ref("Aggregates"),
+                        ref("LastEntries"),
+                        ref("ValuesAt"),
+                    ]
+                }
+            },
             **text("application/x-ndjson"),
             **text("text/csv"),
             **binary("application/vnd.apache.parquet"),
@@ -267,7 +277,9 @@ HISTORY: Operation = {
 }
 HISTORY_NO_ID: Operation = {
     "operationId": "history_without_id",
-    "summary": "Always 404: name a variable, /history/{variable_id}",
+    "summary": "Aggregates, last entries or values at a time of many variables (`id=`, "
+    "`prefix=`, with `agg=`, `lastN=` or `at=`); without those, 404: name a variable, "
+    "/history/{variable_id}",
     "tags": ["read"],
     "parameters": query(history.PARAMS, HISTORY_QUERY),
     "responses": HISTORY_RESPONSES,

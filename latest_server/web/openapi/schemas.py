@@ -11,6 +11,7 @@ from typing import Any
 from latest_server.errors import REJECT_REASONS
 from latest_server.sessions import STATES
 from latest_server.web.http import history
+from latest_server.web.openapi import aggregates
 
 JSON = "application/json"
 Schema = dict[str, Any]
@@ -310,7 +311,7 @@ SECURITY_SCHEMES = {
 
 def components() -> dict[str, Any]:
     return {
-        "schemas": SCHEMAS,
+        "schemas": {**SCHEMAS, **aggregates.SCHEMAS},
         "responses": RESPONSES,
         "headers": {"Retry-After": RETRY_AFTER, "X-Request-Id": REQUEST_ID},
         "securitySchemes": SECURITY_SCHEMES,
