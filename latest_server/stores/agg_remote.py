@@ -21,6 +21,7 @@ from latest_server.stores.agg_parts import Task
 from latest_server.stores.partials import Partial
 
 log = logging.getLogger(__name__)
+DOWN_SECONDS = 10.0  # after the broker failed us, parts run here this long without asking
 
 
 class RemoteParts:
@@ -33,6 +34,7 @@ class RemoteParts:
         self._replies: Any = None
         self._waiting: dict[str, asyncio.Future[Any]] = {}
         self._lock = asyncio.Lock()
+        self._down_until = 0.0  # loop time
         self.sent = 0  # parts published
         self.answered = 0  # partials received in time
 
@@ -54,8 +56,11 @@ class RemoteParts:
 
     async def run(self, task: Task) -> Partial | None:
         """The worker's partial of ``task``, or None (run it here)."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._down_until:
+            return None
         correlation = uuid.uuid4().hex
-        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Any] = loop.create_future()
         self._waiting[correlation] = waiter
         try:
             async with asyncio.timeout(self.timeout):
@@ -73,9 +78,12 @@ class RemoteParts:
                 self.sent += 1
                 message = await waiter
         except TimeoutError:
+            if self._channel is None:  # the broker did not answer in time
+                self._down_until = loop.time() + DOWN_SECONDS
             log.warning("a query part had no reply in %ss: running it here", self.timeout)
             return None
         except (aio_pika.exceptions.AMQPError, OSError) as exc:
+            self._down_until = loop.time() + DOWN_SECONDS
             log.warning("query workers out of reach (%s): running the part here", redact(str(exc)))
             return None
         finally:

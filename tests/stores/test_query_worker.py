@@ -23,7 +23,7 @@ from latest_server.settings import Settings
 from latest_server.stores import agg_parts, agg_plan, agg_wire, buckets, partials, segments
 from latest_server.stores.aggregate import AggQuery, Aggregator
 from tests.conftest import AMQP_URL, unique, wait_for
-from tests.services import stop
+from tests.services import free_port, stop
 from tests.stores.test_aggregate import AGGS, FIELDS, START_MS, make_packet
 
 
@@ -56,9 +56,9 @@ def ran(log: Path) -> int:
     return log.read_text().count("query worker: ran part")
 
 
-async def test_a_query_worker_runs_the_parts_and_a_dead_one_only_slows_queries(
-    stores: Resources, objects_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def written(stores: Resources, monkeypatch: pytest.MonkeyPatch) -> AggQuery:
+    """Three objects of one variable in row groups of 32 rows, parts of 40 rows, and a few
+    entries in Redis (redelivered) inside the last object's span; the query of them all."""
     monkeypatch.setattr(segments, "ROW_GROUP_ROWS", 32)
     monkeypatch.setattr(agg_plan, "ROWS_PER_TASK", 40)
     rng = random.Random(7)
@@ -68,7 +68,13 @@ async def test_a_query_worker_runs_the_parts_and_a_dead_one_only_slows_queries(
         await stores.ingestor.write_batch(made + made[:3])
         await stores.offloader.run_job(everything=True)
     await stores.ingestor.write_batch(made[-10:])  # redelivered after they left Redis
-    query = AggQuery((keys.key_for("a"),), FIELDS, AGGS, interval=buckets.parse_interval("1d"))
+    return AggQuery((keys.key_for("a"),), FIELDS, AGGS, interval=buckets.parse_interval("1d"))
+
+
+async def test_a_query_worker_runs_the_parts_and_a_dead_one_only_slows_queries(
+    stores: Resources, objects_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    query = await written(stores, monkeypatch)
     base_settings = dataclasses.replace(
         stores.settings, query_workers=0, query_parallel_rows=1, query_cache_bytes=0
     )
@@ -107,6 +113,32 @@ async def test_a_query_worker_runs_the_parts_and_a_dead_one_only_slows_queries(
         channel = await connection.channel()
         await channel.queue_delete(queue)
         await connection.close()
+
+
+async def test_a_broker_out_of_reach_runs_every_part_here(
+    stores: Resources, objects_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    query = await written(stores, monkeypatch)
+    settings = dataclasses.replace(
+        stores.settings, query_workers=0, query_parallel_rows=1, query_cache_bytes=0
+    )
+    here = Aggregator(stores.history, objects_url, settings)
+    local = await here.aggregate(query)
+    here.close()
+    closed = f"amqp://guest:guest@127.0.0.1:{free_port()}/"
+    settings = dataclasses.replace(
+        settings, amqp_url=closed, query_remote=True, query_remote_timeout=30.0
+    )
+    engine = Aggregator(stores.history, objects_url, settings)
+    try:
+        started = time.monotonic()
+        answer = await engine.aggregate(query)
+        again = await engine.aggregate(query)  # within DOWN_SECONDS: not even tried
+        assert time.monotonic() - started < 20  # refused at once, not after the 30 s timeout
+        assert answer.series == again.series == local.series
+        assert engine.remote is not None and engine.remote.sent == engine.remote.answered == 0
+    finally:
+        await engine.aclose()
 
 
 def test_the_wire_carries_data_only() -> None:
