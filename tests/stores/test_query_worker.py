@@ -56,6 +56,34 @@ def ran(log: Path) -> int:
     return log.read_text().count("query worker: ran part")
 
 
+async def refused(queue: str, objects_url: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """The worker's replies to a body that is not a part, and to a part of another store."""
+    spec = agg_parts.Spec(0, 10, ("x",), None)
+    task = agg_parts.Task(objects_url + "-elsewhere", Settings(), ("h/a/transfer/1",), spec)
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        replies = await channel.declare_queue(exclusive=True)
+        for correlation, body in (
+            ("junk", b"import os"),
+            ("elsewhere", agg_wire.encode_task(task)),
+        ):
+            message = aio_pika.Message(body, correlation_id=correlation, reply_to=replies.name)
+            await channel.default_exchange.publish(message, routing_key=queue)
+        found: list[aio_pika.abc.AbstractIncomingMessage] = []
+
+        async def two() -> bool:
+            got = await replies.get(fail=False, no_ack=True)
+            if got is not None:
+                found.append(got)
+            return len(found) == 2
+
+        await wait_for(two, within=10)
+        return sorted(found, key=lambda m: m.correlation_id != "junk")
+    finally:
+        await connection.close()
+
+
 async def written(stores: Resources, monkeypatch: pytest.MonkeyPatch) -> AggQuery:
     """Three objects of one variable in row groups of 32 rows, parts of 40 rows, and a few
     entries in Redis (redelivered) inside the last object's span; the query of them all."""
@@ -98,6 +126,11 @@ async def test_a_query_worker_runs_the_parts_and_a_dead_one_only_slows_queries(
         assert answer.series == local.series and answer.entries == local.entries == 600
         await wait_for(lambda: ran(log) >= sent, within=10)  # its stderr, read as it comes
         assert ran(log) == sent
+        refusals = await refused(queue, objects_url)
+        assert [m.correlation_id for m in refusals] == ["junk", "elsewhere"]
+        assert all(m.headers.get("error") and not m.body for m in refusals)
+        assert "another object store" in str(refusals[1].headers["error"])
+        assert ran(log) == sent and log.read_text().count("refused a part") == 2
     finally:
         stop(worker)
     try:
