@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         "exit 1 on any FAIL",
     )
     add_setting_flags(doctor)
+    query_worker = commands.add_parser(
+        "query-worker",
+        help="run the parts of large aggregations that servers with LATEST_QUERY_REMOTE send "
+        "over AMQP_URL (needs no Redis)",
+    )
+    add_setting_flags(query_worker)
     token = commands.add_parser(
         "token", help="make a new API token: prints it, and the table to add to LATEST_TOKENS_FILE"
     )
@@ -160,6 +166,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "consume" and not settings.amqp_url:
             raise LatestError("'consume' needs AMQP_URL (or --amqp-url)")
+        if command == "query-worker":
+            from latest_server.query_worker import serve  # only this command needs it
+
+            run_loop(serve(settings))
+            return 0
         with redis_for(command, settings) as (settings, embedded):
             if command == "doctor":
                 from latest_server.doctor import doctor_command  # only this command needs it

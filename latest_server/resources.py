@@ -126,7 +126,7 @@ class Resources:
             await self.session_jobs.close()
         await self.trigger.close(cancel=True)
         if self.aggregates is not None:
-            self.aggregates.close()
+            await self.aggregates.aclose()
         await self.latest.close()  # its own client (Elasticsearch), or the Redis one
         await self.redis.aclose()
 

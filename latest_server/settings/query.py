@@ -42,3 +42,23 @@ class QuerySettings:
         "Seconds a cached aggregation result is served at most. A new entry of a variable "
         "changes the cache key at once; 0: no cache.",
     )
+    query_remote: bool = setting(
+        "LATEST_QUERY_REMOTE",
+        False,
+        parse.boolean,
+        "Send the object parts of large aggregations (see LATEST_QUERY_PARALLEL_ROWS) over "
+        "AMQP_URL to `latest-server query-worker` processes; a part not answered in time runs "
+        "here.",
+    )
+    query_queue: str = setting(
+        "LATEST_QUERY_QUEUE",
+        "latest.query",
+        parse.text,
+        "The durable queue of aggregation parts that query workers consume.",
+    )
+    query_remote_timeout: float = setting(
+        "LATEST_QUERY_REMOTE_TIMEOUT",
+        5.0,
+        parse.positive_float,
+        "Seconds a remote aggregation part is waited for before it runs in the server instead.",
+    )

@@ -54,6 +54,7 @@ from latest_server.redis_client import redis_bounded
 from latest_server.settings import Settings
 from latest_server.stores import agg_parts, agg_plan, agg_points, buckets, partials, tiers
 from latest_server.stores.agg_parts import Spec
+from latest_server.stores.agg_remote import RemoteParts
 from latest_server.stores.history import ALL, RELIST_ATTEMPTS, HistoryStore
 from latest_server.stores.partials import AGGS, DEFAULT_PERCENTS, NEEDS_VALUES, Partial
 from latest_server.stores.segments import Window
@@ -144,6 +145,16 @@ class Aggregator:
         # object sizes from the last listings (names are never reused for other content)
         self._sizes: LRUCache[str, int] = LRUCache(100_000)
         self._threads = ThreadPoolExecutor(THREADS, thread_name_prefix="aggregate")
+        self.remote: RemoteParts | None = None  # query workers (LATEST_QUERY_REMOTE)
+        if settings.query_remote and settings.amqp_url:
+            self.remote = RemoteParts(
+                settings.amqp_url, settings.query_queue, settings.query_remote_timeout
+            )
+
+    async def aclose(self) -> None:
+        self.close()
+        if self.remote is not None:
+            await self.remote.close()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -253,12 +264,19 @@ class Aggregator:
             every = [c for found in clusters.values() for c in found]
             rows = sum(c.rows for c in every)
             tasks = sum(len(c.tasks) for c in every)
-            parallel = self.workers > 0 and rows >= self.parallel_rows and tasks > 1
+            large = rows >= self.parallel_rows and tasks > 1
+            parallel = self.workers > 0 and large
             executor: Executor = self.pool() if parallel else self._threads
             store = None if parallel else self.history.objects
             loop = asyncio.get_running_loop()
+            remote = self.remote if large else None
             started = {
-                id(c): [loop.run_in_executor(executor, agg_parts.run, t, store) for t in c.tasks]
+                id(c): [
+                    asyncio.ensure_future(remote.run_or_here(t, executor, store))
+                    if remote is not None
+                    else loop.run_in_executor(executor, agg_parts.run, t, store)
+                    for t in c.tasks
+                ]
                 for c in every
             }
             try:
