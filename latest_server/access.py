@@ -8,6 +8,7 @@ access log) reads it with ``principal_of``. With no tokens configured every requ
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -64,3 +65,13 @@ def client_key(scope: Mapping[str, Any]) -> str:
         return "token:" + principal.name
     client = scope.get("client")
     return "addr:" + (client[0] if client else "unknown")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address reaches only this machine: what may be served without tokens."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name other than localhost: it may resolve anywhere

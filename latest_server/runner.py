@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
-import ipaddress
 import logging
 import signal
 import socket
@@ -20,6 +19,7 @@ from aio_pika.exceptions import AMQPError
 from starlette.applications import Starlette
 
 from latest_server import logs, metrics
+from latest_server.access import is_loopback
 from latest_server.auth.authenticator import Authenticator
 from latest_server.consumer import Consumer
 from latest_server.embedded import EmbeddedValkey
@@ -185,15 +185,6 @@ def http_socket(settings: Settings) -> socket.socket:
             f"cannot listen on {settings.host}:{settings.port} for the HTTP API "
             f"({exc.strerror or exc}); set LATEST_PORT to a free port"
         ) from exc
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a name: it may resolve to anything
 
 
 def access_check(settings: Settings) -> Authenticator:

@@ -17,7 +17,8 @@ from typing import Any
 import aio_pika
 import pytest
 
-from latest_server.doctor.access import check_bind, check_tokens, is_loopback
+from latest_server.access import is_loopback
+from latest_server.doctor.access import check_bind, check_tokens
 from latest_server.settings import Settings
 from tests.conftest import AMQP_URL, S3_BUCKET, unique
 from tests.services import free_port, private_redis

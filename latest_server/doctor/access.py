@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 import tomllib
 from pathlib import Path
 from typing import Any
 
+from latest_server.access import is_loopback
 from latest_server.doctor.findings import Finding, fail, ok, warn
 from latest_server.settings import Settings
 
@@ -84,15 +84,6 @@ def token_problems(entries: list[dict[str, Any]]) -> list[tuple[str, str]]:
         if extra:
             problems.append((f"token {name!r} has unknown keys {extra}", f"keep to {KNOWN}"))
     return problems
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a name other than localhost: it may resolve anywhere
 
 
 def check_bind(settings: Settings) -> list[Finding]:
