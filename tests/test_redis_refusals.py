@@ -236,10 +236,10 @@ async def test_a_poison_batch_is_retried_with_backoff_and_never_ends_the_consume
     calls = 0
     write_batch = resources.ingestor.write_batch
 
-    async def counted(packets: object) -> object:
+    async def counted(packets: object, **options: object) -> object:
         nonlocal calls
         calls += 1
-        return await write_batch(packets)  # type: ignore[arg-type]
+        return await write_batch(packets, **options)  # type: ignore[arg-type]
 
     resources.ingestor.write_batch = counted  # type: ignore[method-assign,assignment]
     async with running(settings, resources) as consumer:
