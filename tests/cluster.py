@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.services import _wait_for_port, redis_argv, stop
+from tests.services import _wait_for_port, redis_argv, redis_binary, stop
 
 NODE_TIMEOUT_MS = 1000
 READY_TIMEOUT = 60.0
@@ -134,9 +134,20 @@ def cluster_port() -> int:
             return port
 
 
+def cli_binary() -> str:
+    """``redis-cli`` beside ``redis-server``, else the ``valkey-cli`` the Valkey package ships
+    next to the server binary the tests then run (tests/services.py, ``redis_binary``)."""
+    if shutil.which("redis-server"):
+        found = shutil.which("redis-cli")
+        if found is None:
+            raise RuntimeError("the cluster tests need redis-cli (Debian's redis-tools)")
+        return found
+    return str(Path(redis_binary()).with_name("valkey-cli"))
+
+
 def _cli(*args: str) -> str:
     result = subprocess.run(
-        ["redis-cli", "-h", "127.0.0.1", *args], capture_output=True, text=True, timeout=60
+        [cli_binary(), "-h", "127.0.0.1", *args], capture_output=True, text=True, timeout=60
     )
     if result.returncode != 0:
         raise RuntimeError(f"redis-cli {' '.join(args)}: {result.stderr.strip()}")
@@ -170,8 +181,7 @@ def _slots(node: Node) -> list[tuple[int, int, int]]:
 def redis_cluster(primaries: int = 3, replicas: int = 1) -> Iterator[Cluster]:
     """A running cluster of ``primaries`` primaries with ``replicas`` replicas each; stopped and
     its files removed at the end."""
-    if shutil.which("redis-cli") is None:
-        raise RuntimeError("the cluster tests need redis-cli (Debian's redis-tools)")
+    cli_binary()  # one clear error before any node starts
     root = Path(tempfile.mkdtemp(prefix="latest-test-cluster-"))
     cluster = Cluster()
     try:
