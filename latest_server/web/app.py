@@ -106,7 +106,7 @@ def create_app(
         middleware=[
             observe(settings),  # first: it counts and logs what the others refuse too
             *cors(settings),
-            # The guard first: the limits count by the token it finds (access.client_key).
+            # The guard before the limits: they count by the token it finds (access.client_key).
             guard(settings, authenticator, settings.es_prefix),
             Middleware(ws_direct.ServerSend),
             Middleware(Limits, settings=settings, es_prefix=settings.es_prefix, buckets=buckets),
