@@ -117,17 +117,7 @@ def read_object(
         if len(stored) < len(spec.fields):
             columns.append("doc")
         meta = parquet.metadata
-        ts_index = parquet.schema_arrow.get_field_index("ts")
-        groups = []
-        inside = True
-        for index in range(meta.num_row_groups):
-            stats = meta.row_group(index).column(ts_index).statistics
-            if stats is None or not stats.has_min_max:
-                groups.append(index)
-                inside = False
-            elif window.overlaps(stats.min, stats.max):
-                groups.append(index)
-                inside = inside and window.contains(stats.min, stats.max)
+        groups, inside = segments.window_groups(parquet, window)
         k, of = part
         groups = groups[k * len(groups) // of : (k + 1) * len(groups) // of]
         if not groups:

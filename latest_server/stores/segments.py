@@ -293,13 +293,13 @@ def deduplicate_series(table: pa.Table) -> tuple[Any, Any]:
     return ts[keep], values[keep]
 
 
-def _read(
-    source: Any, parquet: pq.ParquetFile, window: Window, limit: int | None, columns: list[str]
-) -> pa.Table:
+def window_groups(parquet: pq.ParquetFile, window: Window) -> tuple[list[int], bool]:
+    """The row groups whose ts range overlaps ``window`` (by their statistics; a group without
+    them is read), and whether each lies wholly inside it (then no row filter is needed)."""
     meta = parquet.metadata
     ts_column = parquet.schema_arrow.get_field_index("ts")
     groups = []
-    inside = True  # every chosen group lies wholly inside the window: no row filter needed
+    inside = True
     for index in range(meta.num_row_groups):
         stats = meta.row_group(index).column(ts_column).statistics
         if stats is None or not stats.has_min_max:
@@ -308,6 +308,14 @@ def _read(
         elif window.overlaps(stats.min, stats.max):
             groups.append(index)
             inside = inside and window.contains(stats.min, stats.max)
+    return groups, inside
+
+
+def _read(
+    source: Any, parquet: pq.ParquetFile, window: Window, limit: int | None, columns: list[str]
+) -> pa.Table:
+    meta = parquet.metadata
+    groups, inside = window_groups(parquet, window)
     if window.desc:
         groups.reverse()
     if limit is None:
