@@ -55,7 +55,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import free_port, server
+from common import free_port
+from history import moto_server
 
 from latest_server import keys
 from latest_server.canonical import stored_digest
@@ -80,16 +81,6 @@ EDGE = 2**62
 SMALL = "bench/small"
 SMALL_COLD = "bench/small-in-an-object"
 SMALL_HOT = "bench/small-in-redis"
-
-
-@contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    command = Path(sys.executable).with_name("moto_server")
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    argv = [str(command), "-H", "127.0.0.1", "-p", str(port)]
-    with server("moto_server", argv, dict(os.environ), f"{endpoint}/moto-api/"):
-        yield endpoint
 
 
 @contextlib.contextmanager
